@@ -1,0 +1,60 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# rmdev. The two commands that do everything (each installs what is missing):
+#
+#   make demo     boot the lab VM and run the end-to-end scenario
+#   make check    every test: host tests, then the in-VM tests in a debug kernel
+#
+# Other targets:
+#   make          build the kernel modules against the lab kernel (or KDIR=...)
+#   make fsm-table  print the migration FSM's next-step table (oracle format)
+#   make clean
+#
+# The kernel build itself is driven by Kbuild files; this Makefile only hands
+# over to tools/lab, which owns the toolchain and the kernel cache.
+
+LAB := $(CURDIR)/tools/lab
+ORACLE := core/logic/tests/data/fsm-oracle.txt
+export RMDEV_KDIR := $(KDIR)
+
+.PHONY: all modules check host-check vm-check lab-selftest demo fsm-table clean setup
+
+all: modules
+
+modules:
+	@$(LAB) modules
+
+setup:
+	@$(LAB) setup
+
+# Host tests need no kernel: formatting, lints, the logic's unit/property/fuzz
+# tests, and the FSM table against Linux 6.12's oracle.
+host-check: setup
+	cargo fmt --all --check
+	cargo clippy --quiet --all-targets -- -D warnings
+	RMDEV_FUZZ_SECONDS=$${RMDEV_FUZZ_SECONDS:-10} cargo test --quiet
+	@$(MAKE) --no-print-directory -s fsm-table | diff -u <(grep '^0x' $(ORACLE)) - \
+		&& echo "fsm-table: identical to the Linux 6.12 oracle (256 rows)"
+
+vm-check:
+	$(LAB) test
+
+lab-selftest:
+	tests/lab/selftest
+
+check: host-check vm-check lab-selftest
+
+demo: setup
+	$(LAB) run -- $(CURDIR)/tools/demo
+
+fsm-table:
+	@cargo run --quiet --bin fsm-table
+
+clean:
+	cargo clean
+	rm -rf build
+	find core tests -name '*.o' -o -name '*.ko' -o -name '*.mod' -o -name '*.mod.c' \
+		-o -name '.*.cmd' -o -name '*.rmeta' -o -name 'modules.order' \
+		-o -name 'Module.symvers' | xargs -r rm -f
+
+SHELL := /bin/bash

@@ -1,0 +1,31 @@
+# SPDX-License-Identifier: GPL-2.0
+# Helpers for the in-VM tests (sourced). Each test is a bash script that
+# exits non-zero on the first failed check, saying what failed.
+
+set -euo pipefail
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+note() { echo "  $*"; }
+
+# expect_eq WHAT GOT WANT
+expect_eq() { [ "$2" = "$3" ] || fail "$1: got '$2', want '$3'"; }
+
+# expect_errno ERRNO-NAME CMD...: CMD must fail with that errno, as reported
+# by the shell's strerror text (bash prints e.g. "Invalid argument").
+expect_errno() {
+	local want=$1 out
+	shift
+	if out=$("$@" 2>&1); then
+		fail "'$*' succeeded, want $want"
+	fi
+	case "$out" in
+	*"$want"*) ;;
+	*) fail "'$*' failed with '$out', want '$want'" ;;
+	esac
+}
+
+# sysfs_write FILE VALUE: write like `echo VALUE > FILE` does, in a subshell,
+# so a failing write returns non-zero with the errno text on stderr.
+sysfs_write() { bash -c 'echo "$2" > "$1"' _ "$1" "$2"; }
+
+new_uuid() { cat /proc/sys/kernel/random/uuid; }

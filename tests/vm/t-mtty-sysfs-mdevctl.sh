@@ -1,0 +1,45 @@
+# SPDX-License-Identifier: GPL-2.0
+# The C mtty sample (the reference implementation) through the mdev sysfs ABI
+# and mdevctl: types appear, mdevs are created, listed and removed.
+. "$(dirname "$0")/lib.sh"
+
+modprobe mtty
+trap 'modprobe -r mtty 2>/dev/null || true' EXIT
+types=/sys/class/mdev_bus/mtty/mdev_supported_types
+[ -d $types ] || fail "no $types after modprobe mtty"
+for t in mtty-1 mtty-2; do
+	[ -d $types/$t ] || fail "type $t missing"
+	for f in name device_api available_instances create description; do
+		[ -e $types/$t/$f ] || [ $f = description ] || fail "$t/$f missing"
+	done
+	expect_eq "$t device_api" "$(cat $types/$t/device_api)" vfio-pci
+done
+mdevctl types | grep -q 'mtty-1' || fail "mdevctl types does not list mtty-1"
+mdevctl types | grep -q 'mtty-2' || fail "mdevctl types does not list mtty-2"
+
+# Create through sysfs.
+before=$(cat $types/mtty-2/available_instances)
+u=$(new_uuid)
+sysfs_write $types/mtty-2/create "$u"
+[ -d /sys/bus/mdev/devices/$u ] || fail "mdev $u not created"
+expect_eq "mdev_type link" "$(basename "$(readlink /sys/bus/mdev/devices/$u/mdev_type)")" mtty-2
+[ -e /sys/bus/mdev/devices/$u/iommu_group ] || fail "no iommu_group link"
+expect_eq "available_instances after create" "$(cat $types/mtty-2/available_instances)" $((before - 1))
+mdevctl list | grep -q "$u mtty mtty-2" || fail "mdevctl list does not show $u: $(mdevctl list)"
+# The same UUID twice is refused, and so is a malformed one.
+expect_errno "File exists" sysfs_write $types/mtty-2/create "$u"
+expect_errno "Invalid argument" sysfs_write $types/mtty-2/create "not-a-uuid"
+# Remove through sysfs.
+sysfs_write /sys/bus/mdev/devices/$u/remove 1
+[ ! -e /sys/bus/mdev/devices/$u ] || fail "mdev $u still there after remove"
+expect_eq "available_instances after remove" "$(cat $types/mtty-2/available_instances)" "$before"
+mdevctl list | grep -q "$u" && fail "mdevctl list still shows $u"
+
+# Create and remove through mdevctl.
+u=$(new_uuid)
+mdevctl start -u "$u" -p mtty -t mtty-1
+[ -d /sys/bus/mdev/devices/$u ] || fail "mdevctl start did not create $u"
+mdevctl list | grep -q "$u mtty mtty-1" || fail "mdevctl list does not show $u"
+mdevctl stop -u "$u"
+[ ! -e /sys/bus/mdev/devices/$u ] || fail "mdevctl stop did not remove $u"
+note "mtty types listed, mdevs created/listed/removed via sysfs and mdevctl"
