@@ -237,6 +237,17 @@ pub enum NextStepError {
     CurrentUnsupported,
 }
 
+impl NextStepError {
+    /// How the FSM oracle (`core/logic/tests/data/fsm-oracle.txt`) writes
+    /// this outcome: `EINVAL`, or `WARN+EINVAL` where the kernel also warns.
+    pub const fn oracle_word(self) -> &'static str {
+        match self {
+            NextStepError::Invalid => "EINVAL",
+            NextStepError::CurrentUnsupported => "WARN+EINVAL",
+        }
+    }
+}
+
 use State::{
     Error as ERR, PreCopy as PC, PreCopyP2p as PCP, Resuming as RES, Running as RUN,
     RunningP2p as RP2P, Stop as STOP, StopCopy as SC,
