@@ -45,6 +45,7 @@ lab-selftest:
 check: host-check vm-check lab-selftest
 
 demo: setup
+	cargo build --quiet --release -p rmdev-vm-test
 	$(LAB) run -- $(CURDIR)/tools/demo
 
 fsm-table:
@@ -53,8 +54,8 @@ fsm-table:
 clean:
 	cargo clean
 	rm -rf build
-	find core tests -name '*.o' -o -name '*.ko' -o -name '*.mod' -o -name '*.mod.c' \
+	find core samples tests -name '*.o' -o -name '*.ko' -o -name '*.mod' -o -name '*.mod.c' \
 		-o -name '.*.cmd' -o -name '*.rmeta' -o -name 'modules.order' \
-		-o -name 'Module.symvers' | xargs -r rm -f
+		-o -name 'Module.symvers' -o -name 'rmdev_bindings_generated.rs' | xargs -r rm -f
 
 SHELL := /bin/bash

@@ -2,39 +2,37 @@
 
 //! rmdev: a Rust framework for migratable mediated devices.
 //!
-//! This is the framework module. Its kernel-independent logic (the migration
-//! state machine, the stream envelope, the `migration_version` rules) lives in
-//! `core/logic/`, a `no_std` crate that `cargo test` checks on the host; the
-//! same source files are compiled into this module with `#[path]`, so the
-//! kernel runs exactly the code the host tests cover.
+//! A vendor module mounts this file as a module of its own crate
+//! (`#[path = ".../core/rmdev.rs"] pub mod rmdev;`, see `core/rmdev.mk` and
+//! `Documentation/vendor-guide.rst`), implements [`mdev::Driver`] for its
+//! parent and [`device::Device`] for its mdevs, and gets:
+//!
+//! - the mdev sysfs tree mdevctl and libvirt use ([`mdev`]),
+//! - a VFIO device per mdev, with region and interrupt plumbing and the
+//!   request channel that asks a user to release a device being removed
+//!   ([`device`]),
+//! - VFIO migration v2: the state machine, the data files and
+//!   `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE` ([`migration`]).
+//!
+//! The kernel-independent logic (the state machine, the stream envelope, the
+//! `migration_version` rules) lives in `core/logic/`, a `no_std` crate that
+//! `cargo test` checks on the host; the same source files are compiled here
+//! with `#[path]`, so the kernel runs exactly the code the host tests cover.
+//!
+//! Raw C bindings stay in the private `bindings` module; everything a vendor
+//! touches is a safe abstraction.
 
-use kernel::prelude::*;
-
+mod bindings;
 #[path = "logic/src/crc32c.rs"]
 pub mod crc32c;
+pub mod device;
 #[path = "logic/src/envelope.rs"]
 pub mod envelope;
 #[path = "logic/src/fsm.rs"]
 pub mod fsm;
+pub mod mdev;
+pub mod migration;
+mod stream;
+mod user;
 #[path = "logic/src/version.rs"]
 pub mod version;
-
-module! {
-    type: Rmdev,
-    name: "rmdev",
-    author: "rmdev developers",
-    description: "Rust framework for migratable mediated devices",
-    license: "GPL",
-}
-
-struct Rmdev;
-
-impl kernel::Module for Rmdev {
-    fn init(_module: &'static ThisModule) -> Result<Self> {
-        pr_info!(
-            "migration framework loaded (stream envelope v{})\n",
-            envelope::ENVELOPE_VERSION
-        );
-        Ok(Rmdev)
-    }
-}

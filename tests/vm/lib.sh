@@ -3,6 +3,7 @@
 # exits non-zero on the first failed check, saying what failed.
 
 set -euo pipefail
+[ -z "${RMDEV_TRACE:-}" ] || set -x
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
 note() { echo "  $*"; }
@@ -29,3 +30,13 @@ expect_errno() {
 sysfs_write() { bash -c 'echo "$2" > "$1"' _ "$1" "$2"; }
 
 new_uuid() { cat /proc/sys/kernel/random/uuid; }
+
+# The sample vendor: load with module parameters, unload on exit.
+SAMPLE_KO=$RMDEV_MODULES/rmdev_sample.ko
+SAMPLE_TYPES=/sys/class/mdev_bus/rmdev_sample/mdev_supported_types
+VM_TEST=$RMDEV_REPO/target/release/rmdev-vm-test
+load_sample() {
+	modprobe mdev
+	insmod "$SAMPLE_KO" "$@"
+}
+unload_sample() { ! grep -q '^rmdev_sample ' /proc/modules || rmmod rmdev_sample; }

@@ -1,0 +1,677 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The VFIO device behind every mdev, and the [`Device`] trait vendors
+//! implement for it.
+//!
+//! C header: [`include/linux/vfio.h`](srctree/include/linux/vfio.h)
+//!
+//! Each mdev is a VFIO device with an emulated IOMMU. The framework owns the
+//! `vfio_device_ops` and the uAPI around them (argument sizes, region offsets,
+//! the interrupt table, reset, the release request); the vendor only sees its
+//! device's regions as byte ranges and a few lifecycle calls.
+//!
+//! The devices follow the vfio-pci layout: regions 0 to 8 (BAR0 to BAR5, ROM,
+//! config space, VGA) at offset `index << 40` in the device file, and
+//! interrupt indexes 0 to 4, of which the framework implements the last, the
+//! request channel (`VFIO_PCI_REQ_IRQ_INDEX`): an eventfd the framework
+//! signals when the mdev is being removed while a user holds it open.
+
+use kernel::ffi::{c_char, c_long, c_uint, c_ulong};
+use core::marker::PhantomData;
+use core::mem::size_of;
+use core::ptr::{self, addr_of_mut};
+
+use kernel::error::{from_err_ptr, to_result};
+use kernel::prelude::*;
+use kernel::sync::{Arc, Mutex, SpinLock};
+use kernel::uaccess::UserSlice;
+use kernel::{new_mutex, new_spinlock};
+
+use super::bindings;
+use super::fsm::{FlagSet, StateArc, StepFailure};
+use super::migration::{self, MigState};
+use super::stream::SaveStream;
+use super::user;
+use super::version::{DefaultRule, VersionRule};
+
+/// Region indexes of the vfio-pci layout.
+pub mod region {
+    /// BAR0.
+    pub const BAR0: u32 = 0;
+    /// BAR2.
+    pub const BAR2: u32 = 2;
+    /// PCI configuration space.
+    pub const CONFIG: u32 = 7;
+    /// Number of regions (`VFIO_PCI_NUM_REGIONS`).
+    pub const COUNT: u32 = 9;
+}
+
+/// Interrupt indexes of the vfio-pci layout: INTx, MSI, MSI-X, error and
+/// request (`VFIO_PCI_NUM_IRQS`).
+const NUM_IRQS: u32 = 5;
+/// The request channel's interrupt index (`VFIO_PCI_REQ_IRQ_INDEX`).
+const REQ_IRQ_INDEX: u32 = 4;
+/// Region offsets in the device file: `index << 40` (`VFIO_PCI_OFFSET_SHIFT`).
+const OFFSET_SHIFT: u32 = 40;
+/// The largest chunk a region read or write copies at once.
+const RW_CHUNK: usize = 64 * 1024;
+
+/// What a region offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    /// Size in bytes; 0 for an absent region.
+    pub size: u64,
+    /// The user may read it.
+    pub readable: bool,
+    /// The user may write it.
+    pub writable: bool,
+}
+
+impl Region {
+    /// An absent region.
+    pub const NONE: Region = Region {
+        size: 0,
+        readable: false,
+        writable: false,
+    };
+
+    /// A readable and writable region of `size` bytes.
+    pub const fn read_write(size: u64) -> Region {
+        Region {
+            size,
+            readable: true,
+            writable: true,
+        }
+    }
+}
+
+/// Which part of a save session the data is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SavePhase {
+    /// PRE_COPY or PRE_COPY_P2P: the device runs; send what is ready.
+    PreCopy,
+    /// STOP_COPY: the device is stopped; send everything that is left.
+    StopCopy,
+}
+
+/// What [`Device::save`] produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Saved {
+    /// A record with this vendor tag whose payload is the first `len` bytes
+    /// of the buffer.
+    Record {
+        /// The vendor's record tag.
+        tag: u16,
+        /// Payload length, at most the buffer's length.
+        len: usize,
+    },
+    /// Pre-copy only: nothing to send now (the reader gets `-ENOMSG`).
+    Later,
+    /// Stop-copy only: the whole state has been sent.
+    Done,
+}
+
+/// Pre-copy progress, as `VFIO_MIG_GET_PRECOPY_INFO` reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrecopyInfo {
+    /// Bytes of the initial image not sent yet.
+    pub initial_bytes: u64,
+    /// Bytes of changes since they were last sent.
+    pub dirty_bytes: u64,
+}
+
+/// One mdev's device, implemented by the vendor.
+///
+/// Every method may be called from several threads at once (the device is
+/// shared between the VFIO device file and the migration data files), so
+/// the device locks its own state. The framework calls the migration methods
+/// under the device's migration state lock, and never two of them at once
+/// for one device, except [`Device::save`] and [`Device::load`], which the
+/// data files call under their own lock.
+pub trait Device: Send + Sync + Sized + 'static {
+    /// The vendor's state of one save session (for example a cursor).
+    type Save: Send;
+    /// The vendor's state of one resume session.
+    type Load: Send;
+
+    /// Region `index` (see [`region`]); [`Region::NONE`] if absent.
+    fn region(&self, index: u32) -> Region;
+    /// Reads `buf.len()` bytes of region `index` at `offset`. The framework
+    /// has checked the range against [`Device::region`].
+    fn read(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result;
+    /// Writes `data` to region `index` at `offset` (range checked).
+    fn write(&self, index: u32, offset: u64, data: &[u8]) -> Result;
+    /// The first user opened the device. The migration state is RUNNING.
+    fn open(&self) -> Result {
+        Ok(())
+    }
+    /// The last user closed the device. Data files are already disabled.
+    fn close(&self) {}
+    /// `VFIO_DEVICE_RESET`: reset the device function. The framework has
+    /// ended any migration session and set the migration state to RUNNING.
+    fn reset(&self);
+
+    /// The device's migration flag set, or `None` if it cannot migrate.
+    /// Must not change while the device exists.
+    fn migration(&self) -> Option<FlagSet> {
+        None
+    }
+    /// The device's `migration_version` string: it goes into every stream
+    /// header and is checked by the target's [`Device::version_rule`].
+    fn version(&self) -> &str {
+        ""
+    }
+    /// The rule deciding which sources' state the device can load.
+    fn version_rule(&self) -> &dyn VersionRule {
+        &DefaultRule
+    }
+    /// Performs one arc of the migration state machine. Session effects
+    /// (opening, continuing and ending data files) are the framework's.
+    fn step(&self, _arc: StateArc) -> core::result::Result<(), StepFailure<Error>> {
+        Ok(())
+    }
+    /// The largest record payload the device saves or loads.
+    fn max_record(&self) -> usize {
+        4096
+    }
+    /// Estimate of the bytes a stop-copy session produces, without the
+    /// framework's envelope.
+    fn stop_copy_size(&self) -> usize {
+        0
+    }
+    /// Starts a save session.
+    fn save_open(&self) -> Result<Self::Save> {
+        Err(ENOTTY)
+    }
+    /// Produces the next record of a save session into `buf`.
+    fn save(&self, _s: &mut Self::Save, _phase: SavePhase, _buf: &mut [u8]) -> Result<Saved> {
+        Err(ENOTTY)
+    }
+    /// Pre-copy progress of a save session.
+    fn precopy_info(&self, _s: &Self::Save) -> PrecopyInfo {
+        PrecopyInfo::default()
+    }
+    /// Starts a resume session.
+    fn load_open(&self) -> Result<Self::Load> {
+        Err(ENOTTY)
+    }
+    /// Loads one record (its checksum already matched).
+    fn load(&self, _l: &mut Self::Load, _tag: u16, _payload: &[u8]) -> Result {
+        Err(ENOTTY)
+    }
+    /// The whole stream was loaded (RESUMING to STOP): check it is complete
+    /// and consistent.
+    fn load_finish(&self, _l: Self::Load) -> Result {
+        Err(ENOTTY)
+    }
+}
+
+/// The framework's state of one mdev's VFIO device.
+#[pin_data]
+pub(crate) struct Core<D: Device> {
+    /// The vendor's device.
+    #[pin]
+    pub(crate) dev: D,
+    /// The migration state; the device's one state lock.
+    #[pin]
+    pub(crate) mig: Mutex<MigState>,
+    /// The open save session, for waking its pollers when the device changes.
+    #[pin]
+    pub(crate) waker: SpinLock<Option<Arc<SaveStream>>>,
+    /// The request channel's eventfd.
+    #[pin]
+    req: Mutex<Option<user::EventFd>>,
+    /// The mdev's name (its UUID), for messages.
+    name: [u8; 40],
+}
+
+impl<D: Device> Core<D> {
+    /// The mdev's name, for messages.
+    pub(crate) fn name(&self) -> &str {
+        let len = self.name.iter().position(|&b| b == 0).unwrap_or(self.name.len());
+        core::str::from_utf8(&self.name[..len]).unwrap_or("?")
+    }
+
+    /// Ends any migration session and returns the state to RUNNING.
+    fn back_to_running(&self) {
+        let mut mig = self.mig.lock();
+        migration::end_sessions(self, &mut mig);
+        mig.state = super::fsm::State::Running;
+    }
+
+    fn reset(&self) {
+        let mut mig = self.mig.lock();
+        migration::end_sessions(self, &mut mig);
+        mig.state = super::fsm::State::Running;
+        // Under the state lock, so no arc runs during the reset. This is the
+        // only lock the reset takes: VFIO_DEVICE_RESET on an mdev comes from
+        // our own ioctl, not from a PCI reset holding other locks, so the
+        // deferred-reset dance of vfio-pci drivers is not needed.
+        self.dev.reset();
+    }
+
+    /// Wakes pollers of an open pre-copy session: the device changed.
+    fn wake_savers(&self) {
+        let stream = self.waker.lock().clone();
+        if let Some(s) = stream {
+            s.wake();
+        }
+    }
+
+    fn rw(&self, buf: usize, count: usize, pos: i64, write: bool) -> Result<usize> {
+        let pos = u64::try_from(pos).map_err(|_| EINVAL)?;
+        let index = (pos >> OFFSET_SHIFT) as u32;
+        let offset = pos & ((1u64 << OFFSET_SHIFT) - 1);
+        if index >= region::COUNT {
+            return Err(EINVAL);
+        }
+        let r = self.dev.region(index);
+        if (write && !r.writable) || (!write && !r.readable) {
+            return Err(EINVAL);
+        }
+        let end = offset.checked_add(count as u64).ok_or(EINVAL)?;
+        if end > r.size {
+            return Err(EINVAL);
+        }
+        let mut chunk = KVec::from_elem(0u8, count.min(RW_CHUNK), GFP_KERNEL)?;
+        let slice = UserSlice::new(buf, count);
+        let mut done = 0;
+        if write {
+            let mut reader = slice.reader();
+            while done < count {
+                let n = (count - done).min(chunk.len());
+                reader.read_slice(&mut chunk[..n])?;
+                self.dev.write(index, offset + done as u64, &chunk[..n])?;
+                done += n;
+            }
+            self.wake_savers();
+        } else {
+            let mut writer = slice.writer();
+            while done < count {
+                let n = (count - done).min(chunk.len());
+                self.dev.read(index, offset + done as u64, &mut chunk[..n])?;
+                writer.write_slice(&chunk[..n])?;
+                done += n;
+            }
+        }
+        Ok(done)
+    }
+
+    fn ioctl(&self, cmd: c_uint, arg: usize) -> Result<c_long> {
+        match cmd {
+            bindings::RMDEV_VFIO_DEVICE_GET_INFO => {
+                const MINSZ: usize = 16;
+                let mut info: bindings::vfio_device_info = user::copy_in(arg, MINSZ)?;
+                if (info.argsz as usize) < MINSZ {
+                    return Err(EINVAL);
+                }
+                info.flags = bindings::VFIO_DEVICE_FLAGS_PCI | bindings::VFIO_DEVICE_FLAGS_RESET;
+                info.num_regions = region::COUNT;
+                info.num_irqs = NUM_IRQS;
+                user::copy_out(arg, &info, MINSZ)?;
+            }
+            bindings::RMDEV_VFIO_DEVICE_GET_REGION_INFO => {
+                const MINSZ: usize = size_of::<bindings::vfio_region_info>();
+                let mut info: bindings::vfio_region_info = user::copy_in(arg, MINSZ)?;
+                if (info.argsz as usize) < MINSZ || info.index >= region::COUNT {
+                    return Err(EINVAL);
+                }
+                let r = self.dev.region(info.index);
+                info.flags = 0;
+                if r.readable {
+                    info.flags |= bindings::VFIO_REGION_INFO_FLAG_READ;
+                }
+                if r.writable {
+                    info.flags |= bindings::VFIO_REGION_INFO_FLAG_WRITE;
+                }
+                info.cap_offset = 0;
+                info.size = r.size;
+                info.offset = u64::from(info.index) << OFFSET_SHIFT;
+                user::copy_out(arg, &info, MINSZ)?;
+            }
+            bindings::RMDEV_VFIO_DEVICE_GET_IRQ_INFO => {
+                const MINSZ: usize = size_of::<bindings::vfio_irq_info>();
+                let mut info: bindings::vfio_irq_info = user::copy_in(arg, MINSZ)?;
+                if (info.argsz as usize) < MINSZ || info.index >= NUM_IRQS {
+                    return Err(EINVAL);
+                }
+                if info.index == REQ_IRQ_INDEX {
+                    info.flags = bindings::VFIO_IRQ_INFO_EVENTFD;
+                    info.count = 1;
+                } else {
+                    info.flags = 0;
+                    info.count = 0;
+                }
+                user::copy_out(arg, &info, MINSZ)?;
+            }
+            bindings::RMDEV_VFIO_DEVICE_SET_IRQS => self.set_irqs(arg)?,
+            bindings::RMDEV_VFIO_DEVICE_RESET => self.reset(),
+            _ => return Err(ENOTTY),
+        }
+        Ok(0)
+    }
+
+    fn set_irqs(&self, arg: usize) -> Result {
+        const MINSZ: usize = 20;
+        let hdr: bindings::vfio_irq_set = user::copy_in(arg, MINSZ)?;
+        let data = hdr.flags & bindings::VFIO_IRQ_SET_DATA_TYPE_MASK;
+        let action = hdr.flags & bindings::VFIO_IRQ_SET_ACTION_TYPE_MASK;
+        let known = bindings::VFIO_IRQ_SET_DATA_TYPE_MASK | bindings::VFIO_IRQ_SET_ACTION_TYPE_MASK;
+        if (hdr.argsz as usize) < MINSZ
+            || hdr.flags & !known != 0
+            || data.count_ones() != 1
+            || action.count_ones() != 1
+            || hdr.index >= NUM_IRQS
+        {
+            return Err(EINVAL);
+        }
+        let disable = data == bindings::VFIO_IRQ_SET_DATA_NONE && hdr.count == 0;
+        if hdr.index != REQ_IRQ_INDEX {
+            // No other interrupt exists; turning it off is a no-op.
+            return if disable && action == bindings::VFIO_IRQ_SET_ACTION_TRIGGER {
+                Ok(())
+            } else {
+                Err(EINVAL)
+            };
+        }
+        if action != bindings::VFIO_IRQ_SET_ACTION_TRIGGER || hdr.start != 0 || hdr.count > 1 {
+            return Err(EINVAL);
+        }
+        let new = if disable {
+            None
+        } else if data == bindings::VFIO_IRQ_SET_DATA_EVENTFD && hdr.count == 1 {
+            if (hdr.argsz as usize) < MINSZ + 4 {
+                return Err(EINVAL);
+            }
+            let mut fd = [0u8; 4];
+            UserSlice::new(arg + MINSZ, 4).reader().read_slice(&mut fd)?;
+            match i32::from_ne_bytes(fd) {
+                -1 => None,
+                fd if fd >= 0 => Some(user::EventFd::get(fd)?),
+                _ => return Err(EINVAL),
+            }
+        } else {
+            return Err(EINVAL);
+        };
+        *self.req.lock() = new;
+        Ok(())
+    }
+
+    fn request(&self, count: c_uint) {
+        let req = self.req.lock();
+        match req.as_ref() {
+            Some(efd) => {
+                if count == 0 {
+                    pr_notice!("{}: relaying the removal request to the user\n", self.name());
+                }
+                efd.signal();
+            }
+            None if count == 0 => pr_notice!(
+                "{}: in use and no request channel registered; removal waits until the user closes it\n",
+                self.name()
+            ),
+            None => {}
+        }
+    }
+}
+
+/// The C `vfio_device` and the framework's state: what `_vfio_alloc_device`
+/// allocates for an mdev.
+///
+/// # Invariants
+///
+/// `vdev` is first (the VFIO core requires offset 0); `core` is initialised
+/// right after allocation and dropped only by [`Ops::release`].
+#[repr(C)]
+struct VfioDevice<D: Device> {
+    vdev: bindings::vfio_device,
+    core: Arc<Core<D>>,
+}
+
+/// The `vfio_device_ops` trampolines for `D`.
+struct Ops<D>(PhantomData<D>);
+
+impl<D: Device> Ops<D> {
+    const VTABLE: bindings::vfio_device_ops = bindings::vfio_device_ops {
+        name: c"rmdev".as_ptr() as *mut c_char,
+        init: None,
+        release: Some(Self::release),
+        bind_iommufd: Some(bindings::vfio_iommufd_emulated_bind),
+        unbind_iommufd: Some(bindings::vfio_iommufd_emulated_unbind),
+        attach_ioas: Some(bindings::vfio_iommufd_emulated_attach_ioas),
+        detach_ioas: Some(bindings::vfio_iommufd_emulated_detach_ioas),
+        open_device: Some(Self::open_device),
+        close_device: Some(Self::close_device),
+        read: Some(Self::read),
+        write: Some(Self::write),
+        ioctl: Some(Self::ioctl),
+        mmap: None,
+        request: Some(Self::request),
+        match_: None,
+        dma_unmap: None,
+        device_feature: None,
+    };
+
+    /// The framework state of `vdev`.
+    ///
+    /// # Safety
+    ///
+    /// `vdev` must be a VFIO device registered by [`register::<D>`], not yet
+    /// released.
+    unsafe fn core<'a>(vdev: *mut bindings::vfio_device) -> &'a Core<D> {
+        // SAFETY: By the contract.
+        unsafe { core_of::<D>(vdev) }
+    }
+
+    /// The `release` callback.
+    ///
+    /// # Safety
+    ///
+    /// Only called by the VFIO core, with the arguments it documents for this
+    /// callback, on an object this module registered.
+    unsafe extern "C" fn release(vdev: *mut bindings::vfio_device) {
+        // SAFETY: The VFIO core calls release once, when the last reference
+        // is gone; `core` was initialised at allocation (type invariant). The
+        // core frees the memory after we return.
+        unsafe { ptr::drop_in_place(addr_of_mut!((*vdev.cast::<VfioDevice<D>>()).core)) };
+    }
+
+    /// The `open_device` callback.
+    ///
+    /// # Safety
+    ///
+    /// Only called by the VFIO core, with the arguments it documents for this
+    /// callback, on an object this module registered.
+    unsafe extern "C" fn open_device(vdev: *mut bindings::vfio_device) -> i32 {
+        // SAFETY: Called by the VFIO core on a registered device.
+        let core = unsafe { Self::core(vdev) };
+        core.back_to_running();
+        match core.dev.open() {
+            Ok(()) => 0,
+            Err(e) => e.to_errno(),
+        }
+    }
+
+    /// The `close_device` callback.
+    ///
+    /// # Safety
+    ///
+    /// Only called by the VFIO core, with the arguments it documents for this
+    /// callback, on an object this module registered.
+    unsafe extern "C" fn close_device(vdev: *mut bindings::vfio_device) {
+        // SAFETY: Called by the VFIO core on a registered device.
+        let core = unsafe { Self::core(vdev) };
+        // The uAPI: data files reach their end before close_device returns.
+        core.back_to_running();
+        *core.req.lock() = None;
+        core.dev.close();
+    }
+
+    /// The `read` callback.
+    ///
+    /// # Safety
+    ///
+    /// Only called by the VFIO core, with the arguments it documents for this
+    /// callback, on an object this module registered.
+    unsafe extern "C" fn read(
+        vdev: *mut bindings::vfio_device,
+        buf: *mut c_char,
+        count: usize,
+        ppos: *mut bindings::loff_t,
+    ) -> isize {
+        // SAFETY: Called by the VFIO core on a registered device, with the
+        // file position it owns.
+        let (core, pos) = unsafe { (Self::core(vdev), *ppos) };
+        match core.rw(buf as usize, count, pos, false) {
+            Ok(n) => {
+                // SAFETY: As above.
+                unsafe { *ppos += n as i64 };
+                n as isize
+            }
+            Err(e) => e.to_errno() as isize,
+        }
+    }
+
+    /// The `write` callback.
+    ///
+    /// # Safety
+    ///
+    /// Only called by the VFIO core, with the arguments it documents for this
+    /// callback, on an object this module registered.
+    unsafe extern "C" fn write(
+        vdev: *mut bindings::vfio_device,
+        buf: *const c_char,
+        count: usize,
+        ppos: *mut bindings::loff_t,
+    ) -> isize {
+        // SAFETY: As in `read`.
+        let (core, pos) = unsafe { (Self::core(vdev), *ppos) };
+        match core.rw(buf as usize, count, pos, true) {
+            Ok(n) => {
+                // SAFETY: As in `read`.
+                unsafe { *ppos += n as i64 };
+                n as isize
+            }
+            Err(e) => e.to_errno() as isize,
+        }
+    }
+
+    /// The `ioctl` callback.
+    ///
+    /// # Safety
+    ///
+    /// Only called by the VFIO core, with the arguments it documents for this
+    /// callback, on an object this module registered.
+    unsafe extern "C" fn ioctl(vdev: *mut bindings::vfio_device, cmd: c_uint, arg: c_ulong) -> c_long {
+        // SAFETY: Called by the VFIO core on a registered device.
+        let core = unsafe { Self::core(vdev) };
+        match core.ioctl(cmd, arg) {
+            Ok(r) => r,
+            Err(e) => e.to_errno() as c_long,
+        }
+    }
+
+    /// The `request` callback.
+    ///
+    /// # Safety
+    ///
+    /// Only called by the VFIO core, with the arguments it documents for this
+    /// callback, on an object this module registered.
+    unsafe extern "C" fn request(vdev: *mut bindings::vfio_device, count: c_uint) {
+        // SAFETY: Called by the VFIO core on a registered device.
+        unsafe { Self::core(vdev) }.request(count);
+    }
+}
+
+/// The framework state of a VFIO device.
+///
+/// # Safety
+///
+/// `vdev` must be a VFIO device registered by [`register::<D>`], not yet
+/// released.
+pub(crate) unsafe fn core_of<'a, D: Device>(vdev: *mut bindings::vfio_device) -> &'a Arc<Core<D>> {
+    // SAFETY: By the contract, `vdev` is the first field of a live
+    // `VfioDevice<D>` whose `core` is initialised (type invariant).
+    unsafe { &(*vdev.cast::<VfioDevice<D>>()).core }
+}
+
+/// Creates the VFIO device of a new mdev and registers it.
+///
+/// # Safety
+///
+/// `mdev` must be an mdev being probed by the mdev core; [`unregister`] must
+/// be called for it before it goes away.
+pub(crate) unsafe fn register<D: Device>(
+    mdev: *mut bindings::mdev_device,
+    init: impl PinInit<D, Error>,
+) -> Result {
+    let mut name = [0u8; 40];
+    // SAFETY: `mdev` is valid (contract); its name is a NUL-terminated
+    // string set by the mdev core (the UUID).
+    let src = unsafe { CStr::from_char_ptr((*mdev).dev.kobj.name) };
+    let n = src.len().min(name.len() - 1);
+    name[..n].copy_from_slice(&src.as_bytes()[..n]);
+    let core = Arc::pin_init(
+        try_pin_init!(Core {
+            dev <- init,
+            mig <- new_mutex!(MigState::new(), "rmdev:state"),
+            waker <- new_spinlock!(None, "rmdev:waker"),
+            req <- new_mutex!(None, "rmdev:req"),
+            name,
+        }),
+        GFP_KERNEL,
+    )?;
+    let flags = migration::check_device(&core)?;
+    core.mig.lock().flags = flags;
+
+    // SAFETY: `mdev` is valid; the VFIO core allocates a zeroed structure of
+    // the given size with the `vfio_device` at offset 0 and takes a
+    // reference on the mdev's device.
+    let vdev = from_err_ptr(unsafe {
+        bindings::_vfio_alloc_device(
+            size_of::<VfioDevice<D>>(),
+            addr_of_mut!((*mdev).dev),
+            &Ops::<D>::VTABLE,
+        )
+    })?;
+    let this = vdev.cast::<VfioDevice<D>>();
+    // SAFETY: `this` was just allocated with room for `VfioDevice<D>`; no
+    // callback can run before registration.
+    // INVARIANT: `core` is initialised before anything can release it.
+    unsafe { ptr::write(addr_of_mut!((*this).core), core) };
+    if let Some(f) = flags {
+        // SAFETY: Not registered yet: nothing else reads these fields.
+        unsafe {
+            (*vdev).migration_flags = f.bits();
+            (*vdev).mig_ops = migration::mig_ops::<D>();
+            (*vdev).log_ops = &migration::LOG_OPS_NO_DMA;
+        }
+    }
+    // SAFETY: The mdev core allows the bound driver to set drvdata.
+    unsafe { (*mdev).dev.driver_data = vdev.cast() };
+    // SAFETY: `vdev` is a fully set up, allocated VFIO device.
+    let ret = to_result(unsafe { bindings::vfio_register_emulated_iommu_dev(vdev) });
+    if ret.is_err() {
+        // SAFETY: Drops the allocation reference; `release` drops `core`.
+        unsafe { bindings::rmdev_vfio_put_device(vdev) };
+    }
+    ret
+}
+
+/// Unregisters and releases the VFIO device of an mdev.
+///
+/// If a user holds the device open, the VFIO core calls [`Ops::request`]
+/// until the user closes it; this blocks until then.
+///
+/// # Safety
+///
+/// `mdev` must have been registered by [`register`] and not unregistered.
+pub(crate) unsafe fn unregister(mdev: *mut bindings::mdev_device) {
+    // SAFETY: `register` stored the VFIO device as drvdata.
+    let vdev = unsafe { (*mdev).dev.driver_data }.cast::<bindings::vfio_device>();
+    // SAFETY: Registered by `register` (contract).
+    unsafe {
+        bindings::vfio_unregister_group_dev(vdev);
+        bindings::rmdev_vfio_put_device(vdev);
+    }
+}

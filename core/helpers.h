@@ -1,0 +1,21 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * C helpers for what Rust cannot reach in 6.12: static inline functions and
+ * macros that need a call site (lock class keys). Each is a one-line wrapper.
+ */
+#ifndef RMDEV_HELPERS_H
+#define RMDEV_HELPERS_H
+
+#include <linux/eventfd.h>
+#include <linux/poll.h>
+#include <linux/wait.h>
+
+struct vfio_device;
+
+void rmdev_init_waitqueue_head(struct wait_queue_head *wq);
+void rmdev_wake_up_poll(struct wait_queue_head *wq, __poll_t mask);
+void rmdev_poll_wait(struct file *file, struct wait_queue_head *wq, poll_table *pt);
+void rmdev_eventfd_signal(struct eventfd_ctx *ctx);
+void rmdev_vfio_put_device(struct vfio_device *vdev);
+
+#endif

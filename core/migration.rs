@@ -1,0 +1,330 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! VFIO migration v2 for every migratable device: `vfio_migration_ops`,
+//! `vfio_log_ops`, and the walk of the state machine.
+//!
+//! C header: [`include/linux/vfio.h`](srctree/include/linux/vfio.h)
+//!
+//! A `VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE` SET takes the device's state lock
+//! and walks from the current state to the target by single arcs, with
+//! [`super::fsm::transition`] (the Linux 6.12 path, checked against the
+//! kernel's table on the host). Around each of the vendor's steps the
+//! framework applies the arc's session effect: it opens the save or resume
+//! data file, switches a save session to stop-copy, or ends a session (its
+//! file reports `-ENODEV` from then on). Only the last arc of a path can
+//! open a session, so at most one file is returned per SET.
+//!
+//! Errors: ERROR as a target, a state outside the flag set or a blocked arc
+//! (STOP_COPY to PRE_COPY) give `-EINVAL` with no arc taken; any SET while
+//! the device is in ERROR gives `-EIO` (only `VFIO_DEVICE_RESET` leaves it);
+//! a failed vendor step gives the vendor's errno and leaves the device in
+//! the last state reached (or ERROR if the vendor reports the state lost).
+
+use kernel::ffi::{c_int, c_ulong};
+use core::marker::PhantomData;
+
+use kernel::prelude::*;
+use kernel::sync::Arc;
+
+use super::bindings;
+use super::device::{Core, Device};
+use super::envelope::{HEADER_MAX, MAX_RECORD_PAYLOAD, RECORD_OVERHEAD, END_LEN};
+use super::fsm::{self, FlagSet, SessionEffect, State, StateArc, StepFailure, TransitionError};
+use super::stream::{ResumeStream, SaveStream};
+use super::version::MAX_LEN as MAX_VERSION_LEN;
+
+/// The migration state of one device, under its state lock.
+pub(crate) struct MigState {
+    /// The device's flag set; `None` if it cannot migrate.
+    pub(crate) flags: Option<FlagSet>,
+    /// The current state.
+    pub(crate) state: State,
+    save: Option<Arc<SaveStream>>,
+    resume: Option<Arc<ResumeStream>>,
+}
+
+impl MigState {
+    pub(crate) fn new() -> Self {
+        Self {
+            flags: None,
+            state: State::Running,
+            save: None,
+            resume: None,
+        }
+    }
+
+    /// The open save session, if any.
+    pub(crate) fn save(&self) -> Option<&Arc<SaveStream>> {
+        self.save.as_ref()
+    }
+}
+
+/// Checks a new device's migration setup; returns its flag set.
+pub(crate) fn check_device<D: Device>(core: &Core<D>) -> Result<Option<FlagSet>> {
+    let Some(flags) = core.dev.migration() else {
+        return Ok(None);
+    };
+    let version = core.dev.version();
+    if version.is_empty() || version.len() > MAX_VERSION_LEN {
+        pr_err!(
+            "{}: the device's migration_version string must be 1 to {} bytes\n",
+            core.name(),
+            MAX_VERSION_LEN
+        );
+        return Err(EINVAL);
+    }
+    if core.dev.max_record() == 0 || core.dev.max_record() > MAX_RECORD_PAYLOAD {
+        pr_err!(
+            "{}: the device's largest record must be 1 to {} bytes\n",
+            core.name(),
+            MAX_RECORD_PAYLOAD
+        );
+        return Err(EINVAL);
+    }
+    Ok(Some(flags))
+}
+
+/// Ends any open session: its file reports `-ENODEV` from now on.
+pub(crate) fn end_sessions<D: Device>(core: &Core<D>, mig: &mut MigState) {
+    if let Some(s) = mig.save.take() {
+        // Dropped after the spinlock is released: never free under it.
+        let waker = core.waker.lock().take();
+        drop(waker);
+        s.disable();
+    }
+    if let Some(r) = mig.resume.take() {
+        r.disable();
+    }
+}
+
+/// Walks the state machine for one SET: performs each arc with the vendor
+/// and applies its session effect.
+struct Walk<'a, D: Device> {
+    core: &'a Arc<Core<D>>,
+    mig: &'a mut MigState,
+    /// The data file the last arc opened, handed to the VFIO core.
+    file: *mut bindings::file,
+}
+
+impl<D: Device> fsm::Stepper for Walk<'_, D> {
+    type Arcs = StateArc;
+    type Error = Error;
+
+    fn step(&mut self, arc: StateArc) -> core::result::Result<(), StepFailure<Error>> {
+        let dev = &self.core.dev;
+        match arc.session() {
+            SessionEffect::None => dev.step(arc),
+            SessionEffect::OpenSave => {
+                let phase = if arc.to() == State::StopCopy {
+                    super::device::SavePhase::StopCopy
+                } else {
+                    super::device::SavePhase::PreCopy
+                };
+                let (stream, file) =
+                    SaveStream::open(self.core, phase).map_err(StepFailure::recoverable)?;
+                if let Err(f) = dev.step(arc) {
+                    stream.disable();
+                    SaveStream::drop_file(file);
+                    return Err(f);
+                }
+                let old = self.core.waker.lock().replace(stream.clone());
+                drop(old);
+                self.mig.save = Some(stream);
+                self.file = file;
+                Ok(())
+            }
+            SessionEffect::OpenResume => {
+                let (stream, file) =
+                    ResumeStream::open(self.core).map_err(StepFailure::recoverable)?;
+                if let Err(f) = dev.step(arc) {
+                    stream.disable();
+                    ResumeStream::drop_file(file);
+                    return Err(f);
+                }
+                self.mig.resume = Some(stream);
+                self.file = file;
+                Ok(())
+            }
+            SessionEffect::ContinueSave => {
+                dev.step(arc)?;
+                if let Some(s) = &self.mig.save {
+                    s.stop_copy();
+                }
+                Ok(())
+            }
+            SessionEffect::EndSave => {
+                dev.step(arc)?;
+                if let Some(s) = self.mig.save.take() {
+                    let waker = self.core.waker.lock().take();
+                    drop(waker);
+                    s.disable();
+                }
+                Ok(())
+            }
+            SessionEffect::EndResume => {
+                // Load and validate before the arc: a bad stream fails the
+                // SET and the device stays in RESUMING.
+                if let Some(r) = &self.mig.resume {
+                    r.finish().map_err(StepFailure::recoverable)?;
+                }
+                dev.step(arc)?;
+                if let Some(r) = self.mig.resume.take() {
+                    r.disable();
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The `vfio_migration_ops` and `vfio_log_ops` trampolines for `D`.
+struct Ops<D>(PhantomData<D>);
+
+/// The `vfio_migration_ops` of devices of type `D`.
+pub(crate) fn mig_ops<D: Device>() -> &'static bindings::vfio_migration_ops {
+    &Ops::<D>::MIG_OPS
+}
+
+impl<D: Device> Ops<D> {
+    const MIG_OPS: bindings::vfio_migration_ops = bindings::vfio_migration_ops {
+        migration_set_state: Some(Self::set_state),
+        migration_get_state: Some(Self::get_state),
+        migration_get_data_size: Some(Self::get_data_size),
+    };
+
+    /// The framework state of `vdev`.
+    ///
+    /// # Safety
+    ///
+    /// `vdev` must be a registered device of type `D` with migration.
+    unsafe fn core<'a>(vdev: *mut bindings::vfio_device) -> &'a Arc<Core<D>> {
+        // SAFETY: By the contract (see `device::VfioDevice`).
+        unsafe { super::device::core_of::<D>(vdev) }
+    }
+
+    /// The `set_state` callback.
+    ///
+    /// # Safety
+    ///
+    /// Only called by the VFIO core, with the arguments it documents for this
+    /// callback, on an object this module registered.
+    unsafe extern "C" fn set_state(
+        vdev: *mut bindings::vfio_device,
+        new: bindings::vfio_device_mig_state,
+    ) -> *mut bindings::file {
+        // SAFETY: The VFIO core calls this on a registered device with
+        // `mig_ops`, which only `device::register` sets.
+        let core = unsafe { Self::core(vdev) };
+        let Some(target) = State::from_raw(new) else {
+            return EINVAL.to_ptr();
+        };
+        let mut mig = core.mig.lock();
+        let Some(flags) = mig.flags else {
+            return ENOTTY.to_ptr();
+        };
+        let mut state = mig.state;
+        let mut walk = Walk {
+            core,
+            mig: &mut mig,
+            file: core::ptr::null_mut(),
+        };
+        let res = fsm::transition(flags, &mut state, target, &mut walk);
+        let file = walk.file;
+        mig.state = state;
+        match res {
+            Ok(_) => file,
+            Err(TransitionError::InError) => EIO.to_ptr(),
+            Err(TransitionError::Invalid) | Err(TransitionError::ArcNotHandled(_)) => {
+                EINVAL.to_ptr()
+            }
+            Err(TransitionError::Step { error, .. }) => error.to_ptr(),
+        }
+    }
+
+    /// The `get_state` callback.
+    ///
+    /// # Safety
+    ///
+    /// Only called by the VFIO core, with the arguments it documents for this
+    /// callback, on an object this module registered.
+    unsafe extern "C" fn get_state(
+        vdev: *mut bindings::vfio_device,
+        out: *mut bindings::vfio_device_mig_state,
+    ) -> c_int {
+        // SAFETY: As in `set_state`.
+        let core = unsafe { Self::core(vdev) };
+        let state = core.mig.lock().state;
+        // SAFETY: The VFIO core passes a valid pointer.
+        unsafe { *out = state.raw() as bindings::vfio_device_mig_state };
+        0
+    }
+
+    /// The `get_data_size` callback.
+    ///
+    /// # Safety
+    ///
+    /// Only called by the VFIO core, with the arguments it documents for this
+    /// callback, on an object this module registered.
+    unsafe extern "C" fn get_data_size(vdev: *mut bindings::vfio_device, out: *mut c_ulong) -> c_int {
+        // SAFETY: As in `set_state`.
+        let core = unsafe { Self::core(vdev) };
+        // Under the state lock, as the uAPI expects of drivers.
+        let _mig = core.mig.lock();
+        let data = core.dev.stop_copy_size();
+        let records = data.div_ceil(core.dev.max_record()).max(1);
+        let size = HEADER_MAX + data + records * RECORD_OVERHEAD + END_LEN;
+        // SAFETY: The VFIO core passes a valid pointer.
+        unsafe { *out = size as c_ulong };
+        0
+    }
+}
+
+/// `vfio_log_ops` for devices that never write guest memory: dirty logging
+/// starts, stops and always reports nothing dirty. QEMU needs device dirty
+/// tracking before it migrates a device by default; a device that does no
+/// DMA has nothing to track, so this is exact, not a shortcut.
+pub(crate) static LOG_OPS_NO_DMA: bindings::vfio_log_ops = bindings::vfio_log_ops {
+    log_start: Some(log_start_no_dma),
+    log_stop: Some(log_stop_no_dma),
+    log_read_and_clear: Some(log_read_no_dma),
+};
+
+/// The `log_start_no_dma` callback.
+///
+/// # Safety
+///
+/// Only called by the VFIO core, with the arguments it documents for this
+/// callback, on an object this module registered.
+unsafe extern "C" fn log_start_no_dma(
+    _vdev: *mut bindings::vfio_device,
+    _ranges: *mut bindings::rb_root_cached,
+    _nnodes: u32,
+    _page_size: *mut u64,
+) -> c_int {
+    0
+}
+
+/// The `log_stop_no_dma` callback.
+///
+/// # Safety
+///
+/// Only called by the VFIO core, with the arguments it documents for this
+/// callback, on an object this module registered.
+unsafe extern "C" fn log_stop_no_dma(_vdev: *mut bindings::vfio_device) -> c_int {
+    0
+}
+
+/// The `log_read_no_dma` callback.
+///
+/// # Safety
+///
+/// Only called by the VFIO core, with the arguments it documents for this
+/// callback, on an object this module registered.
+unsafe extern "C" fn log_read_no_dma(
+    _vdev: *mut bindings::vfio_device,
+    _iova: c_ulong,
+    _length: c_ulong,
+    _dirty: *mut bindings::iova_bitmap,
+) -> c_int {
+    0
+}

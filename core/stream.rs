@@ -1,0 +1,752 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The migration data files: the save file a source is read through and the
+//! resume file a target is written through.
+//!
+//! C header: [`include/linux/anon_inodes.h`](srctree/include/linux/anon_inodes.h)
+//!
+//! Both are anonymous-inode files in stream mode (no seek, no positional
+//! I/O: `-ESPIPE`). The save file is read-only: it streams the framework's
+//! envelope (`Documentation/stream-envelope.rst`) around the vendor's
+//! records, one record at a time, so a save session holds one record buffer
+//! however large the device. In pre-copy, when nothing is ready, `read`
+//! fails with `-ENOMSG` and `poll` waits for the device to change; in
+//! stop-copy the end of the state is a permanent end of file. The resume
+//! file is write-only: every write goes through the envelope parser, which
+//! checks the header (the source's `migration_version`, with the target's
+//! rule) as soon as it is complete and every record's checksum before the
+//! vendor loads it.
+//!
+//! A session ends when the state machine leaves its states, on reset and
+//! on close: the file then reports `-ENODEV` (and `poll` reports `EPOLLHUP`)
+//! but stays safe to use and to close, whatever happened to the device,
+//! because it only holds the session (an `Arc`), which ending drops.
+//!
+//! Locking: the device's state lock comes before a stream's lock; `read`
+//! and `write` take only the stream lock.
+
+use kernel::ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void};
+use core::mem::MaybeUninit;
+use core::ptr;
+
+use kernel::error::from_err_ptr;
+use kernel::new_mutex;
+use kernel::prelude::*;
+use kernel::sync::{Arc, ArcBorrow, Mutex};
+use kernel::types::{ForeignOwnable, Opaque};
+use kernel::uaccess::{UserSlice, UserSliceReader, UserSliceWriter};
+
+use super::bindings;
+use super::device::{Core, Device, PrecopyInfo, SavePhase, Saved};
+use super::envelope::{
+    EnvelopeError, Encoder, Parser, Sink, StreamError, END_LEN, HEADER_MAX, RECORD_OVERHEAD,
+};
+use super::fsm::State;
+use super::version::VersionError;
+
+/// The errno a refused stream gets: `-EBADMSG` for corrupted data (a
+/// checksum mismatch), the version rule's errno for an incompatible source,
+/// `-EINVAL` for anything else that is not a well-formed stream.
+fn envelope_errno(e: EnvelopeError) -> Error {
+    match e {
+        EnvelopeError::ChecksumMismatch { .. } => bindings::error(bindings::EBADMSG),
+        EnvelopeError::Incompatible(v) => version_errno(v),
+        _ => EINVAL,
+    }
+}
+
+/// The errno of an incompatible version: the vendor's, or `-EINVAL`.
+pub(crate) fn version_errno(e: VersionError) -> Error {
+    match e {
+        VersionError::Vendor(errno) if errno > 0 && errno < 4096 => Error::from_errno(-errno),
+        _ => EINVAL,
+    }
+}
+
+/// Makes a `KBox<dyn Trait>` from a value (6.12's `KBox` does not coerce).
+macro_rules! box_dyn {
+    ($value:expr, $tr:path) => {{
+        let b = KBox::new($value, GFP_KERNEL)?;
+        let raw = KBox::into_raw(b);
+        let raw: *mut dyn $tr = raw;
+        // SAFETY: `raw` comes from `KBox::into_raw` just above; only its
+        // type changed, by an unsizing coercion.
+        unsafe { KBox::from_raw(raw) }
+    }};
+}
+
+/// The device side of a save session, behind a trait object so that the
+/// file operations are not generic.
+trait SaveSource: Send {
+    /// The vendor's next record, into `buf`.
+    fn next(&mut self, phase: SavePhase, buf: &mut [u8]) -> Result<Saved>;
+    /// The vendor's pre-copy progress.
+    fn precopy_info(&self) -> PrecopyInfo;
+}
+
+struct DeviceSaveSource<D: Device> {
+    core: Arc<Core<D>>,
+    state: D::Save,
+}
+
+impl<D: Device> SaveSource for DeviceSaveSource<D> {
+    fn next(&mut self, phase: SavePhase, buf: &mut [u8]) -> Result<Saved> {
+        self.core.dev.save(&mut self.state, phase, buf)
+    }
+
+    fn precopy_info(&self) -> PrecopyInfo {
+        self.core.dev.precopy_info(&self.state)
+    }
+
+}
+
+struct SaveSession {
+    src: KBox<dyn SaveSource>,
+    /// Keeps the device alive for `in_precopy` without the stream lock.
+    owner: Arc<dyn PrecopyOwner>,
+    phase: SavePhase,
+    enc: Encoder,
+    /// One record (or the header, or the END record) ready to be read.
+    buf: KVVec<u8>,
+    head: usize,
+    tail: usize,
+    /// Whether the buffered bytes belong to the initial image.
+    buffered_initial: bool,
+    /// The END record has been buffered: what remains is all there is.
+    ended: bool,
+}
+
+/// What the `VFIO_MIG_GET_PRECOPY_INFO` ioctl needs from the device: the
+/// state check under the state lock, taken before the stream's lock.
+trait PrecopyOwner: Send + Sync {
+    /// Runs `f` under the device's state lock if the device is in pre-copy
+    /// with `stream` as its session.
+    fn with_precopy(&self, stream: &SaveStream, f: &mut dyn FnMut()) -> bool;
+}
+
+impl<D: Device> PrecopyOwner for Core<D> {
+    fn with_precopy(&self, stream: &SaveStream, f: &mut dyn FnMut()) -> bool {
+        let mig = self.mig.lock();
+        let ours = mig.save().is_some_and(|s| ptr::eq(&**s, stream));
+        let ok = ours && matches!(mig.state, State::PreCopy | State::PreCopyP2p);
+        if ok {
+            f();
+        }
+        ok
+    }
+}
+
+enum Refill {
+    Data,
+    Later,
+}
+
+impl SaveSession {
+    fn buffered(&self) -> usize {
+        self.tail - self.head
+    }
+
+    /// Buffers the next record, or the END record at the end of stop-copy.
+    fn refill(&mut self) -> Result<Refill> {
+        let initial = self.phase == SavePhase::PreCopy && self.src.precopy_info().initial_bytes > 0;
+        let max = self.buf.len() - RECORD_OVERHEAD;
+        let (head, rest) = self.buf.split_at_mut(8);
+        match self.src.next(self.phase, &mut rest[..max])? {
+            Saved::Record { tag, len } => {
+                if len == 0 || len > max {
+                    return Err(EIO);
+                }
+                head.copy_from_slice(&self.enc.begin(tag, len).map_err(|_| EIO)?);
+                self.enc.payload(&rest[..len]).map_err(|_| EIO)?;
+                let crc = self.enc.end_record().map_err(|_| EIO)?;
+                rest[len..len + 4].copy_from_slice(&crc);
+                self.head = 0;
+                self.tail = 8 + len + 4;
+                self.buffered_initial = initial;
+                Ok(Refill::Data)
+            }
+            Saved::Done if self.phase == SavePhase::StopCopy => {
+                let end = self.enc.end().map_err(|_| EIO)?;
+                self.buf[..END_LEN].copy_from_slice(&end);
+                self.head = 0;
+                self.tail = END_LEN;
+                self.ended = true;
+                self.buffered_initial = false;
+                Ok(Refill::Data)
+            }
+            // A device with nothing left in pre-copy, or still busy.
+            Saved::Done | Saved::Later if self.phase == SavePhase::PreCopy => Ok(Refill::Later),
+            // Stop-copy must produce the whole state: a vendor bug.
+            Saved::Later | Saved::Done => Err(EIO),
+        }
+    }
+
+    fn read(&mut self, w: &mut UserSliceWriter, count: usize) -> Result<usize> {
+        let mut done = 0;
+        while done < count {
+            if self.buffered() == 0 {
+                if self.ended {
+                    break;
+                }
+                match self.refill() {
+                    Ok(Refill::Data) => {}
+                    Ok(Refill::Later) if done > 0 => break,
+                    Ok(Refill::Later) => return Err(bindings::error(bindings::ENOMSG)),
+                    Err(e) if done > 0 => {
+                        // Report the bytes copied; the error comes next time.
+                        let _ = e;
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let n = (count - done).min(self.buffered());
+            w.write_slice(&self.buf[self.head..self.head + n])?;
+            self.head += n;
+            done += n;
+        }
+        Ok(done)
+    }
+
+    fn readable(&self) -> bool {
+        if self.buffered() > 0 || self.ended || self.phase == SavePhase::StopCopy {
+            return true;
+        }
+        let info = self.src.precopy_info();
+        info.initial_bytes > 0 || info.dirty_bytes > 0
+    }
+
+    fn precopy_info(&self) -> PrecopyInfo {
+        let mut info = self.src.precopy_info();
+        let buffered = self.buffered() as u64;
+        if self.buffered_initial {
+            info.initial_bytes += buffered;
+        } else {
+            info.dirty_bytes += buffered;
+        }
+        info
+    }
+}
+
+/// A save session's file state.
+#[pin_data]
+pub(crate) struct SaveStream {
+    #[pin]
+    inner: Mutex<Option<SaveSession>>,
+    #[pin]
+    wq: Opaque<bindings::wait_queue_head>,
+}
+
+// SAFETY: The wait queue head is made for use from any thread; the rest is
+// behind a mutex.
+unsafe impl Send for SaveStream {}
+// SAFETY: As above.
+unsafe impl Sync for SaveStream {}
+
+impl SaveStream {
+    /// Opens a save session of `core`'s device and its file (one reference,
+    /// which the caller hands to the user or drops with [`Self::drop_file`]).
+    pub(crate) fn open<D: Device>(
+        core: &Arc<Core<D>>,
+        phase: SavePhase,
+    ) -> Result<(Arc<Self>, *mut bindings::file)> {
+        let (enc, header) = Encoder::new(core.dev.version()).map_err(|_| EINVAL)?;
+        let cap = (RECORD_OVERHEAD + core.dev.max_record()).max(HEADER_MAX);
+        let mut buf = KVVec::from_elem(0u8, cap, GFP_KERNEL)?;
+        let hdr = header.as_bytes();
+        buf[..hdr.len()].copy_from_slice(hdr);
+        let state = core.dev.save_open()?;
+        let src = box_dyn!(
+            DeviceSaveSource {
+                core: core.clone(),
+                state,
+            },
+            SaveSource
+        );
+        let owner: Arc<dyn PrecopyOwner> = core.clone();
+        let session = SaveSession {
+            src,
+            owner,
+            phase,
+            enc,
+            buf,
+            head: 0,
+            tail: hdr.len(),
+            buffered_initial: true,
+            ended: false,
+        };
+        let stream = Arc::pin_init(
+            pin_init!(Self {
+                inner <- new_mutex!(Some(session), "rmdev:save"),
+                wq <- init_wait_queue(),
+            }),
+            GFP_KERNEL,
+        )?;
+        let file = new_file(kernel::c_str!("[rmdev_save]"), &SAVE_FOPS.0, stream.clone().into_foreign(), true)?;
+        Ok((stream, file))
+    }
+
+    /// Drops a file [`Self::open`] returned that never reached the user.
+    pub(crate) fn drop_file(file: *mut bindings::file) {
+        // SAFETY: `file` is the reference `open` returned, unused since.
+        unsafe { bindings::fput(file) };
+    }
+
+    /// Switches the session to stop-copy (PRE_COPY* to STOP_COPY).
+    pub(crate) fn stop_copy(&self) {
+        if let Some(s) = self.inner.lock().as_mut() {
+            s.phase = SavePhase::StopCopy;
+        }
+        self.wake();
+    }
+
+    /// Ends the session: the file reports `-ENODEV` from now on.
+    pub(crate) fn disable(&self) {
+        // Dropped outside the lock: it may drop the last device reference.
+        let session = self.inner.lock().take();
+        drop(session);
+        self.wake();
+    }
+
+    /// Wakes pollers: there may be new data.
+    pub(crate) fn wake(&self) {
+        // SAFETY: `wq` was initialised by `open` and lives as long as `self`.
+        unsafe { bindings::rmdev_wake_up_poll(self.wq.get(), bindings::RMDEV_EPOLLIN) };
+    }
+
+    fn read(&self, buf: usize, count: usize) -> Result<usize> {
+        let mut w = UserSlice::new(buf, count).writer();
+        let mut guard = self.inner.lock();
+        let s = guard.as_mut().ok_or(ENODEV)?;
+        s.read(&mut w, count)
+    }
+
+    fn poll(&self, file: *mut bindings::file, pt: *mut bindings::poll_table) -> c_uint {
+        // SAFETY: `file` and `pt` come from the VFS; `wq` lives as long as the
+        // file (the file holds a reference to `self`).
+        unsafe { bindings::rmdev_poll_wait(file, self.wq.get(), pt) };
+        match self.inner.lock().as_ref() {
+            None => bindings::RMDEV_EPOLLIN | bindings::RMDEV_EPOLLHUP,
+            Some(s) if s.readable() => bindings::RMDEV_EPOLLIN,
+            Some(_) => 0,
+        }
+    }
+
+    fn precopy_info_ioctl(&self, arg: usize) -> Result {
+        const MINSZ: usize = core::mem::size_of::<bindings::vfio_precopy_info>();
+        let mut info: bindings::vfio_precopy_info = super::user::copy_in(arg, MINSZ)?;
+        if (info.argsz as usize) < MINSZ {
+            return Err(EINVAL);
+        }
+        // The state lock comes first: take the device out of the session
+        // without holding the stream lock.
+        let owner = match self.inner.lock().as_ref() {
+            Some(s) => s.owner.clone(),
+            None => return Err(ENODEV),
+        };
+        let mut got = None;
+        let in_precopy = owner.with_precopy(self, &mut || {
+            got = self.inner.lock().as_ref().map(|s| s.precopy_info());
+        });
+        if !in_precopy {
+            return Err(EINVAL);
+        }
+        let got = got.ok_or(ENODEV)?;
+        info.flags = 0;
+        info.initial_bytes = got.initial_bytes;
+        info.dirty_bytes = got.dirty_bytes;
+        super::user::copy_out(arg, &info, MINSZ)
+    }
+}
+
+/// The device side of a resume session.
+trait LoadTarget: Send {
+    /// The stream's source version, checked with the device's rule.
+    fn check_version(&mut self, source: &str) -> core::result::Result<(), VersionError>;
+    /// One checked record.
+    fn record(&mut self, tag: u16, payload: &[u8]) -> Result;
+    /// The whole stream arrived: load and validate.
+    fn finish(&mut self) -> Result;
+    /// The device's name, for messages.
+    fn name(&self) -> &str;
+}
+
+struct DeviceLoadTarget<D: Device> {
+    core: Arc<Core<D>>,
+    state: Option<D::Load>,
+}
+
+impl<D: Device> LoadTarget for DeviceLoadTarget<D> {
+    fn check_version(&mut self, source: &str) -> core::result::Result<(), VersionError> {
+        let dev = &self.core.dev;
+        dev.version_rule().check(dev.version(), source)
+    }
+
+    fn record(&mut self, tag: u16, payload: &[u8]) -> Result {
+        let state = self.state.as_mut().ok_or(EINVAL)?;
+        self.core.dev.load(state, tag, payload)
+    }
+
+    fn finish(&mut self) -> Result {
+        let state = self.state.take().ok_or(EINVAL)?;
+        self.core.dev.load_finish(state)
+    }
+
+    fn name(&self) -> &str {
+        self.core.name()
+    }
+}
+
+/// Adapts a [`LoadTarget`] to the envelope parser.
+struct ParserSink<'a>(&'a mut dyn LoadTarget);
+
+impl Sink for ParserSink<'_> {
+    type Error = Error;
+
+    fn check_version(&mut self, source: &str) -> core::result::Result<(), VersionError> {
+        self.0.check_version(source)
+    }
+
+    fn record(&mut self, tag: u16, payload: &[u8]) -> Result {
+        self.0.record(tag, payload)
+    }
+}
+
+struct ResumeSession {
+    target: KBox<dyn LoadTarget>,
+    parser: Parser<KVVec<u8>>,
+    bounce: KVVec<u8>,
+    /// The errno the stream was refused with: every later write gets it.
+    failed: Option<Error>,
+}
+
+/// The bytes a resume write copies from the user at once.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+impl ResumeSession {
+    fn write(&mut self, r: &mut UserSliceReader, count: usize) -> Result<usize> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let mut done = 0;
+        while done < count {
+            let n = (count - done).min(self.bounce.len());
+            r.read_slice(&mut self.bounce[..n])?;
+            let at = self.parser.offset();
+            let res = self.parser.feed(&self.bounce[..n], &mut ParserSink(&mut *self.target));
+            if let Err(e) = res {
+                let errno = match e {
+                    StreamError::Envelope(env) => {
+                        pr_warn!(
+                            "{}: migration stream refused near byte {}: {}\n",
+                            self.target.name(),
+                            at,
+                            env
+                        );
+                        envelope_errno(env)
+                    }
+                    StreamError::Vendor(v) => {
+                        pr_warn!(
+                            "{}: migration stream refused near byte {}: the device rejected a record ({})\n",
+                            self.target.name(),
+                            at,
+                            v.to_errno()
+                        );
+                        v
+                    }
+                };
+                self.failed = Some(errno);
+                return Err(errno);
+            }
+            done += n;
+        }
+        Ok(done)
+    }
+
+    fn finish(&mut self) -> Result {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        if let Err(e) = self.parser.finish() {
+            pr_warn!(
+                "{}: migration stream incomplete at byte {}: {}\n",
+                self.target.name(),
+                self.parser.offset(),
+                e
+            );
+            let errno = envelope_errno(e);
+            self.failed = Some(errno);
+            return Err(errno);
+        }
+        self.target.finish()
+    }
+}
+
+/// A resume session's file state.
+#[pin_data]
+pub(crate) struct ResumeStream {
+    #[pin]
+    inner: Mutex<Option<ResumeSession>>,
+}
+
+impl ResumeStream {
+    /// Opens a resume session of `core`'s device and its file.
+    pub(crate) fn open<D: Device>(core: &Arc<Core<D>>) -> Result<(Arc<Self>, *mut bindings::file)> {
+        let record_buf = KVVec::from_elem(0u8, core.dev.max_record(), GFP_KERNEL)?;
+        let bounce = KVVec::from_elem(0u8, WRITE_CHUNK, GFP_KERNEL)?;
+        let state = core.dev.load_open()?;
+        let target = box_dyn!(
+            DeviceLoadTarget {
+                core: core.clone(),
+                state: Some(state),
+            },
+            LoadTarget
+        );
+        let session = ResumeSession {
+            target,
+            parser: Parser::new(record_buf),
+            bounce,
+            failed: None,
+        };
+        let stream = Arc::pin_init(
+            pin_init!(Self {
+                inner <- new_mutex!(Some(session), "rmdev:resume"),
+            }),
+            GFP_KERNEL,
+        )?;
+        let file = new_file(kernel::c_str!("[rmdev_resume]"), &RESUME_FOPS.0, stream.clone().into_foreign(), false)?;
+        Ok((stream, file))
+    }
+
+    /// Drops a file [`Self::open`] returned that never reached the user.
+    pub(crate) fn drop_file(file: *mut bindings::file) {
+        // SAFETY: `file` is the reference `open` returned, unused since.
+        unsafe { bindings::fput(file) };
+    }
+
+    /// RESUMING to STOP: the stream must be complete, then the vendor loads.
+    pub(crate) fn finish(&self) -> Result {
+        self.inner.lock().as_mut().ok_or(ENODEV)?.finish()
+    }
+
+    /// Ends the session: the file reports `-ENODEV` from now on.
+    pub(crate) fn disable(&self) {
+        let session = self.inner.lock().take();
+        drop(session);
+    }
+
+    fn write(&self, buf: usize, count: usize) -> Result<usize> {
+        let mut r = UserSlice::new(buf, count).reader();
+        let mut guard = self.inner.lock();
+        let s = guard.as_mut().ok_or(ENODEV)?;
+        s.write(&mut r, count)
+    }
+}
+
+/// Initialises a wait queue head in place.
+fn init_wait_queue() -> impl PinInit<Opaque<bindings::wait_queue_head>> {
+    Opaque::ffi_init(|wq| {
+        // SAFETY: `wq` is valid for writes and pinned (pin-init contract).
+        unsafe { bindings::rmdev_init_waitqueue_head(wq) }
+    })
+}
+
+/// Creates an anonymous-inode file in stream mode whose private data is
+/// `private` (an `Arc` turned into a foreign pointer, released by the
+/// file's `release`, or here on failure).
+fn new_file(
+    name: &CStr,
+    fops: &'static bindings::file_operations,
+    private: *const c_void,
+    read: bool,
+) -> Result<*mut bindings::file> {
+    let flags = if read {
+        bindings::RMDEV_O_RDONLY
+    } else {
+        bindings::RMDEV_O_WRONLY
+    };
+    // SAFETY: `name` and `fops` outlive the file (the name is copied; the
+    // fops are static and pin this module through their owner).
+    let file = unsafe {
+        bindings::anon_inode_getfile(name.as_char_ptr(), fops, private.cast_mut(), flags as c_int)
+    };
+    match from_err_ptr(file) {
+        Ok(file) => {
+            // SAFETY: `file` was just created; stream_open only sets mode bits.
+            unsafe { bindings::stream_open((*file).f_inode, file) };
+            Ok(file)
+        }
+        Err(e) => {
+            // SAFETY: The file was not created: take the reference back. Both
+            // stream types are dropped through `Arc` of their own type, and
+            // this drop is generic-free: the callers pass `Arc<SaveStream>` or
+            // `Arc<ResumeStream>`; see `drop_private`.
+            unsafe { drop_private(private, read) };
+            Err(e)
+        }
+    }
+}
+
+/// Drops the private data of a data file.
+///
+/// # Safety
+///
+/// `private` must come from `Arc::<SaveStream>::into_foreign` if `read`, or
+/// `Arc::<ResumeStream>::into_foreign` otherwise, and not be used after.
+unsafe fn drop_private(private: *const c_void, read: bool) {
+    if read {
+        // SAFETY: By the contract.
+        drop(unsafe { Arc::<SaveStream>::from_foreign(private) });
+    } else {
+        // SAFETY: By the contract.
+        drop(unsafe { Arc::<ResumeStream>::from_foreign(private) });
+    }
+}
+
+/// `file_operations` in a `static`: the C structure holds raw pointers.
+struct Fops(bindings::file_operations);
+
+// SAFETY: The structure is immutable and its pointers refer to functions and
+// to this module, all valid from any thread.
+unsafe impl Sync for Fops {}
+
+/// A `file_operations` with every field empty.
+const fn empty_fops() -> bindings::file_operations {
+    // SAFETY: All-zero is a valid `file_operations`: null pointers and
+    // `None` callbacks.
+    unsafe { MaybeUninit::zeroed().assume_init() }
+}
+
+// The owner is the module the framework is compiled into (`__this_module`,
+// which modpost defines for every module): the VFS holds it while a file is
+// open, so the callbacks cannot be unloaded under an open file.
+static SAVE_FOPS: Fops = Fops(bindings::file_operations {
+    owner: ptr::addr_of!(bindings::__this_module).cast_mut(),
+    read: Some(save_read),
+    poll: Some(save_poll),
+    unlocked_ioctl: Some(save_ioctl),
+    compat_ioctl: Some(bindings::compat_ptr_ioctl),
+    release: Some(save_release),
+    ..empty_fops()
+});
+
+static RESUME_FOPS: Fops = Fops(bindings::file_operations {
+    owner: ptr::addr_of!(bindings::__this_module).cast_mut(),
+    write: Some(resume_write),
+    release: Some(resume_release),
+    ..empty_fops()
+});
+
+/// The save stream of a save file.
+///
+/// # Safety
+///
+/// `file` must be a file created by [`SaveStream::open`], not yet released.
+unsafe fn save_stream<'a>(file: *mut bindings::file) -> ArcBorrow<'a, SaveStream> {
+    // SAFETY: By the contract, `private_data` came from
+    // `Arc::<SaveStream>::into_foreign` and is given back only in
+    // `save_release`, after every other callback.
+    unsafe { <Arc<SaveStream> as ForeignOwnable>::borrow((*file).private_data) }
+}
+
+/// The `save_read` callback.
+///
+/// # Safety
+///
+/// Only called by the VFS, with the arguments it documents for this
+/// callback, on an object this module registered.
+unsafe extern "C" fn save_read(
+    file: *mut bindings::file,
+    buf: *mut c_char,
+    count: usize,
+    ppos: *mut bindings::loff_t,
+) -> isize {
+    if !ppos.is_null() {
+        return ESPIPE.to_errno() as isize;
+    }
+    // SAFETY: The VFS calls read on a live file of ours.
+    let stream = unsafe { save_stream(file) };
+    match stream.read(buf as usize, count) {
+        Ok(n) => n as isize,
+        Err(e) => e.to_errno() as isize,
+    }
+}
+
+/// The `save_poll` callback.
+///
+/// # Safety
+///
+/// Only called by the VFS, with the arguments it documents for this
+/// callback, on an object this module registered.
+unsafe extern "C" fn save_poll(file: *mut bindings::file, pt: *mut bindings::poll_table) -> c_uint {
+    // SAFETY: The VFS calls poll on a live file of ours.
+    unsafe { save_stream(file) }.poll(file, pt)
+}
+
+/// The `save_ioctl` callback.
+///
+/// # Safety
+///
+/// Only called by the VFS, with the arguments it documents for this
+/// callback, on an object this module registered.
+unsafe extern "C" fn save_ioctl(file: *mut bindings::file, cmd: c_uint, arg: c_ulong) -> c_long {
+    if cmd != bindings::RMDEV_VFIO_MIG_GET_PRECOPY_INFO {
+        return ENOTTY.to_errno() as c_long;
+    }
+    // SAFETY: The VFS calls ioctl on a live file of ours.
+    match unsafe { save_stream(file) }.precopy_info_ioctl(arg) {
+        Ok(()) => 0,
+        Err(e) => e.to_errno() as c_long,
+    }
+}
+
+/// The `save_release` callback.
+///
+/// # Safety
+///
+/// Only called by the VFS, with the arguments it documents for this
+/// callback, on an object this module registered.
+unsafe extern "C" fn save_release(_inode: *mut bindings::inode, file: *mut bindings::file) -> c_int {
+    // SAFETY: The VFS releases each file once; `private_data` came from
+    // `Arc::<SaveStream>::into_foreign`.
+    unsafe { drop_private((*file).private_data, true) };
+    0
+}
+
+/// The `resume_write` callback.
+///
+/// # Safety
+///
+/// Only called by the VFS, with the arguments it documents for this
+/// callback, on an object this module registered.
+unsafe extern "C" fn resume_write(
+    file: *mut bindings::file,
+    buf: *const c_char,
+    count: usize,
+    ppos: *mut bindings::loff_t,
+) -> isize {
+    if !ppos.is_null() {
+        return ESPIPE.to_errno() as isize;
+    }
+    // SAFETY: The VFS calls write on a live file of ours, whose private
+    // data came from `Arc::<ResumeStream>::into_foreign` and is given back
+    // only in `resume_release`.
+    let stream = unsafe { <Arc<ResumeStream> as ForeignOwnable>::borrow((*file).private_data) };
+    match stream.write(buf as usize, count) {
+        Ok(n) => n as isize,
+        Err(e) => e.to_errno() as isize,
+    }
+}
+
+/// The `resume_release` callback.
+///
+/// # Safety
+///
+/// Only called by the VFS, with the arguments it documents for this
+/// callback, on an object this module registered.
+unsafe extern "C" fn resume_release(_inode: *mut bindings::inode, file: *mut bindings::file) -> c_int {
+    // SAFETY: The VFS releases each file once; `private_data` came from
+    // `Arc::<ResumeStream>::into_foreign`.
+    unsafe { drop_private((*file).private_data, false) };
+    0
+}

@@ -1,0 +1,489 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! rmdev_sample: a migratable mediated device with no hardware behind it.
+//!
+//! This is the example a vendor copies (walked through in
+//! `Documentation/vendor-guide.rst`). Each mdev is a small PCI-like device:
+//!
+//! - BAR0 (region 0): 32 bytes of 32-bit registers, see [`reg`];
+//! - BAR2 (region 2): the device memory, 16 KiB to 256 MiB by type;
+//! - config space (region 7): read-only identity.
+//!
+//! It migrates: the memory tracks which pages changed since they were last
+//! saved, so pre-copy sends the whole memory once and then only the dirtied
+//! pages, and stop-copy sends what is left plus the registers. The flag set
+//! comes from the `migration_flags` module parameter (any of the four the
+//! uAPI defines, or 0 for none), the data format's major version from
+//! `format_version`.
+//!
+//! Stream records (payloads are little-endian):
+//!
+//! - [`TAG_MEM`]: `u64` byte offset, then the bytes at that offset;
+//! - [`TAG_REGS`]: `u32` SCRATCH, `u32` CHECKSUM, `u32` WRITES; last.
+
+#[path = "../core/rmdev.rs"]
+pub mod rmdev;
+
+use kernel::{c_str, new_mutex};
+use kernel::prelude::*;
+use kernel::sync::{Arc, Mutex};
+
+use rmdev::device::{region, Device, PrecopyInfo, Region, SavePhase, Saved};
+use rmdev::fsm::{FlagSet, StateArc, StepFailure};
+use rmdev::mdev::{self, Parent, Registration, TypeInfo};
+use rmdev::version::VersionBuf;
+
+module! {
+    type: SampleModule,
+    name: "rmdev_sample",
+    author: "rmdev developers",
+    description: "rmdev sample: migratable mdevs with device memory",
+    license: "GPL",
+}
+
+/// Register offsets in BAR0. Every register is 32 bits wide and only
+/// aligned 32-bit accesses are accepted.
+pub mod reg {
+    /// Read-only: `RMDV` in ASCII (0x56444d52).
+    pub const ID: u64 = 0x00;
+    /// Read-only: the data format's major version.
+    pub const FORMAT: u64 = 0x04;
+    /// Read-only: memory size in bytes, low 32 bits.
+    pub const MEM_SIZE_LO: u64 = 0x08;
+    /// Read-only: memory size in bytes, high 32 bits.
+    pub const MEM_SIZE_HI: u64 = 0x0c;
+    /// Read-write scratch register.
+    pub const SCRATCH: u64 = 0x10;
+    /// Write-only: writing 1 computes the CRC-32C of the memory into CHECKSUM.
+    pub const CMD: u64 = 0x14;
+    /// Read-only: result of the last checksum command.
+    pub const CHECKSUM: u64 = 0x18;
+    /// Read-only: number of writes to the memory since creation.
+    pub const WRITES: u64 = 0x1c;
+    /// Size of the register block.
+    pub const SIZE: u64 = 0x20;
+}
+
+const ID_VALUE: u32 = u32::from_le_bytes(*b"RMDV");
+const PAGE: usize = 4096;
+/// Pages per memory record: records stay at 64 KiB, whatever the memory size.
+const RECORD_PAGES: usize = 16;
+/// Record tag: a run of memory.
+pub const TAG_MEM: u16 = 1;
+/// Record tag: the registers (the last record).
+pub const TAG_REGS: u16 = 2;
+const REGS_LEN: usize = 12;
+
+/// Module parameters (defined in `sample_params.c`).
+mod params {
+    extern "C" {
+        fn rmdev_sample_migration_flags() -> u32;
+        fn rmdev_sample_format_version() -> u32;
+    }
+
+    /// The `migration_flags` parameter.
+    pub(crate) fn migration_flags() -> u32 {
+        // SAFETY: Reads a module parameter; no precondition.
+        unsafe { rmdev_sample_migration_flags() }
+    }
+
+    /// The `format_version` parameter.
+    pub(crate) fn format_version() -> u32 {
+        // SAFETY: Reads a module parameter; no precondition.
+        unsafe { rmdev_sample_format_version() }
+    }
+}
+
+/// The memory sizes of the types, in the order of [`Sample::TYPES`].
+const SIZES: [usize; 3] = [16 << 10, 4 << 20, 256 << 20];
+
+/// The parent: the module's settings, shared by every mdev it creates.
+struct Sample {
+    flags: Option<FlagSet>,
+    format: u16,
+}
+
+impl mdev::Driver for Sample {
+    const NAME: &'static CStr = c_str!("rmdev_sample");
+    const DEVICE_API: &'static CStr = c_str!("vfio-pci");
+    const TYPES: &'static [TypeInfo] = &[
+        TypeInfo {
+            sysfs_name: c_str!("16k"),
+            name: c_str!("sample-16k"),
+            description: c_str!("rmdev sample device with 16 KiB of memory"),
+            max_instances: 8,
+        },
+        TypeInfo {
+            sysfs_name: c_str!("4m"),
+            name: c_str!("sample-4m"),
+            description: c_str!("rmdev sample device with 4 MiB of memory"),
+            max_instances: 4,
+        },
+        TypeInfo {
+            sysfs_name: c_str!("256m"),
+            name: c_str!("sample-256m"),
+            description: c_str!("rmdev sample device with 256 MiB of memory"),
+            max_instances: 2,
+        },
+    ];
+    type Device = SampleDevice;
+
+    fn create(&self, type_index: usize) -> impl PinInit<SampleDevice, Error> {
+        let size = SIZES[type_index];
+        let ty = Self::TYPES[type_index].sysfs_name.to_str().unwrap_or("?");
+        let version = VersionBuf::new("rmdev_sample", ty, self.format, 0).map_err(|_| EINVAL);
+        let memory = Memory::new(size);
+        let flags = self.flags;
+        let format = self.format;
+        try_pin_init!(SampleDevice {
+            size,
+            flags,
+            format,
+            version: version?,
+            mem <- new_mutex!(memory?, "rmdev_sample:mem"),
+        })
+    }
+}
+
+/// The device's mutable state.
+struct Memory {
+    bytes: VVec<u8>,
+    /// One bit per page: written since it was last saved.
+    dirty: KVec<u64>,
+    scratch: u32,
+    checksum: u32,
+    writes: u32,
+}
+
+impl Memory {
+    fn new(size: usize) -> Result<Self> {
+        let pages = size / PAGE;
+        Ok(Self {
+            bytes: VVec::from_elem(0u8, size, GFP_KERNEL)?,
+            dirty: KVec::from_elem(0u64, pages.div_ceil(64), GFP_KERNEL)?,
+            scratch: 0,
+            checksum: 0,
+            writes: 0,
+        })
+    }
+
+    fn pages(&self) -> usize {
+        self.bytes.len() / PAGE
+    }
+
+    fn mark_dirty(&mut self, offset: usize, len: usize) {
+        let first = offset / PAGE;
+        let last = (offset + len - 1) / PAGE;
+        for p in first..=last {
+            self.dirty[p / 64] |= 1 << (p % 64);
+        }
+    }
+
+    fn is_dirty(&self, page: usize) -> bool {
+        self.dirty[page / 64] & (1 << (page % 64)) != 0
+    }
+
+    fn dirty_below(&self, end: usize) -> usize {
+        (0..end).filter(|&p| self.is_dirty(p)).count()
+    }
+
+    /// The first run of dirty pages (at most [`RECORD_PAGES`]).
+    fn dirty_run(&self) -> Option<(usize, usize)> {
+        let word = self.dirty.iter().position(|&w| w != 0)?;
+        let start = word * 64 + self.dirty[word].trailing_zeros() as usize;
+        let mut n = 1;
+        while n < RECORD_PAGES && start + n < self.pages() && self.is_dirty(start + n) {
+            n += 1;
+        }
+        Some((start, n))
+    }
+
+    /// Writes a memory record for pages `start..start + n` into `buf` and
+    /// clears their dirty bits. Returns the payload length.
+    fn save_pages(&mut self, start: usize, n: usize, buf: &mut [u8]) -> usize {
+        let (from, len) = (start * PAGE, n * PAGE);
+        buf[..8].copy_from_slice(&(from as u64).to_le_bytes());
+        buf[8..8 + len].copy_from_slice(&self.bytes[from..from + len]);
+        for p in start..start + n {
+            self.dirty[p / 64] &= !(1 << (p % 64));
+        }
+        8 + len
+    }
+}
+
+/// One sample mdev.
+#[pin_data]
+struct SampleDevice {
+    size: usize,
+    flags: Option<FlagSet>,
+    format: u16,
+    version: VersionBuf,
+    #[pin]
+    mem: Mutex<Memory>,
+}
+
+/// A save session: how far the first pass over the memory got.
+struct SampleSave {
+    cursor: usize,
+    regs_sent: bool,
+}
+
+/// A resume session: whether the registers (the last record) arrived.
+struct SampleLoad {
+    regs_seen: bool,
+}
+
+fn reg_value(buf: &[u8]) -> Result<u32> {
+    let b: [u8; 4] = buf.try_into().map_err(|_| EINVAL)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+impl SampleDevice {
+    fn read_reg(&self, offset: u64) -> Result<u32> {
+        let m = self.mem.lock();
+        Ok(match offset {
+            reg::ID => ID_VALUE,
+            reg::FORMAT => u32::from(self.format),
+            reg::MEM_SIZE_LO => self.size as u32,
+            reg::MEM_SIZE_HI => ((self.size as u64) >> 32) as u32,
+            reg::SCRATCH => m.scratch,
+            reg::CHECKSUM => m.checksum,
+            reg::WRITES => m.writes,
+            _ => return Err(EINVAL),
+        })
+    }
+
+    fn write_reg(&self, offset: u64, value: u32) -> Result {
+        let mut m = self.mem.lock();
+        match offset {
+            reg::SCRATCH => m.scratch = value,
+            reg::CMD if value == 1 => {
+                m.checksum = rmdev::crc32c::Crc32c::new().update(&m.bytes).value();
+            }
+            _ => return Err(EINVAL),
+        }
+        Ok(())
+    }
+
+    /// PCI config space: a vendor/device ID and an "other" class code.
+    fn config(&self, offset: u64, buf: &mut [u8]) {
+        let mut cfg = [0u8; 256];
+        cfg[0..2].copy_from_slice(&0x1b36u16.to_le_bytes());
+        cfg[2..4].copy_from_slice(&0x10f0u16.to_le_bytes());
+        cfg[0x0b] = 0xff;
+        let at = offset as usize;
+        buf.copy_from_slice(&cfg[at..at + buf.len()]);
+    }
+}
+
+impl Device for SampleDevice {
+    type Save = SampleSave;
+    type Load = SampleLoad;
+
+    fn region(&self, index: u32) -> Region {
+        match index {
+            region::BAR0 => Region::read_write(reg::SIZE),
+            region::BAR2 => Region::read_write(self.size as u64),
+            region::CONFIG => Region {
+                size: 256,
+                readable: true,
+                writable: false,
+            },
+            _ => Region::NONE,
+        }
+    }
+
+    fn read(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result {
+        match index {
+            region::BAR0 if buf.len() == 4 && offset % 4 == 0 => {
+                buf.copy_from_slice(&self.read_reg(offset)?.to_le_bytes());
+                Ok(())
+            }
+            region::BAR2 => {
+                let at = offset as usize;
+                buf.copy_from_slice(&self.mem.lock().bytes[at..at + buf.len()]);
+                Ok(())
+            }
+            region::CONFIG => {
+                self.config(offset, buf);
+                Ok(())
+            }
+            _ => Err(EINVAL),
+        }
+    }
+
+    fn write(&self, index: u32, offset: u64, data: &[u8]) -> Result {
+        match index {
+            region::BAR0 if data.len() == 4 && offset % 4 == 0 => {
+                self.write_reg(offset, reg_value(data)?)
+            }
+            region::BAR2 if !data.is_empty() => {
+                let at = offset as usize;
+                let mut m = self.mem.lock();
+                m.bytes[at..at + data.len()].copy_from_slice(data);
+                m.mark_dirty(at, data.len());
+                m.writes = m.writes.wrapping_add(1);
+                Ok(())
+            }
+            _ => Err(EINVAL),
+        }
+    }
+
+    fn reset(&self) {
+        // A function reset clears the registers; like a GPU's memory, the
+        // device memory keeps its contents.
+        let mut m = self.mem.lock();
+        m.scratch = 0;
+        m.checksum = 0;
+    }
+
+    fn migration(&self) -> Option<FlagSet> {
+        self.flags
+    }
+
+    fn version(&self) -> &str {
+        self.version.as_str()
+    }
+
+    fn step(&self, arc: StateArc) -> core::result::Result<(), StepFailure<Error>> {
+        // The sample has no engine that runs on its own and never does DMA,
+        // so no arc has anything to start, stop or quiesce: the framework
+        // already handles the data sessions. A device with an engine would
+        // stop it on RunningToStop, RunningP2pToStop and
+        // PreCopy(P2p)ToStopCopy, and quiesce its P2P DMA on the arcs into
+        // RUNNING_P2P and PRE_COPY_P2P.
+        let _ = arc;
+        Ok(())
+    }
+
+    fn max_record(&self) -> usize {
+        8 + RECORD_PAGES * PAGE
+    }
+
+    fn stop_copy_size(&self) -> usize {
+        let records = (self.size / PAGE).div_ceil(RECORD_PAGES);
+        self.size + records * 8 + REGS_LEN
+    }
+
+    fn save_open(&self) -> Result<SampleSave> {
+        // The first pass sends every page, so earlier writes need no bit.
+        let mut m = self.mem.lock();
+        m.dirty.iter_mut().for_each(|w| *w = 0);
+        Ok(SampleSave {
+            cursor: 0,
+            regs_sent: false,
+        })
+    }
+
+    fn save(&self, s: &mut SampleSave, phase: SavePhase, buf: &mut [u8]) -> Result<Saved> {
+        let mut m = self.mem.lock();
+        let pages = m.pages();
+        if s.cursor < pages {
+            let n = RECORD_PAGES.min(pages - s.cursor);
+            let len = m.save_pages(s.cursor, n, buf);
+            s.cursor += n;
+            return Ok(Saved::Record { tag: TAG_MEM, len });
+        }
+        if let Some((start, n)) = m.dirty_run() {
+            let len = m.save_pages(start, n, buf);
+            return Ok(Saved::Record { tag: TAG_MEM, len });
+        }
+        match phase {
+            SavePhase::PreCopy => Ok(Saved::Later),
+            SavePhase::StopCopy if !s.regs_sent => {
+                buf[0..4].copy_from_slice(&m.scratch.to_le_bytes());
+                buf[4..8].copy_from_slice(&m.checksum.to_le_bytes());
+                buf[8..12].copy_from_slice(&m.writes.to_le_bytes());
+                s.regs_sent = true;
+                Ok(Saved::Record {
+                    tag: TAG_REGS,
+                    len: REGS_LEN,
+                })
+            }
+            SavePhase::StopCopy => Ok(Saved::Done),
+        }
+    }
+
+    fn precopy_info(&self, s: &SampleSave) -> PrecopyInfo {
+        let m = self.mem.lock();
+        PrecopyInfo {
+            initial_bytes: ((m.pages() - s.cursor) * PAGE) as u64,
+            dirty_bytes: (m.dirty_below(s.cursor) * PAGE) as u64,
+        }
+    }
+
+    fn load_open(&self) -> Result<SampleLoad> {
+        Ok(SampleLoad { regs_seen: false })
+    }
+
+    fn load(&self, l: &mut SampleLoad, tag: u16, payload: &[u8]) -> Result {
+        let mut m = self.mem.lock();
+        match tag {
+            TAG_MEM if payload.len() > 8 && !l.regs_seen => {
+                let at = u64::from_le_bytes(payload[..8].try_into().map_err(|_| EINVAL)?);
+                let data = &payload[8..];
+                let end = at.checked_add(data.len() as u64).ok_or(EINVAL)?;
+                if end > self.size as u64 {
+                    return Err(EINVAL);
+                }
+                m.bytes[at as usize..end as usize].copy_from_slice(data);
+                Ok(())
+            }
+            TAG_REGS if payload.len() == REGS_LEN && !l.regs_seen => {
+                m.scratch = reg_value(&payload[0..4])?;
+                m.checksum = reg_value(&payload[4..8])?;
+                m.writes = reg_value(&payload[8..12])?;
+                l.regs_seen = true;
+                Ok(())
+            }
+            _ => Err(EINVAL),
+        }
+    }
+
+    fn load_finish(&self, l: SampleLoad) -> Result {
+        // The registers come last: without them the stream was cut short.
+        if l.regs_seen {
+            Ok(())
+        } else {
+            Err(EINVAL)
+        }
+    }
+}
+
+struct SampleModule {
+    // Dropped first: removes the mdevs and types, then the driver goes.
+    _parent: Pin<KBox<Parent<Sample>>>,
+    _driver: Arc<Registration<Sample>>,
+}
+
+impl kernel::Module for SampleModule {
+    fn init(module: &'static ThisModule) -> Result<Self> {
+        let bits = params::migration_flags();
+        let flags = match bits {
+            0 => None,
+            _ => Some(FlagSet::from_bits(bits).map_err(|e| {
+                pr_err!("migration_flags={:#x} refused: {}\n", bits, e);
+                EINVAL
+            })?),
+        };
+        let format = params::format_version();
+        let format = u16::try_from(format)
+            .ok()
+            .filter(|&f| f > 0)
+            .ok_or_else(|| {
+                pr_err!("format_version={} refused: must be 1 to 65535\n", format);
+                EINVAL
+            })?;
+        let driver = Registration::<Sample>::new(module)?;
+        let parent = Parent::new_virtual(&driver, c_str!("rmdev_sample"), Sample { flags, format })?;
+        pr_info!(
+            "ready: migration flags {:#x}, data format {}\n",
+            flags.map_or(0, |f| f.bits()),
+            format
+        );
+        Ok(Self {
+            _parent: parent,
+            _driver: driver,
+        })
+    }
+}

@@ -1,0 +1,30 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Module parameters of the rmdev sample. Rust modules cannot declare module
+ * parameters in 6.12, so they live here; sample.rs reads them through the
+ * two functions below, at load time only.
+ */
+#include <linux/moduleparam.h>
+
+static unsigned int migration_flags = 7;
+module_param(migration_flags, uint, 0444);
+MODULE_PARM_DESC(migration_flags,
+		 "VFIO migration flag set: 1 (STOP_COPY), 3 (+P2P), 5 (+PRE_COPY), 7 (all, default), 0 (no migration)");
+
+static unsigned int format_version = 1;
+module_param(format_version, uint, 0444);
+MODULE_PARM_DESC(format_version,
+		 "Major version of the sample's migration data format (1 to 65535, default 1)");
+
+unsigned int rmdev_sample_migration_flags(void);
+unsigned int rmdev_sample_format_version(void);
+
+unsigned int rmdev_sample_migration_flags(void)
+{
+	return migration_flags;
+}
+
+unsigned int rmdev_sample_format_version(void)
+{
+	return format_version;
+}

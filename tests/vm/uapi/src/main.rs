@@ -1,0 +1,951 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! In-VM tests of rmdev through the real uAPI: mdevs created through sysfs,
+//! VFIO device FDs, the migration features, real data moved through real
+//! data FDs. Run by `tests/vm/t-sample-*.sh` in the lab, with `rmdev_sample`
+//! loaded; the expected FSM behaviour comes from `rmdev-logic`, which the
+//! host tests check against Linux 6.12's table.
+//!
+//! Usage: `rmdev-vm-test <test>... [--flags N]`; `rmdev-vm-test list`.
+
+mod vfio;
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use rmdev_logic::fsm::{self, FlagSet, SessionEffect, State, StateArc, StepFailure};
+use vfio::Device;
+
+/// A test failure, with what was expected.
+type TestResult = Result<(), String>;
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)*) => {
+        if !$cond {
+            return Err(format!($($fmt)*));
+        }
+    };
+}
+
+/// `Err(errno)` expected from `$e`.
+macro_rules! expect_errno {
+    ($e:expr, $errno:expr, $what:expr) => {
+        match $e {
+            Ok(_) => {
+                return Err(format!(
+                    "{}: succeeded, expected {}",
+                    $what,
+                    errno_name($errno)
+                ))
+            }
+            Err(err) if err.raw_os_error() == Some($errno) => {}
+            Err(err) => {
+                return Err(format!(
+                    "{}: got {}, expected {}",
+                    $what,
+                    err,
+                    errno_name($errno)
+                ))
+            }
+        }
+    };
+}
+
+fn errno_name(e: i32) -> String {
+    format!("{} (errno {e})", io::Error::from_raw_os_error(e))
+}
+
+fn ctx<T>(r: io::Result<T>, what: &str) -> Result<T, String> {
+    r.map_err(|e| format!("{what}: {e}"))
+}
+
+const PARENT: &str = "/sys/class/mdev_bus/rmdev_sample";
+const PAGE: usize = 4096;
+
+/// The sample's types: (sysfs type name, memory size).
+const TYPES: [(&str, usize); 3] = [
+    ("rmdev_sample-16k", 16 << 10),
+    ("rmdev_sample-4m", 4 << 20),
+    ("rmdev_sample-256m", 256 << 20),
+];
+
+fn type_size(ty: &str) -> usize {
+    TYPES.iter().find(|t| t.0 == ty).map_or(0, |t| t.1)
+}
+
+/// A UUID that is unique per call.
+fn new_uuid() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(1);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{:08x}-7e57-4000-8000-{:012x}", std::process::id(), n)
+}
+
+/// An mdev created through sysfs, removed on drop.
+struct Mdev {
+    uuid: String,
+    ty: &'static str,
+}
+
+impl Mdev {
+    fn create(ty: &'static str) -> Result<Mdev, String> {
+        let uuid = new_uuid();
+        ctx(
+            fs::write(format!("{PARENT}/mdev_supported_types/{ty}/create"), &uuid),
+            &format!("create {ty}"),
+        )?;
+        Ok(Mdev { uuid, ty })
+    }
+
+    fn open(&self) -> Result<Device, String> {
+        ctx(Device::open(&self.uuid), &format!("open {}", self.uuid))
+    }
+
+    fn size(&self) -> usize {
+        type_size(self.ty)
+    }
+}
+
+impl Drop for Mdev {
+    fn drop(&mut self) {
+        let _ = fs::write(format!("/sys/bus/mdev/devices/{}/remove", self.uuid), "1");
+    }
+}
+
+/// The flag set under test, from `--flags`.
+fn flag_set(bits: u32) -> Result<FlagSet, String> {
+    FlagSet::from_bits(bits).map_err(|e| format!("--flags {bits}: {e}"))
+}
+
+/// The uAPI states a SET may name: the 8 states and two out of range.
+const TARGETS: [u32; 10] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 0xffff];
+
+/// What the kernel should do for SET `target` from `cur`: the state reached
+/// and whether a data FD comes back, or the error (no arc taken).
+fn predict(flags: FlagSet, cur: State, target: u32) -> Result<(State, bool), ()> {
+    struct Null;
+    impl fsm::Stepper for Null {
+        type Arcs = StateArc;
+        type Error = ();
+        fn step(&mut self, _arc: StateArc) -> Result<(), StepFailure<()>> {
+            Ok(())
+        }
+    }
+    let target = State::from_raw(target).ok_or(())?;
+    let mut state = cur;
+    let effect = fsm::transition(flags, &mut state, target, &mut Null).map_err(|_| ())?;
+    let fd = matches!(effect, SessionEffect::OpenSave | SessionEffect::OpenResume);
+    Ok((state, fd))
+}
+
+/// Drives `dev` from RUNNING (after a reset) to `state`. In RESUMING it
+/// writes `stream` (a valid stream for the device), so that leaving
+/// RESUMING through STOP can succeed.
+fn drive_to(dev: &Device, flags: FlagSet, state: State, stream: &[u8]) -> TestResult {
+    ctx(dev.reset(), "reset")?;
+    ensure!(
+        ctx(dev.state(), "GET")? == State::Running.raw(),
+        "not RUNNING after reset"
+    );
+    if state != State::Running {
+        let fd = ctx(
+            dev.set_state(state.raw()),
+            &format!("SET {state} from RUNNING ({flags})"),
+        )?;
+        if let (State::Resuming, Some(fd)) = (state, fd) {
+            ctx(write_all_fd(&fd, stream, 65536), "write stream in RESUMING")?;
+        }
+    }
+    Ok(())
+}
+
+/// A valid stop-copy stream of `dev`, which is left in RUNNING.
+fn stream_of(dev: &Device) -> Result<Vec<u8>, String> {
+    ctx(dev.reset(), "reset")?;
+    let fd = ctx(dev.set_state(State::StopCopy.raw()), "SET STOP_COPY")?.ok_or("no save FD")?;
+    let mut stream = Vec::new();
+    read_to_eof(&fd, &mut stream)?;
+    ctx(dev.reset(), "reset")?;
+    Ok(stream)
+}
+
+fn fd_mode(fd: &OwnedFd) -> i32 {
+    // SAFETY: F_GETFL on a valid descriptor.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) & libc::O_ACCMODE }
+}
+
+/// `VFIO_DEVICE_FEATURE_MIGRATION` and friends report the flag set.
+fn t_features(flags: FlagSet) -> TestResult {
+    let m = Mdev::create(TYPES[0].0)?;
+    let dev = m.open()?;
+    let got = ctx(dev.migration_flags(), "GET MIGRATION")?;
+    ensure!(
+        got == u64::from(flags.bits()),
+        "MIGRATION flags {got:#x}, expected {:#x}",
+        flags.bits()
+    );
+    ctx(
+        dev.probe(vfio::FEATURE_MIGRATION, vfio::FEATURE_GET),
+        "PROBE MIGRATION GET",
+    )?;
+    expect_errno!(
+        dev.probe(vfio::FEATURE_MIGRATION, vfio::FEATURE_SET),
+        libc::EINVAL,
+        "PROBE MIGRATION SET"
+    );
+    let size = ctx(dev.data_size(), "GET MIG_DATA_SIZE")?;
+    ensure!(
+        size as usize >= m.size(),
+        "MIG_DATA_SIZE {size} < memory {}",
+        m.size()
+    );
+    ensure!(
+        ctx(dev.state(), "GET")? == State::Running.raw(),
+        "initial state not RUNNING"
+    );
+    Ok(())
+}
+
+/// SET from every reachable state to every state behaves as the oracle says.
+fn t_fsm(flags: FlagSet) -> TestResult {
+    let m = Mdev::create(TYPES[0].0)?;
+    let dev = m.open()?;
+    let stream = stream_of(&dev)?;
+    let mut checked = 0;
+    for cur in State::ALL {
+        if cur == State::Error || !flags.supports(cur) {
+            continue;
+        }
+        for target in TARGETS {
+            drive_to(&dev, flags, cur, &stream)?;
+            let what = format!("{flags}: SET {target} from {cur}");
+            match predict(flags, cur, target) {
+                Ok((reached, want_fd)) => {
+                    let fd = ctx(dev.set_state(target), &what)?;
+                    let now = ctx(dev.state(), "GET")?;
+                    ensure!(
+                        now == reached.raw(),
+                        "{what}: state {now}, expected {reached}"
+                    );
+                    ensure!(
+                        fd.is_some() == want_fd,
+                        "{what}: data FD {}, expected {}",
+                        fd.is_some(),
+                        want_fd
+                    );
+                    if let Some(fd) = fd {
+                        let want = if reached == State::Resuming {
+                            libc::O_WRONLY
+                        } else {
+                            libc::O_RDONLY
+                        };
+                        ensure!(
+                            fd_mode(&fd) == want,
+                            "{what}: data FD access mode {}",
+                            fd_mode(&fd)
+                        );
+                    }
+                }
+                Err(()) => {
+                    expect_errno!(dev.set_state(target), libc::EINVAL, &what);
+                    let now = ctx(dev.state(), "GET")?;
+                    ensure!(now == cur.raw(), "{what}: refused but state moved to {now}");
+                }
+            }
+            checked += 1;
+        }
+    }
+    println!("  {checked} SETs match the oracle");
+    ctx(dev.reset(), "reset")?;
+    Ok(())
+}
+
+/// Reads a save FD to its end (stop-copy) into `out`.
+fn read_to_eof(fd: &OwnedFd, out: &mut Vec<u8>) -> TestResult {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = ctx(vfio::read_fd(fd, &mut buf), "read save FD")?;
+        if n == 0 {
+            return Ok(());
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Reads what pre-copy has now, until `ENOMSG`.
+fn read_precopy(fd: &OwnedFd, out: &mut Vec<u8>) -> TestResult {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match vfio::read_fd(fd, &mut buf) {
+            Ok(0) => return Err("read returned 0 (EOF) in pre-copy".into()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.raw_os_error() == Some(libc::ENOMSG) => return Ok(()),
+            Err(e) => return Err(format!("pre-copy read: {e}")),
+        }
+    }
+}
+
+fn write_all_fd(fd: &OwnedFd, data: &[u8], chunk: usize) -> io::Result<()> {
+    for piece in data.chunks(chunk.max(1)) {
+        let mut off = 0;
+        while off < piece.len() {
+            off += vfio::write_fd(fd, &piece[off..])?;
+        }
+    }
+    Ok(())
+}
+
+/// A deterministic pattern for `len` bytes.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn read_memory(dev: &Device, size: usize) -> Result<Vec<u8>, String> {
+    let mut mem = vec![0u8; size];
+    ctx(dev.read_at(vfio::BAR2, 0, &mut mem), "read BAR2")?;
+    Ok(mem)
+}
+
+/// Saves `src` with pre-copy (when the flag set has it) while its memory
+/// keeps changing, then stop-copy. Returns the stream.
+fn save(src: &Device, flags: FlagSet, size: usize) -> Result<Vec<u8>, String> {
+    let mut stream = Vec::new();
+    if flags.supports(State::PreCopy) {
+        let fd = ctx(src.set_state(State::PreCopy.raw()), "SET PRE_COPY")?
+            .ok_or("no save FD from RUNNING->PRE_COPY")?;
+        let (initial, dirty) = ctx(vfio::precopy_info(&fd), "PRECOPY_INFO")?;
+        ensure!(
+            initial as usize >= size,
+            "initial_bytes {initial} < memory {size}"
+        );
+        ensure!(dirty == 0, "dirty_bytes {dirty} at start of pre-copy");
+        for round in 0..3u64 {
+            read_precopy(&fd, &mut stream)?;
+            // The guest keeps running: change a few pages.
+            for page in 0..4 {
+                let at = ((round as usize * 7 + page * 3) * PAGE) % size;
+                ctx(
+                    src.write_at(vfio::BAR2, at as u64, &pattern(100 + round, 100)),
+                    "write BAR2",
+                )?;
+            }
+            let (_, dirty) = ctx(vfio::precopy_info(&fd), "PRECOPY_INFO")?;
+            ensure!(
+                dirty > 0,
+                "dirty_bytes 0 after writes in pre-copy round {round}"
+            );
+        }
+        if flags.supports(State::PreCopyP2p) {
+            ctx(src.set_state(State::PreCopyP2p.raw()), "SET PRE_COPY_P2P")?;
+        }
+        let again = ctx(src.set_state(State::StopCopy.raw()), "SET STOP_COPY")?;
+        ensure!(again.is_none(), "PRE_COPY->STOP_COPY returned a second FD");
+        read_to_eof(&fd, &mut stream)?;
+    } else {
+        let fd = ctx(src.set_state(State::StopCopy.raw()), "SET STOP_COPY")?
+            .ok_or("no save FD from STOP_COPY")?;
+        read_to_eof(&fd, &mut stream)?;
+    }
+    ctx(src.set_state(State::Stop.raw()), "SET STOP (source)")?;
+    Ok(stream)
+}
+
+/// Writes `stream` into `dst` in RESUMING, then STOP and RUNNING.
+fn resume(dst: &Device, stream: &[u8], chunk: usize) -> TestResult {
+    let fd = ctx(dst.set_state(State::Resuming.raw()), "SET RESUMING")?.ok_or("no resume FD")?;
+    ctx(write_all_fd(&fd, stream, chunk), "write resume FD")?;
+    ctx(dst.set_state(State::Stop.raw()), "SET STOP (target)")?;
+    ctx(dst.set_state(State::Running.raw()), "SET RUNNING (target)")?;
+    Ok(())
+}
+
+/// A whole migration between two mdevs of type `ty`.
+fn migrate(flags: FlagSet, ty: &'static str) -> TestResult {
+    let size = type_size(ty);
+    let (ms, mt) = (Mdev::create(ty)?, Mdev::create(ty)?);
+    let (src, dst) = (ms.open()?, mt.open()?);
+    ctx(
+        src.write_at(vfio::BAR2, 0, &pattern(1, size)),
+        "write pattern",
+    )?;
+    ctx(src.write_reg(0x10, 0x5eed_1234), "write SCRATCH")?;
+    ctx(
+        dst.write_at(vfio::BAR2, 0, &pattern(2, size)),
+        "write target pattern",
+    )?;
+    let start = Instant::now();
+    let stream = save(&src, flags, size)?;
+    let saved = start.elapsed();
+    let want = read_memory(&src, size)?;
+    resume(&dst, &stream, 1 << 20)?;
+    let got = read_memory(&dst, size)?;
+    if got != want {
+        let at = got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(0);
+        return Err(format!(
+            "{ty}: target memory differs from the source's from byte {at}"
+        ));
+    }
+    ensure!(
+        ctx(dst.read_reg(0x10), "read SCRATCH")? == 0x5eed_1234,
+        "SCRATCH not migrated"
+    );
+    println!(
+        "  {flags} {ty}: {} stream bytes for {size} bytes of memory, saved in {:?}, target matches",
+        stream.len(),
+        saved
+    );
+    Ok(())
+}
+
+fn t_migrate(flags: FlagSet) -> TestResult {
+    migrate(flags, TYPES[0].0)?;
+    migrate(flags, TYPES[1].0)
+}
+
+fn t_migrate_largest(flags: FlagSet) -> TestResult {
+    migrate(flags, TYPES[2].0)
+}
+
+/// The data files' semantics, each uAPI rule in turn.
+fn t_data_files(flags: FlagSet) -> TestResult {
+    let m = Mdev::create(TYPES[0].0)?;
+    let dev = m.open()?;
+    let size = m.size();
+
+    // Stop-copy: read-only, stream mode, EOF at the end, ENODEV after.
+    let fd = ctx(dev.set_state(State::StopCopy.raw()), "SET STOP_COPY")?.ok_or("no FD")?;
+    expect_errno!(vfio::write_fd(&fd, b"x"), libc::EBADF, "write on save FD");
+    // SAFETY: lseek/pread on a valid descriptor.
+    let r = unsafe { libc::lseek(fd.as_raw_fd(), 0, libc::SEEK_SET) };
+    ensure!(
+        r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESPIPE),
+        "lseek on save FD: not ESPIPE"
+    );
+    let mut b = [0u8; 16];
+    // SAFETY: `b` is valid for 16 bytes.
+    let r = unsafe { libc::pread(fd.as_raw_fd(), b.as_mut_ptr().cast(), 16, 0) };
+    ensure!(
+        r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESPIPE),
+        "pread on save FD: not ESPIPE"
+    );
+    expect_errno!(
+        vfio::precopy_info(&fd),
+        libc::EINVAL,
+        "PRECOPY_INFO in STOP_COPY"
+    );
+    // SAFETY: An unknown ioctl on a valid descriptor.
+    let r = unsafe { vfio::ioctl(fd.as_raw_fd(), vfio::MIG_GET_PRECOPY_INFO + 1, 0) };
+    expect_errno!(r, libc::ENOTTY, "unknown ioctl on save FD");
+    let revents = ctx(vfio::poll_fd(fd.as_raw_fd(), libc::POLLIN, 0), "poll")?;
+    ensure!(
+        revents & libc::POLLIN != 0,
+        "save FD not readable in STOP_COPY"
+    );
+    let mut stream = Vec::new();
+    read_to_eof(&fd, &mut stream)?;
+    ensure!(
+        stream.len() > size,
+        "stop-copy stream {} bytes for {size} bytes of memory",
+        stream.len()
+    );
+    ensure!(
+        ctx(vfio::read_fd(&fd, &mut b), "read after EOF")? == 0,
+        "EOF is not permanent"
+    );
+    ensure!(
+        &stream[..8] == b"RMDEVMIG",
+        "stream does not start with the envelope magic"
+    );
+    ctx(dev.set_state(State::Stop.raw()), "SET STOP")?;
+    expect_errno!(
+        vfio::read_fd(&fd, &mut b),
+        libc::ENODEV,
+        "read after STOP_COPY->STOP"
+    );
+    let revents = ctx(vfio::poll_fd(fd.as_raw_fd(), libc::POLLIN, 0), "poll")?;
+    ensure!(
+        revents & libc::POLLHUP != 0,
+        "no POLLHUP on an ended session"
+    );
+    drop(fd);
+
+    // Resume: write-only, ESPIPE for pwrite.
+    let rfd = ctx(dev.set_state(State::Resuming.raw()), "SET RESUMING")?.ok_or("no FD")?;
+    expect_errno!(
+        vfio::read_fd(&rfd, &mut b),
+        libc::EBADF,
+        "read on resume FD"
+    );
+    // SAFETY: `b` is valid for 16 bytes.
+    let r = unsafe { libc::pwrite(rfd.as_raw_fd(), b.as_ptr().cast(), 16, 0) };
+    ensure!(
+        r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESPIPE),
+        "pwrite on resume FD: not ESPIPE"
+    );
+    // Byte by byte: the receiver does not depend on write boundaries.
+    ctx(write_all_fd(&rfd, &stream, 1), "write stream byte by byte")?;
+    ctx(
+        dev.set_state(State::Stop.raw()),
+        "RESUMING->STOP after a byte-wise stream",
+    )?;
+    expect_errno!(
+        vfio::write_fd(&rfd, b"x"),
+        libc::ENODEV,
+        "write after RESUMING->STOP"
+    );
+    drop(rfd);
+
+    // Reset ends a session.
+    let fd = ctx(dev.set_state(State::StopCopy.raw()), "SET STOP_COPY")?.ok_or("no FD")?;
+    ctx(dev.reset(), "reset")?;
+    ensure!(
+        ctx(dev.state(), "GET")? == State::Running.raw(),
+        "not RUNNING after reset"
+    );
+    expect_errno!(vfio::read_fd(&fd, &mut b), libc::ENODEV, "read after reset");
+
+    if flags.supports(State::PreCopy) {
+        let fd = ctx(dev.set_state(State::PreCopy.raw()), "SET PRE_COPY")?.ok_or("no FD")?;
+        let (initial, dirty) = ctx(vfio::precopy_info(&fd), "PRECOPY_INFO")?;
+        ensure!(
+            initial > 0 && dirty == 0,
+            "PRECOPY_INFO at start: {initial}/{dirty}"
+        );
+        let mut argsz_small = [8u64, 0, 0];
+        // SAFETY: A 24-byte buffer whose argsz says 8.
+        let r = unsafe {
+            vfio::ioctl(
+                fd.as_raw_fd(),
+                vfio::MIG_GET_PRECOPY_INFO,
+                argsz_small.as_mut_ptr() as _,
+            )
+        };
+        expect_errno!(r, libc::EINVAL, "PRECOPY_INFO with argsz 8");
+        let mut data = Vec::new();
+        read_precopy(&fd, &mut data)?;
+        let (initial, dirty) = ctx(vfio::precopy_info(&fd), "PRECOPY_INFO")?;
+        ensure!(
+            initial == 0 && dirty == 0,
+            "after reading everything: {initial}/{dirty}"
+        );
+        expect_errno!(
+            vfio::read_fd(&fd, &mut b),
+            libc::ENOMSG,
+            "read with nothing ready"
+        );
+        let revents = ctx(vfio::poll_fd(fd.as_raw_fd(), libc::POLLIN, 0), "poll")?;
+        ensure!(
+            revents & libc::POLLIN == 0,
+            "save FD readable with nothing ready"
+        );
+        // Another thread dirties a page while we wait in poll.
+        let waiter = std::thread::spawn({
+            let raw = fd.as_raw_fd();
+            move || vfio::poll_fd(raw, libc::POLLIN, 20_000)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        ctx(
+            dev.write_at(vfio::BAR2, PAGE as u64, b"dirty"),
+            "write BAR2",
+        )?;
+        let revents = waiter.join().map_err(|_| "poll thread died")?;
+        let revents = ctx(revents, "poll")?;
+        ensure!(
+            revents & libc::POLLIN != 0,
+            "poll did not wake when the device changed"
+        );
+        let (initial, dirty) = ctx(vfio::precopy_info(&fd), "PRECOPY_INFO")?;
+        ensure!(
+            initial == 0 && dirty == PAGE as u64,
+            "after dirtying a page: {initial}/{dirty}"
+        );
+        read_precopy(&fd, &mut data)?;
+        ctx(dev.set_state(State::Running.raw()), "SET RUNNING")?;
+        expect_errno!(
+            vfio::read_fd(&fd, &mut b),
+            libc::ENODEV,
+            "read after PRE_COPY->RUNNING"
+        );
+        expect_errno!(
+            vfio::precopy_info(&fd),
+            libc::ENODEV,
+            "PRECOPY_INFO after the session"
+        );
+    }
+    Ok(())
+}
+
+/// Broken streams are refused with a clear errno; the target then resets
+/// to a usable device.
+fn t_bad_streams(flags: FlagSet) -> TestResult {
+    let (ms, mt, mo) = (
+        Mdev::create(TYPES[0].0)?,
+        Mdev::create(TYPES[0].0)?,
+        Mdev::create(TYPES[1].0)?,
+    );
+    let (src, dst, other) = (ms.open()?, mt.open()?, mo.open()?);
+    ctx(
+        src.write_at(vfio::BAR2, 0, &pattern(3, ms.size())),
+        "write pattern",
+    )?;
+    let good = save(&src, flags, ms.size())?;
+    ctx(src.set_state(State::Running.raw()), "SET RUNNING")?;
+    let foreign = save(&other, flags, mo.size())?;
+
+    let mut cases: Vec<(String, Vec<u8>, i32)> = Vec::new();
+    for cut in [0, 7, 30, good.len() / 2, good.len() - 1] {
+        cases.push((
+            format!("truncated at {cut}"),
+            good[..cut].to_vec(),
+            libc::EINVAL,
+        ));
+    }
+    // A flipped bit in the header's version string, and in the first
+    // record's payload (the header is under 300 bytes, the first record
+    // holds 64 KiB): both fail their checksum.
+    for at in [25, 300, good.len() - 30] {
+        let mut flipped = good.clone();
+        flipped[at] ^= 0x40;
+        cases.push((format!("bit flipped at {at}"), flipped, libc::EBADMSG));
+    }
+    cases.push(("another type's stream".into(), foreign, libc::EINVAL));
+    cases.push(("not an rmdev stream".into(), pattern(9, 4096), libc::EINVAL));
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(b"garbage");
+    cases.push(("trailing bytes".into(), trailing, libc::EINVAL));
+
+    for (what, data, errno) in cases {
+        let fd = ctx(dst.set_state(State::Resuming.raw()), "SET RESUMING")?.ok_or("no FD")?;
+        let wrote = write_all_fd(&fd, &data, 4096);
+        let finished = match wrote {
+            Err(e) => {
+                ensure!(
+                    e.raw_os_error() == Some(errno),
+                    "{what}: write failed with {e}, expected {}",
+                    errno_name(errno)
+                );
+                // The stream stays refused.
+                expect_errno!(
+                    vfio::write_fd(&fd, b"x"),
+                    errno,
+                    &format!("{what}: next write")
+                );
+                dst.set_state(State::Stop.raw())
+            }
+            Ok(()) => dst.set_state(State::Stop.raw()),
+        };
+        expect_errno!(finished, errno, &format!("{what}: RESUMING->STOP"));
+        ensure!(
+            ctx(dst.state(), "GET")? == State::Resuming.raw(),
+            "{what}: not in RESUMING after refusal"
+        );
+        ctx(dst.reset(), "reset")?;
+        ensure!(
+            ctx(dst.state(), "GET")? == State::Running.raw(),
+            "{what}: not RUNNING after reset"
+        );
+        expect_errno!(
+            vfio::write_fd(&fd, b"x"),
+            libc::ENODEV,
+            &format!("{what}: write after reset")
+        );
+    }
+    // Usable afterwards: the good stream loads.
+    resume(&dst, &good, 65536)?;
+    let want = read_memory(&src, ms.size())?;
+    ensure!(
+        read_memory(&dst, ms.size())? == want,
+        "target memory wrong after the good stream"
+    );
+    Ok(())
+}
+
+/// `VFIO_DEVICE_RESET` from every state returns to RUNNING.
+fn t_reset(flags: FlagSet) -> TestResult {
+    let m = Mdev::create(TYPES[0].0)?;
+    let dev = m.open()?;
+    let stream = stream_of(&dev)?;
+    ctx(dev.write_reg(0x10, 7), "write SCRATCH")?;
+    for s in State::ALL {
+        if s == State::Error || !flags.supports(s) {
+            continue;
+        }
+        drive_to(&dev, flags, s, &stream)?;
+        ctx(dev.reset(), &format!("reset in {s}"))?;
+        ensure!(
+            ctx(dev.state(), "GET")? == State::Running.raw(),
+            "not RUNNING after reset in {s}"
+        );
+    }
+    ensure!(
+        ctx(dev.read_reg(0x10), "read SCRATCH")? == 0,
+        "reset did not clear SCRATCH"
+    );
+    Ok(())
+}
+
+/// Closing the device FD mid-session ends the session; reopening starts in
+/// RUNNING.
+fn t_close_mid_session(flags: FlagSet) -> TestResult {
+    let m = Mdev::create(TYPES[0].0)?;
+    let dev = m.open()?;
+    let save_fd = ctx(dev.set_state(State::StopCopy.raw()), "SET STOP_COPY")?.ok_or("no FD")?;
+    drop(dev);
+    let mut b = [0u8; 64];
+    expect_errno!(
+        vfio::read_fd(&save_fd, &mut b),
+        libc::ENODEV,
+        "read after device close"
+    );
+    let dev = m.open()?;
+    ensure!(
+        ctx(dev.state(), "GET")? == State::Running.raw(),
+        "reopened device not RUNNING"
+    );
+    let resume_fd = ctx(dev.set_state(State::Resuming.raw()), "SET RESUMING")?.ok_or("no FD")?;
+    drop(dev);
+    expect_errno!(
+        vfio::write_fd(&resume_fd, b"x"),
+        libc::ENODEV,
+        "write after device close"
+    );
+    let _ = flags;
+    Ok(())
+}
+
+/// Removing an mdev a user holds: the user is asked (request eventfd) and
+/// the removal completes when it closes. Data files stay safe.
+fn t_remove_in_use(flags: FlagSet) -> TestResult {
+    let m = Mdev::create(TYPES[0].0)?;
+    let dev = m.open()?;
+    // SAFETY: eventfd(2) with valid flags.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    ensure!(efd >= 0, "eventfd: {}", io::Error::last_os_error());
+    // SAFETY: `efd` is a new descriptor we own.
+    let efd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(efd) };
+    ctx(
+        dev.set_req_eventfd(efd.as_raw_fd()),
+        "SET_IRQS request eventfd",
+    )?;
+    let save_fd = ctx(dev.set_state(State::StopCopy.raw()), "SET STOP_COPY")?.ok_or("no FD")?;
+    let path = format!("/sys/bus/mdev/devices/{}/remove", m.uuid);
+    let remover = std::thread::spawn(move || fs::write(path, "1"));
+    let revents = ctx(
+        vfio::poll_fd(efd.as_raw_fd(), libc::POLLIN, 30_000),
+        "poll eventfd",
+    )?;
+    ensure!(
+        revents & libc::POLLIN != 0,
+        "no release request within 30 s"
+    );
+    ensure!(
+        !remover.is_finished(),
+        "removal completed while the device was open"
+    );
+    drop(dev);
+    let res = remover.join().map_err(|_| "remove thread died")?;
+    ctx(res, "remove")?;
+    ensure!(
+        !std::path::Path::new(&format!("/sys/bus/mdev/devices/{}", m.uuid)).exists(),
+        "mdev still present after removal"
+    );
+    let mut b = [0u8; 8];
+    expect_errno!(
+        vfio::read_fd(&save_fd, &mut b),
+        libc::ENODEV,
+        "read after the mdev was removed"
+    );
+    drop(save_fd);
+    let _ = flags;
+    Ok(())
+}
+
+/// Wrong ioctl arguments get `EINVAL`/`ENOTTY` and change nothing.
+fn t_bad_ioctls(flags: FlagSet) -> TestResult {
+    let m = Mdev::create(TYPES[0].0)?;
+    let dev = m.open()?;
+    let fd = dev.raw();
+    let mut info = [0u32; 8];
+    info[0] = 32;
+    info[2] = 9;
+    // SAFETY: A 32-byte buffer for GET_REGION_INFO.
+    let r = unsafe { vfio::ioctl(fd, vfio::DEVICE_GET_REGION_INFO, info.as_mut_ptr() as _) };
+    expect_errno!(r, libc::EINVAL, "region 9");
+    info[0] = 8;
+    info[2] = 0;
+    // SAFETY: As above.
+    let r = unsafe { vfio::ioctl(fd, vfio::DEVICE_GET_REGION_INFO, info.as_mut_ptr() as _) };
+    expect_errno!(r, libc::EINVAL, "argsz 8");
+    let mut dinfo = [0u32; 6];
+    dinfo[0] = 24;
+    // SAFETY: A 24-byte buffer for GET_INFO.
+    let r = unsafe { vfio::ioctl(fd, vfio::DEVICE_GET_INFO, dinfo.as_mut_ptr() as _) };
+    ctx(r, "GET_INFO")?;
+    ensure!(
+        dinfo[2] == 9 && dinfo[3] == 5,
+        "GET_INFO: {} regions, {} irqs",
+        dinfo[2],
+        dinfo[3]
+    );
+    let mut irq = [16u32, 0, 4, 0];
+    // SAFETY: A 16-byte buffer for GET_IRQ_INFO.
+    let r = unsafe { vfio::ioctl(fd, vfio::DEVICE_GET_IRQ_INFO, irq.as_mut_ptr() as _) };
+    ctx(r, "GET_IRQ_INFO 4")?;
+    ensure!(irq[3] == 1, "request IRQ count {}", irq[3]);
+    irq = [16, 0, 5, 0];
+    // SAFETY: As above.
+    let r = unsafe { vfio::ioctl(fd, vfio::DEVICE_GET_IRQ_INFO, irq.as_mut_ptr() as _) };
+    expect_errno!(r, libc::EINVAL, "IRQ index 5");
+    let mut set = [
+        20u32,
+        vfio::IRQ_SET_DATA_NONE | vfio::IRQ_SET_DATA_EVENTFD | vfio::IRQ_SET_ACTION_TRIGGER,
+        4,
+        0,
+        0,
+    ];
+    // SAFETY: A 20-byte SET_IRQS header.
+    let r = unsafe { vfio::ioctl(fd, vfio::DEVICE_SET_IRQS, set.as_mut_ptr() as _) };
+    expect_errno!(r, libc::EINVAL, "two data types");
+    set = [
+        20,
+        vfio::IRQ_SET_DATA_EVENTFD | vfio::IRQ_SET_ACTION_TRIGGER,
+        4,
+        0,
+        1,
+    ];
+    // SAFETY: As above; argsz too small for the eventfd.
+    let r = unsafe { vfio::ioctl(fd, vfio::DEVICE_SET_IRQS, set.as_mut_ptr() as _) };
+    expect_errno!(r, libc::EINVAL, "eventfd without data");
+    expect_errno!(dev.set_req_eventfd(0), libc::EINVAL, "stdin as eventfd");
+    // SAFETY: An unknown ioctl.
+    let r = unsafe { vfio::ioctl(fd, vfio::DEVICE_FEATURE + 40, 0) };
+    expect_errno!(r, libc::ENOTTY, "unknown ioctl");
+    let mut big = vec![0u8; 64];
+    expect_errno!(
+        dev.read_at(vfio::BAR0, 0x1c, &mut big),
+        libc::EINVAL,
+        "read past BAR0"
+    );
+    expect_errno!(
+        dev.read_at(vfio::BAR0, 2, &mut big[..4]),
+        libc::EINVAL,
+        "unaligned register"
+    );
+    expect_errno!(
+        dev.read_at(1, 0, &mut big[..4]),
+        libc::EINVAL,
+        "absent region 1"
+    );
+    expect_errno!(
+        dev.write_at(7, 0, &big[..4]),
+        libc::EINVAL,
+        "write to config space"
+    );
+    let (flags_r, size, off) = ctx(dev.region(vfio::BAR2), "region 2")?;
+    ensure!(
+        flags_r & 3 == 3 && size as usize == m.size() && off == 2 << 40,
+        "region 2: {flags_r:#x} {size} {off:#x}"
+    );
+    ensure!(
+        ctx(dev.read_reg(0), "ID")? == u32::from_le_bytes(*b"RMDV"),
+        "ID register"
+    );
+    ensure!(
+        ctx(dev.state(), "GET")? == State::Running.raw(),
+        "state moved"
+    );
+    let _ = flags;
+    Ok(())
+}
+
+/// A device without migration support: the migration features are absent
+/// (`ENOTTY`, which QEMU reads as "not supported").
+fn t_no_migration() -> TestResult {
+    let m = Mdev::create(TYPES[0].0)?;
+    let dev = m.open()?;
+    expect_errno!(dev.migration_flags(), libc::ENOTTY, "GET MIGRATION");
+    expect_errno!(dev.set_state(State::Stop.raw()), libc::ENOTTY, "SET STOP");
+    expect_errno!(dev.data_size(), libc::ENOTTY, "GET MIG_DATA_SIZE");
+    ctx(dev.write_at(vfio::BAR2, 0, b"still a device"), "write BAR2")?;
+    Ok(())
+}
+
+type Test = fn(FlagSet) -> TestResult;
+
+const TESTS: &[(&str, Test)] = &[
+    ("features", t_features),
+    ("fsm", t_fsm),
+    ("data-files", t_data_files),
+    ("migrate", t_migrate),
+    ("migrate-largest", t_migrate_largest),
+    ("bad-streams", t_bad_streams),
+    ("reset", t_reset),
+    ("close-mid-session", t_close_mid_session),
+    ("remove-in-use", t_remove_in_use),
+    ("bad-ioctls", t_bad_ioctls),
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut bits = 7;
+    let mut names = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--flags" {
+            bits = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        } else {
+            names.push(a.as_str());
+        }
+    }
+    if names == ["list"] {
+        for (n, _) in TESTS {
+            println!("{n}");
+        }
+        return;
+    }
+    if bits == 0 {
+        match t_no_migration() {
+            Ok(()) => println!("ok   no-migration"),
+            Err(e) => {
+                println!("FAIL no-migration: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
+    let flags = match flag_set(bits) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let mut failed = 0;
+    for (name, test) in TESTS {
+        if !names.is_empty() && !names.contains(name) {
+            continue;
+        }
+        let start = Instant::now();
+        match test(flags) {
+            Ok(()) => println!("ok   {name} [{flags}] ({:.1?})", start.elapsed()),
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {name} [{flags}]: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
