@@ -133,6 +133,12 @@ pub trait Device: Send + Sync + Sized + 'static {
     type Save: Send;
     /// The vendor's state of one resume session.
     type Load: Send;
+    /// Whether the device writes guest memory (DMA). Every vendor declares
+    /// it: a device that never does gets dirty-page logging that reports
+    /// nothing dirty, which is exact and lets QEMU migrate it by default; a
+    /// device that does gets no device dirty logging (the type1 IOMMU still
+    /// tracks the pages it pins), until the framework offers real tracking.
+    const WRITES_GUEST_MEMORY: bool;
 
     /// Region `index` (see [`region`]); [`Region::NONE`] if absent.
     fn region(&self, index: u32) -> Region;
@@ -644,7 +650,9 @@ pub(crate) unsafe fn register<D: Device>(
         unsafe {
             (*vdev).migration_flags = f.bits();
             (*vdev).mig_ops = migration::mig_ops::<D>();
-            (*vdev).log_ops = &migration::LOG_OPS_NO_DMA;
+            if !D::WRITES_GUEST_MEMORY {
+                (*vdev).log_ops = &migration::LOG_OPS_NO_DMA;
+            }
         }
     }
     // SAFETY: The mdev core allows the bound driver to set drvdata.

@@ -31,7 +31,7 @@ use kernel::sync::{Arc, Mutex};
 use rmdev::device::{region, Device, PrecopyInfo, Region, SavePhase, Saved};
 use rmdev::fsm::{FlagSet, StateArc, StepFailure};
 use rmdev::mdev::{self, Parent, Registration, TypeInfo};
-use rmdev::version::VersionBuf;
+use rmdev::version::{DefaultRule, VersionBuf, VersionRule};
 
 module! {
     type: SampleModule,
@@ -279,6 +279,8 @@ impl SampleDevice {
 impl Device for SampleDevice {
     type Save = SampleSave;
     type Load = SampleLoad;
+    // The device only holds its own memory: it never DMAs into the guest.
+    const WRITES_GUEST_MEMORY: bool = false;
 
     fn region(&self, index: u32) -> Region {
         match index {
@@ -329,6 +331,16 @@ impl Device for SampleDevice {
         }
     }
 
+    fn open(&self) -> Result {
+        // Nothing to power up: the memory exists from creation on. A device
+        // with hardware behind it would enable it here.
+        Ok(())
+    }
+
+    fn close(&self) {
+        // The contents stay for the next user, as a real device's would.
+    }
+
     fn reset(&self) {
         // A function reset clears the registers; like a GPU's memory, the
         // device memory keeps its contents.
@@ -343,6 +355,12 @@ impl Device for SampleDevice {
 
     fn version(&self) -> &str {
         self.version.as_str()
+    }
+
+    fn version_rule(&self) -> &dyn VersionRule {
+        // The default rule (same vendor and type, same major, target minor
+        // not older) is exactly the sample's: its format only ever adds.
+        &DefaultRule
     }
 
     fn step(&self, arc: StateArc) -> core::result::Result<(), StepFailure<Error>> {
