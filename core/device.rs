@@ -16,10 +16,10 @@
 //! request channel (`VFIO_PCI_REQ_IRQ_INDEX`): an eventfd the framework
 //! signals when the mdev is being removed while a user holds it open.
 
-use kernel::ffi::{c_char, c_long, c_uint, c_ulong};
 use core::marker::PhantomData;
 use core::mem::size_of;
 use core::ptr::{self, addr_of_mut};
+use kernel::ffi::{c_char, c_long, c_uint, c_ulong};
 
 use kernel::error::{from_err_ptr, to_result};
 use kernel::prelude::*;
@@ -234,7 +234,11 @@ pub(crate) struct Core<D: Device> {
 impl<D: Device> Core<D> {
     /// The mdev's name, for messages.
     pub(crate) fn name(&self) -> &str {
-        let len = self.name.iter().position(|&b| b == 0).unwrap_or(self.name.len());
+        let len = self
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.name.len());
         core::str::from_utf8(&self.name[..len]).unwrap_or("?")
     }
 
@@ -295,7 +299,8 @@ impl<D: Device> Core<D> {
             let mut writer = slice.writer();
             while done < count {
                 let n = (count - done).min(chunk.len());
-                self.dev.read(index, offset + done as u64, &mut chunk[..n])?;
+                self.dev
+                    .read(index, offset + done as u64, &mut chunk[..n])?;
                 writer.write_slice(&chunk[..n])?;
                 done += n;
             }
@@ -390,7 +395,9 @@ impl<D: Device> Core<D> {
                 return Err(EINVAL);
             }
             let mut fd = [0u8; 4];
-            UserSlice::new(arg + MINSZ, 4).reader().read_slice(&mut fd)?;
+            UserSlice::new(arg + MINSZ, 4)
+                .reader()
+                .read_slice(&mut fd)?;
             match i32::from_ne_bytes(fd) {
                 -1 => None,
                 fd if fd >= 0 => Some(user::EventFd::get(fd)?),
@@ -513,6 +520,31 @@ impl<D: Device> Ops<D> {
         core.dev.close();
     }
 
+    /// A region access at the device file position `*ppos`, which advances.
+    ///
+    /// # Safety
+    ///
+    /// `vdev` must be a registered device of ours and `ppos` the VFIO core's
+    /// file position for this call.
+    unsafe fn rw_at(
+        vdev: *mut bindings::vfio_device,
+        buf: usize,
+        count: usize,
+        ppos: *mut bindings::loff_t,
+        write: bool,
+    ) -> isize {
+        // SAFETY: By the function's contract.
+        let (core, pos) = unsafe { (Self::core(vdev), *ppos) };
+        match core.rw(buf, count, pos, write) {
+            Ok(n) => {
+                // SAFETY: As above.
+                unsafe { *ppos += n as i64 };
+                n as isize
+            }
+            Err(e) => e.to_errno() as isize,
+        }
+    }
+
     /// The `read` callback.
     ///
     /// # Safety
@@ -525,17 +557,9 @@ impl<D: Device> Ops<D> {
         count: usize,
         ppos: *mut bindings::loff_t,
     ) -> isize {
-        // SAFETY: Called by the VFIO core on a registered device, with the
+        // SAFETY: Called by the VFIO core on a registered device with the
         // file position it owns.
-        let (core, pos) = unsafe { (Self::core(vdev), *ppos) };
-        match core.rw(buf as usize, count, pos, false) {
-            Ok(n) => {
-                // SAFETY: As above.
-                unsafe { *ppos += n as i64 };
-                n as isize
-            }
-            Err(e) => e.to_errno() as isize,
-        }
+        unsafe { Self::rw_at(vdev, buf as usize, count, ppos, false) }
     }
 
     /// The `write` callback.
@@ -551,15 +575,7 @@ impl<D: Device> Ops<D> {
         ppos: *mut bindings::loff_t,
     ) -> isize {
         // SAFETY: As in `read`.
-        let (core, pos) = unsafe { (Self::core(vdev), *ppos) };
-        match core.rw(buf as usize, count, pos, true) {
-            Ok(n) => {
-                // SAFETY: As in `read`.
-                unsafe { *ppos += n as i64 };
-                n as isize
-            }
-            Err(e) => e.to_errno() as isize,
-        }
+        unsafe { Self::rw_at(vdev, buf as usize, count, ppos, true) }
     }
 
     /// The `ioctl` callback.
@@ -568,7 +584,11 @@ impl<D: Device> Ops<D> {
     ///
     /// Only called by the VFIO core, with the arguments it documents for this
     /// callback, on an object this module registered.
-    unsafe extern "C" fn ioctl(vdev: *mut bindings::vfio_device, cmd: c_uint, arg: c_ulong) -> c_long {
+    unsafe extern "C" fn ioctl(
+        vdev: *mut bindings::vfio_device,
+        cmd: c_uint,
+        arg: c_ulong,
+    ) -> c_long {
         // SAFETY: Called by the VFIO core on a registered device.
         let core = unsafe { Self::core(vdev) };
         match core.ioctl(cmd, arg) {

@@ -19,10 +19,10 @@
 //! user holds the VFIO device open, the framework relays the request to that
 //! user and the removal completes when the device is closed.
 
-use kernel::ffi::{c_char, c_uint};
 use core::marker::{PhantomData, PhantomPinned};
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
+use kernel::ffi::{c_char, c_uint};
 
 use kernel::error::{from_err_ptr, to_result};
 use kernel::init::pin_init_from_closure;
@@ -200,7 +200,10 @@ impl<T: Driver> Registration<T> {
     ///
     /// Only called by the mdev core, with the arguments it documents for this
     /// callback, on an object this module registered.
-    unsafe extern "C" fn show_description(mtype: *mut bindings::mdev_type, buf: *mut c_char) -> isize {
+    unsafe extern "C" fn show_description(
+        mtype: *mut bindings::mdev_type,
+        buf: *mut c_char,
+    ) -> isize {
         // SAFETY: The core passes one of our registered types.
         let slot = unsafe { Self::slot(mtype) };
         let text = T::TYPES[slot.index].description.as_bytes();

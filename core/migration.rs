@@ -20,15 +20,15 @@
 //! a failed vendor step gives the vendor's errno and leaves the device in
 //! the last state reached (or ERROR if the vendor reports the state lost).
 
-use kernel::ffi::{c_int, c_ulong};
 use core::marker::PhantomData;
+use kernel::ffi::{c_int, c_ulong};
 
 use kernel::prelude::*;
 use kernel::sync::Arc;
 
 use super::bindings;
 use super::device::{Core, Device};
-use super::envelope::{HEADER_MAX, MAX_RECORD_PAYLOAD, RECORD_OVERHEAD, END_LEN};
+use super::envelope::{END_LEN, HEADER_MAX, MAX_RECORD_PAYLOAD, RECORD_OVERHEAD};
 use super::fsm::{self, FlagSet, SessionEffect, State, StateArc, StepFailure, TransitionError};
 use super::stream::{ResumeStream, SaveStream};
 use super::version::MAX_LEN as MAX_VERSION_LEN;
@@ -124,7 +124,7 @@ impl<D: Device> fsm::Stepper for Walk<'_, D> {
                     SaveStream::open(self.core, phase).map_err(StepFailure::recoverable)?;
                 if let Err(f) = dev.step(arc) {
                     stream.disable();
-                    SaveStream::drop_file(file);
+                    super::stream::drop_file(file);
                     return Err(f);
                 }
                 let old = self.core.waker.lock().replace(stream.clone());
@@ -138,7 +138,7 @@ impl<D: Device> fsm::Stepper for Walk<'_, D> {
                     ResumeStream::open(self.core).map_err(StepFailure::recoverable)?;
                 if let Err(f) = dev.step(arc) {
                     stream.disable();
-                    ResumeStream::drop_file(file);
+                    super::stream::drop_file(file);
                     return Err(f);
                 }
                 self.mig.resume = Some(stream);
@@ -265,7 +265,10 @@ impl<D: Device> Ops<D> {
     ///
     /// Only called by the VFIO core, with the arguments it documents for this
     /// callback, on an object this module registered.
-    unsafe extern "C" fn get_data_size(vdev: *mut bindings::vfio_device, out: *mut c_ulong) -> c_int {
+    unsafe extern "C" fn get_data_size(
+        vdev: *mut bindings::vfio_device,
+        out: *mut c_ulong,
+    ) -> c_int {
         // SAFETY: As in `set_state`.
         let core = unsafe { Self::core(vdev) };
         // Under the state lock, as the uAPI expects of drivers.

@@ -25,9 +25,9 @@
 //! Locking: the device's state lock comes before a stream's lock; `read`
 //! and `write` take only the stream lock.
 
-use kernel::ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void};
 use core::mem::MaybeUninit;
 use core::ptr;
+use kernel::ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void};
 
 use kernel::error::from_err_ptr;
 use kernel::new_mutex;
@@ -39,7 +39,7 @@ use kernel::uaccess::{UserSlice, UserSliceReader, UserSliceWriter};
 use super::bindings;
 use super::device::{Core, Device, PrecopyInfo, SavePhase, Saved};
 use super::envelope::{
-    EnvelopeError, Encoder, Parser, Sink, StreamError, END_LEN, HEADER_MAX, RECORD_OVERHEAD,
+    Encoder, EnvelopeError, Parser, Sink, StreamError, END_LEN, HEADER_MAX, RECORD_OVERHEAD,
 };
 use super::fsm::State;
 use super::version::VersionError;
@@ -97,7 +97,6 @@ impl<D: Device> SaveSource for DeviceSaveSource<D> {
     fn precopy_info(&self) -> PrecopyInfo {
         self.core.dev.precopy_info(&self.state)
     }
-
 }
 
 struct SaveSession {
@@ -245,7 +244,7 @@ unsafe impl Sync for SaveStream {}
 
 impl SaveStream {
     /// Opens a save session of `core`'s device and its file (one reference,
-    /// which the caller hands to the user or drops with [`Self::drop_file`]).
+    /// which the caller hands to the user or drops with [`drop_file`]).
     pub(crate) fn open<D: Device>(
         core: &Arc<Core<D>>,
         phase: SavePhase,
@@ -282,14 +281,13 @@ impl SaveStream {
             }),
             GFP_KERNEL,
         )?;
-        let file = new_file(kernel::c_str!("[rmdev_save]"), &SAVE_FOPS.0, stream.clone().into_foreign(), true)?;
+        let file = new_file(
+            kernel::c_str!("[rmdev_save]"),
+            &SAVE_FOPS.0,
+            stream.clone().into_foreign(),
+            true,
+        )?;
         Ok((stream, file))
-    }
-
-    /// Drops a file [`Self::open`] returned that never reached the user.
-    pub(crate) fn drop_file(file: *mut bindings::file) {
-        // SAFETY: `file` is the reference `open` returned, unused since.
-        unsafe { bindings::fput(file) };
     }
 
     /// Switches the session to stop-copy (PRE_COPY* to STOP_COPY).
@@ -433,7 +431,9 @@ impl ResumeSession {
             let n = (count - done).min(self.bounce.len());
             r.read_slice(&mut self.bounce[..n])?;
             let at = self.parser.offset();
-            let res = self.parser.feed(&self.bounce[..n], &mut ParserSink(&mut *self.target));
+            let res = self
+                .parser
+                .feed(&self.bounce[..n], &mut ParserSink(&mut *self.target));
             if let Err(e) = res {
                 let errno = match e {
                     StreamError::Envelope(env) => {
@@ -514,14 +514,13 @@ impl ResumeStream {
             }),
             GFP_KERNEL,
         )?;
-        let file = new_file(kernel::c_str!("[rmdev_resume]"), &RESUME_FOPS.0, stream.clone().into_foreign(), false)?;
+        let file = new_file(
+            kernel::c_str!("[rmdev_resume]"),
+            &RESUME_FOPS.0,
+            stream.clone().into_foreign(),
+            false,
+        )?;
         Ok((stream, file))
-    }
-
-    /// Drops a file [`Self::open`] returned that never reached the user.
-    pub(crate) fn drop_file(file: *mut bindings::file) {
-        // SAFETY: `file` is the reference `open` returned, unused since.
-        unsafe { bindings::fput(file) };
     }
 
     /// RESUMING to STOP: the stream must be complete, then the vendor loads.
@@ -541,6 +540,13 @@ impl ResumeStream {
         let s = guard.as_mut().ok_or(ENODEV)?;
         s.write(&mut r, count)
     }
+}
+
+/// Drops a data file an `open` returned that never reached the user.
+pub(crate) fn drop_file(file: *mut bindings::file) {
+    // SAFETY: `file` is the reference `open` returned, unused since; its
+    // release drops the stream reference.
+    unsafe { bindings::fput(file) };
 }
 
 /// Initialises a wait queue head in place.
@@ -706,7 +712,10 @@ unsafe extern "C" fn save_ioctl(file: *mut bindings::file, cmd: c_uint, arg: c_u
 ///
 /// Only called by the VFS, with the arguments it documents for this
 /// callback, on an object this module registered.
-unsafe extern "C" fn save_release(_inode: *mut bindings::inode, file: *mut bindings::file) -> c_int {
+unsafe extern "C" fn save_release(
+    _inode: *mut bindings::inode,
+    file: *mut bindings::file,
+) -> c_int {
     // SAFETY: The VFS releases each file once; `private_data` came from
     // `Arc::<SaveStream>::into_foreign`.
     unsafe { drop_private((*file).private_data, true) };
@@ -744,7 +753,10 @@ unsafe extern "C" fn resume_write(
 ///
 /// Only called by the VFS, with the arguments it documents for this
 /// callback, on an object this module registered.
-unsafe extern "C" fn resume_release(_inode: *mut bindings::inode, file: *mut bindings::file) -> c_int {
+unsafe extern "C" fn resume_release(
+    _inode: *mut bindings::inode,
+    file: *mut bindings::file,
+) -> c_int {
     // SAFETY: The VFS releases each file once; `private_data` came from
     // `Arc::<ResumeStream>::into_foreign`.
     unsafe { drop_private((*file).private_data, false) };

@@ -21,9 +21,12 @@ pub(crate) fn copy_in<T: FromBytes + AsBytes + Default>(arg: usize, len: usize) 
     let len = len.min(size_of::<T>());
     // SAFETY: `T: FromBytes + AsBytes` has no padding and any byte pattern is
     // a valid `T`, so its bytes may be viewed and overwritten as a slice.
-    let bytes =
-        unsafe { core::slice::from_raw_parts_mut((&mut value as *mut T).cast::<u8>(), size_of::<T>()) };
-    UserSlice::new(arg, len).reader().read_slice(&mut bytes[..len])?;
+    let bytes = unsafe {
+        core::slice::from_raw_parts_mut((&mut value as *mut T).cast::<u8>(), size_of::<T>())
+    };
+    UserSlice::new(arg, len)
+        .reader()
+        .read_slice(&mut bytes[..len])?;
     Ok(value)
 }
 
@@ -31,7 +34,8 @@ pub(crate) fn copy_in<T: FromBytes + AsBytes + Default>(arg: usize, len: usize) 
 pub(crate) fn copy_out<T: AsBytes>(arg: usize, value: &T, len: usize) -> Result {
     let len = len.min(size_of::<T>());
     // SAFETY: `T: AsBytes` has no uninitialised bytes.
-    let bytes = unsafe { core::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) };
+    let bytes =
+        unsafe { core::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) };
     UserSlice::new(arg, len).writer().write_slice(&bytes[..len])
 }
 

@@ -24,9 +24,9 @@
 #[path = "../core/rmdev.rs"]
 pub mod rmdev;
 
-use kernel::{c_str, new_mutex};
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
+use kernel::{c_str, new_mutex};
 
 use rmdev::device::{region, Device, PrecopyInfo, Region, SavePhase, Saved};
 use rmdev::fsm::{FlagSet, StateArc, StepFailure};
@@ -493,7 +493,8 @@ impl kernel::Module for SampleModule {
                 EINVAL
             })?;
         let driver = Registration::<Sample>::new(module)?;
-        let parent = Parent::new_virtual(&driver, c_str!("rmdev_sample"), Sample { flags, format })?;
+        let parent =
+            Parent::new_virtual(&driver, c_str!("rmdev_sample"), Sample { flags, format })?;
         pr_info!(
             "ready: migration flags {:#x}, data format {}\n",
             flags.map_or(0, |f| f.bits()),
