@@ -32,7 +32,7 @@ use super::fsm::{FlagSet, StateArc, StepFailure};
 use super::migration::{self, MigState};
 use super::stream::SaveStream;
 use super::user;
-use super::version::{DefaultRule, VersionRule};
+use super::version::{check_written, DefaultRule, VersionBuf, VersionError, VersionRule};
 
 /// Region indexes of the vfio-pci layout.
 pub mod region {
@@ -162,12 +162,16 @@ pub trait Device: Send + Sync + Sized + 'static {
     fn migration(&self) -> Option<FlagSet> {
         None
     }
-    /// The device's `migration_version` string: it goes into every stream
-    /// header and is checked by the target's [`Device::version_rule`].
-    fn version(&self) -> &str {
-        ""
+    /// The device's own `migration_version` string, when it differs from
+    /// its type's ([`super::mdev::Driver::type_version`]), for example to
+    /// fold in instance settings. It is the device's sysfs
+    /// `migration_version`, goes into every stream header it saves and is
+    /// what [`Device::version_rule`] checks sources against.
+    fn version(&self) -> Option<&str> {
+        None
     }
-    /// The rule deciding which sources' state the device can load.
+    /// The rule deciding which sources' state the device can load: the
+    /// sysfs `migration_version` write and the stream header both use it.
     fn version_rule(&self) -> &dyn VersionRule {
         &DefaultRule
     }
@@ -229,6 +233,8 @@ pub(crate) struct Core<D: Device> {
     req: Mutex<Option<user::EventFd>>,
     /// The mdev's name (its UUID), for messages.
     name: [u8; 40],
+    /// The `migration_version` of the mdev's type, if it migrates.
+    type_version: Option<VersionBuf>,
 }
 
 impl<D: Device> Core<D> {
@@ -240,6 +246,26 @@ impl<D: Device> Core<D> {
             .position(|&b| b == 0)
             .unwrap_or(self.name.len());
         core::str::from_utf8(&self.name[..len]).unwrap_or("?")
+    }
+
+    /// The device's `migration_version` string ("" if it does not migrate).
+    pub(crate) fn version(&self) -> &str {
+        match (self.dev.version(), &self.type_version) {
+            (Some(v), _) => v,
+            (None, Some(t)) => t.as_str(),
+            (None, None) => "",
+        }
+    }
+
+    /// Whether the device migrates (its migration features exist).
+    pub(crate) fn migrates(&self) -> bool {
+        self.mig.lock().flags.is_some()
+    }
+
+    /// The device-level `migration_version` write: a pure check of `written`
+    /// against the device's rule.
+    pub(crate) fn check_written(&self, written: &[u8]) -> core::result::Result<(), VersionError> {
+        check_written(self.dev.version_rule(), self.version(), written)
     }
 
     /// Ends any migration session and returns the state to RUNNING.
@@ -630,6 +656,7 @@ pub(crate) unsafe fn core_of<'a, D: Device>(vdev: *mut bindings::vfio_device) ->
 pub(crate) unsafe fn register<D: Device>(
     mdev: *mut bindings::mdev_device,
     init: impl PinInit<D, Error>,
+    type_version: Option<VersionBuf>,
 ) -> Result {
     let mut name = [0u8; 40];
     // SAFETY: `mdev` is valid (contract); its name is a NUL-terminated
@@ -644,6 +671,7 @@ pub(crate) unsafe fn register<D: Device>(
             waker <- new_spinlock!(None, "rmdev:waker"),
             req <- new_mutex!(None, "rmdev:req"),
             name,
+            type_version,
         }),
         GFP_KERNEL,
     )?;

@@ -28,6 +28,12 @@ void rmdev_eventfd_signal(struct eventfd_ctx *ctx)
 	eventfd_signal(ctx);
 }
 
+void rmdev_sysfs_attr_init(struct attribute *attr)
+{
+	/* Attributes outside static memory need a lockdep key: one for all. */
+	sysfs_attr_init(attr);
+}
+
 void rmdev_vfio_put_device(struct vfio_device *vdev)
 {
 	vfio_put_device(vdev);

@@ -8,6 +8,7 @@
 
 #include <linux/eventfd.h>
 #include <linux/poll.h>
+#include <linux/sysfs.h>
 #include <linux/wait.h>
 
 struct vfio_device;
@@ -17,5 +18,6 @@ void rmdev_wake_up_poll(struct wait_queue_head *wq, __poll_t mask);
 void rmdev_poll_wait(struct file *file, struct wait_queue_head *wq, poll_table *pt);
 void rmdev_eventfd_signal(struct eventfd_ctx *ctx);
 void rmdev_vfio_put_device(struct vfio_device *vdev);
+void rmdev_sysfs_attr_init(struct attribute *attr);
 
 #endif

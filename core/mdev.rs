@@ -20,7 +20,7 @@
 //! user and the removal completes when the device is closed.
 
 use core::marker::{PhantomData, PhantomPinned};
-use core::ptr;
+use core::ptr::{self, addr_of_mut};
 use core::sync::atomic::{AtomicUsize, Ordering};
 use kernel::ffi::{c_char, c_uint};
 
@@ -32,6 +32,8 @@ use kernel::types::Opaque;
 
 use super::bindings;
 use super::device::{self, Device};
+use super::sysfs::{self, DeviceAttrs, TypeVersion};
+use super::version::{check_written, DefaultRule, VersionBuf, VersionError, VersionRule};
 
 /// One mdev type a parent offers.
 pub struct TypeInfo {
@@ -61,6 +63,33 @@ pub trait Driver: Send + Sync + Sized + 'static {
     /// Creates the state of a new mdev of type `TYPES[type_index]`. The
     /// framework has already reserved one of the type's instances.
     fn create(&self, type_index: usize) -> impl PinInit<Self::Device, Error>;
+
+    /// The version of type `TYPES[type_index]`'s migration data format,
+    /// `(major, minor)`, or `None` if its mdevs do not migrate (then the type
+    /// has no `migration_version` attribute).
+    fn migration_format(&self, _type_index: usize) -> Option<(u16, u16)> {
+        None
+    }
+
+    /// The type's `migration_version` string, and the default of its mdevs'.
+    /// By default it is in the default format,
+    /// `<NAME>:<sysfs_name>:<major>.<minor>` from
+    /// [`Driver::migration_format`].
+    fn type_version(&self, type_index: usize) -> Option<Result<VersionBuf>> {
+        let (major, minor) = self.migration_format(type_index)?;
+        let name = Self::NAME.to_str().map_err(|_| EINVAL);
+        let ty = Self::TYPES[type_index]
+            .sysfs_name
+            .to_str()
+            .map_err(|_| EINVAL);
+        Some(name.and_then(|n| VersionBuf::new(n, ty?, major, minor).map_err(|_| EINVAL)))
+    }
+
+    /// The rule the type's `migration_version` write applies (the devices'
+    /// rule is [`Device::version_rule`]).
+    fn type_version_rule(&self, _type_index: usize) -> &dyn VersionRule {
+        &DefaultRule
+    }
 }
 
 /// The registration of a [`Driver`] with the mdev core; shared by its
@@ -73,8 +102,15 @@ pub trait Driver: Send + Sync + Sized + 'static {
 #[pin_data(PinnedDrop)]
 pub struct Registration<T: Driver> {
     #[pin]
-    drv: Opaque<bindings::mdev_driver>,
+    drv: Opaque<RawDriver>,
     _t: PhantomData<T>,
+}
+
+/// The C driver and the device attribute group its `dev_groups` points to.
+#[repr(C)]
+struct RawDriver {
+    drv: bindings::mdev_driver,
+    attrs: DeviceAttrs,
 }
 
 // SAFETY: The C side only reads the registered structure; it is used from any
@@ -86,13 +122,16 @@ unsafe impl<T: Driver> Sync for Registration<T> {}
 impl<T: Driver> Registration<T> {
     /// Registers the driver with the mdev core.
     pub fn new(module: &'static ThisModule) -> Result<Arc<Self>> {
-        let init = move |slot: *mut Opaque<bindings::mdev_driver>| -> Result {
-            let slot = Opaque::raw_get(slot);
-            // SAFETY: `slot` is valid for writes (pin-init contract); the
-            // all-zero `mdev_driver` is valid and is then filled in; the
-            // strings and the module are `'static`.
+        let init = move |raw: *mut Opaque<RawDriver>| -> Result {
+            let raw = Opaque::raw_get(raw);
+            // SAFETY: `raw` is valid for writes and pinned (pin-init
+            // contract); the all-zero `mdev_driver` is valid and is then
+            // filled in; the strings and the module are `'static`.
             unsafe {
+                let slot = addr_of_mut!((*raw).drv);
                 ptr::write_bytes(slot, 0, 1);
+                (*slot).driver.dev_groups =
+                    DeviceAttrs::init::<T::Device>(addr_of_mut!((*raw).attrs));
                 (*slot).device_api = T::DEVICE_API.as_char_ptr();
                 (*slot).probe = Some(Self::probe);
                 (*slot).remove = Some(Self::remove);
@@ -117,7 +156,8 @@ impl<T: Driver> Registration<T> {
     }
 
     fn as_raw(&self) -> *mut bindings::mdev_driver {
-        self.drv.get()
+        // SAFETY: `drv` is the first field of the `RawDriver`.
+        unsafe { addr_of_mut!((*self.drv.get()).drv) }
     }
 
     /// The type slot of `mtype`.
@@ -156,7 +196,13 @@ impl<T: Driver> Registration<T> {
         }
         // SAFETY: `mdev` is valid (see above) and stays bound to us until
         // `remove`, which unregisters the device before it returns.
-        let res = unsafe { device::register::<T::Device>(mdev, parent.data.create(slot.index)) };
+        let res = unsafe {
+            device::register::<T::Device>(
+                mdev,
+                parent.data.create(slot.index),
+                slot.version.clone(),
+            )
+        };
         match res {
             Ok(()) => 0,
             Err(e) => {
@@ -236,6 +282,25 @@ struct TypeSlot<T: Driver> {
     index: usize,
     live: AtomicUsize,
     parent: *const Parent<T>,
+    /// The type's `migration_version`, if its mdevs migrate.
+    version: Option<VersionBuf>,
+    /// The type's `migration_version` file, if it was created.
+    attr: Opaque<bindings::bin_attribute>,
+    attr_added: bool,
+}
+
+impl<T: Driver> TypeVersion for TypeSlot<T> {
+    fn version(&self) -> &str {
+        self.version.as_ref().map_or("", |v| v.as_str())
+    }
+
+    fn check_written(&self, written: &[u8]) -> core::result::Result<(), VersionError> {
+        // SAFETY: `parent` points to the parent that registered the slot,
+        // which outlives its files.
+        let parent = unsafe { &*self.parent };
+        let rule = parent.data.type_version_rule(self.index);
+        check_written(rule, self.version(), written)
+    }
 }
 
 /// A parent device offering the driver's mdev types.
@@ -280,12 +345,27 @@ impl<T: Driver> Parent<T> {
         let mut types = KVec::with_capacity(T::TYPES.len(), GFP_KERNEL)?;
         let mut type_ptrs = KVec::with_capacity(T::TYPES.len(), GFP_KERNEL)?;
         for index in 0..T::TYPES.len() {
+            let version = match data.type_version(index) {
+                None => None,
+                Some(Ok(v)) => Some(v),
+                Some(Err(e)) => {
+                    pr_err!(
+                        "{}: type {} has no usable migration_version string\n",
+                        T::NAME.to_str().unwrap_or("?"),
+                        index
+                    );
+                    return Err(e);
+                }
+            };
             types.push(
                 TypeSlot {
                     mtype: Opaque::uninit(),
                     index,
                     live: AtomicUsize::new(0),
                     parent: ptr::null(),
+                    version,
+                    attr: Opaque::uninit(),
+                    attr_added: false,
                 },
                 GFP_KERNEL,
             )?;
@@ -369,6 +449,30 @@ impl<T: Driver> Parent<T> {
             this.class = ptr::null_mut();
             return Err(e);
         }
+        // The migration_version attribute of each type that migrates, on the
+        // type's kobject (see `sysfs`).
+        for slot in this.types.iter_mut() {
+            if slot.version.is_none() {
+                continue;
+            }
+            let attr = slot.attr.get();
+            // SAFETY: `attr` lives in the slot, which does not move; the slot
+            // starts with its registered `mdev_type`, whose `kobj` the mdev
+            // core initialised; `Drop` removes the file before the type.
+            let ret = unsafe {
+                sysfs::init_type_attr::<TypeSlot<T>>(attr);
+                bindings::sysfs_create_bin_file(addr_of_mut!((*slot.mtype.get()).kobj), attr)
+            };
+            if let Err(e) = to_result(ret) {
+                // `Drop` removes what was added and unregisters the parent.
+                pr_err!(
+                    "cannot add a type's migration_version attribute ({})\n",
+                    e.to_errno()
+                );
+                return Err(e);
+            }
+            slot.attr_added = true;
+        }
         // INVARIANT: registered above, with every slot pointing to `this`.
         Ok(Pin::from(this))
     }
@@ -396,6 +500,17 @@ impl<T: Driver> Drop for Parent<T> {
         if self.class.is_null() {
             // Registration failed; `new_virtual` cleaned up.
             return;
+        }
+        for slot in self.types.iter_mut().filter(|s| s.attr_added) {
+            // SAFETY: Added in `new_virtual` on this live type; this waits for
+            // running reads and writes of the file.
+            unsafe {
+                bindings::sysfs_remove_bin_file(
+                    addr_of_mut!((*slot.mtype.get()).kobj),
+                    slot.attr.get(),
+                )
+            };
+            slot.attr_added = false;
         }
         // SAFETY: By the type invariant the parent is registered. This removes
         // every mdev (waiting for users to release them) and the types.

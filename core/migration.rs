@@ -31,7 +31,6 @@ use super::device::{Core, Device};
 use super::envelope::{END_LEN, HEADER_MAX, MAX_RECORD_PAYLOAD, RECORD_OVERHEAD};
 use super::fsm::{self, FlagSet, SessionEffect, State, StateArc, StepFailure, TransitionError};
 use super::stream::{ResumeStream, SaveStream};
-use super::version::MAX_LEN as MAX_VERSION_LEN;
 
 /// The migration state of one device, under its state lock.
 pub(crate) struct MigState {
@@ -64,12 +63,16 @@ pub(crate) fn check_device<D: Device>(core: &Core<D>) -> Result<Option<FlagSet>>
     let Some(flags) = core.dev.migration() else {
         return Ok(None);
     };
-    let version = core.dev.version();
-    if version.is_empty() || version.len() > MAX_VERSION_LEN {
+    let version = core.version();
+    // A device must at least accept its own state: this catches an empty,
+    // over-long or malformed string, whatever the rule.
+    let sane = super::version::check_written(core.dev.version_rule(), version, version.as_bytes());
+    if let Err(e) = sane {
         pr_err!(
-            "{}: the device's migration_version string must be 1 to {} bytes\n",
+            "{}: migratable device with an unusable migration_version {:?}: {}\n",
             core.name(),
-            MAX_VERSION_LEN
+            version,
+            e
         );
         return Err(EINVAL);
     }

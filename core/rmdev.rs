@@ -12,7 +12,10 @@
 //!   request channel that asks a user to release a device being removed
 //!   ([`device`]),
 //! - VFIO migration v2: the state machine, the data files and
-//!   `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE` ([`migration`]).
+//!   `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE` ([`migration`]),
+//! - a `migration_version` attribute on every type and mdev that migrates
+//!   (`sysfs/migration_version.rs`), checked with the same rule as the
+//!   stream header.
 //!
 //! The kernel-independent logic (the state machine, the stream envelope, the
 //! `migration_version` rules) lives in `core/logic/`, a `no_std` crate that
@@ -33,6 +36,8 @@ pub mod fsm;
 pub mod mdev;
 pub mod migration;
 mod stream;
+#[path = "../sysfs/migration_version.rs"]
+mod sysfs;
 mod user;
 #[path = "logic/src/version.rs"]
 pub mod version;

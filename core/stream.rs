@@ -249,7 +249,7 @@ impl SaveStream {
         core: &Arc<Core<D>>,
         phase: SavePhase,
     ) -> Result<(Arc<Self>, *mut bindings::file)> {
-        let (enc, header) = Encoder::new(core.dev.version()).map_err(|_| EINVAL)?;
+        let (enc, header) = Encoder::new(core.version()).map_err(|_| EINVAL)?;
         let cap = (RECORD_OVERHEAD + core.dev.max_record()).max(HEADER_MAX);
         let mut buf = KVVec::from_elem(0u8, cap, GFP_KERNEL)?;
         let hdr = header.as_bytes();
@@ -376,8 +376,10 @@ struct DeviceLoadTarget<D: Device> {
 
 impl<D: Device> LoadTarget for DeviceLoadTarget<D> {
     fn check_version(&mut self, source: &str) -> core::result::Result<(), VersionError> {
-        let dev = &self.core.dev;
-        dev.version_rule().check(dev.version(), source)
+        self.core
+            .dev
+            .version_rule()
+            .check(self.core.version(), source)
     }
 
     fn record(&mut self, tag: u16, payload: &[u8]) -> Result {

@@ -31,7 +31,7 @@ use kernel::{c_str, new_mutex};
 use rmdev::device::{region, Device, PrecopyInfo, Region, SavePhase, Saved};
 use rmdev::fsm::{FlagSet, StateArc, StepFailure};
 use rmdev::mdev::{self, Parent, Registration, TypeInfo};
-use rmdev::version::{DefaultRule, VersionBuf, VersionRule};
+use rmdev::version::{DefaultRule, VersionRule};
 
 module! {
     type: SampleModule,
@@ -130,8 +130,6 @@ impl mdev::Driver for Sample {
 
     fn create(&self, type_index: usize) -> impl PinInit<SampleDevice, Error> {
         let size = SIZES[type_index];
-        let ty = Self::TYPES[type_index].sysfs_name.to_str().unwrap_or("?");
-        let version = VersionBuf::new("rmdev_sample", ty, self.format, 0).map_err(|_| EINVAL);
         let memory = Memory::new(size);
         let flags = self.flags;
         let format = self.format;
@@ -139,9 +137,15 @@ impl mdev::Driver for Sample {
             size,
             flags,
             format,
-            version: version?,
             mem <- new_mutex!(memory?, "rmdev_sample:mem"),
         })
+    }
+
+    fn migration_format(&self, _type_index: usize) -> Option<(u16, u16)> {
+        // Every type migrates when the module has a flag set; the framework
+        // builds the version strings from this in the default format:
+        // "rmdev_sample:<type>:<format>.0".
+        self.flags.map(|_| (self.format, 0))
     }
 }
 
@@ -217,7 +221,6 @@ struct SampleDevice {
     size: usize,
     flags: Option<FlagSet>,
     format: u16,
-    version: VersionBuf,
     #[pin]
     mem: Mutex<Memory>,
 }
@@ -353,8 +356,10 @@ impl Device for SampleDevice {
         self.flags
     }
 
-    fn version(&self) -> &str {
-        self.version.as_str()
+    fn version(&self) -> Option<&str> {
+        // No instance settings: the type's string (from `migration_format`)
+        // is the device's.
+        None
     }
 
     fn version_rule(&self) -> &dyn VersionRule {

@@ -6,6 +6,7 @@
 . "$(dirname "$0")/lib.sh"
 
 trap unload_sample EXIT
+modprobe mdev
 for bad in 2 4 6 8 9 255; do
 	expect_errno "Invalid parameters" insmod "$SAMPLE_KO" migration_flags=$bad
 	dmesg | grep -q "migration_flags=$(printf '%#x' $bad) refused" || fail "no message for migration_flags=$bad"
@@ -13,7 +14,6 @@ done
 expect_errno "Invalid parameters" insmod "$SAMPLE_KO" format_version=0
 expect_errno "Invalid parameters" insmod "$SAMPLE_KO" format_version=70000
 dmesg | grep -q "format_version=0 refused" || fail "no message for format_version=0"
-modprobe mdev
 for i in $(seq 20); do
 	insmod "$SAMPLE_KO" migration_flags=$(( (i % 4) * 2 + 1 ))
 	a=$(new_uuid) b=$(new_uuid)

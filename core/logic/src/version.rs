@@ -304,6 +304,7 @@ impl<'a> Version<'a> {
 }
 
 /// Writes a default-format version string into a fixed buffer.
+#[derive(Clone)]
 pub struct VersionBuf {
     buf: [u8; MAX_LEN],
     len: usize,
