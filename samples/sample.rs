@@ -54,7 +54,11 @@ pub mod reg {
     pub const MEM_SIZE_HI: u64 = 0x0c;
     /// Read-write scratch register.
     pub const SCRATCH: u64 = 0x10;
-    /// Write-only: writing 1 computes the CRC-32C of the memory into CHECKSUM.
+    /// Write-only: writing [`CMD_CHECKSUM`](super::CMD_CHECKSUM) computes the
+    /// CRC-32C of the memory into CHECKSUM; writing
+    /// [`CMD_LOSE_NEXT_ARC`](super::CMD_LOSE_NEXT_ARC) makes the next
+    /// migration arc fail and lose the device state (fault injection, for
+    /// testing the ERROR state).
     pub const CMD: u64 = 0x14;
     /// Read-only: result of the last checksum command.
     pub const CHECKSUM: u64 = 0x18;
@@ -65,6 +69,10 @@ pub mod reg {
 }
 
 const ID_VALUE: u32 = u32::from_le_bytes(*b"RMDV");
+/// CMD value: checksum the memory.
+pub const CMD_CHECKSUM: u32 = 1;
+/// CMD value: the next migration arc fails and the device goes to ERROR.
+pub const CMD_LOSE_NEXT_ARC: u32 = 2;
 const PAGE: usize = 4096;
 /// Pages per memory record: records stay at 64 KiB, whatever the memory size.
 const RECORD_PAGES: usize = 16;
@@ -157,6 +165,8 @@ struct Memory {
     scratch: u32,
     checksum: u32,
     writes: u32,
+    /// Fault injection: the next arc fails, losing the state.
+    lose_next_arc: bool,
 }
 
 impl Memory {
@@ -168,6 +178,7 @@ impl Memory {
             scratch: 0,
             checksum: 0,
             writes: 0,
+            lose_next_arc: false,
         })
     }
 
@@ -260,9 +271,10 @@ impl SampleDevice {
         let mut m = self.mem.lock();
         match offset {
             reg::SCRATCH => m.scratch = value,
-            reg::CMD if value == 1 => {
+            reg::CMD if value == CMD_CHECKSUM => {
                 m.checksum = rmdev::crc32c::Crc32c::new().update(&m.bytes).value();
             }
+            reg::CMD if value == CMD_LOSE_NEXT_ARC => m.lose_next_arc = true,
             _ => return Err(EINVAL),
         }
         Ok(())
@@ -350,6 +362,7 @@ impl Device for SampleDevice {
         let mut m = self.mem.lock();
         m.scratch = 0;
         m.checksum = 0;
+        m.lose_next_arc = false;
     }
 
     fn migration(&self) -> Option<FlagSet> {
@@ -374,8 +387,15 @@ impl Device for SampleDevice {
         // already handles the data sessions. A device with an engine would
         // stop it on RunningToStop, RunningP2pToStop and
         // PreCopy(P2p)ToStopCopy, and quiesce its P2P DMA on the arcs into
-        // RUNNING_P2P and PRE_COPY_P2P.
+        // RUNNING_P2P and PRE_COPY_P2P. A device that can neither complete
+        // an arc nor stay where it was reports the state lost, as the fault
+        // injection register makes the sample do.
         let _ = arc;
+        let mut m = self.mem.lock();
+        if m.lose_next_arc {
+            m.lose_next_arc = false;
+            return Err(StepFailure::lost(EIO));
+        }
         Ok(())
     }
 

@@ -692,6 +692,39 @@ fn t_reset(flags: FlagSet) -> TestResult {
         ctx(dev.read_reg(0x10), "read SCRATCH")? == 0,
         "reset did not clear SCRATCH"
     );
+    // ERROR: a lost arc (the sample's fault injection register) puts the
+    // device there; every SET then fails with EIO; only a reset leaves it.
+    ctx(dev.write_reg(0x14, 2), "arm a lost arc")?;
+    expect_errno!(
+        dev.set_state(State::Stop.raw()),
+        libc::EIO,
+        "SET STOP with a lost arc"
+    );
+    ensure!(
+        ctx(dev.state(), "GET")? == State::Error.raw(),
+        "not in ERROR after a lost arc"
+    );
+    for target in [
+        State::Running,
+        State::Stop,
+        State::StopCopy,
+        State::Resuming,
+    ] {
+        expect_errno!(
+            dev.set_state(target.raw()),
+            libc::EIO,
+            &format!("SET {target} in ERROR")
+        );
+    }
+    ctx(dev.reset(), "reset in ERROR")?;
+    ensure!(
+        ctx(dev.state(), "GET")? == State::Running.raw(),
+        "not RUNNING after reset in ERROR"
+    );
+    ctx(
+        dev.set_state(State::Stop.raw()),
+        "SET STOP after leaving ERROR",
+    )?;
     Ok(())
 }
 
