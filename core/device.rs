@@ -270,15 +270,12 @@ impl<D: Device> Core<D> {
 
     /// Ends any migration session and returns the state to RUNNING.
     fn back_to_running(&self) {
-        let mut mig = self.mig.lock();
-        migration::end_sessions(self, &mut mig);
-        mig.state = super::fsm::State::Running;
+        migration::back_to_running(self, &mut self.mig.lock());
     }
 
     fn reset(&self) {
         let mut mig = self.mig.lock();
-        migration::end_sessions(self, &mut mig);
-        mig.state = super::fsm::State::Running;
+        migration::back_to_running(self, &mut mig);
         // Under the state lock, so no arc runs during the reset. This is the
         // only lock the reset takes: VFIO_DEVICE_RESET on an mdev comes from
         // our own ioctl, not from a PCI reset holding other locks, so the

@@ -87,8 +87,10 @@ pub(crate) fn check_device<D: Device>(core: &Core<D>) -> Result<Option<FlagSet>>
     Ok(Some(flags))
 }
 
-/// Ends any open session: its file reports `-ENODEV` from now on.
-pub(crate) fn end_sessions<D: Device>(core: &Core<D>, mig: &mut MigState) {
+/// Ends any open session (its file reports `-ENODEV` from now on) and
+/// returns the state to RUNNING: close, open and reset.
+pub(crate) fn back_to_running<D: Device>(core: &Core<D>, mig: &mut MigState) {
+    mig.state = State::Running;
     if let Some(s) = mig.save.take() {
         // Dropped after the spinlock is released: never free under it.
         let waker = core.waker.lock().take();
