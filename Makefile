@@ -17,7 +17,7 @@ LAB := $(CURDIR)/tools/lab
 ORACLE := core/logic/tests/data/fsm-oracle.txt
 export RMDEV_KDIR := $(KDIR)
 
-.PHONY: all modules check host-check vm-check lab-selftest demo fsm-table clean setup
+.PHONY: all modules check host-check build-check vm-check lab-selftest demo fsm-table clean setup
 
 all: modules
 
@@ -37,13 +37,20 @@ host-check: setup
 	@$(MAKE) --no-print-directory -s fsm-table | diff -u <(grep '^0x' $(ORACLE)) - \
 		&& echo "fsm-table: identical to the Linux 6.12 oracle (256 rows)"
 
+# The supported build configurations: the modules (warnings as errors,
+# clippy) against the lab kernel, then Kconfig and the out-of-tree build
+# refusing what is not supported.
+build-check: setup
+	$(LAB) modules
+	tests/build/kconfig-check
+
 vm-check:
 	$(LAB) test
 
 lab-selftest:
 	tests/lab/selftest
 
-check: host-check vm-check lab-selftest
+check: host-check build-check vm-check lab-selftest
 
 demo: setup
 	cargo build --quiet --release -p rmdev-vm-test

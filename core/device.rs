@@ -23,12 +23,13 @@ use kernel::ffi::{c_char, c_long, c_uint, c_ulong};
 
 use kernel::error::{from_err_ptr, to_result};
 use kernel::prelude::*;
+use kernel::static_lock_class;
 use kernel::sync::{Arc, Mutex, SpinLock};
 use kernel::uaccess::UserSlice;
-use kernel::{new_mutex, new_spinlock};
 
 use super::bindings;
-use super::fsm::{FlagSet, StateArc, StepFailure};
+use super::fsm::{ArcSet, FlagSet, StepFailure};
+use super::mdev::Anchor;
 use super::migration::{self, MigState};
 use super::stream::SaveStream;
 use super::user;
@@ -49,8 +50,21 @@ pub mod region {
 /// Interrupt indexes of the vfio-pci layout: INTx, MSI, MSI-X, error and
 /// request (`VFIO_PCI_NUM_IRQS`).
 const NUM_IRQS: u32 = 5;
+/// The INTx interrupt index (`VFIO_PCI_INTX_IRQ_INDEX`).
+const INTX_IRQ_INDEX: u32 = 0;
+/// The error interrupt index (`VFIO_PCI_ERR_IRQ_INDEX`), PCIe only.
+const ERR_IRQ_INDEX: u32 = 3;
 /// The request channel's interrupt index (`VFIO_PCI_REQ_IRQ_INDEX`).
 const REQ_IRQ_INDEX: u32 = 4;
+/// The number of interrupts of index `index`: one request channel.
+fn irq_count(index: u32) -> u32 {
+    if index == REQ_IRQ_INDEX {
+        1
+    } else {
+        0
+    }
+}
+
 /// Region offsets in the device file: `index << 40` (`VFIO_PCI_OFFSET_SHIFT`).
 const OFFSET_SHIFT: u32 = 40;
 /// The largest chunk a region read or write copies at once.
@@ -175,12 +189,26 @@ pub trait Device: Send + Sync + Sized + 'static {
     fn version_rule(&self) -> &dyn VersionRule {
         &DefaultRule
     }
+    /// The single arcs [`Device::step`] handles: the typed set of the
+    /// device's flag set ([`StopCopyArc`](super::fsm::StopCopyArc) and its
+    /// siblings), [`StateArc`](super::fsm::StateArc) for a flag set chosen
+    /// at run time, or [`NoArcs`](super::fsm::NoArcs) for a device that does
+    /// not migrate. Registration refuses a device whose [`Device::migration`]
+    /// flag set needs an arc this set lacks.
+    type Arcs: ArcSet;
     /// Performs one arc of the migration state machine. Session effects
-    /// (opening, continuing and ending data files) are the framework's.
-    fn step(&self, _arc: StateArc) -> core::result::Result<(), StepFailure<Error>> {
-        Ok(())
-    }
-    /// The largest record payload the device saves or loads.
+    /// (opening, continuing and ending data files) are the framework's; the
+    /// device starts, stops or quiesces its engine. There is no default: an
+    /// exhaustive `match` on [`Device::Arcs`] is the compile-time proof that
+    /// every arc is handled (a device without migration writes
+    /// `match arc {}`).
+    fn step(&self, arc: Self::Arcs) -> core::result::Result<(), StepFailure<Error>>;
+    /// The largest record payload the device saves or loads: from
+    /// [`MIN_RECORD_PAYLOAD`](super::envelope::MIN_RECORD_PAYLOAD) (a target
+    /// must fit the END record) to
+    /// [`MAX_RECORD_PAYLOAD`](super::envelope::MAX_RECORD_PAYLOAD), checked
+    /// at registration, when the framework reads it once for the device's
+    /// life. [`Device::save`] gets a buffer of exactly this size.
     fn max_record(&self) -> usize {
         4096
     }
@@ -210,7 +238,8 @@ pub trait Device: Send + Sync + Sized + 'static {
         Err(ENOTTY)
     }
     /// The whole stream was loaded (RESUMING to STOP): check it is complete
-    /// and consistent.
+    /// and consistent. On failure the device goes to ERROR (the stream is
+    /// used up and the device half loaded) until a reset.
     fn load_finish(&self, _l: Self::Load) -> Result {
         Err(ENOTTY)
     }
@@ -235,6 +264,9 @@ pub(crate) struct Core<D: Device> {
     name: [u8; 40],
     /// The `migration_version` of the mdev's type, if it migrates.
     type_version: Option<VersionBuf>,
+    /// Keeps the vendor's driver (and so the module's exit) waiting until
+    /// this device is gone: the VFIO core calls our `release` late.
+    _anchor: Arc<dyn Anchor>,
 }
 
 impl<D: Device> Core<D> {
@@ -364,18 +396,25 @@ impl<D: Device> Core<D> {
                 user::copy_out(arg, &info, MINSZ)?;
             }
             bindings::RMDEV_VFIO_DEVICE_GET_IRQ_INFO => {
+                // As vfio-pci answers for a conventional PCI function
+                // (`vfio_pci_ioctl_get_irq_info()`): the error index exists
+                // only on PCIe, so it is `-EINVAL`, which QEMU reads as "no
+                // error reporting" without warning.
                 const MINSZ: usize = size_of::<bindings::vfio_irq_info>();
                 let mut info: bindings::vfio_irq_info = user::copy_in(arg, MINSZ)?;
-                if (info.argsz as usize) < MINSZ || info.index >= NUM_IRQS {
+                if (info.argsz as usize) < MINSZ
+                    || info.index >= NUM_IRQS
+                    || info.index == ERR_IRQ_INDEX
+                {
                     return Err(EINVAL);
                 }
-                if info.index == REQ_IRQ_INDEX {
-                    info.flags = bindings::VFIO_IRQ_INFO_EVENTFD;
-                    info.count = 1;
-                } else {
-                    info.flags = 0;
-                    info.count = 0;
-                }
+                info.count = irq_count(info.index);
+                info.flags = bindings::VFIO_IRQ_INFO_EVENTFD
+                    | if info.index == INTX_IRQ_INDEX {
+                        bindings::VFIO_IRQ_INFO_MASKABLE | bindings::VFIO_IRQ_INFO_AUTOMASKED
+                    } else {
+                        bindings::VFIO_IRQ_INFO_NORESIZE
+                    };
                 user::copy_out(arg, &info, MINSZ)?;
             }
             bindings::RMDEV_VFIO_DEVICE_SET_IRQS => self.set_irqs(arg)?,
@@ -385,51 +424,77 @@ impl<D: Device> Core<D> {
         Ok(0)
     }
 
+    /// `VFIO_DEVICE_SET_IRQS`, with vfio-pci's checks and results (Linux
+    /// 6.12 `vfio_set_irqs_validate_and_prepare()` and
+    /// `vfio_pci_set_irqs_ioctl()`), so a VMM sees no difference.
     fn set_irqs(&self, arg: usize) -> Result {
         const MINSZ: usize = 20;
         let hdr: bindings::vfio_irq_set = user::copy_in(arg, MINSZ)?;
-        let data = hdr.flags & bindings::VFIO_IRQ_SET_DATA_TYPE_MASK;
-        let action = hdr.flags & bindings::VFIO_IRQ_SET_ACTION_TYPE_MASK;
         let known = bindings::VFIO_IRQ_SET_DATA_TYPE_MASK | bindings::VFIO_IRQ_SET_ACTION_TYPE_MASK;
         if (hdr.argsz as usize) < MINSZ
-            || hdr.flags & !known != 0
-            || data.count_ones() != 1
-            || action.count_ones() != 1
             || hdr.index >= NUM_IRQS
+            || hdr.count >= u32::MAX - hdr.start
+            || hdr.flags & !known != 0
         {
             return Err(EINVAL);
         }
-        let disable = data == bindings::VFIO_IRQ_SET_DATA_NONE && hdr.count == 0;
-        if hdr.index != REQ_IRQ_INDEX {
-            // No other interrupt exists; turning it off is a no-op.
-            return if disable && action == bindings::VFIO_IRQ_SET_ACTION_TRIGGER {
-                Ok(())
-            } else {
-                Err(EINVAL)
-            };
-        }
-        if action != bindings::VFIO_IRQ_SET_ACTION_TRIGGER || hdr.start != 0 || hdr.count > 1 {
+        // Every index but the request channel has no interrupt yet, so any
+        // call on it is out of range, as on a vfio-pci device without them.
+        let num = irq_count(hdr.index);
+        if hdr.start >= num || hdr.start + hdr.count > num {
             return Err(EINVAL);
         }
-        let new = if disable {
-            None
-        } else if data == bindings::VFIO_IRQ_SET_DATA_EVENTFD && hdr.count == 1 {
-            if (hdr.argsz as usize) < MINSZ + 4 {
-                return Err(EINVAL);
-            }
-            let mut fd = [0u8; 4];
-            UserSlice::new(arg + MINSZ, 4)
-                .reader()
-                .read_slice(&mut fd)?;
-            match i32::from_ne_bytes(fd) {
-                -1 => None,
-                fd if fd >= 0 => Some(user::EventFd::get(fd)?),
-                _ => return Err(EINVAL),
-            }
-        } else {
-            return Err(EINVAL);
+        let data = hdr.flags & bindings::VFIO_IRQ_SET_DATA_TYPE_MASK;
+        let elem = match data {
+            bindings::VFIO_IRQ_SET_DATA_NONE => 0,
+            bindings::VFIO_IRQ_SET_DATA_BOOL => 1,
+            bindings::VFIO_IRQ_SET_DATA_EVENTFD => 4,
+            _ => return Err(EINVAL),
         };
-        *self.req.lock() = new;
+        let len = hdr.count as usize * elem;
+        if hdr.argsz as usize - MINSZ < len {
+            return Err(EINVAL);
+        }
+        // The data is copied before a handler is chosen, as vfio-pci does.
+        let mut payload = [0u8; 4];
+        if len > 0 {
+            UserSlice::new(arg + MINSZ, len)
+                .reader()
+                .read_slice(&mut payload[..len])?;
+        }
+        let action = hdr.flags & bindings::VFIO_IRQ_SET_ACTION_TYPE_MASK;
+        if hdr.index != REQ_IRQ_INDEX || action != bindings::VFIO_IRQ_SET_ACTION_TRIGGER {
+            // No handler for this index and action (vfio-pci: `-ENOTTY`).
+            return Err(ENOTTY);
+        }
+        let mut req = self.req.lock();
+        match data {
+            // Loopback (count 1) signals the registered eventfd; count 0
+            // unregisters it. With nothing registered both are `-EINVAL`.
+            bindings::VFIO_IRQ_SET_DATA_NONE => match req.as_ref() {
+                None => return Err(EINVAL),
+                Some(efd) if hdr.count == 1 => efd.signal(),
+                Some(_) => *req = None,
+            },
+            bindings::VFIO_IRQ_SET_DATA_BOOL => {
+                if hdr.count == 0 {
+                    return Err(EINVAL);
+                }
+                if let (true, Some(efd)) = (payload[0] != 0, req.as_ref()) {
+                    efd.signal();
+                }
+            }
+            _ => {
+                if hdr.count == 0 {
+                    return Err(EINVAL);
+                }
+                match i32::from_ne_bytes(payload) {
+                    -1 => *req = None,
+                    fd if fd >= 0 => *req = Some(user::EventFd::get(fd)?),
+                    _ => return Err(EINVAL),
+                }
+            }
+        }
         Ok(())
     }
 
@@ -654,6 +719,7 @@ pub(crate) unsafe fn register<D: Device>(
     mdev: *mut bindings::mdev_device,
     init: impl PinInit<D, Error>,
     type_version: Option<VersionBuf>,
+    anchor: Arc<dyn Anchor>,
 ) -> Result {
     let mut name = [0u8; 40];
     // SAFETY: `mdev` is valid (contract); its name is a NUL-terminated
@@ -664,20 +730,28 @@ pub(crate) unsafe fn register<D: Device>(
     let core = Arc::pin_init(
         try_pin_init!(Core {
             dev <- init,
-            mig <- new_mutex!(MigState::new(), "rmdev:state"),
-            waker <- new_spinlock!(None, "rmdev:waker"),
-            req <- new_mutex!(None, "rmdev:req"),
+            mig <- Mutex::new(MigState::new(), lock_name!("state"), static_lock_class!()),
+            waker <- SpinLock::new(None, lock_name!("waker"), static_lock_class!()),
+            req <- Mutex::new(None, lock_name!("req"), static_lock_class!()),
+            _anchor: anchor,
             name,
             type_version,
         }),
         GFP_KERNEL,
     )?;
-    let flags = migration::check_device(&core)?;
-    core.mig.lock().flags = flags;
+    let setup = migration::check_device(&core)?;
+    let flags = setup.map(|(f, _)| f);
+    {
+        let mut mig = core.mig.lock();
+        mig.flags = flags;
+        mig.max_record = setup.map_or(0, |(_, m)| m);
+    }
 
     // SAFETY: `mdev` is valid; the VFIO core allocates a zeroed structure of
-    // the given size with the `vfio_device` at offset 0 and takes a
-    // reference on the mdev's device.
+    // the given size with the `vfio_device` at offset 0 and records the
+    // mdev's device as its parent. It takes no reference on it: the mdev
+    // stays alive because the mdev core keeps it until our `remove`, which
+    // unregisters the VFIO device before returning (see `unregister`).
     let vdev = from_err_ptr(unsafe {
         bindings::_vfio_alloc_device(
             size_of::<VfioDevice<D>>(),

@@ -3,14 +3,28 @@
  * C helpers for the rmdev framework: wrappers of static inline functions and
  * macros that Rust cannot call in 6.12 (see helpers.h).
  */
+#include <linux/ratelimit.h>
 #include <linux/vfio.h>
 
 #include "helpers.h"
 
 void rmdev_init_waitqueue_head(struct wait_queue_head *wq)
 {
-	/* One lock class for every rmdev data-file wait queue. */
-	init_waitqueue_head(wq);
+	/*
+	 * One lock class for every data-file wait queue of this module, named
+	 * after the module so that a lockdep report says which vendor it is.
+	 */
+	static struct lock_class_key key;
+
+	__init_waitqueue_head(wq, KBUILD_MODNAME ":save_wq", &key);
+}
+
+bool rmdev_warn_ratelimit(void)
+{
+	static DEFINE_RATELIMIT_STATE(rs, DEFAULT_RATELIMIT_INTERVAL,
+				      DEFAULT_RATELIMIT_BURST);
+
+	return __ratelimit(&rs);
 }
 
 void rmdev_wake_up_poll(struct wait_queue_head *wq, __poll_t mask)

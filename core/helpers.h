@@ -19,5 +19,6 @@ void rmdev_poll_wait(struct file *file, struct wait_queue_head *wq, poll_table *
 void rmdev_eventfd_signal(struct eventfd_ctx *ctx);
 void rmdev_vfio_put_device(struct vfio_device *vdev);
 void rmdev_sysfs_attr_init(struct attribute *attr);
+bool rmdev_warn_ratelimit(void);
 
 #endif

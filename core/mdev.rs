@@ -7,7 +7,9 @@
 //!
 //! A vendor implements [`Driver`] for its parent (the object that owns the
 //! resources mdevs are carved from), registers the driver once per module
-//! with [`Registration`], and each parent device with [`Parent`]. The mdev
+//! with [`Registration`], and each parent device with [`Parent`]. Parents
+//! are dropped before the registration, whose drop waits for the C side to
+//! release every object of the driver (see [`Registration`]). The mdev
 //! core then creates the standard sysfs tree under the parent:
 //! `mdev_supported_types/<driver>-<type>/{create,name,description,device_api,
 //! available_instances,devices/}`, and `/sys/class/mdev_bus/<parent>`.
@@ -19,15 +21,17 @@
 //! user holds the VFIO device open, the framework relays the request to that
 //! user and the removal completes when the device is closed.
 
-use core::marker::{PhantomData, PhantomPinned};
-use core::ptr::{self, addr_of_mut};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::marker::PhantomData;
+use core::mem::ManuallyDrop;
+use core::ptr::{self, addr_of_mut, NonNull};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use kernel::ffi::{c_char, c_uint};
 
 use kernel::error::{from_err_ptr, to_result};
 use kernel::init::pin_init_from_closure;
 use kernel::prelude::*;
-use kernel::sync::Arc;
+use kernel::static_lock_class;
+use kernel::sync::{Arc, CondVar, Mutex};
 use kernel::types::Opaque;
 
 use super::bindings;
@@ -92,19 +96,40 @@ pub trait Driver: Send + Sync + Sized + 'static {
     }
 }
 
-/// The registration of a [`Driver`] with the mdev core; shared by its
-/// parents, which keep it alive.
+/// Objects that keep a vendor's driver registration, and so its module's
+/// exit, waiting: parents and VFIO devices, whose memory and callbacks the
+/// C side uses until their release.
+pub(crate) trait Anchor: Send + Sync {}
+
+/// Tells a [`Registration`] being dropped that everything anchored on its
+/// driver is gone.
+#[pin_data]
+struct Drain {
+    #[pin]
+    done: Mutex<bool>,
+    #[pin]
+    cv: CondVar,
+}
+
+/// The C driver's memory, kept alive by the [`Registration`], every parent
+/// and every VFIO device of the driver: the mdev core reads it until the
+/// last mdev is released (`mdev_device_release()` reads `get_available`).
 ///
 /// # Invariants
 ///
-/// `drv` is a registered `struct mdev_driver` whose callbacks are this
-/// module's trampolines for `T`.
+/// `drv` is a `struct mdev_driver` whose callbacks are this module's
+/// trampolines for `T`, registered until [`Registration`] is dropped.
+/// `parents` counts the live [`Parent`]s.
 #[pin_data(PinnedDrop)]
-pub struct Registration<T: Driver> {
+struct DriverInner<T: Driver> {
     #[pin]
     drv: Opaque<RawDriver>,
+    drain: Arc<Drain>,
+    parents: AtomicUsize,
     _t: PhantomData<T>,
 }
+
+impl<T: Driver> Anchor for DriverInner<T> {}
 
 /// The C driver and the device attribute group its `dev_groups` points to.
 #[repr(C)]
@@ -115,13 +140,59 @@ struct RawDriver {
 
 // SAFETY: The C side only reads the registered structure; it is used from any
 // thread, as the mdev core does.
-unsafe impl<T: Driver> Send for Registration<T> {}
-// SAFETY: As above: `&Registration` gives no access to the C structure.
-unsafe impl<T: Driver> Sync for Registration<T> {}
+unsafe impl<T: Driver> Send for DriverInner<T> {}
+// SAFETY: As above: `&DriverInner` gives no access to the C structure.
+unsafe impl<T: Driver> Sync for DriverInner<T> {}
+
+#[pinned_drop]
+impl<T: Driver> PinnedDrop for DriverInner<T> {
+    fn drop(self: Pin<&mut Self>) {
+        // The driver was unregistered by `Registration::drop`, before its
+        // last reference went; what is left is memory. Notify under the
+        // lock, so the waiter returns only after this thread let go of it.
+        let mut done = self.drain.done.lock();
+        *done = true;
+        self.drain.cv.notify_all();
+        drop(done);
+    }
+}
+
+impl<T: Driver> DriverInner<T> {
+    fn as_raw(&self) -> *mut bindings::mdev_driver {
+        // SAFETY: `drv` is the first field of the `RawDriver`.
+        unsafe { addr_of_mut!((*self.drv.get()).drv) }
+    }
+}
+
+/// The registration of a [`Driver`] with the mdev core.
+///
+/// Create it once in the module's `init`, before any [`Parent`]; drop it
+/// after every parent (declare the `Parent` fields first in the module's
+/// structure, so that they drop first).
+///
+/// Dropping it unregisters the driver, then waits until the C side has
+/// released every object of the driver (parents, types, mdevs and their VFIO
+/// devices). Their release
+/// callbacks may run after the objects were unregistered, and are this
+/// module's code reading this module's memory: without the wait, a module
+/// unloaded in between would be called after it is gone (kernels with
+/// `CONFIG_DEBUG_KOBJECT_RELEASE` delay every release by seconds to show
+/// exactly that).
+pub struct Registration<T: Driver> {
+    inner: Option<Arc<DriverInner<T>>>,
+    drain: Arc<Drain>,
+}
 
 impl<T: Driver> Registration<T> {
     /// Registers the driver with the mdev core.
-    pub fn new(module: &'static ThisModule) -> Result<Arc<Self>> {
+    pub fn new(module: &'static ThisModule) -> Result<Self> {
+        let drain = Arc::pin_init(
+            pin_init!(Drain {
+                done <- Mutex::new(false, lock_name!("drain"), static_lock_class!()),
+                cv <- CondVar::new(lock_name!("drain_cv"), static_lock_class!()),
+            }),
+            GFP_KERNEL,
+        )?;
         let init = move |raw: *mut Opaque<RawDriver>| -> Result {
             let raw = Opaque::raw_get(raw);
             // SAFETY: `raw` is valid for writes and pinned (pin-init
@@ -146,18 +217,24 @@ impl<T: Driver> Registration<T> {
         // driver; on failure nothing was registered and nothing needs
         // cleaning up.
         let drv = unsafe { pin_init_from_closure(init) };
-        Arc::pin_init(
-            try_pin_init!(Self {
+        let inner_drain = drain.clone();
+        let inner = Arc::pin_init(
+            try_pin_init!(DriverInner {
                 drv <- drv,
+                drain: inner_drain,
+                parents: AtomicUsize::new(0),
                 _t: PhantomData,
             }),
             GFP_KERNEL,
-        )
+        )?;
+        Ok(Self {
+            inner: Some(inner),
+            drain,
+        })
     }
 
-    fn as_raw(&self) -> *mut bindings::mdev_driver {
-        // SAFETY: `drv` is the first field of the `RawDriver`.
-        unsafe { addr_of_mut!((*self.drv.get()).drv) }
+    fn inner(&self) -> Result<&Arc<DriverInner<T>>> {
+        self.inner.as_ref().ok_or(ENODEV)
     }
 
     /// The type slot of `mtype`.
@@ -167,7 +244,8 @@ impl<T: Driver> Registration<T> {
     /// `mtype` must be a type of a registered [`Parent<T>`].
     unsafe fn slot<'a>(mtype: *mut bindings::mdev_type) -> &'a TypeSlot<T> {
         // SAFETY: Every type a `Parent<T>` registers is the first field of a
-        // `#[repr(C)]` `TypeSlot<T>` that lives as long as the registration.
+        // `#[repr(C)]` `TypeSlot<T>`, which lives until the parent device's
+        // release, after the mdev core's last use of the type.
         unsafe { &*mtype.cast::<TypeSlot<T>>() }
     }
 
@@ -181,7 +259,9 @@ impl<T: Driver> Registration<T> {
         // SAFETY: The mdev core calls probe with a valid mdev of one of our
         // types; its parent is registered until every mdev is removed.
         let slot = unsafe { Self::slot((*mdev).type_) };
-        // SAFETY: `slot.parent` points to the pinned parent that registered it.
+        // SAFETY: `slot.parent` points to the parent that registered it; the
+        // vendor data lives until the parent is unregistered, and probe
+        // cannot run after that.
         let parent = unsafe { &*slot.parent };
         let info = &T::TYPES[slot.index];
         // The mdev core does not count instances when the driver reports
@@ -194,6 +274,7 @@ impl<T: Driver> Registration<T> {
         if reserved.is_err() {
             return bindings::error(bindings::EUSERS).to_errno();
         }
+        let anchor: Arc<dyn Anchor> = parent.driver.clone();
         // SAFETY: `mdev` is valid (see above) and stays bound to us until
         // `remove`, which unregisters the device before it returns.
         let res = unsafe {
@@ -201,6 +282,7 @@ impl<T: Driver> Registration<T> {
                 mdev,
                 parent.data.create(slot.index),
                 slot.version.clone(),
+                anchor,
             )
         };
         match res {
@@ -265,28 +347,55 @@ impl<T: Driver> Registration<T> {
     }
 }
 
-#[pinned_drop]
-impl<T: Driver> PinnedDrop for Registration<T> {
-    fn drop(self: Pin<&mut Self>) {
-        // SAFETY: By the type invariant the driver is registered; parents hold
-        // an `Arc` to the registration, so none is registered any more.
-        unsafe { bindings::mdev_unregister_driver(self.as_raw()) };
+impl<T: Driver> Drop for Registration<T> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            let parents = inner.parents.load(Ordering::Acquire);
+            if parents != 0 {
+                // A vendor bug the type system does not catch: the wait
+                // below lasts until those parents are dropped.
+                pr_err!(
+                    "{}: driver registration dropped before its {} parent(s); drop the parents first\n",
+                    T::NAME.to_str().unwrap_or("?"),
+                    parents
+                );
+            }
+            // SAFETY: Registered by `new` (type invariant), unregistered only
+            // here. No parent is left, so no mdev is bound and none can be
+            // created; this runs in the module's exit, holding no lock.
+            unsafe { bindings::mdev_unregister_driver(inner.as_raw()) };
+        }
+        // Every parent and VFIO device still holds the driver's memory; the
+        // last release drops it and says so. Releases take no lock this
+        // thread holds (it holds none), so this wait ends once they ran.
+        // What cannot be waited for from module code is the releasing
+        // thread's return from `DriverInner::drop` into the C caller: a
+        // few instructions, the same window every module has at unload.
+        let mut done = self.drain.done.lock();
+        while !*done {
+            self.drain.cv.wait(&mut done);
+        }
     }
 }
 
 /// One registered type: the C `mdev_type` and what the framework knows of it.
+///
+/// Never mutated after the parent is registered: the mdev core's callbacks
+/// and sysfs hold shared references from then on (the C-owned parts are
+/// `Opaque`, the instance count is atomic).
 #[repr(C)]
 struct TypeSlot<T: Driver> {
     /// Must stay the first field: the C side hands back pointers to it.
     mtype: Opaque<bindings::mdev_type>,
     index: usize,
     live: AtomicUsize,
-    parent: *const Parent<T>,
+    parent: *const ParentInner<T>,
     /// The type's `migration_version`, if its mdevs migrate.
     version: Option<VersionBuf>,
-    /// The type's `migration_version` file, if it was created.
+    /// The type's `migration_version` file, if it migrates.
     attr: Opaque<bindings::bin_attribute>,
-    attr_added: bool,
+    /// Whether the file was created.
+    attr_added: AtomicBool,
 }
 
 impl<T: Driver> TypeVersion for TypeSlot<T> {
@@ -296,40 +405,78 @@ impl<T: Driver> TypeVersion for TypeSlot<T> {
 
     fn check_written(&self, written: &[u8]) -> core::result::Result<(), VersionError> {
         // SAFETY: `parent` points to the parent that registered the slot,
-        // which outlives its files.
+        // whose vendor data outlives the type's files.
         let parent = unsafe { &*self.parent };
         let rule = parent.data.type_version_rule(self.index);
         check_written(rule, self.version(), written)
     }
 }
 
-/// A parent device offering the driver's mdev types.
+/// A parent's memory, shared with the C side: the parent device, the mdev
+/// parent and its types.
 ///
-/// Dropping it removes every mdev of the parent (the mdev core unregisters
-/// them, relaying a release request to any user holding one open) and then
-/// the types.
+/// The mdev core holds the parent device from each type (`mdev_type_release`
+/// drops it) and each type from each mdev (`mdev_device_release`), and
+/// those releases can run after `mdev_unregister_parent()` returned. So this
+/// memory is freed by the parent device's own `release`, after the last of
+/// them, never before. The vendor data goes earlier, when the parent is
+/// unregistered: no C callback reaches it after that.
 ///
 /// # Invariants
 ///
-/// `parent` is registered with the mdev core with `types`; every slot's
-/// `parent` points to `self`, which is pinned; `class` and `dev` are the
-/// parent's device and its class, created for this parent.
-pub struct Parent<T: Driver> {
+/// `dev` is first (its `release` casts back); once the device is
+/// initialised, the allocation is freed only by [`release_parent`]; `data`
+/// is initialised until [`Parent`]'s `drop` drops it; `class` was created
+/// for this parent.
+#[repr(C)]
+struct ParentInner<T: Driver> {
+    dev: Opaque<bindings::device>,
     parent: Opaque<bindings::mdev_parent>,
     types: KVec<TypeSlot<T>>,
     type_ptrs: KVec<*mut bindings::mdev_type>,
     class: *mut bindings::class,
-    dev: *mut bindings::device,
-    data: T,
-    /// Keeps the driver registered while the parent uses it.
-    _driver: Arc<Registration<T>>,
-    _pin: PhantomPinned,
+    data: ManuallyDrop<T>,
+    /// Keeps the driver registered while the parent or its memory is in use.
+    driver: Arc<DriverInner<T>>,
 }
 
-// SAFETY: The raw pointers are owned by the parent and only used to tear it
-// down; `T` is `Send + Sync`.
+/// The parent device's `release`: the last reference is gone.
+///
+/// # Safety
+///
+/// Only called by the driver core, once, for a device initialised by
+/// [`Parent::new_virtual`].
+unsafe extern "C" fn release_parent<T: Driver>(dev: *mut bindings::device) {
+    // SAFETY: `dev` is the first field of a `ParentInner<T>` that
+    // `new_virtual` leaked from a `KBox` (type invariant); this is the one
+    // place it is freed. The vendor data was dropped by `Parent::drop`, and
+    // `ManuallyDrop` does not drop it again. Dropping `driver` may drop the
+    // driver's last reference, which only frees memory and wakes the
+    // waiting `Registration::drop` (the driver is unregistered there).
+    drop(unsafe { KBox::from_raw(dev.cast::<ParentInner<T>>()) });
+}
+
+/// A parent device offering the driver's mdev types.
+///
+/// Dropping it removes every mdev of the parent (the mdev core unregisters
+/// them, relaying a release request to any user holding one open), then the
+/// types and the parent device, and drops the vendor data. The memory the C
+/// side may still reference goes with the parent device's last reference.
+///
+/// # Invariants
+///
+/// `inner` points to a live `ParentInner<T>` whose device is initialised and
+/// on which this handle holds a reference; `added` and `registered` say
+/// whether `device_add()` and `mdev_register_parent()` succeeded on it.
+pub struct Parent<T: Driver> {
+    inner: NonNull<ParentInner<T>>,
+    added: bool,
+    registered: bool,
+}
+
+// SAFETY: The handle only tears the parent down; `T` is `Send + Sync`.
 unsafe impl<T: Driver> Send for Parent<T> {}
-// SAFETY: As above; `&Parent` only reads `data`.
+// SAFETY: `&Parent` only reads the vendor data, which is `Sync`.
 unsafe impl<T: Driver> Sync for Parent<T> {}
 
 impl<T: Driver> Parent<T> {
@@ -337,11 +484,8 @@ impl<T: Driver> Parent<T> {
     /// (for software-only vendors), offering [`Driver::TYPES`].
     ///
     /// The type directories are named `<name>-<sysfs_name>`.
-    pub fn new_virtual(
-        driver: &Arc<Registration<T>>,
-        name: &'static CStr,
-        data: T,
-    ) -> Result<Pin<KBox<Self>>> {
+    pub fn new_virtual(driver: &Registration<T>, name: &'static CStr, data: T) -> Result<Self> {
+        let driver = driver.inner()?;
         let mut types = KVec::with_capacity(T::TYPES.len(), GFP_KERNEL)?;
         let mut type_ptrs = KVec::with_capacity(T::TYPES.len(), GFP_KERNEL)?;
         for index in 0..T::TYPES.len() {
@@ -365,103 +509,111 @@ impl<T: Driver> Parent<T> {
                     parent: ptr::null(),
                     version,
                     attr: Opaque::uninit(),
-                    attr_added: false,
+                    attr_added: AtomicBool::new(false),
                 },
                 GFP_KERNEL,
             )?;
         }
+        for slot in types.iter() {
+            // Capacity was reserved above: this cannot fail.
+            type_ptrs.push(slot.mtype.get(), GFP_KERNEL)?;
+        }
         // SAFETY: `class_create` copies nothing but the name pointer, which is
         // `'static`.
         let class = from_err_ptr(unsafe { bindings::class_create(name.as_char_ptr()) })?;
-        // SAFETY: `class` was just created; the format is a literal `%s` with
-        // one NUL-terminated string argument.
-        let dev = unsafe {
-            bindings::device_create(
-                class,
-                ptr::null_mut(),
-                0,
-                ptr::null_mut(),
-                kernel::c_str!("%s").as_char_ptr(),
-                name.as_char_ptr(),
-            )
-        };
-        let dev = match from_err_ptr(dev) {
-            Ok(d) => d,
-            Err(e) => {
-                // SAFETY: `class` was created above and has no devices.
-                unsafe { bindings::class_destroy(class) };
-                return Err(e);
-            }
-        };
-        let mut this = match KBox::new(
-            Self {
-                parent: Opaque::uninit(),
-                types,
-                type_ptrs: KVec::new(),
-                class,
-                dev,
-                data,
-                _driver: driver.clone(),
-                _pin: PhantomPinned,
-            },
-            GFP_KERNEL,
-        ) {
+        // Allocated before `data` moves in, so a failure drops `data` (and
+        // runs its `Drop`) instead of leaking it inside a `ManuallyDrop`.
+        let slot = match KBox::<ParentInner<T>>::new_uninit(GFP_KERNEL) {
             Ok(b) => b,
             Err(e) => {
-                // SAFETY: Created above, unused elsewhere.
-                unsafe { Self::destroy_device(class, dev) };
+                // SAFETY: Created above; no device uses it.
+                unsafe { bindings::class_destroy(class) };
                 return Err(e.into());
             }
         };
-        // From here on `this` is boxed: the addresses below are final.
-        let self_ptr: *const Self = &*this;
-        for (slot, info) in this.types.iter_mut().zip(T::TYPES) {
-            slot.parent = self_ptr;
-            let mtype = slot.mtype.get();
-            // SAFETY: `mtype` is owned by the slot and not yet registered; the
-            // all-zero `mdev_type` is valid, and the names are `'static`.
-            unsafe {
+        let boxed = KBox::write(
+            slot,
+            ParentInner {
+                dev: Opaque::uninit(),
+                parent: Opaque::uninit(),
+                types,
+                type_ptrs,
+                class,
+                data: ManuallyDrop::new(data),
+                driver: driver.clone(),
+            },
+        );
+        // From here on the memory is shared with C: it never moves and is
+        // freed by `release_parent`.
+        let inner = KBox::into_raw(boxed);
+        // SAFETY: `inner` is a valid, exclusively owned allocation (nothing
+        // else knows it yet). The all-zero `device` and `mdev_type` are
+        // valid; the names are `'static`.
+        unsafe {
+            for (slot, info) in (*inner).types.iter_mut().zip(T::TYPES) {
+                slot.parent = inner;
+                let mtype = slot.mtype.get();
                 ptr::write_bytes(mtype, 0, 1);
                 (*mtype).sysfs_name = info.sysfs_name.as_char_ptr();
                 (*mtype).pretty_name = info.name.as_char_ptr();
+                if slot.version.is_some() {
+                    sysfs::init_type_attr::<TypeSlot<T>>(slot.attr.get());
+                }
             }
-            // Capacity was reserved above: this cannot fail.
-            type_ptrs.push(mtype, GFP_KERNEL)?;
+            let dev = (*inner).dev.get();
+            ptr::write_bytes(dev, 0, 1);
+            bindings::device_initialize(dev);
+            (*dev).release = Some(release_parent::<T>);
+            (*dev).class = class;
         }
-        this.type_ptrs = type_ptrs;
-        let nr = this.type_ptrs.len() as c_uint;
-        // SAFETY: `parent` is owned by `this`, which is boxed and never moves;
-        // `dev` is held until the parent is unregistered in `drop`; the type
-        // array and the types live in `this`.
-        let ret = unsafe {
+        // SAFETY: `inner` came from `KBox::into_raw`, so it is not null.
+        let inner = unsafe { NonNull::new_unchecked(inner) };
+        // INVARIANT: the device is initialised; this handle owns the
+        // reference `device_initialize` gave. From here on `Drop` tears down
+        // whatever was set up.
+        let mut this = Self {
+            inner,
+            added: false,
+            registered: false,
+        };
+        this.inner().driver.parents.fetch_add(1, Ordering::AcqRel);
+        let dev = this.dev();
+        // SAFETY: `dev` is initialised; the format is a literal `%s` with one
+        // NUL-terminated string argument.
+        to_result(unsafe {
+            bindings::dev_set_name(dev, kernel::c_str!("%s").as_char_ptr(), name.as_char_ptr())
+        })?;
+        // SAFETY: `dev` is initialised and named.
+        to_result(unsafe { bindings::device_add(dev) })?;
+        this.added = true;
+        let inner = this.inner();
+        let nr = inner.type_ptrs.len() as c_uint;
+        // SAFETY: `parent` and the types live in `inner`, which stays until
+        // the device's release, after the mdev core dropped every reference
+        // (see `ParentInner`); `dev` is added; the C side only reads the type
+        // pointer array.
+        to_result(unsafe {
             bindings::mdev_register_parent(
-                this.parent.get(),
+                inner.parent.get(),
                 dev,
-                driver.as_raw(),
-                this.type_ptrs.as_mut_ptr(),
+                inner.driver.as_raw(),
+                inner.type_ptrs.as_ptr().cast_mut(),
                 nr,
             )
-        };
-        if let Err(e) = to_result(ret) {
-            // Not registered: tear down by hand, skipping `Drop`.
-            // SAFETY: Created above; nothing else refers to them.
-            unsafe { Self::destroy_device(class, dev) };
-            this.class = ptr::null_mut();
-            return Err(e);
-        }
+        })?;
+        this.registered = true;
         // The migration_version attribute of each type that migrates, on the
         // type's kobject (see `sysfs`).
-        for slot in this.types.iter_mut() {
-            if slot.version.is_none() {
-                continue;
-            }
-            let attr = slot.attr.get();
-            // SAFETY: `attr` lives in the slot, which does not move; the slot
-            // starts with its registered `mdev_type`, whose `kobj` the mdev
-            // core initialised; `Drop` removes the file before the type.
+        for slot in this.inner().types.iter().filter(|s| s.version.is_some()) {
+            // SAFETY: The attribute was initialised above and lives with the
+            // slot; the slot starts with its registered `mdev_type`, whose
+            // `kobj` the mdev core initialised; `Drop` removes the file
+            // before unregistering the parent.
             let ret = unsafe {
-                sysfs::init_type_attr::<TypeSlot<T>>(attr);
-                bindings::sysfs_create_bin_file(addr_of_mut!((*slot.mtype.get()).kobj), attr)
+                bindings::sysfs_create_bin_file(
+                    addr_of_mut!((*slot.mtype.get()).kobj),
+                    slot.attr.get(),
+                )
             };
             if let Err(e) = to_result(ret) {
                 // `Drop` removes what was added and unregisters the parent.
@@ -471,51 +623,64 @@ impl<T: Driver> Parent<T> {
                 );
                 return Err(e);
             }
-            slot.attr_added = true;
+            slot.attr_added.store(true, Ordering::Release);
         }
-        // INVARIANT: registered above, with every slot pointing to `this`.
-        Ok(Pin::from(this))
+        Ok(this)
+    }
+
+    fn inner(&self) -> &ParentInner<T> {
+        // SAFETY: `inner` is live while this handle exists (type invariant).
+        unsafe { self.inner.as_ref() }
+    }
+
+    fn dev(&self) -> *mut bindings::device {
+        self.inner().dev.get()
     }
 
     /// The vendor's parent object.
     pub fn data(&self) -> &T {
-        &self.data
-    }
-
-    /// # Safety
-    ///
-    /// `class` and `dev` come from `class_create`/`device_create` and are
-    /// not used afterwards.
-    unsafe fn destroy_device(class: *mut bindings::class, dev: *mut bindings::device) {
-        // SAFETY: By the function's contract.
-        unsafe {
-            bindings::device_destroy(class, (*dev).devt);
-            bindings::class_destroy(class);
-        }
+        &self.inner().data
     }
 }
 
 impl<T: Driver> Drop for Parent<T> {
     fn drop(&mut self) {
-        if self.class.is_null() {
-            // Registration failed; `new_virtual` cleaned up.
-            return;
+        let inner = self.inner();
+        for slot in inner.types.iter() {
+            if slot.attr_added.swap(false, Ordering::AcqRel) {
+                // SAFETY: Added in `new_virtual` on this live type; this waits
+                // for running reads and writes of the file.
+                unsafe {
+                    bindings::sysfs_remove_bin_file(
+                        addr_of_mut!((*slot.mtype.get()).kobj),
+                        slot.attr.get(),
+                    )
+                };
+            }
         }
-        for slot in self.types.iter_mut().filter(|s| s.attr_added) {
-            // SAFETY: Added in `new_virtual` on this live type; this waits for
-            // running reads and writes of the file.
-            unsafe {
-                bindings::sysfs_remove_bin_file(
-                    addr_of_mut!((*slot.mtype.get()).kobj),
-                    slot.attr.get(),
-                )
-            };
-            slot.attr_added = false;
+        let dev = self.dev();
+        let class = inner.class;
+        let driver = inner.driver.clone();
+        if self.registered {
+            // SAFETY: Registered in `new_virtual`. This removes every mdev
+            // (waiting for users to release them) and the types; no mdev
+            // core callback runs afterwards.
+            unsafe { bindings::mdev_unregister_parent(inner.parent.get()) };
         }
-        // SAFETY: By the type invariant the parent is registered. This removes
-        // every mdev (waiting for users to release them) and the types.
-        unsafe { bindings::mdev_unregister_parent(self.parent.get()) };
-        // SAFETY: By the type invariant; the parent no longer uses `dev`.
-        unsafe { Self::destroy_device(self.class, self.dev) };
+        if self.added {
+            // SAFETY: Added in `new_virtual`.
+            unsafe { bindings::device_del(dev) };
+        }
+        // SAFETY: Nothing reaches the vendor data any more: the parent is
+        // unregistered (or never was) and its files are gone; it is dropped
+        // once, here (type invariant), through a raw pointer, with no
+        // reference to it alive.
+        unsafe { ManuallyDrop::drop(&mut *addr_of_mut!((*self.inner.as_ptr()).data)) };
+        // SAFETY: The device is gone from sysfs; the class has no device.
+        unsafe { bindings::class_destroy(class) };
+        // SAFETY: This handle's reference (type invariant). The memory goes
+        // in `release_parent`, now or after the mdev core's last reference.
+        unsafe { bindings::put_device(dev) };
+        driver.parents.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -19,6 +19,11 @@
 //! the device is in ERROR gives `-EIO` (only `VFIO_DEVICE_RESET` leaves it);
 //! a failed vendor step gives the vendor's errno and leaves the device in
 //! the last state reached (or ERROR if the vendor reports the state lost).
+//! A complete stream whose `load_finish` fails also ends in ERROR: the
+//! stream is used up and the device half loaded.
+//!
+//! Sessions end in one place, [`MigState::enter`], which every state change
+//! goes through: a data file never outlives its data transfer state.
 
 use core::marker::PhantomData;
 use kernel::ffi::{c_int, c_ulong};
@@ -28,7 +33,9 @@ use kernel::sync::Arc;
 
 use super::bindings;
 use super::device::{Core, Device};
-use super::envelope::{END_LEN, HEADER_MAX, MAX_RECORD_PAYLOAD, RECORD_OVERHEAD};
+use super::envelope::{
+    END_LEN, HEADER_MAX, MAX_RECORD_PAYLOAD, MIN_RECORD_PAYLOAD, RECORD_OVERHEAD,
+};
 use super::fsm::{self, FlagSet, SessionEffect, State, StateArc, StepFailure, TransitionError};
 use super::stream::{ResumeStream, SaveStream};
 
@@ -38,6 +45,10 @@ pub(crate) struct MigState {
     pub(crate) flags: Option<FlagSet>,
     /// The current state.
     pub(crate) state: State,
+    /// The device's largest record payload, read once and checked at
+    /// registration: sessions size their buffers by this, never by a
+    /// second call to the vendor.
+    pub(crate) max_record: usize,
     save: Option<Arc<SaveStream>>,
     resume: Option<Arc<ResumeStream>>,
 }
@@ -47,6 +58,7 @@ impl MigState {
         Self {
             flags: None,
             state: State::Running,
+            max_record: 0,
             save: None,
             resume: None,
         }
@@ -58,8 +70,15 @@ impl MigState {
     }
 }
 
-/// Checks a new device's migration setup; returns its flag set.
-pub(crate) fn check_device<D: Device>(core: &Core<D>) -> Result<Option<FlagSet>> {
+/// Ends any open session and returns the state to RUNNING: close, open and
+/// reset.
+pub(crate) fn back_to_running<D: Device>(core: &Core<D>, mig: &mut MigState) {
+    mig.enter(core, State::Running);
+}
+
+/// Checks a new device's migration setup; returns its flag set and largest
+/// record payload.
+pub(crate) fn check_device<D: Device>(core: &Core<D>) -> Result<Option<(FlagSet, usize)>> {
     let Some(flags) = core.dev.migration() else {
         return Ok(None);
     };
@@ -76,29 +95,46 @@ pub(crate) fn check_device<D: Device>(core: &Core<D>) -> Result<Option<FlagSet>>
         );
         return Err(EINVAL);
     }
-    if core.dev.max_record() == 0 || core.dev.max_record() > MAX_RECORD_PAYLOAD {
+    if let Err(e) = fsm::check_arcs::<D::Arcs>(flags) {
+        pr_err!("{}: {}\n", core.name(), e);
+        return Err(EINVAL);
+    }
+    let max = core.dev.max_record();
+    if !(MIN_RECORD_PAYLOAD..=MAX_RECORD_PAYLOAD).contains(&max) {
         pr_err!(
-            "{}: the device's largest record must be 1 to {} bytes\n",
+            "{}: the device's largest record is {} bytes; it must be {} to {}\n",
             core.name(),
+            max,
+            MIN_RECORD_PAYLOAD,
             MAX_RECORD_PAYLOAD
         );
         return Err(EINVAL);
     }
-    Ok(Some(flags))
+    Ok(Some((flags, max)))
 }
 
-/// Ends any open session (its file reports `-ENODEV` from now on) and
-/// returns the state to RUNNING: close, open and reset.
-pub(crate) fn back_to_running<D: Device>(core: &Core<D>, mig: &mut MigState) {
-    mig.state = State::Running;
-    if let Some(s) = mig.save.take() {
-        // Dropped after the spinlock is released: never free under it.
-        let waker = core.waker.lock().take();
-        drop(waker);
-        s.disable();
-    }
-    if let Some(r) = mig.resume.take() {
-        r.disable();
+impl MigState {
+    /// Moves the device to `state` and ends every session that does not
+    /// belong to it: a save session outside PRE_COPY, PRE_COPY_P2P and
+    /// STOP_COPY, a resume session outside RESUMING. This is the one place
+    /// sessions end (ending arcs, ERROR, reset, close and open all come
+    /// here), so a data file never outlives its data transfer state: its
+    /// reads and writes fail with `-ENODEV` and `poll` reports `EPOLLHUP`.
+    pub(crate) fn enter<D: Device>(&mut self, core: &Core<D>, state: State) {
+        self.state = state;
+        if !state.is_saving() {
+            if let Some(s) = self.save.take() {
+                // Dropped after the spinlock is released: never free under it.
+                let waker = core.waker.lock().take();
+                drop(waker);
+                s.disable();
+            }
+        }
+        if state != State::Resuming {
+            if let Some(r) = self.resume.take() {
+                r.disable();
+            }
+        }
     }
 }
 
@@ -111,72 +147,92 @@ struct Walk<'a, D: Device> {
     file: *mut bindings::file,
 }
 
+impl<D: Device> Walk<'_, D> {
+    /// The vendor's step for `arc`, then the state it leads to: `arc.to()`
+    /// on success, ERROR if the vendor lost the state, unchanged otherwise.
+    fn vendor_step(&mut self, arc: D::Arcs) -> core::result::Result<(), StepFailure<Error>> {
+        let to = Into::<StateArc>::into(arc).to();
+        match self.core.dev.step(arc) {
+            Ok(()) => {
+                self.mig.enter(self.core, to);
+                Ok(())
+            }
+            Err(f) => {
+                if f.device_lost {
+                    self.mig.enter(self.core, State::Error);
+                }
+                Err(f)
+            }
+        }
+    }
+}
+
 impl<D: Device> fsm::Stepper for Walk<'_, D> {
-    type Arcs = StateArc;
+    type Arcs = D::Arcs;
     type Error = Error;
 
-    fn step(&mut self, arc: StateArc) -> core::result::Result<(), StepFailure<Error>> {
-        let dev = &self.core.dev;
-        match arc.session() {
-            SessionEffect::None => dev.step(arc),
+    fn step(&mut self, arc: D::Arcs) -> core::result::Result<(), StepFailure<Error>> {
+        let state_arc: StateArc = arc.into();
+        match state_arc.session() {
+            // Ending sessions is `MigState::enter`'s job, after the arc.
+            SessionEffect::None | SessionEffect::EndSave => self.vendor_step(arc),
             SessionEffect::OpenSave => {
-                let phase = if arc.to() == State::StopCopy {
+                let phase = if state_arc.to() == State::StopCopy {
                     super::device::SavePhase::StopCopy
                 } else {
                     super::device::SavePhase::PreCopy
                 };
-                let (stream, file) =
-                    SaveStream::open(self.core, phase).map_err(StepFailure::recoverable)?;
-                if let Err(f) = dev.step(arc) {
-                    stream.disable();
-                    super::stream::drop_file(file);
-                    return Err(f);
-                }
+                let (stream, file) = SaveStream::open(self.core, phase, self.mig.max_record)
+                    .map_err(StepFailure::recoverable)?;
+                // Registered before the arc, so a lost arc ends it in `enter`.
                 let old = self.core.waker.lock().replace(stream.clone());
                 drop(old);
                 self.mig.save = Some(stream);
+                if let Err(f) = self.vendor_step(arc) {
+                    // Recoverable: the device is back where it was, which
+                    // has no save session.
+                    let state = self.mig.state;
+                    self.mig.enter(self.core, state);
+                    super::stream::drop_file(file);
+                    return Err(f);
+                }
                 self.file = file;
                 Ok(())
             }
             SessionEffect::OpenResume => {
-                let (stream, file) =
-                    ResumeStream::open(self.core).map_err(StepFailure::recoverable)?;
-                if let Err(f) = dev.step(arc) {
-                    stream.disable();
+                let (stream, file) = ResumeStream::open(self.core, self.mig.max_record)
+                    .map_err(StepFailure::recoverable)?;
+                self.mig.resume = Some(stream);
+                if let Err(f) = self.vendor_step(arc) {
+                    let state = self.mig.state;
+                    self.mig.enter(self.core, state);
                     super::stream::drop_file(file);
                     return Err(f);
                 }
-                self.mig.resume = Some(stream);
                 self.file = file;
                 Ok(())
             }
             SessionEffect::ContinueSave => {
-                dev.step(arc)?;
+                self.vendor_step(arc)?;
                 if let Some(s) = &self.mig.save {
                     s.stop_copy();
                 }
                 Ok(())
             }
-            SessionEffect::EndSave => {
-                dev.step(arc)?;
-                if let Some(s) = self.mig.save.take() {
-                    let waker = self.core.waker.lock().take();
-                    drop(waker);
-                    s.disable();
-                }
-                Ok(())
-            }
             SessionEffect::EndResume => {
-                // Load and validate before the arc: a bad stream fails the
-                // SET and the device stays in RESUMING.
-                if let Some(r) = &self.mig.resume {
-                    r.finish().map_err(StepFailure::recoverable)?;
+                // Load and validate before the arc. An incomplete or refused
+                // stream fails the SET and the device stays in RESUMING with
+                // its file; a complete stream the vendor cannot load
+                // (`load_finish`) has been used up into a half-loaded
+                // device: ERROR.
+                let finished = self.mig.resume.as_ref().map_or(Ok(()), |r| r.finish());
+                if let Err(f) = finished {
+                    if f.device_lost {
+                        self.mig.enter(self.core, State::Error);
+                    }
+                    return Err(f);
                 }
-                dev.step(arc)?;
-                if let Some(r) = self.mig.resume.take() {
-                    r.disable();
-                }
-                Ok(())
+                self.vendor_step(arc)
             }
         }
     }
@@ -235,7 +291,9 @@ impl<D: Device> Ops<D> {
         };
         let res = fsm::transition(flags, &mut state, target, &mut walk);
         let file = walk.file;
-        mig.state = state;
+        // `walk` entered every state it reached; this restates the final one
+        // so that no path out of the walk can skip ending a session.
+        mig.enter(core, state);
         match res {
             Ok(_) => file,
             Err(TransitionError::InError) => EIO.to_ptr(),
@@ -277,10 +335,16 @@ impl<D: Device> Ops<D> {
         // SAFETY: As in `set_state`.
         let core = unsafe { Self::core(vdev) };
         // Under the state lock, as the uAPI expects of drivers.
-        let _mig = core.mig.lock();
+        let mig = core.mig.lock();
+        // The vendor's estimate can be anything: saturate rather than wrap.
+        // `max_record` is at least `MIN_RECORD_PAYLOAD` (checked at
+        // registration), so the division is defined.
         let data = core.dev.stop_copy_size();
-        let records = data.div_ceil(core.dev.max_record()).max(1);
-        let size = HEADER_MAX + data + records * RECORD_OVERHEAD + END_LEN;
+        let records = data.div_ceil(mig.max_record.max(1)).max(1);
+        let size = records
+            .saturating_mul(RECORD_OVERHEAD)
+            .saturating_add(data)
+            .saturating_add(HEADER_MAX + END_LEN);
         // SAFETY: The VFIO core passes a valid pointer.
         unsafe { *out = size as c_ulong };
         0

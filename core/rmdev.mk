@@ -12,9 +12,25 @@
 #
 # This generates the framework's raw bindings in the vendor's directory with
 # bindgen, against the kernel being built for, and tells the framework where
-# they are (RMDEV_BINDINGS_GENERATED, read by core/bindings.rs).
+# they are (RMDEV_BINDINGS_GENERATED, read by core/bindings.rs) and which
+# module it is in (RMDEV_VENDOR, in lock class names).
+#
+# Supported: loadable modules (every vendor module carries its own copy of
+# the framework and of the C helpers, whose global names would clash in a
+# built-in kernel) on x86-64 (the architecture bindgen is told to target,
+# and the only one the lab builds). Kconfig refuses anything else; this file
+# refuses it too, for out-of-tree builds that bypass Kconfig.
 
 rmdev-core := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+
+rmdev-bindgen-target-x86 := x86_64-linux-gnu
+rmdev-bindgen-target := $(rmdev-bindgen-target-$(SRCARCH))
+ifeq ($(rmdev-bindgen-target),)
+$(error rmdev: architecture $(SRCARCH) is not supported (x86 only))
+endif
+ifeq ($(CONFIG_X86_64),)
+$(error rmdev: 32-bit x86 is not supported (x86-64 only))
+endif
 rmdev-objs := rmdev_helpers.o
 rmdev-bindings := $(obj)/rmdev_bindings_generated.rs
 
@@ -33,7 +49,7 @@ quiet_cmd_rmdev_bindgen = BINDGEN $@
 		$(shell grep -Ev '^\#|^$$' $(srctree)/rust/bindgen_parameters) \
 		$(shell grep -Ev '^\#|^$$' $(rmdev-core)/bindgen_parameters) \
 		-o $@ -- $(c_flags) \
-		-w --target=x86_64-linux-gnu -fno-builtin -D__BINDGEN__ -DMODULE \
+		-w --target=$(rmdev-bindgen-target) -fno-builtin -D__BINDGEN__ -DMODULE \
 		-I$(rmdev-core)
 
 $(rmdev-bindings): $(rmdev-core)/bindings_helper.h $(rmdev-core)/helpers.h \
@@ -41,4 +57,6 @@ $(rmdev-bindings): $(rmdev-core)/bindings_helper.h $(rmdev-core)/helpers.h \
 	$(call if_changed_dep,rmdev_bindgen)
 
 $(obj)/$(rmdev-crate): $(rmdev-bindings)
-RUSTFLAGS_$(rmdev-crate) += --env-set RMDEV_BINDINGS_GENERATED=$(abspath $(rmdev-bindings))
+# `modname` is expanded when the crate is built: the module it goes into.
+RUSTFLAGS_$(rmdev-crate) += --env-set RMDEV_BINDINGS_GENERATED=$(abspath $(rmdev-bindings)) \
+	--env-set RMDEV_VENDOR=$(modname)

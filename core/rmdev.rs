@@ -25,6 +25,26 @@
 //! Raw C bindings stay in the private `bindings` module; everything a vendor
 //! touches is a safe abstraction.
 
+/// A lock class name that says which vendor module the lock is in, so a
+/// lockdep report names it: `<module>:<what>` (`RMDEV_VENDOR` is the
+/// module's name, set by `core/rmdev.mk`).
+macro_rules! lock_name {
+    ($what:literal) => {
+        kernel::c_str!(concat!(env!("RMDEV_VENDOR"), ":", $what))
+    };
+}
+
+/// `pr_warn!` for messages a user can trigger at will (a refused stream, a
+/// misbehaving vendor): at most a burst of 10 every 5 s per module, the
+/// kernel's default rate limit.
+macro_rules! warn_ratelimited {
+    ($($arg:tt)*) => {
+        if super::warn_allowed() {
+            kernel::pr_warn!($($arg)*);
+        }
+    };
+}
+
 mod bindings;
 #[path = "logic/src/crc32c.rs"]
 pub mod crc32c;
@@ -41,3 +61,9 @@ mod sysfs;
 mod user;
 #[path = "logic/src/version.rs"]
 pub mod version;
+
+/// Whether a rate-limited warning may be printed now.
+fn warn_allowed() -> bool {
+    // SAFETY: No precondition: the rate limit state is the helper's own.
+    unsafe { bindings::rmdev_warn_ratelimit() }
+}

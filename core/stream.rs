@@ -30,8 +30,8 @@ use core::ptr;
 use kernel::ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void};
 
 use kernel::error::from_err_ptr;
-use kernel::new_mutex;
 use kernel::prelude::*;
+use kernel::static_lock_class;
 use kernel::sync::{Arc, ArcBorrow, Mutex};
 use kernel::types::{ForeignOwnable, Opaque};
 use kernel::uaccess::{UserSlice, UserSliceReader, UserSliceWriter};
@@ -41,7 +41,7 @@ use super::device::{Core, Device, PrecopyInfo, SavePhase, Saved};
 use super::envelope::{
     Encoder, EnvelopeError, Parser, Sink, StreamError, END_LEN, HEADER_MAX, RECORD_OVERHEAD,
 };
-use super::fsm::State;
+use super::fsm::{State, StepFailure};
 use super::version::VersionError;
 
 /// The errno a refused stream gets: `-EBADMSG` for corrupted data (a
@@ -82,6 +82,8 @@ trait SaveSource: Send {
     fn next(&mut self, phase: SavePhase, buf: &mut [u8]) -> Result<Saved>;
     /// The vendor's pre-copy progress.
     fn precopy_info(&self) -> PrecopyInfo;
+    /// The device's name, for messages.
+    fn name(&self) -> &str;
 }
 
 struct DeviceSaveSource<D: Device> {
@@ -96,6 +98,10 @@ impl<D: Device> SaveSource for DeviceSaveSource<D> {
 
     fn precopy_info(&self) -> PrecopyInfo {
         self.core.dev.precopy_info(&self.state)
+    }
+
+    fn name(&self) -> &str {
+        self.core.name()
     }
 }
 
@@ -113,6 +119,11 @@ struct SaveSession {
     buffered_initial: bool,
     /// The END record has been buffered: what remains is all there is.
     ended: bool,
+    /// The device's largest record payload.
+    max_record: usize,
+    /// The error the save failed with: every later read gets it, so a
+    /// reader never sees a stream that skips what the device failed to save.
+    failed: Option<Error>,
 }
 
 /// What the `VFIO_MIG_GET_PRECOPY_INFO` ioctl needs from the device: the
@@ -148,11 +159,20 @@ impl SaveSession {
     /// Buffers the next record, or the END record at the end of stop-copy.
     fn refill(&mut self) -> Result<Refill> {
         let initial = self.phase == SavePhase::PreCopy && self.src.precopy_info().initial_bytes > 0;
-        let max = self.buf.len() - RECORD_OVERHEAD;
+        // The vendor gets exactly its declared largest record: the buffer
+        // may be longer (it also holds the header), but a target sizes its
+        // record buffer by `max_record()`, so nothing longer may go out.
+        let max = self.max_record;
         let (head, rest) = self.buf.split_at_mut(8);
         match self.src.next(self.phase, &mut rest[..max])? {
             Saved::Record { tag, len } => {
                 if len == 0 || len > max {
+                    warn_ratelimited!(
+                        "{}: the device saved a record of {} bytes (1 to {} allowed); the save fails\n",
+                        self.src.name(),
+                        len,
+                        max
+                    );
                     return Err(EIO);
                 }
                 head.copy_from_slice(&self.enc.begin(tag, len).map_err(|_| EIO)?);
@@ -187,16 +207,21 @@ impl SaveSession {
                 if self.ended {
                     break;
                 }
+                if let Some(e) = self.failed {
+                    return if done > 0 { Ok(done) } else { Err(e) };
+                }
                 match self.refill() {
                     Ok(Refill::Data) => {}
                     Ok(Refill::Later) if done > 0 => break,
                     Ok(Refill::Later) => return Err(bindings::error(bindings::ENOMSG)),
-                    Err(e) if done > 0 => {
-                        // Report the bytes copied; the error comes next time.
-                        let _ = e;
-                        break;
+                    Err(e) => {
+                        // Report the bytes copied first; the error is sticky.
+                        self.failed = Some(e);
+                        if done > 0 {
+                            break;
+                        }
+                        return Err(e);
                     }
-                    Err(e) => return Err(e),
                 }
             }
             let n = (count - done).min(self.buffered());
@@ -208,7 +233,11 @@ impl SaveSession {
     }
 
     fn readable(&self) -> bool {
-        if self.buffered() > 0 || self.ended || self.phase == SavePhase::StopCopy {
+        if self.buffered() > 0
+            || self.ended
+            || self.failed.is_some()
+            || self.phase == SavePhase::StopCopy
+        {
             return true;
         }
         let info = self.src.precopy_info();
@@ -218,10 +247,11 @@ impl SaveSession {
     fn precopy_info(&self) -> PrecopyInfo {
         let mut info = self.src.precopy_info();
         let buffered = self.buffered() as u64;
+        // The vendor's figures can be anything: saturate rather than wrap.
         if self.buffered_initial {
-            info.initial_bytes += buffered;
+            info.initial_bytes = info.initial_bytes.saturating_add(buffered);
         } else {
-            info.dirty_bytes += buffered;
+            info.dirty_bytes = info.dirty_bytes.saturating_add(buffered);
         }
         info
     }
@@ -245,12 +275,14 @@ unsafe impl Sync for SaveStream {}
 impl SaveStream {
     /// Opens a save session of `core`'s device and its file (one reference,
     /// which the caller hands to the user or drops with [`drop_file`]).
+    /// `max_record` is the device's checked largest record payload.
     pub(crate) fn open<D: Device>(
         core: &Arc<Core<D>>,
         phase: SavePhase,
+        max_record: usize,
     ) -> Result<(Arc<Self>, *mut bindings::file)> {
         let (enc, header) = Encoder::new(core.version()).map_err(|_| EINVAL)?;
-        let cap = (RECORD_OVERHEAD + core.dev.max_record()).max(HEADER_MAX);
+        let cap = (RECORD_OVERHEAD + max_record).max(HEADER_MAX);
         let mut buf = KVVec::from_elem(0u8, cap, GFP_KERNEL)?;
         let hdr = header.as_bytes();
         buf[..hdr.len()].copy_from_slice(hdr);
@@ -273,10 +305,12 @@ impl SaveStream {
             tail: hdr.len(),
             buffered_initial: true,
             ended: false,
+            max_record,
+            failed: None,
         };
         let stream = Arc::pin_init(
             pin_init!(Self {
-                inner <- new_mutex!(Some(session), "rmdev:save"),
+                inner <- Mutex::new(Some(session), lock_name!("save"), static_lock_class!()),
                 wq <- init_wait_queue(),
             }),
             GFP_KERNEL,
@@ -418,6 +452,9 @@ struct ResumeSession {
     bounce: KVVec<u8>,
     /// The errno the stream was refused with: every later write gets it.
     failed: Option<Error>,
+    /// The vendor loaded the whole stream (`load_finish` succeeded): a retry
+    /// of RESUMING to STOP after a failed arc does not load it again.
+    loaded: bool,
 }
 
 /// The bytes a resume write copies from the user at once.
@@ -439,7 +476,7 @@ impl ResumeSession {
             if let Err(e) = res {
                 let errno = match e {
                     StreamError::Envelope(env) => {
-                        pr_warn!(
+                        warn_ratelimited!(
                             "{}: migration stream refused near byte {}: {}\n",
                             self.target.name(),
                             at,
@@ -448,7 +485,7 @@ impl ResumeSession {
                         envelope_errno(env)
                     }
                     StreamError::Vendor(v) => {
-                        pr_warn!(
+                        warn_ratelimited!(
                             "{}: migration stream refused near byte {}: the device rejected a record ({})\n",
                             self.target.name(),
                             at,
@@ -465,22 +502,32 @@ impl ResumeSession {
         Ok(done)
     }
 
-    fn finish(&mut self) -> Result {
+    /// The stream must be complete (recoverable if not: the user may write
+    /// the rest), then the vendor loads it (its failure loses the state).
+    fn finish(&mut self) -> core::result::Result<(), StepFailure<Error>> {
+        if self.loaded {
+            return Ok(());
+        }
         if let Some(e) = self.failed {
-            return Err(e);
+            return Err(StepFailure::recoverable(e));
         }
         if let Err(e) = self.parser.finish() {
-            pr_warn!(
+            warn_ratelimited!(
                 "{}: migration stream incomplete at byte {}: {}\n",
                 self.target.name(),
                 self.parser.offset(),
                 e
             );
-            let errno = envelope_errno(e);
-            self.failed = Some(errno);
-            return Err(errno);
+            return Err(StepFailure::recoverable(envelope_errno(e)));
         }
-        self.target.finish()
+        self.target.finish().map(|()| self.loaded = true).map_err(|e| {
+            warn_ratelimited!(
+                "{}: the device could not load a complete migration stream ({}); it is in ERROR until reset\n",
+                self.target.name(),
+                e.to_errno()
+            );
+            StepFailure::lost(e)
+        })
     }
 }
 
@@ -492,9 +539,13 @@ pub(crate) struct ResumeStream {
 }
 
 impl ResumeStream {
-    /// Opens a resume session of `core`'s device and its file.
-    pub(crate) fn open<D: Device>(core: &Arc<Core<D>>) -> Result<(Arc<Self>, *mut bindings::file)> {
-        let record_buf = KVVec::from_elem(0u8, core.dev.max_record(), GFP_KERNEL)?;
+    /// Opens a resume session of `core`'s device and its file; records up
+    /// to `max_record` bytes (the device's checked largest) are accepted.
+    pub(crate) fn open<D: Device>(
+        core: &Arc<Core<D>>,
+        max_record: usize,
+    ) -> Result<(Arc<Self>, *mut bindings::file)> {
+        let record_buf = KVVec::from_elem(0u8, max_record, GFP_KERNEL)?;
         let bounce = KVVec::from_elem(0u8, WRITE_CHUNK, GFP_KERNEL)?;
         let state = core.dev.load_open()?;
         let target = box_dyn!(
@@ -509,10 +560,11 @@ impl ResumeStream {
             parser: Parser::new(record_buf),
             bounce,
             failed: None,
+            loaded: false,
         };
         let stream = Arc::pin_init(
             pin_init!(Self {
-                inner <- new_mutex!(Some(session), "rmdev:resume"),
+                inner <- Mutex::new(Some(session), lock_name!("resume"), static_lock_class!()),
             }),
             GFP_KERNEL,
         )?;
@@ -526,8 +578,11 @@ impl ResumeStream {
     }
 
     /// RESUMING to STOP: the stream must be complete, then the vendor loads.
-    pub(crate) fn finish(&self) -> Result {
-        self.inner.lock().as_mut().ok_or(ENODEV)?.finish()
+    pub(crate) fn finish(&self) -> core::result::Result<(), StepFailure<Error>> {
+        match self.inner.lock().as_mut() {
+            Some(s) => s.finish(),
+            None => Err(StepFailure::recoverable(ENODEV)),
+        }
     }
 
     /// Ends the session: the file reports `-ENODEV` from now on.

@@ -25,7 +25,7 @@
 pub mod rmdev;
 
 use kernel::prelude::*;
-use kernel::sync::{Arc, Mutex};
+use kernel::sync::Mutex;
 use kernel::{c_str, new_mutex};
 
 use rmdev::device::{region, Device, PrecopyInfo, Region, SavePhase, Saved};
@@ -58,7 +58,11 @@ pub mod reg {
     /// CRC-32C of the memory into CHECKSUM; writing
     /// [`CMD_LOSE_NEXT_ARC`](super::CMD_LOSE_NEXT_ARC) makes the next
     /// migration arc fail and lose the device state (fault injection, for
-    /// testing the ERROR state).
+    /// testing the ERROR state); writing
+    /// [`CMD_FAIL_NEXT_ARC`](super::CMD_FAIL_NEXT_ARC) makes the next arc
+    /// fail with `-EBUSY` and leave the device where it was; writing
+    /// [`CMD_OVERSIZE_NEXT_RECORD`](super::CMD_OVERSIZE_NEXT_RECORD) makes
+    /// the next saved record break the framework's contract.
     pub const CMD: u64 = 0x14;
     /// Read-only: result of the last checksum command.
     pub const CHECKSUM: u64 = 0x18;
@@ -73,6 +77,11 @@ const ID_VALUE: u32 = u32::from_le_bytes(*b"RMDV");
 pub const CMD_CHECKSUM: u32 = 1;
 /// CMD value: the next migration arc fails and the device goes to ERROR.
 pub const CMD_LOSE_NEXT_ARC: u32 = 2;
+/// CMD value: the next migration arc fails and the device stays where it was.
+pub const CMD_FAIL_NEXT_ARC: u32 = 3;
+/// CMD value: the next saved record claims one byte more than the buffer the
+/// framework gave (a vendor bug, for testing that the framework refuses it).
+pub const CMD_OVERSIZE_NEXT_RECORD: u32 = 4;
 const PAGE: usize = 4096;
 /// Pages per memory record: records stay at 64 KiB, whatever the memory size.
 const RECORD_PAGES: usize = 16;
@@ -87,6 +96,13 @@ mod params {
     extern "C" {
         fn rmdev_sample_migration_flags() -> u32;
         fn rmdev_sample_format_version() -> u32;
+        fn rmdev_sample_max_record() -> u32;
+    }
+
+    /// The `max_record` parameter (0: the default).
+    pub(crate) fn max_record() -> u32 {
+        // SAFETY: Reads a module parameter; no precondition.
+        unsafe { rmdev_sample_max_record() }
     }
 
     /// The `migration_flags` parameter.
@@ -109,6 +125,7 @@ const SIZES: [usize; 3] = [16 << 10, 4 << 20, 256 << 20];
 struct Sample {
     flags: Option<FlagSet>,
     format: u16,
+    max_record: usize,
 }
 
 impl mdev::Driver for Sample {
@@ -141,8 +158,10 @@ impl mdev::Driver for Sample {
         let memory = Memory::new(size);
         let flags = self.flags;
         let format = self.format;
+        let max_record = self.max_record;
         try_pin_init!(SampleDevice {
             size,
+            max_record,
             flags,
             format,
             mem <- new_mutex!(memory?, "rmdev_sample:mem"),
@@ -165,8 +184,20 @@ struct Memory {
     scratch: u32,
     checksum: u32,
     writes: u32,
-    /// Fault injection: the next arc fails, losing the state.
-    lose_next_arc: bool,
+    /// Fault injection: how the next arc fails, if it does.
+    next_arc: ArcFault,
+    /// Fault injection: the next saved record lies about its length.
+    oversize_next: bool,
+}
+
+/// Fault injection for the next migration arc.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ArcFault {
+    None,
+    /// The arc fails and the device state is lost (ERROR).
+    Lose,
+    /// The arc fails and the device stays where it was.
+    Fail,
 }
 
 impl Memory {
@@ -178,7 +209,8 @@ impl Memory {
             scratch: 0,
             checksum: 0,
             writes: 0,
-            lose_next_arc: false,
+            next_arc: ArcFault::None,
+            oversize_next: false,
         })
     }
 
@@ -202,12 +234,12 @@ impl Memory {
         (0..end).filter(|&p| self.is_dirty(p)).count()
     }
 
-    /// The first run of dirty pages (at most [`RECORD_PAGES`]).
-    fn dirty_run(&self) -> Option<(usize, usize)> {
+    /// The first run of dirty pages (at most `max` pages).
+    fn dirty_run(&self, max: usize) -> Option<(usize, usize)> {
         let word = self.dirty.iter().position(|&w| w != 0)?;
         let start = word * 64 + self.dirty[word].trailing_zeros() as usize;
         let mut n = 1;
-        while n < RECORD_PAGES && start + n < self.pages() && self.is_dirty(start + n) {
+        while n < max && start + n < self.pages() && self.is_dirty(start + n) {
             n += 1;
         }
         Some((start, n))
@@ -230,6 +262,8 @@ impl Memory {
 #[pin_data]
 struct SampleDevice {
     size: usize,
+    /// The `max_record` parameter (0: the default).
+    max_record: usize,
     flags: Option<FlagSet>,
     format: u16,
     #[pin]
@@ -274,7 +308,9 @@ impl SampleDevice {
             reg::CMD if value == CMD_CHECKSUM => {
                 m.checksum = rmdev::crc32c::Crc32c::new().update(&m.bytes).value();
             }
-            reg::CMD if value == CMD_LOSE_NEXT_ARC => m.lose_next_arc = true,
+            reg::CMD if value == CMD_LOSE_NEXT_ARC => m.next_arc = ArcFault::Lose,
+            reg::CMD if value == CMD_FAIL_NEXT_ARC => m.next_arc = ArcFault::Fail,
+            reg::CMD if value == CMD_OVERSIZE_NEXT_RECORD => m.oversize_next = true,
             _ => return Err(EINVAL),
         }
         Ok(())
@@ -294,6 +330,10 @@ impl SampleDevice {
 impl Device for SampleDevice {
     type Save = SampleSave;
     type Load = SampleLoad;
+    // The flag set is a module parameter, so the sample handles every arc;
+    // a device with a fixed flag set names its typed set (`StopCopyP2pArc`
+    // and so on), and its `match` then has exactly the arcs it needs.
+    type Arcs = StateArc;
     // The device only holds its own memory: it never DMAs into the guest.
     const WRITES_GUEST_MEMORY: bool = false;
 
@@ -362,7 +402,8 @@ impl Device for SampleDevice {
         let mut m = self.mem.lock();
         m.scratch = 0;
         m.checksum = 0;
-        m.lose_next_arc = false;
+        m.next_arc = ArcFault::None;
+        m.oversize_next = false;
     }
 
     fn migration(&self) -> Option<FlagSet> {
@@ -382,29 +423,55 @@ impl Device for SampleDevice {
     }
 
     fn step(&self, arc: StateArc) -> core::result::Result<(), StepFailure<Error>> {
+        let mut m = self.mem.lock();
+        match core::mem::replace(&mut m.next_arc, ArcFault::None) {
+            ArcFault::None => {}
+            ArcFault::Lose => return Err(StepFailure::lost(EIO)),
+            ArcFault::Fail => return Err(StepFailure::recoverable(EBUSY)),
+        }
         // The sample has no engine that runs on its own and never does DMA,
         // so no arc has anything to start, stop or quiesce: the framework
-        // already handles the data sessions. A device with an engine would
-        // stop it on RunningToStop, RunningP2pToStop and
-        // PreCopy(P2p)ToStopCopy, and quiesce its P2P DMA on the arcs into
-        // RUNNING_P2P and PRE_COPY_P2P. A device that can neither complete
-        // an arc nor stay where it was reports the state lost, as the fault
-        // injection register makes the sample do.
-        let _ = arc;
-        let mut m = self.mem.lock();
-        if m.lose_next_arc {
-            m.lose_next_arc = false;
-            return Err(StepFailure::lost(EIO));
+        // handles the data sessions. Every arc is still named, with no
+        // wildcard, so that the compiler checks none is forgotten. A device
+        // with an engine stops it where the comments say.
+        match arc {
+            // The device stops: stop the engine.
+            StateArc::RunningToStop
+            | StateArc::RunningP2pToStop
+            | StateArc::PreCopyToStopCopy
+            | StateArc::PreCopyP2pToStopCopy => Ok(()),
+            // The device runs again: restart the engine.
+            StateArc::StopToRunning | StateArc::StopToRunningP2p => Ok(()),
+            // Peer-to-peer DMA stops or resumes.
+            StateArc::RunningToRunningP2p
+            | StateArc::RunningP2pToRunning
+            | StateArc::PreCopyToPreCopyP2p
+            | StateArc::PreCopyP2pToPreCopy => Ok(()),
+            // Data sessions open or end (the framework's files); nothing
+            // for the device to do.
+            StateArc::StopToStopCopy
+            | StateArc::StopCopyToStop
+            | StateArc::StopToResuming
+            | StateArc::ResumingToStop
+            | StateArc::RunningToPreCopy
+            | StateArc::PreCopyToRunning
+            | StateArc::PreCopyP2pToRunningP2p
+            | StateArc::RunningP2pToPreCopyP2p => Ok(()),
         }
-        Ok(())
     }
 
     fn max_record(&self) -> usize {
-        8 + RECORD_PAGES * PAGE
+        // The framework refuses a device whose value breaks the envelope;
+        // the `max_record` parameter lets the tests try.
+        match self.max_record {
+            0 => 8 + RECORD_PAGES * PAGE,
+            n => n,
+        }
     }
 
     fn stop_copy_size(&self) -> usize {
-        let records = (self.size / PAGE).div_ceil(RECORD_PAGES);
+        let per_record = (self.max_record().saturating_sub(8) / PAGE).clamp(1, RECORD_PAGES);
+        let records = (self.size / PAGE).div_ceil(per_record);
         self.size + records * 8 + REGS_LEN
     }
 
@@ -420,14 +487,25 @@ impl Device for SampleDevice {
 
     fn save(&self, s: &mut SampleSave, phase: SavePhase, buf: &mut [u8]) -> Result<Saved> {
         let mut m = self.mem.lock();
+        if core::mem::take(&mut m.oversize_next) {
+            return Ok(Saved::Record {
+                tag: TAG_MEM,
+                len: buf.len() + 1,
+            });
+        }
+        // `buf` is `max_record()` bytes: as many pages as fit.
+        let fit = buf.len().saturating_sub(8) / PAGE;
+        if fit == 0 {
+            return Err(EINVAL);
+        }
         let pages = m.pages();
         if s.cursor < pages {
-            let n = RECORD_PAGES.min(pages - s.cursor);
+            let n = fit.min(RECORD_PAGES).min(pages - s.cursor);
             let len = m.save_pages(s.cursor, n, buf);
             s.cursor += n;
             return Ok(Saved::Record { tag: TAG_MEM, len });
         }
-        if let Some((start, n)) = m.dirty_run() {
+        if let Some((start, n)) = m.dirty_run(fit.min(RECORD_PAGES)) {
             let len = m.save_pages(start, n, buf);
             return Ok(Saved::Record { tag: TAG_MEM, len });
         }
@@ -494,9 +572,10 @@ impl Device for SampleDevice {
 }
 
 struct SampleModule {
-    // Dropped first: removes the mdevs and types, then the driver goes.
-    _parent: Pin<KBox<Parent<Sample>>>,
-    _driver: Arc<Registration<Sample>>,
+    // Dropped first: removes the mdevs and types. The registration drops
+    // last and waits until the C side released everything of the driver.
+    _parent: Parent<Sample>,
+    _driver: Registration<Sample>,
 }
 
 impl kernel::Module for SampleModule {
@@ -518,8 +597,16 @@ impl kernel::Module for SampleModule {
                 EINVAL
             })?;
         let driver = Registration::<Sample>::new(module)?;
-        let parent =
-            Parent::new_virtual(&driver, c_str!("rmdev_sample"), Sample { flags, format })?;
+        let max_record = params::max_record() as usize;
+        let parent = Parent::new_virtual(
+            &driver,
+            c_str!("rmdev_sample"),
+            Sample {
+                flags,
+                format,
+                max_record,
+            },
+        )?;
         pr_info!(
             "ready: migration flags {:#x}, data format {}\n",
             flags.map_or(0, |f| f.bits()),

@@ -2,7 +2,7 @@
 /*
  * Module parameters of the rmdev sample. Rust modules cannot declare module
  * parameters in 6.12, so they live here; sample.rs reads them through the
- * two functions below, at load time only.
+ * functions below, at load time only.
  */
 #include <linux/moduleparam.h>
 
@@ -16,8 +16,19 @@ module_param(format_version, uint, 0444);
 MODULE_PARM_DESC(format_version,
 		 "Major version of the sample's migration data format (1 to 65535, default 1)");
 
+static unsigned int max_record;
+module_param(max_record, uint, 0444);
+MODULE_PARM_DESC(max_record,
+		 "For tests: the largest record payload the mdevs declare (0: default, 65544 bytes; smaller values make smaller records)");
+
 unsigned int rmdev_sample_migration_flags(void);
 unsigned int rmdev_sample_format_version(void);
+unsigned int rmdev_sample_max_record(void);
+
+unsigned int rmdev_sample_max_record(void)
+{
+	return max_record;
+}
 
 unsigned int rmdev_sample_migration_flags(void)
 {

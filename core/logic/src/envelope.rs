@@ -52,8 +52,15 @@ pub const HEADER_MAX: usize = HEADER_FIXED + MAX_VERSION_LEN;
 pub const RECORD_OVERHEAD: usize = 12;
 /// No record payload is ever larger, whatever the receiver's buffer.
 pub const MAX_RECORD_PAYLOAD: usize = 1 << 24;
+/// The END record's payload (the total of the DATA payload bytes). A
+/// receiver's record buffer must hold it, so no device may declare a largest
+/// record below this.
+pub const END_PAYLOAD: usize = 8;
+/// The smallest largest-record size a device may declare: a receiver with a
+/// smaller record buffer could not take the END record.
+pub const MIN_RECORD_PAYLOAD: usize = END_PAYLOAD;
 /// The encoded END record's length.
-pub const END_LEN: usize = RECORD_OVERHEAD + 8;
+pub const END_LEN: usize = RECORD_OVERHEAD + END_PAYLOAD;
 
 const KIND_DATA: u16 = 1;
 const KIND_END: u16 = 2;
@@ -382,10 +389,10 @@ impl<B: DerefMut<Target = [u8]>> Parser<B> {
                 })
             }
             KIND_DATA => {}
-            KIND_END if len == 8 && self.tag == 0 => {}
+            KIND_END if len as usize == END_PAYLOAD && self.tag == 0 => {}
             _ => return Err(EnvelopeError::BadRecord),
         }
-        if self.kind == KIND_END && max < 8 {
+        if self.kind == KIND_END && max < END_PAYLOAD {
             return Err(EnvelopeError::OversizeRecord {
                 len,
                 max: max as u32,

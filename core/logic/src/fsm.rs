@@ -14,7 +14,9 @@
 //!   ([`StopCopyArc`], [`StopCopyP2pArc`], [`StopCopyPreCopyArc`],
 //!   [`StopCopyP2pPreCopyArc`]) hold exactly the arcs one flag set needs, so a
 //!   vendor's exhaustive `match` on its set is a compile-time proof that it
-//!   handles every arc.
+//!   handles every arc; [`NoArcs`] is the empty set of a device that does not
+//!   migrate, and [`check_arcs`] is the registration-time check that a
+//!   device's arc set covers its flag set.
 //! - [`transition`]: walks from the current state to a target by single arcs,
 //!   stopping at the first failure in the last state reached (or in ERROR when
 //!   the step reports the device lost).
@@ -412,6 +414,26 @@ impl ArcSet for StateArc {
     }
     fn from_state_arc(arc: StateArc) -> Option<Self> {
         Some(arc)
+    }
+}
+
+/// The arc set of a device that does not migrate: it has no arcs, so its
+/// step function is `match arc {}` and no flag set can be registered with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NoArcs {}
+
+impl From<NoArcs> for StateArc {
+    fn from(a: NoArcs) -> StateArc {
+        match a {}
+    }
+}
+
+impl ArcSet for NoArcs {
+    fn covers(_flags: FlagSet) -> bool {
+        false
+    }
+    fn from_state_arc(_arc: StateArc) -> Option<Self> {
+        None
     }
 }
 

@@ -398,6 +398,16 @@ fn typed_arc_sets_cover_exactly_their_flag_set() {
     for flags in FlagSet::ALL {
         assert!(check_arcs::<StateArc>(flags).is_ok());
     }
+    for flags in FlagSet::ALL {
+        // A device that does not migrate cannot register any flag set.
+        assert_eq!(
+            check_arcs::<NoArcs>(flags),
+            Err(RegisterError::ArcsNotHandled(flags))
+        );
+    }
+    for &a in StateArc::ALL {
+        assert_eq!(NoArcs::from_state_arc(a), None);
+    }
     let e = check_arcs::<StopCopyArc>(FlagSet::StopCopyP2p).unwrap_err();
     assert!(e.to_string().contains("STOP_COPY|P2P"), "{e}");
 

@@ -3,8 +3,9 @@
 //! In-VM tests of rmdev through the real uAPI: mdevs created through sysfs,
 //! VFIO device FDs, the migration features, real data moved through real
 //! data FDs. Run by `tests/vm/t-sample-*.sh` in the lab, with `rmdev_sample`
-//! loaded; the expected FSM behaviour comes from `rmdev-logic`, which the
-//! host tests check against Linux 6.12's table.
+//! loaded. The expected FSM behaviour comes from the oracle file transcribed
+//! from Linux 6.12 (`core/logic/tests/data/fsm-oracle.txt`), not from the
+//! state machine code the kernel module runs.
 //!
 //! Usage: `rmdev-vm-test <test>... [--flags N]`; `rmdev-vm-test list`.
 
@@ -15,7 +16,8 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use rmdev_logic::fsm::{self, FlagSet, SessionEffect, State, StateArc, StepFailure};
+use rmdev_logic::envelope::Encoder;
+use rmdev_logic::fsm::{FlagSet, State};
 use vfio::Device;
 
 /// A test failure, with what was expected.
@@ -122,22 +124,63 @@ fn flag_set(bits: u32) -> Result<FlagSet, String> {
 /// The uAPI states a SET may name: the 8 states and two out of range.
 const TARGETS: [u32; 10] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 0xffff];
 
-/// What the kernel should do for SET `target` from `cur`: the state reached
-/// and whether a data FD comes back, or the error (no arc taken).
-fn predict(flags: FlagSet, cur: State, target: u32) -> Result<(State, bool), ()> {
-    struct Null;
-    impl fsm::Stepper for Null {
-        type Arcs = StateArc;
-        type Error = ();
-        fn step(&mut self, _arc: StateArc) -> Result<(), StepFailure<()>> {
-            Ok(())
+/// Linux 6.12's next-step table, transcribed independently of the code
+/// under test.
+const ORACLE: &str = include_str!("../../../../core/logic/tests/data/fsm-oracle.txt");
+
+/// The uAPI's state names, in `enum vfio_device_mig_state` order.
+const NAMES: [&str; 8] = [
+    "ERROR",
+    "STOP",
+    "RUNNING",
+    "STOP_COPY",
+    "RESUMING",
+    "RUNNING_P2P",
+    "PRE_COPY",
+    "PRE_COPY_P2P",
+];
+
+/// The oracle's next step from `cur` towards `target` for `flags`: `None`
+/// where the kernel refuses (`EINVAL`, with or without a warning).
+fn oracle_next(flags: u32, cur: &str, target: &str) -> Result<Option<&'static str>, String> {
+    let want = format!("{flags:#x} {cur} {target} ");
+    let line = ORACLE
+        .lines()
+        .find(|l| l.starts_with(&want))
+        .ok_or_else(|| format!("the oracle has no line '{want}'"))?;
+    let result = line[want.len()..].trim();
+    Ok(if result.contains("EINVAL") {
+        None
+    } else {
+        NAMES.iter().copied().find(|n| *n == result)
+    })
+}
+
+/// What the kernel should do for SET `target` from `cur`, by walking the
+/// oracle: the state reached and whether a data FD comes back, or `None`
+/// for `-EINVAL` with no arc taken.
+fn predict(flags: FlagSet, cur: State, target: u32) -> Result<Option<(u32, bool)>, String> {
+    let Some(&goal) = NAMES.get(target as usize) else {
+        return Ok(None);
+    };
+    let start = NAMES[cur.raw() as usize];
+    let (mut now, mut prev, mut arcs) = (start, start, 0);
+    while now != goal {
+        match oracle_next(flags.bits(), now, goal)? {
+            None => return Ok(None),
+            Some(next) => (prev, now) = (now, next),
+        }
+        arcs += 1;
+        if arcs > NAMES.len() {
+            return Err(format!("the oracle's path {start}->{goal} does not end"));
         }
     }
-    let target = State::from_raw(target).ok_or(())?;
-    let mut state = cur;
-    let effect = fsm::transition(flags, &mut state, target, &mut Null).map_err(|_| ())?;
-    let fd = matches!(effect, SessionEffect::OpenSave | SessionEffect::OpenResume);
-    Ok((state, fd))
+    // The uAPI: a SET returns a data FD when its last arc starts a session,
+    // into a saving state from outside them, or into RESUMING.
+    let saving = |s: &str| matches!(s, "STOP_COPY" | "PRE_COPY" | "PRE_COPY_P2P");
+    let fd = arcs > 0 && ((saving(now) && !saving(prev)) || now == "RESUMING");
+    let reached = NAMES.iter().position(|n| *n == now).unwrap_or(0) as u32;
+    Ok(Some((reached, fd)))
 }
 
 /// Drives `dev` from RUNNING (after a reset) to `state`. In RESUMING it
@@ -221,13 +264,14 @@ fn t_fsm(flags: FlagSet) -> TestResult {
         for target in TARGETS {
             drive_to(&dev, flags, cur, &stream)?;
             let what = format!("{flags}: SET {target} from {cur}");
-            match predict(flags, cur, target) {
-                Ok((reached, want_fd)) => {
+            match predict(flags, cur, target)? {
+                Some((reached, want_fd)) => {
                     let fd = ctx(dev.set_state(target), &what)?;
                     let now = ctx(dev.state(), "GET")?;
                     ensure!(
-                        now == reached.raw(),
-                        "{what}: state {now}, expected {reached}"
+                        now == reached,
+                        "{what}: state {now}, expected {}",
+                        NAMES[reached as usize]
                     );
                     ensure!(
                         fd.is_some() == want_fd,
@@ -236,7 +280,7 @@ fn t_fsm(flags: FlagSet) -> TestResult {
                         want_fd
                     );
                     if let Some(fd) = fd {
-                        let want = if reached == State::Resuming {
+                        let want = if reached == State::Resuming.raw() {
                             libc::O_WRONLY
                         } else {
                             libc::O_RDONLY
@@ -248,7 +292,7 @@ fn t_fsm(flags: FlagSet) -> TestResult {
                         );
                     }
                 }
-                Err(()) => {
+                None => {
                     expect_errno!(dev.set_state(target), libc::EINVAL, &what);
                     let now = ctx(dev.state(), "GET")?;
                     ensure!(now == cur.raw(), "{what}: refused but state moved to {now}");
@@ -762,11 +806,7 @@ fn t_close_mid_session(flags: FlagSet) -> TestResult {
 fn t_remove_in_use(flags: FlagSet) -> TestResult {
     let m = Mdev::create(TYPES[0].0)?;
     let dev = m.open()?;
-    // SAFETY: eventfd(2) with valid flags.
-    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    ensure!(efd >= 0, "eventfd: {}", io::Error::last_os_error());
-    // SAFETY: `efd` is a new descriptor we own.
-    let efd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(efd) };
+    let efd = new_eventfd()?;
     ctx(
         dev.set_req_eventfd(efd.as_raw_fd()),
         "SET_IRQS request eventfd",
@@ -831,15 +871,28 @@ fn t_bad_ioctls(flags: FlagSet) -> TestResult {
         dinfo[2],
         dinfo[3]
     );
-    let mut irq = [16u32, 0, 4, 0];
-    // SAFETY: A 16-byte buffer for GET_IRQ_INFO.
-    let r = unsafe { vfio::ioctl(fd, vfio::DEVICE_GET_IRQ_INFO, irq.as_mut_ptr() as _) };
-    ctx(r, "GET_IRQ_INFO 4")?;
-    ensure!(irq[3] == 1, "request IRQ count {}", irq[3]);
-    irq = [16, 0, 5, 0];
-    // SAFETY: As above.
-    let r = unsafe { vfio::ioctl(fd, vfio::DEVICE_GET_IRQ_INFO, irq.as_mut_ptr() as _) };
-    expect_errno!(r, libc::EINVAL, "IRQ index 5");
+    // GET_IRQ_INFO as vfio-pci answers for a conventional PCI function:
+    // (index, flags EVENTFD|MASKABLE|AUTOMASKED or EVENTFD|NORESIZE, count).
+    for (index, want_flags, want_count) in
+        [(0u32, 0x7u32, 0u32), (1, 0x9, 0), (2, 0x9, 0), (4, 0x9, 1)]
+    {
+        let mut irq = [16u32, 0, index, 0];
+        // SAFETY: A 16-byte buffer for GET_IRQ_INFO.
+        let r = unsafe { vfio::ioctl(fd, vfio::DEVICE_GET_IRQ_INFO, irq.as_mut_ptr() as _) };
+        ctx(r, &format!("GET_IRQ_INFO {index}"))?;
+        ensure!(
+            irq[1] == want_flags && irq[3] == want_count,
+            "IRQ index {index}: flags {:#x} count {}, expected {want_flags:#x} {want_count}",
+            irq[1],
+            irq[3]
+        );
+    }
+    for index in [3u32, 5] {
+        let mut irq = [16u32, 0, index, 0];
+        // SAFETY: As above.
+        let r = unsafe { vfio::ioctl(fd, vfio::DEVICE_GET_IRQ_INFO, irq.as_mut_ptr() as _) };
+        expect_errno!(r, libc::EINVAL, &format!("IRQ index {index}"));
+    }
     let mut set = [
         20u32,
         vfio::IRQ_SET_DATA_NONE | vfio::IRQ_SET_DATA_EVENTFD | vfio::IRQ_SET_ACTION_TRIGGER,
@@ -861,6 +914,7 @@ fn t_bad_ioctls(flags: FlagSet) -> TestResult {
     let r = unsafe { vfio::ioctl(fd, vfio::DEVICE_SET_IRQS, set.as_mut_ptr() as _) };
     expect_errno!(r, libc::EINVAL, "eventfd without data");
     expect_errno!(dev.set_req_eventfd(0), libc::EINVAL, "stdin as eventfd");
+    set_irqs_like_vfio_pci(&dev)?;
     // SAFETY: An unknown ioctl.
     let r = unsafe { vfio::ioctl(fd, vfio::DEVICE_FEATURE + 40, 0) };
     expect_errno!(r, libc::ENOTTY, "unknown ioctl");
@@ -899,6 +953,101 @@ fn t_bad_ioctls(flags: FlagSet) -> TestResult {
         "state moved"
     );
     let _ = flags;
+    Ok(())
+}
+
+/// A new non-blocking eventfd.
+fn new_eventfd() -> Result<OwnedFd, String> {
+    // SAFETY: eventfd(2) with valid flags.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    ensure!(efd >= 0, "eventfd: {}", io::Error::last_os_error());
+    // SAFETY: `efd` is a new descriptor we own.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(efd) })
+}
+
+/// The eventfd's counter, reset to 0 (0 if it was not signalled).
+fn eventfd_take(efd: &OwnedFd) -> Result<u64, String> {
+    let mut b = [0u8; 8];
+    match vfio::read_fd(efd, &mut b) {
+        Ok(_) => Ok(u64::from_ne_bytes(b)),
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(0),
+        Err(e) => Err(format!("read eventfd: {e}")),
+    }
+}
+
+/// `VFIO_DEVICE_SET_IRQS` answers as vfio-pci's does (Linux 6.12
+/// `vfio_set_irqs_validate_and_prepare()` and `vfio_pci_set_ctx_trigger_single()`).
+fn set_irqs_like_vfio_pci(dev: &Device) -> TestResult {
+    use vfio::{
+        IRQ_SET_ACTION_MASK as MASK, IRQ_SET_ACTION_TRIGGER as TRIG, IRQ_SET_DATA_BOOL as BOOL,
+        IRQ_SET_DATA_EVENTFD as EFD, IRQ_SET_DATA_NONE as NONE,
+    };
+    let req = vfio::REQ_IRQ_INDEX;
+    expect_errno!(
+        dev.set_irqs(req, NONE | TRIG, 0, 0, &[]),
+        libc::EINVAL,
+        "disable the request index with nothing registered"
+    );
+    expect_errno!(
+        dev.set_irqs(req, NONE | TRIG, 0, 1, &[]),
+        libc::EINVAL,
+        "loopback with nothing registered"
+    );
+    expect_errno!(
+        dev.set_irqs(0, NONE | TRIG, 0, 0, &[]),
+        libc::EINVAL,
+        "disable INTx (count 0)"
+    );
+    expect_errno!(
+        dev.set_irqs(1, EFD | TRIG, 0, 1, &(-1i32).to_ne_bytes()),
+        libc::EINVAL,
+        "MSI (count 0)"
+    );
+    expect_errno!(
+        dev.set_irqs(req, NONE | MASK, 0, 1, &[]),
+        libc::ENOTTY,
+        "mask the request index"
+    );
+    expect_errno!(
+        dev.set_irqs(req, EFD | TRIG, 0, 2, &[0; 8]),
+        libc::EINVAL,
+        "two request interrupts"
+    );
+    expect_errno!(
+        dev.set_irqs(req, EFD | TRIG, 1, 1, &[0; 4]),
+        libc::EINVAL,
+        "request interrupt 1"
+    );
+    expect_errno!(
+        dev.set_irqs(req, BOOL | TRIG, 0, 0, &[]),
+        libc::EINVAL,
+        "BOOL with count 0"
+    );
+    let efd = new_eventfd()?;
+    ctx(
+        dev.set_req_eventfd(efd.as_raw_fd()),
+        "register the request eventfd",
+    )?;
+    ctx(dev.set_irqs(req, NONE | TRIG, 0, 1, &[]), "loopback")?;
+    ensure!(eventfd_take(&efd)? == 1, "loopback did not signal");
+    ctx(dev.set_irqs(req, BOOL | TRIG, 0, 1, &[1]), "BOOL 1")?;
+    ensure!(eventfd_take(&efd)? == 1, "BOOL 1 did not signal");
+    ctx(dev.set_irqs(req, BOOL | TRIG, 0, 1, &[0]), "BOOL 0")?;
+    ensure!(eventfd_take(&efd)? == 0, "BOOL 0 signalled");
+    ctx(dev.set_irqs(req, NONE | TRIG, 0, 0, &[]), "disable")?;
+    expect_errno!(
+        dev.set_irqs(req, NONE | TRIG, 0, 1, &[]),
+        libc::EINVAL,
+        "loopback after disabling"
+    );
+    ctx(dev.set_req_eventfd(efd.as_raw_fd()), "register again")?;
+    expect_errno!(dev.set_req_eventfd(-2), libc::EINVAL, "eventfd -2");
+    ctx(dev.set_req_eventfd(-1), "unregister with fd -1")?;
+    expect_errno!(
+        dev.set_irqs(req, NONE | TRIG, 0, 1, &[]),
+        libc::EINVAL,
+        "loopback after fd -1"
+    );
     Ok(())
 }
 
@@ -989,6 +1138,383 @@ fn t_no_migration() -> TestResult {
     Ok(())
 }
 
+/// The sample's CMD register and its fault-injection values.
+const REG_CMD: u64 = 0x14;
+const CMD_LOSE_NEXT_ARC: u32 = 2;
+const CMD_FAIL_NEXT_ARC: u32 = 3;
+const CMD_OVERSIZE_NEXT_RECORD: u32 = 4;
+
+/// Resets `dev` and SETs `state` from RUNNING: the data FD that SET
+/// returned, if any. In RESUMING the whole of `stream` is written.
+fn drive_to_fd(dev: &Device, state: State, stream: &[u8]) -> Result<Option<OwnedFd>, String> {
+    ctx(dev.reset(), "reset")?;
+    if state == State::Running {
+        return Ok(None);
+    }
+    let fd = ctx(
+        dev.set_state(state.raw()),
+        &format!("SET {state} from RUNNING"),
+    )?;
+    if let (State::Resuming, Some(fd)) = (state, &fd) {
+        ctx(write_all_fd(fd, stream, 65536), "write stream in RESUMING")?;
+    }
+    Ok(fd)
+}
+
+/// Whether a data FD's session is live: a zero-length read (save) or write
+/// (resume) succeeds on a live session and fails with `ENODEV` once it
+/// ended; an ended save FD also polls `POLLHUP`.
+fn session_live(fd: &OwnedFd) -> Result<bool, String> {
+    let save = fd_mode(fd) == libc::O_RDONLY;
+    let res = if save {
+        vfio::read_fd(fd, &mut [])
+    } else {
+        vfio::write_fd(fd, &[])
+    };
+    let live = match res {
+        Ok(_) => true,
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => false,
+        Err(e) => return Err(format!("zero-length I/O on a data FD: {e}")),
+    };
+    if save {
+        let revents = ctx(vfio::poll_fd(fd.as_raw_fd(), libc::POLLIN, 0), "poll")?;
+        ensure!(
+            (revents & libc::POLLHUP != 0) != live,
+            "save FD: live {live} but poll says {revents:#x}"
+        );
+    }
+    Ok(live)
+}
+
+/// Every arc of the flag set, made to fail by the sample's fault injection:
+/// a recoverable failure leaves the device and its data file where they
+/// were (and the arc then succeeds); a lost state (ERROR) ends the file.
+fn t_session_ends(flags: FlagSet) -> TestResult {
+    let m = Mdev::create(TYPES[0].0)?;
+    let dev = m.open()?;
+    let stream = stream_of(&dev)?;
+    let in_session = |s: State, fd_of_resume: bool| {
+        if fd_of_resume {
+            s == State::Resuming
+        } else {
+            matches!(s, State::StopCopy | State::PreCopy | State::PreCopyP2p)
+        }
+    };
+    let mut checked = 0;
+    for &arc in flags.arcs() {
+        let (from, to) = (arc.from(), arc.to());
+        for lose in [false, true] {
+            let what = format!(
+                "{flags}: {from}->{to} failing ({})",
+                if lose { "state lost" } else { "recoverable" }
+            );
+            let fd = drive_to_fd(&dev, from, &stream)?;
+            let resume_fd = from == State::Resuming;
+            let cmd = if lose {
+                CMD_LOSE_NEXT_ARC
+            } else {
+                CMD_FAIL_NEXT_ARC
+            };
+            ctx(dev.write_reg(REG_CMD, cmd), "arm a failing arc")?;
+            let res = dev.set_state(to.raw());
+            let now = ctx(dev.state(), "GET")?;
+            if lose {
+                expect_errno!(res, libc::EIO, &what);
+                ensure!(
+                    now == State::Error.raw(),
+                    "{what}: state {now}, expected ERROR"
+                );
+                if let Some(fd) = &fd {
+                    ensure!(!session_live(fd)?, "{what}: the data FD outlived ERROR");
+                }
+            } else {
+                expect_errno!(res, libc::EBUSY, &what);
+                ensure!(now == from.raw(), "{what}: state {now}, expected {from}");
+                if let Some(fd) = &fd {
+                    ensure!(
+                        session_live(fd)?,
+                        "{what}: the data FD ended though the device stayed in {from}"
+                    );
+                }
+                let new_fd = ctx(dev.set_state(to.raw()), &format!("{what}, then again"))?;
+                if let Some(fd) = &fd {
+                    ensure!(
+                        session_live(fd)? == in_session(to, resume_fd),
+                        "{what}, then again: data FD live in {to}: {}",
+                        session_live(fd)?
+                    );
+                }
+                drop(new_fd);
+            }
+            checked += 1;
+        }
+    }
+    ctx(dev.reset(), "reset")?;
+    println!("  {checked} failing arcs: data FDs end exactly when the state leaves them");
+    Ok(())
+}
+
+/// RESUMING to STOP: an incomplete stream leaves the device in RESUMING
+/// with its file, so the rest can follow; a well-formed stream the device
+/// cannot load (`load_finish` fails) ends in ERROR with the file ended.
+fn t_resume_finish(flags: FlagSet) -> TestResult {
+    let (ms, mt) = (Mdev::create(TYPES[0].0)?, Mdev::create(TYPES[0].0)?);
+    let (src, dst) = (ms.open()?, mt.open()?);
+    ctx(
+        src.write_at(vfio::BAR2, 0, &pattern(11, ms.size())),
+        "write pattern",
+    )?;
+    let good = save(&src, flags, ms.size())?;
+    let half = good.len() / 2;
+    let fd = ctx(dst.set_state(State::Resuming.raw()), "SET RESUMING")?.ok_or("no FD")?;
+    ctx(write_all_fd(&fd, &good[..half], 4096), "write half")?;
+    expect_errno!(
+        dst.set_state(State::Stop.raw()),
+        libc::EINVAL,
+        "RESUMING->STOP after half a stream"
+    );
+    ensure!(
+        ctx(dst.state(), "GET")? == State::Resuming.raw(),
+        "not in RESUMING after an incomplete stream"
+    );
+    ensure!(
+        session_live(&fd)?,
+        "resume FD ended by an incomplete stream"
+    );
+    ctx(write_all_fd(&fd, &good[half..], 4096), "write the rest")?;
+    ctx(dst.set_state(State::Stop.raw()), "RESUMING->STOP, complete")?;
+    ensure!(!session_live(&fd)?, "resume FD live in STOP");
+    ensure!(
+        read_memory(&dst, mt.size())? == read_memory(&src, ms.size())?,
+        "target memory after a stream written in two parts"
+    );
+
+    // Well-formed, but without the sample's last record (the registers).
+    let version = ctx(
+        fs::read_to_string(format!(
+            "/sys/bus/mdev/devices/{}/migration_version",
+            mt.uuid
+        )),
+        "read migration_version",
+    )?;
+    let (mut enc, header) =
+        Encoder::new(version.trim_end()).map_err(|e| format!("encoder: {e:?}"))?;
+    let mut partial = header.as_bytes().to_vec();
+    let mut payload = 0u64.to_le_bytes().to_vec();
+    payload.extend_from_slice(&pattern(12, PAGE));
+    partial.extend_from_slice(&enc.begin(1, payload.len()).map_err(|e| format!("{e:?}"))?);
+    enc.payload(&payload).map_err(|e| format!("{e:?}"))?;
+    partial.extend_from_slice(&payload);
+    partial.extend_from_slice(&enc.end_record().map_err(|e| format!("{e:?}"))?);
+    partial.extend_from_slice(&enc.end().map_err(|e| format!("{e:?}"))?);
+    ctx(dst.reset(), "reset")?;
+    let fd = ctx(dst.set_state(State::Resuming.raw()), "SET RESUMING")?.ok_or("no FD")?;
+    ctx(
+        write_all_fd(&fd, &partial, 65536),
+        "write a well-formed stream without registers",
+    )?;
+    expect_errno!(
+        dst.set_state(State::Stop.raw()),
+        libc::EINVAL,
+        "RESUMING->STOP when load_finish fails"
+    );
+    ensure!(
+        ctx(dst.state(), "GET")? == State::Error.raw(),
+        "not in ERROR after load_finish failed"
+    );
+    ensure!(!session_live(&fd)?, "resume FD live in ERROR");
+    expect_errno!(dst.set_state(State::Stop.raw()), libc::EIO, "SET in ERROR");
+    ctx(dst.reset(), "reset in ERROR")?;
+    resume(&dst, &good, 65536)?;
+    ensure!(
+        read_memory(&dst, mt.size())? == read_memory(&src, ms.size())?,
+        "target memory after ERROR and reset"
+    );
+    Ok(())
+}
+
+/// `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE` in RUNNING and STOP against the
+/// length of the stop-copy stream that follows.
+fn t_data_size(flags: FlagSet) -> TestResult {
+    for (ty, size) in &TYPES[..2] {
+        let m = Mdev::create(ty)?;
+        let dev = m.open()?;
+        ctx(dev.write_at(vfio::BAR2, 0, &pattern(13, *size)), "write")?;
+        let running = ctx(dev.data_size(), "MIG_DATA_SIZE in RUNNING")?;
+        ctx(dev.set_state(State::Stop.raw()), "SET STOP")?;
+        let stopped = ctx(dev.data_size(), "MIG_DATA_SIZE in STOP")?;
+        let fd = ctx(dev.set_state(State::StopCopy.raw()), "SET STOP_COPY")?.ok_or("no FD")?;
+        let mut stream = Vec::new();
+        read_to_eof(&fd, &mut stream)?;
+        let len = stream.len() as u64;
+        // An estimate that never falls short, and is off by at most the
+        // header's room for a longer version string (255 bytes).
+        for (when, est) in [("RUNNING", running), ("STOP", stopped)] {
+            ensure!(
+                est >= len && est - len <= 512,
+                "{flags} {ty}: MIG_DATA_SIZE in {when} {est}, stream {len} bytes"
+            );
+        }
+        println!("  {flags} {ty}: MIG_DATA_SIZE {stopped}, stream {len} bytes");
+    }
+    Ok(())
+}
+
+/// A vendor record longer than the buffer it was given fails the save with
+/// `EIO`, and every later read too: the stream never skips it.
+fn t_oversize_record(flags: FlagSet) -> TestResult {
+    let m = Mdev::create(TYPES[0].0)?;
+    let dev = m.open()?;
+    ctx(
+        dev.write_reg(REG_CMD, CMD_OVERSIZE_NEXT_RECORD),
+        "arm an oversize record",
+    )?;
+    let fd = ctx(dev.set_state(State::StopCopy.raw()), "SET STOP_COPY")?.ok_or("no FD")?;
+    let mut buf = vec![0u8; 1 << 20];
+    // The header comes first; the bad record is refused after it.
+    let n = ctx(vfio::read_fd(&fd, &mut buf), "first read")?;
+    ensure!(
+        n > 0 && n < 512,
+        "first read: {n} bytes, expected the header only"
+    );
+    for i in 0..2 {
+        expect_errno!(
+            vfio::read_fd(&fd, &mut buf),
+            libc::EIO,
+            &format!("read {} after the bad record", i + 2)
+        );
+    }
+    ctx(dev.reset(), "reset")?;
+    let _ = flags;
+    Ok(())
+}
+
+/// With `max_record=4104` (one page per record), every record respects it
+/// and the migration still completes.
+fn t_small_records(flags: FlagSet) -> TestResult {
+    const MAX: usize = 4104;
+    let (ms, mt) = (Mdev::create(TYPES[0].0)?, Mdev::create(TYPES[0].0)?);
+    let (src, dst) = (ms.open()?, mt.open()?);
+    ctx(
+        src.write_at(vfio::BAR2, 0, &pattern(14, ms.size())),
+        "write pattern",
+    )?;
+    let stream = save(&src, flags, ms.size())?;
+    // Walk the envelope: header length at 10, then 8-byte record heads
+    // (kind, tag, length), payload, 4-byte checksum.
+    let mut at = u16::from_le_bytes([stream[10], stream[11]]) as usize;
+    let mut records = 0;
+    while at + 8 <= stream.len() {
+        let len = u32::from_le_bytes([
+            stream[at + 4],
+            stream[at + 5],
+            stream[at + 6],
+            stream[at + 7],
+        ]) as usize;
+        ensure!(len <= MAX, "record at {at}: {len} bytes > {MAX}");
+        at += 8 + len + 4;
+        records += 1;
+    }
+    ensure!(
+        at == stream.len() && records > ms.size() / PAGE,
+        "{records} records ending at {at} of {}",
+        stream.len()
+    );
+    resume(&dst, &stream, 4096)?;
+    ensure!(
+        read_memory(&dst, mt.size())? == read_memory(&src, ms.size())?,
+        "target memory with small records"
+    );
+    println!("  {records} records of at most {MAX} bytes");
+    Ok(())
+}
+
+/// The device cdev and iommufd path (`/dev/vfio/devices/vfioN`): the same
+/// migration features and a whole migration.
+fn t_cdev(flags: FlagSet) -> TestResult {
+    let (ms, mt) = (Mdev::create(TYPES[1].0)?, Mdev::create(TYPES[1].0)?);
+    let src = ctx(Device::open_cdev(&ms.uuid), "open source cdev")?;
+    let dst = ctx(Device::open_cdev(&mt.uuid), "open target cdev")?;
+    let got = ctx(src.migration_flags(), "GET MIGRATION")?;
+    ensure!(
+        got == u64::from(flags.bits()),
+        "MIGRATION flags {got:#x} through the cdev"
+    );
+    ctx(
+        src.write_at(vfio::BAR2, 0, &pattern(15, ms.size())),
+        "write pattern",
+    )?;
+    let stream = save(&src, flags, ms.size())?;
+    resume(&dst, &stream, 1 << 20)?;
+    ensure!(
+        read_memory(&dst, mt.size())? == read_memory(&src, ms.size())?,
+        "target memory through the cdev"
+    );
+    // The group path refuses a device the cdev holds.
+    ensure!(
+        ms.open().is_err(),
+        "the group path opened a device bound to iommufd"
+    );
+    drop((src, dst));
+    ms.open()
+        .map_err(|e| format!("group path after the cdev closed: {e}"))?;
+    Ok(())
+}
+
+/// `rmmod rmdev_sample`, expected to fail because the module is in use.
+fn rmmod_refused(what: &str) -> TestResult {
+    let out = ctx(
+        std::process::Command::new("rmmod")
+            .arg("rmdev_sample")
+            .output(),
+        "run rmmod",
+    )?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("in use"),
+        "rmmod {what}: {} ({})",
+        out.status,
+        err.trim()
+    );
+    Ok(())
+}
+
+/// Unloading while a device or a data file is open is refused ("in use");
+/// a data file outliving its device reports `ENODEV`.
+fn t_rmmod_in_use(flags: FlagSet) -> TestResult {
+    let m = Mdev::create(TYPES[0].0)?;
+    let dev = m.open()?;
+    rmmod_refused("with the device open")?;
+    let fd = ctx(dev.set_state(State::StopCopy.raw()), "SET STOP_COPY")?.ok_or("no FD")?;
+    drop(dev);
+    ensure!(!session_live(&fd)?, "save FD live after the device closed");
+    rmmod_refused("with a data FD open")?;
+    drop(fd);
+    ensure!(
+        std::path::Path::new(&format!("/sys/bus/mdev/devices/{}", m.uuid)).exists(),
+        "the mdev went away"
+    );
+    let _ = flags;
+    Ok(())
+}
+
+/// `refuse-many N`: N streams refused at their first bytes, for the rate
+/// limit of the kernel's messages.
+fn refuse_many(n: usize) -> TestResult {
+    let m = Mdev::create(TYPES[0].0)?;
+    let dev = m.open()?;
+    for _ in 0..n {
+        let fd = ctx(dev.set_state(State::Resuming.raw()), "SET RESUMING")?.ok_or("no FD")?;
+        expect_errno!(
+            vfio::write_fd(&fd, b"NOTRMDEV"),
+            libc::EINVAL,
+            "foreign stream"
+        );
+        ctx(dev.reset(), "reset")?;
+    }
+    Ok(())
+}
+
 type Test = fn(FlagSet) -> TestResult;
 
 const TESTS: &[(&str, Test)] = &[
@@ -1003,6 +1529,13 @@ const TESTS: &[(&str, Test)] = &[
     ("remove-in-use", t_remove_in_use),
     ("bad-ioctls", t_bad_ioctls),
     ("incompatible-stream", t_incompatible_stream),
+    ("session-ends", t_session_ends),
+    ("resume-finish", t_resume_finish),
+    ("data-size", t_data_size),
+    ("oversize-record", t_oversize_record),
+    ("small-records", t_small_records),
+    ("cdev", t_cdev),
+    ("rmmod-in-use", t_rmmod_in_use),
 ];
 
 fn main() {
@@ -1043,6 +1576,7 @@ fn main() {
     let tool = match names.as_slice() {
         ["save-stream", ty, file] => Some(save_stream(flags, ty, file)),
         ["load-stream", ty, file] => Some(load_stream(ty, file)),
+        ["refuse-many", n] => Some(n.parse().map_err(|e| format!("{e}")).and_then(refuse_many)),
         _ => None,
     };
     if let Some(res) = tool {

@@ -27,6 +27,10 @@ pub(crate) const DEVICE_SET_IRQS: u64 = io(110);
 const DEVICE_RESET: u64 = io(111);
 pub(crate) const DEVICE_FEATURE: u64 = io(117);
 pub(crate) const MIG_GET_PRECOPY_INFO: u64 = io(121);
+const DEVICE_BIND_IOMMUFD: u64 = io(118);
+const DEVICE_ATTACH_IOMMUFD_PT: u64 = io(119);
+/// `IOMMU_IOAS_ALLOC` (iommufd's ioctls share VFIO's type, from 0x80).
+const IOMMU_IOAS_ALLOC: u64 = io(0x81);
 
 const TYPE1V2_IOMMU: libc::c_ulong = 3;
 const GROUP_FLAGS_VIABLE: u32 = 1;
@@ -39,6 +43,8 @@ pub(crate) const FEATURE_MIG_DEVICE_STATE: u32 = 2;
 pub(crate) const FEATURE_MIG_DATA_SIZE: u32 = 9;
 
 pub(crate) const IRQ_SET_DATA_NONE: u32 = 1;
+pub(crate) const IRQ_SET_DATA_BOOL: u32 = 1 << 1;
+pub(crate) const IRQ_SET_ACTION_MASK: u32 = 1 << 3;
 pub(crate) const IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
 pub(crate) const IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
 pub(crate) const REQ_IRQ_INDEX: u32 = 4;
@@ -92,11 +98,11 @@ impl<const N: usize> Feature<N> {
     }
 }
 
-/// An open mdev: its container, group and device FDs.
+/// An open mdev: its device FD and what keeps it usable (container and
+/// group, or the iommufd).
 pub(crate) struct Device {
     pub(crate) fd: OwnedFd,
-    _group: OwnedFd,
-    _container: OwnedFd,
+    _keep: Vec<OwnedFd>,
 }
 
 fn open_rw(path: &str) -> io::Result<OwnedFd> {
@@ -130,8 +136,33 @@ impl Device {
         Ok(Device {
             // SAFETY: The kernel returned a new descriptor we now own.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            _group: group,
-            _container: container,
+            _keep: vec![group, container],
+        })
+    }
+
+    /// Opens the mdev `uuid` through its device cdev
+    /// (`/dev/vfio/devices/vfioN`) bound to a new iommufd with an IOAS.
+    pub(crate) fn open_cdev(uuid: &str) -> io::Result<Device> {
+        let dir = format!("/sys/bus/mdev/devices/{uuid}/vfio-dev");
+        let name = fs::read_dir(&dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with("vfio"))
+            .ok_or_else(|| io::Error::other(format!("no vfioN in {dir}")))?;
+        let fd = open_rw(&format!("/dev/vfio/devices/{name}"))?;
+        let iommufd = open_rw("/dev/iommu")?;
+        // struct vfio_device_bind_iommufd: argsz, flags, iommufd, out_devid.
+        let mut bind = [16u32, 0, iommufd.as_raw_fd() as u32, 0];
+        ioctl_with(fd.as_raw_fd(), DEVICE_BIND_IOMMUFD, &mut bind)?;
+        // struct iommu_ioas_alloc: size, flags, out_ioas_id.
+        let mut ioas = [12u32, 0, 0];
+        ioctl_with(iommufd.as_raw_fd(), IOMMU_IOAS_ALLOC, &mut ioas)?;
+        // struct vfio_device_attach_iommufd_pt: argsz, flags, pt_id.
+        let mut attach = [12u32, 0, ioas[2]];
+        ioctl_with(fd.as_raw_fd(), DEVICE_ATTACH_IOMMUFD_PT, &mut attach)?;
+        Ok(Device {
+            fd,
+            _keep: vec![iommufd],
         })
     }
 
@@ -225,14 +256,41 @@ impl Device {
 
     /// `VFIO_DEVICE_SET_IRQS` on the request index with an eventfd (or -1).
     pub(crate) fn set_req_eventfd(&self, efd: i32) -> io::Result<()> {
-        let mut set = [0u8; 24];
-        set[0..4].copy_from_slice(&24u32.to_ne_bytes());
-        set[4..8].copy_from_slice(&(IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER).to_ne_bytes());
-        set[8..12].copy_from_slice(&REQ_IRQ_INDEX.to_ne_bytes());
-        set[12..16].copy_from_slice(&0u32.to_ne_bytes());
-        set[16..20].copy_from_slice(&1u32.to_ne_bytes());
-        set[20..24].copy_from_slice(&efd.to_ne_bytes());
-        ioctl_with(self.raw(), DEVICE_SET_IRQS, &mut set).map(|_| ())
+        self.set_irqs(
+            REQ_IRQ_INDEX,
+            IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_TRIGGER,
+            0,
+            1,
+            &efd.to_ne_bytes(),
+        )
+    }
+
+    /// `VFIO_DEVICE_SET_IRQS` with `data` after the header; argsz covers it.
+    pub(crate) fn set_irqs(
+        &self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        data: &[u8],
+    ) -> io::Result<()> {
+        let argsz = 20 + data.len();
+        let mut set = vec![0u8; argsz];
+        set[0..4].copy_from_slice(&(argsz as u32).to_ne_bytes());
+        set[4..8].copy_from_slice(&flags.to_ne_bytes());
+        set[8..12].copy_from_slice(&index.to_ne_bytes());
+        set[12..16].copy_from_slice(&start.to_ne_bytes());
+        set[16..20].copy_from_slice(&count.to_ne_bytes());
+        set[20..].copy_from_slice(data);
+        // SAFETY: `set` is a SET_IRQS header and its data, as argsz says.
+        unsafe {
+            ioctl(
+                self.raw(),
+                DEVICE_SET_IRQS,
+                set.as_mut_ptr() as libc::c_ulong,
+            )
+        }
+        .map(|_| ())
     }
 }
 
