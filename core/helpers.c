@@ -8,15 +8,17 @@
 
 #include "helpers.h"
 
-void rmdev_init_waitqueue_head(struct wait_queue_head *wq)
+void rmdev_init_waitqueue_head(struct wait_queue_head *wq, const char *name)
 {
 	/*
-	 * One lock class for every data-file wait queue of this module, named
-	 * after the module so that a lockdep report says which vendor it is.
+	 * One lock class for every data-file wait queue of this module. The
+	 * caller names it after the module (this file's KBUILD_MODNAME is its
+	 * own object name, not the module's), so that a lockdep report says
+	 * which vendor it is about.
 	 */
 	static struct lock_class_key key;
 
-	__init_waitqueue_head(wq, KBUILD_MODNAME ":save_wq", &key);
+	__init_waitqueue_head(wq, name, &key);
 }
 
 bool rmdev_warn_ratelimit(void)

@@ -13,7 +13,7 @@
 
 struct vfio_device;
 
-void rmdev_init_waitqueue_head(struct wait_queue_head *wq);
+void rmdev_init_waitqueue_head(struct wait_queue_head *wq, const char *name);
 void rmdev_wake_up_poll(struct wait_queue_head *wq, __poll_t mask);
 void rmdev_poll_wait(struct file *file, struct wait_queue_head *wq, poll_table *pt);
 void rmdev_eventfd_signal(struct eventfd_ctx *ctx);

@@ -609,8 +609,9 @@ pub(crate) fn drop_file(file: *mut bindings::file) {
 /// Initialises a wait queue head in place.
 fn init_wait_queue() -> impl PinInit<Opaque<bindings::wait_queue_head>> {
     Opaque::ffi_init(|wq| {
-        // SAFETY: `wq` is valid for writes and pinned (pin-init contract).
-        unsafe { bindings::rmdev_init_waitqueue_head(wq) }
+        // SAFETY: `wq` is valid for writes and pinned (pin-init contract);
+        // the name is a `'static` string.
+        unsafe { bindings::rmdev_init_waitqueue_head(wq, lock_name!("save_wq").as_char_ptr()) }
     })
 }
 

@@ -11,6 +11,19 @@ note() { echo "  $*"; }
 # expect_eq WHAT GOT WANT
 expect_eq() { [ "$2" = "$3" ] || fail "$1: got '$2', want '$3'"; }
 
+# expect_eventually WHAT FILE WANT: FILE's content becomes WANT within 15 s
+# (for what the kernel updates in a release that the lab's
+# CONFIG_DEBUG_KOBJECT_RELEASE delays by up to 4 s per object).
+expect_eventually() {
+	local i got
+	for i in $(seq 150); do
+		got=$(cat "$2")
+		[ "$got" != "$3" ] || return 0
+		sleep 0.1
+	done
+	fail "$1: got '$got', want '$3' (waited 15 s)"
+}
+
 # expect_errno ERRNO-NAME CMD...: CMD must fail with that errno, as reported
 # by the shell's strerror text (bash prints e.g. "Invalid argument").
 expect_errno() {

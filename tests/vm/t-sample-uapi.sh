@@ -20,6 +20,12 @@ for flags in 1 3 5 7; do
 done
 load_sample migration_flags=7
 "$VM_TEST" --flags 7 migrate-largest || fail "256 MiB migration"
+# Lock classes carry the vendor module's name, so a lockdep report says
+# which vendor it is about (the classes go with the module: check before
+# unloading, after a migration used them all).
+for lock in state waker req save resume save_wq; do
+	grep -q " rmdev_sample:$lock\$" /proc/lockdep || fail "no lock class rmdev_sample:$lock in /proc/lockdep"
+done
 unload_sample
 load_sample migration_flags=0
 "$VM_TEST" --flags 0 no-migration || fail "device without migration"

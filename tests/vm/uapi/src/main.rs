@@ -720,22 +720,25 @@ fn t_reset(flags: FlagSet) -> TestResult {
     let m = Mdev::create(TYPES[0].0)?;
     let dev = m.open()?;
     let stream = stream_of(&dev)?;
-    ctx(dev.write_reg(0x10, 7), "write SCRATCH")?;
     for s in State::ALL {
         if s == State::Error || !flags.supports(s) {
             continue;
         }
-        drive_to(&dev, flags, s, &stream)?;
+        let fd = drive_to_fd(&dev, s, &stream)?;
+        ctx(dev.write_reg(0x10, 7), "write SCRATCH")?;
         ctx(dev.reset(), &format!("reset in {s}"))?;
         ensure!(
             ctx(dev.state(), "GET")? == State::Running.raw(),
             "not RUNNING after reset in {s}"
         );
+        ensure!(
+            ctx(dev.read_reg(0x10), "read SCRATCH")? == 0,
+            "reset in {s} did not clear SCRATCH"
+        );
+        if let Some(fd) = &fd {
+            ensure!(!session_live(fd)?, "data FD live after reset in {s}");
+        }
     }
-    ensure!(
-        ctx(dev.read_reg(0x10), "read SCRATCH")? == 0,
-        "reset did not clear SCRATCH"
-    );
     // ERROR: a lost arc (the sample's fault injection register) puts the
     // device there; every SET then fails with EIO; only a reset leaves it.
     ctx(dev.write_reg(0x14, 2), "arm a lost arc")?;
@@ -797,7 +800,13 @@ fn t_close_mid_session(flags: FlagSet) -> TestResult {
         libc::ENODEV,
         "write after device close"
     );
-    let _ = flags;
+    if flags.supports(State::PreCopy) {
+        let dev = m.open()?;
+        let fd = ctx(dev.set_state(State::PreCopy.raw()), "SET PRE_COPY")?.ok_or("no FD")?;
+        ensure!(session_live(&fd)?, "pre-copy FD not live");
+        drop(dev);
+        ensure!(!session_live(&fd)?, "pre-copy FD live after device close");
+    }
     Ok(())
 }
 
