@@ -12,9 +12,11 @@
 //!
 //! The devices follow the vfio-pci layout: regions 0 to 8 (BAR0 to BAR5, ROM,
 //! config space, VGA) at offset `index << 40` in the device file, and
-//! interrupt indexes 0 to 4, of which the framework implements the last, the
-//! request channel (`VFIO_PCI_REQ_IRQ_INDEX`): an eventfd the framework
-//! signals when the mdev is being removed while a user holds it open.
+//! interrupt indexes 0 to 4 ([`super::irq`]): INTx and MSI, which the vendor
+//! raises through its [`Interrupts`], and the request channel, which the
+//! framework signals when the mdev is being removed while a user holds it
+//! open. With [`Device::pci_config`], the framework emulates the
+//! configuration space ([`super::pci_config`]).
 
 use core::marker::PhantomData;
 use core::mem::size_of;
@@ -29,8 +31,12 @@ use kernel::uaccess::UserSlice;
 
 use super::bindings;
 use super::fsm::{ArcSet, FlagSet, StepFailure};
+pub use super::irq::Interrupts;
+use super::irq::{self, IrqState};
 use super::mdev::Anchor;
 use super::migration::{self, MigState};
+pub use super::pci_config::{BarKind, Capability, Identity};
+use super::pci_config::{ConfigSpace, CONFIG_SIZE, NUM_BARS};
 use super::stream::SaveStream;
 use super::user;
 use super::version::{check_written, DefaultRule, VersionBuf, VersionError, VersionRule};
@@ -47,28 +53,28 @@ pub mod region {
     pub const COUNT: u32 = 9;
 }
 
-/// Interrupt indexes of the vfio-pci layout: INTx, MSI, MSI-X, error and
-/// request (`VFIO_PCI_NUM_IRQS`).
-const NUM_IRQS: u32 = 5;
-/// The INTx interrupt index (`VFIO_PCI_INTX_IRQ_INDEX`).
-const INTX_IRQ_INDEX: u32 = 0;
-/// The error interrupt index (`VFIO_PCI_ERR_IRQ_INDEX`), PCIe only.
-const ERR_IRQ_INDEX: u32 = 3;
-/// The request channel's interrupt index (`VFIO_PCI_REQ_IRQ_INDEX`).
-const REQ_IRQ_INDEX: u32 = 4;
-/// The number of interrupts of index `index`: one request channel.
-fn irq_count(index: u32) -> u32 {
-    if index == REQ_IRQ_INDEX {
-        1
-    } else {
-        0
-    }
-}
-
 /// Region offsets in the device file: `index << 40` (`VFIO_PCI_OFFSET_SHIFT`).
 const OFFSET_SHIFT: u32 = 40;
 /// The largest chunk a region read or write copies at once.
 const RW_CHUNK: usize = 64 * 1024;
+
+/// What the framework needs to emulate a device's PCI configuration space.
+pub struct PciConfig {
+    /// Vendor, device, revision, class, subsystem ids and interrupt pin.
+    pub identity: Identity,
+    /// The kind of the BAR behind each of regions 0 to 5 (`None`: no BAR,
+    /// or the upper half of a 64-bit one); its size is the region's, which
+    /// must be a power of two.
+    pub bars: [Option<BarKind>; 6],
+    /// The capability list, laid out from offset 0x40 (after the MSI
+    /// capability, if any).
+    pub capabilities: &'static [Capability<'static>],
+    /// MSI vectors: 0 (no MSI), 1, 2, 4, 8, 16 or 32. The framework adds
+    /// the MSI capability and the MSI interrupt index; the device raises
+    /// them through its [`Interrupts`]. With an interrupt pin in `identity`,
+    /// it also has INTx.
+    pub msi_vectors: u8,
+}
 
 /// What a region offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +131,16 @@ pub enum Saved {
     Done,
 }
 
+/// What a stop-copy stream still has to carry, as the vendor estimates it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StopCopySize {
+    /// Record payload bytes.
+    pub bytes: usize,
+    /// Records (each costs the envelope 12 bytes); at least as many as the
+    /// bytes need at the device's largest record.
+    pub records: usize,
+}
+
 /// Pre-copy progress, as `VFIO_MIG_GET_PRECOPY_INFO` reports it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PrecopyInfo {
@@ -168,8 +184,18 @@ pub trait Device: Send + Sync + Sized + 'static {
     /// The last user closed the device. Data files are already disabled.
     fn close(&self) {}
     /// `VFIO_DEVICE_RESET`: reset the device function. The framework has
-    /// ended any migration session and set the migration state to RUNNING.
+    /// ended any migration session, set the migration state to RUNNING and
+    /// reset the emulated configuration space.
     fn reset(&self);
+    /// The device's PCI identity, BAR kinds and capabilities: with them the
+    /// framework emulates its configuration space (region 7) like a real
+    /// function's (see `core/logic/src/pci_config.rs`), sizes its BARs from
+    /// [`Device::region`], resets it with the device and migrates it in every
+    /// stream; the vendor's `read` and `write` never see region 7. `None`:
+    /// the vendor serves region 7 itself. Read once, at creation.
+    fn pci_config(&self) -> Option<PciConfig> {
+        None
+    }
 
     /// The device's migration flag set, or `None` if it cannot migrate.
     /// Must not change while the device exists.
@@ -212,10 +238,14 @@ pub trait Device: Send + Sync + Sized + 'static {
     fn max_record(&self) -> usize {
         4096
     }
-    /// Estimate of the bytes a stop-copy session produces, without the
-    /// framework's envelope.
-    fn stop_copy_size(&self) -> usize {
-        0
+    /// The records still needed to complete stop-copy, for
+    /// `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE` (the framework adds its envelope).
+    /// `session` is the open save session, if any: after pre-copy sent the
+    /// initial image, only what changed since and the final records are
+    /// left. QEMU compares this with its downtime limit, so an estimate that
+    /// ignores the session keeps a pre-copy migration from converging.
+    fn stop_copy_size(&self, _session: Option<&Self::Save>) -> StopCopySize {
+        StopCopySize::default()
     }
     /// Starts a save session.
     fn save_open(&self) -> Result<Self::Save> {
@@ -257,9 +287,11 @@ pub(crate) struct Core<D: Device> {
     /// The open save session, for waking its pollers when the device changes.
     #[pin]
     pub(crate) waker: SpinLock<Option<Arc<SaveStream>>>,
-    /// The request channel's eventfd.
+    /// The interrupts and the request channel.
+    irqs: Arc<IrqState>,
+    /// The emulated configuration space, if the framework emulates it.
     #[pin]
-    req: Mutex<Option<user::EventFd>>,
+    pub(crate) config: Mutex<Option<ConfigSpace>>,
     /// The mdev's name (its UUID), for messages.
     name: [u8; 40],
     /// The `migration_version` of the mdev's type, if it migrates.
@@ -312,6 +344,9 @@ impl<D: Device> Core<D> {
         // only lock the reset takes: VFIO_DEVICE_RESET on an mdev comes from
         // our own ioctl, not from a PCI reset holding other locks, so the
         // deferred-reset dance of vfio-pci drivers is not needed.
+        if let Some(c) = self.config.lock().as_mut() {
+            c.reset();
+        }
         self.dev.reset();
     }
 
@@ -323,6 +358,38 @@ impl<D: Device> Core<D> {
         }
     }
 
+    /// Whether the framework emulates the configuration space.
+    pub(crate) fn emulates_config(&self) -> bool {
+        self.config.lock().is_some()
+    }
+
+    /// Region `index` as the user sees it: the vendor's, or the emulated
+    /// configuration space.
+    fn region(&self, index: u32) -> Region {
+        if index == region::CONFIG && self.emulates_config() {
+            Region::read_write(CONFIG_SIZE as u64)
+        } else {
+            self.dev.region(index)
+        }
+    }
+
+    /// A read or write of the emulated configuration space (range checked):
+    /// a write always consumes its whole count, read-only bits staying.
+    fn config_rw(&self, buf: usize, count: usize, offset: u64, write: bool) -> Result<usize> {
+        let mut bytes = [0u8; CONFIG_SIZE];
+        let bytes = &mut bytes[..count];
+        let mut config = self.config.lock();
+        let config = config.as_mut().ok_or(EINVAL)?;
+        if write {
+            UserSlice::new(buf, count).reader().read_slice(bytes)?;
+            config.write(offset, bytes).map_err(|_| EINVAL)?;
+        } else {
+            config.read(offset, bytes).map_err(|_| EINVAL)?;
+            UserSlice::new(buf, count).writer().write_slice(bytes)?;
+        }
+        Ok(count)
+    }
+
     fn rw(&self, buf: usize, count: usize, pos: i64, write: bool) -> Result<usize> {
         let pos = u64::try_from(pos).map_err(|_| EINVAL)?;
         let index = (pos >> OFFSET_SHIFT) as u32;
@@ -330,13 +397,16 @@ impl<D: Device> Core<D> {
         if index >= region::COUNT {
             return Err(EINVAL);
         }
-        let r = self.dev.region(index);
+        let r = self.region(index);
         if (write && !r.writable) || (!write && !r.readable) {
             return Err(EINVAL);
         }
         let end = offset.checked_add(count as u64).ok_or(EINVAL)?;
         if end > r.size {
             return Err(EINVAL);
+        }
+        if index == region::CONFIG && self.emulates_config() {
+            return self.config_rw(buf, count, offset, write);
         }
         let mut chunk = KVec::from_elem(0u8, count.min(RW_CHUNK), GFP_KERNEL)?;
         let slice = UserSlice::new(buf, count);
@@ -373,7 +443,7 @@ impl<D: Device> Core<D> {
                 }
                 info.flags = bindings::VFIO_DEVICE_FLAGS_PCI | bindings::VFIO_DEVICE_FLAGS_RESET;
                 info.num_regions = region::COUNT;
-                info.num_irqs = NUM_IRQS;
+                info.num_irqs = irq::NUM_IRQS;
                 user::copy_out(arg, &info, MINSZ)?;
             }
             bindings::RMDEV_VFIO_DEVICE_GET_REGION_INFO => {
@@ -382,7 +452,7 @@ impl<D: Device> Core<D> {
                 if (info.argsz as usize) < MINSZ || info.index >= region::COUNT {
                     return Err(EINVAL);
                 }
-                let r = self.dev.region(info.index);
+                let r = self.region(info.index);
                 info.flags = 0;
                 if r.readable {
                     info.flags |= bindings::VFIO_REGION_INFO_FLAG_READ;
@@ -396,122 +466,35 @@ impl<D: Device> Core<D> {
                 user::copy_out(arg, &info, MINSZ)?;
             }
             bindings::RMDEV_VFIO_DEVICE_GET_IRQ_INFO => {
-                // As vfio-pci answers for a conventional PCI function
-                // (`vfio_pci_ioctl_get_irq_info()`): the error index exists
-                // only on PCIe, so it is `-EINVAL`, which QEMU reads as "no
-                // error reporting" without warning.
                 const MINSZ: usize = size_of::<bindings::vfio_irq_info>();
                 let mut info: bindings::vfio_irq_info = user::copy_in(arg, MINSZ)?;
-                if (info.argsz as usize) < MINSZ
-                    || info.index >= NUM_IRQS
-                    || info.index == ERR_IRQ_INDEX
-                {
+                if (info.argsz as usize) < MINSZ {
                     return Err(EINVAL);
                 }
-                info.count = irq_count(info.index);
-                info.flags = bindings::VFIO_IRQ_INFO_EVENTFD
-                    | if info.index == INTX_IRQ_INDEX {
-                        bindings::VFIO_IRQ_INFO_MASKABLE | bindings::VFIO_IRQ_INFO_AUTOMASKED
-                    } else {
-                        bindings::VFIO_IRQ_INFO_NORESIZE
-                    };
+                (info.flags, info.count) = self.irqs.info(info.index)?;
                 user::copy_out(arg, &info, MINSZ)?;
             }
-            bindings::RMDEV_VFIO_DEVICE_SET_IRQS => self.set_irqs(arg)?,
+            bindings::RMDEV_VFIO_DEVICE_SET_IRQS => self.irqs.set_irqs(arg)?,
             bindings::RMDEV_VFIO_DEVICE_RESET => self.reset(),
             _ => return Err(ENOTTY),
         }
         Ok(0)
     }
 
-    /// `VFIO_DEVICE_SET_IRQS`, with vfio-pci's checks and results (Linux
-    /// 6.12 `vfio_set_irqs_validate_and_prepare()` and
-    /// `vfio_pci_set_irqs_ioctl()`), so a VMM sees no difference.
-    fn set_irqs(&self, arg: usize) -> Result {
-        const MINSZ: usize = 20;
-        let hdr: bindings::vfio_irq_set = user::copy_in(arg, MINSZ)?;
-        let known = bindings::VFIO_IRQ_SET_DATA_TYPE_MASK | bindings::VFIO_IRQ_SET_ACTION_TYPE_MASK;
-        if (hdr.argsz as usize) < MINSZ
-            || hdr.index >= NUM_IRQS
-            || hdr.count >= u32::MAX - hdr.start
-            || hdr.flags & !known != 0
-        {
-            return Err(EINVAL);
-        }
-        // Every index but the request channel has no interrupt yet, so any
-        // call on it is out of range, as on a vfio-pci device without them.
-        let num = irq_count(hdr.index);
-        if hdr.start >= num || hdr.start + hdr.count > num {
-            return Err(EINVAL);
-        }
-        let data = hdr.flags & bindings::VFIO_IRQ_SET_DATA_TYPE_MASK;
-        let elem = match data {
-            bindings::VFIO_IRQ_SET_DATA_NONE => 0,
-            bindings::VFIO_IRQ_SET_DATA_BOOL => 1,
-            bindings::VFIO_IRQ_SET_DATA_EVENTFD => 4,
-            _ => return Err(EINVAL),
-        };
-        let len = hdr.count as usize * elem;
-        if hdr.argsz as usize - MINSZ < len {
-            return Err(EINVAL);
-        }
-        // The data is copied before a handler is chosen, as vfio-pci does.
-        let mut payload = [0u8; 4];
-        if len > 0 {
-            UserSlice::new(arg + MINSZ, len)
-                .reader()
-                .read_slice(&mut payload[..len])?;
-        }
-        let action = hdr.flags & bindings::VFIO_IRQ_SET_ACTION_TYPE_MASK;
-        if hdr.index != REQ_IRQ_INDEX || action != bindings::VFIO_IRQ_SET_ACTION_TRIGGER {
-            // No handler for this index and action (vfio-pci: `-ENOTTY`).
-            return Err(ENOTTY);
-        }
-        let mut req = self.req.lock();
-        match data {
-            // Loopback (count 1) signals the registered eventfd; count 0
-            // unregisters it. With nothing registered both are `-EINVAL`.
-            bindings::VFIO_IRQ_SET_DATA_NONE => match req.as_ref() {
-                None => return Err(EINVAL),
-                Some(efd) if hdr.count == 1 => efd.signal(),
-                Some(_) => *req = None,
-            },
-            bindings::VFIO_IRQ_SET_DATA_BOOL => {
-                if hdr.count == 0 {
-                    return Err(EINVAL);
-                }
-                if let (true, Some(efd)) = (payload[0] != 0, req.as_ref()) {
-                    efd.signal();
-                }
-            }
-            _ => {
-                if hdr.count == 0 {
-                    return Err(EINVAL);
-                }
-                match i32::from_ne_bytes(payload) {
-                    -1 => *req = None,
-                    fd if fd >= 0 => *req = Some(user::EventFd::get(fd)?),
-                    _ => return Err(EINVAL),
-                }
-            }
-        }
-        Ok(())
-    }
-
     fn request(&self, count: c_uint) {
-        let req = self.req.lock();
-        match req.as_ref() {
-            Some(efd) => {
-                if count == 0 {
-                    pr_notice!("{}: relaying the removal request to the user\n", self.name());
-                }
-                efd.signal();
+        let signalled = self.irqs.request();
+        if count == 0 {
+            if signalled {
+                pr_notice!(
+                    "{}: relaying the removal request to the user\n",
+                    self.name()
+                );
+            } else {
+                pr_notice!(
+                    "{}: in use and no request channel registered; removal waits until the user closes it\n",
+                    self.name()
+                );
             }
-            None if count == 0 => pr_notice!(
-                "{}: in use and no request channel registered; removal waits until the user closes it\n",
-                self.name()
-            ),
-            None => {}
         }
     }
 }
@@ -604,7 +587,7 @@ impl<D: Device> Ops<D> {
         let core = unsafe { Self::core(vdev) };
         // The uAPI: data files reach their end before close_device returns.
         core.back_to_running();
-        *core.req.lock() = None;
+        core.irqs.release_all();
         core.dev.close();
     }
 
@@ -709,18 +692,97 @@ pub(crate) unsafe fn core_of<'a, D: Device>(vdev: *mut bindings::vfio_device) ->
     unsafe { &(*vdev.cast::<VfioDevice<D>>()).core }
 }
 
+/// The emulated configuration space of a new device, if its vendor asks
+/// for one, and the interrupts it declares (INTx pin, MSI vectors): the BARs
+/// take the sizes of their regions; MSI gets its capability, first in the
+/// list.
+fn config_space<D: Device>(core: &Core<D>) -> Result<(Option<ConfigSpace>, bool, u32)> {
+    let Some(pci) = core.dev.pci_config() else {
+        return Ok((None, false, 0));
+    };
+    let mut bars = [super::pci_config::Bar {
+        index: 0,
+        size: 0,
+        kind: BarKind::Mem32,
+    }; NUM_BARS];
+    let mut n = 0;
+    for (index, kind) in pci.bars.iter().enumerate() {
+        let size = core.dev.region(index as u32).size;
+        match kind {
+            Some(kind) => {
+                bars[n] = super::pci_config::Bar {
+                    index,
+                    size,
+                    kind: *kind,
+                };
+                n += 1;
+            }
+            None if size != 0 => {
+                pr_err!(
+                    "{}: region {} has no BAR in the device's PCI configuration\n",
+                    core.name(),
+                    index
+                );
+                return Err(EINVAL);
+            }
+            None => {}
+        }
+    }
+    let vectors = u32::from(pci.msi_vectors);
+    if vectors > irq::MAX_MSI_VECTORS as u32 || (vectors != 0 && !vectors.is_power_of_two()) {
+        pr_err!(
+            "{}: {} MSI vectors; a function has 0, 1, 2, 4, 8, 16 or 32\n",
+            core.name(),
+            vectors
+        );
+        return Err(EINVAL);
+    }
+    // The MSI capability (64-bit addresses, no per-vector masking): message
+    // control (enable and multiple message enable writable, multiple
+    // message capable read-only), address, upper address, data.
+    let control = ((vectors.max(1).trailing_zeros() as u8) << 1) | 0x80;
+    let msi_body = [control, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let msi_wmask = [
+        0x71, 0, 0xfc, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    ];
+    let mut caps = KVec::with_capacity(pci.capabilities.len() + 1, GFP_KERNEL)?;
+    if vectors > 0 {
+        caps.push(
+            Capability {
+                id: PCI_CAP_ID_MSI,
+                body: &msi_body,
+                wmask: &msi_wmask,
+            },
+            GFP_KERNEL,
+        )?;
+    }
+    for cap in pci.capabilities {
+        caps.push(*cap, GFP_KERNEL)?;
+    }
+    let config = ConfigSpace::new(&pci.identity, &bars[..n], &caps).map_err(|e| {
+        pr_err!("{}: unusable PCI configuration: {}\n", core.name(), e);
+        EINVAL
+    })?;
+    Ok((Some(config), pci.identity.interrupt_pin != 0, vectors))
+}
+
+/// The MSI capability's ID (`PCI_CAP_ID_MSI`).
+const PCI_CAP_ID_MSI: u8 = 0x05;
+
 /// Creates the VFIO device of a new mdev and registers it.
 ///
 /// # Safety
 ///
 /// `mdev` must be an mdev being probed by the mdev core; [`unregister`] must
 /// be called for it before it goes away.
-pub(crate) unsafe fn register<D: Device>(
+pub(crate) unsafe fn register<D: Device, I: PinInit<D, Error>>(
     mdev: *mut bindings::mdev_device,
-    init: impl PinInit<D, Error>,
+    create: impl FnOnce(Interrupts) -> I,
     type_version: Option<VersionBuf>,
     anchor: Arc<dyn Anchor>,
 ) -> Result {
+    let irqs = IrqState::new()?;
+    let init = create(irqs.handle());
     let mut name = [0u8; 40];
     // SAFETY: `mdev` is valid (contract); its name is a NUL-terminated
     // string set by the mdev core (the UUID).
@@ -732,13 +794,17 @@ pub(crate) unsafe fn register<D: Device>(
             dev <- init,
             mig <- Mutex::new(MigState::new(), lock_name!("state"), static_lock_class!()),
             waker <- SpinLock::new(None, lock_name!("waker"), static_lock_class!()),
-            req <- Mutex::new(None, lock_name!("req"), static_lock_class!()),
+            irqs,
+            config <- Mutex::new(None, lock_name!("config"), static_lock_class!()),
             _anchor: anchor,
             name,
             type_version,
         }),
         GFP_KERNEL,
     )?;
+    let (config, has_intx, msi_vectors) = config_space(&core)?;
+    *core.config.lock() = config;
+    core.irqs.declare(has_intx, msi_vectors);
     let setup = migration::check_device(&core)?;
     let flags = setup.map(|(f, _)| f);
     {

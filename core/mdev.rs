@@ -35,7 +35,7 @@ use kernel::sync::{Arc, CondVar, Mutex};
 use kernel::types::Opaque;
 
 use super::bindings;
-use super::device::{self, Device};
+use super::device::{self, Device, Interrupts};
 use super::sysfs::{self, DeviceAttrs, TypeVersion};
 use super::version::{check_written, DefaultRule, VersionBuf, VersionError, VersionRule};
 
@@ -65,8 +65,9 @@ pub trait Driver: Send + Sync + Sized + 'static {
     type Device: Device;
 
     /// Creates the state of a new mdev of type `TYPES[type_index]`. The
-    /// framework has already reserved one of the type's instances.
-    fn create(&self, type_index: usize) -> impl PinInit<Self::Device, Error>;
+    /// framework has already reserved one of the type's instances; `irqs`
+    /// is the new device's interrupts, for it to keep and raise.
+    fn create(&self, type_index: usize, irqs: Interrupts) -> impl PinInit<Self::Device, Error>;
 
     /// The version of type `TYPES[type_index]`'s migration data format,
     /// `(major, minor)`, or `None` if its mdevs do not migrate (then the type
@@ -278,9 +279,9 @@ impl<T: Driver> Registration<T> {
         // SAFETY: `mdev` is valid (see above) and stays bound to us until
         // `remove`, which unregisters the device before it returns.
         let res = unsafe {
-            device::register::<T::Device>(
+            device::register::<T::Device, _>(
                 mdev,
-                parent.data.create(slot.index),
+                |irqs| parent.data.create(slot.index, irqs),
                 slot.version.clone(),
                 anchor,
             )

@@ -32,7 +32,7 @@ use kernel::prelude::*;
 use kernel::sync::Arc;
 
 use super::bindings;
-use super::device::{Core, Device};
+use super::device::{Core, Device, StopCopySize};
 use super::envelope::{
     END_LEN, HEADER_MAX, MAX_RECORD_PAYLOAD, MIN_RECORD_PAYLOAD, RECORD_OVERHEAD,
 };
@@ -334,21 +334,43 @@ impl<D: Device> Ops<D> {
     ) -> c_int {
         // SAFETY: As in `set_state`.
         let core = unsafe { Self::core(vdev) };
-        // Under the state lock, as the uAPI expects of drivers.
+        // Under the state lock, as the uAPI expects of drivers; the save
+        // session's lock comes after it.
         let mig = core.mig.lock();
-        // The vendor's estimate can be anything: saturate rather than wrap.
-        // `max_record` is at least `MIN_RECORD_PAYLOAD` (checked at
-        // registration), so the division is defined.
-        let data = core.dev.stop_copy_size();
-        let records = data.div_ceil(mig.max_record.max(1)).max(1);
-        let size = records
-            .saturating_mul(RECORD_OVERHEAD)
-            .saturating_add(data)
-            .saturating_add(HEADER_MAX + END_LEN);
+        let size = match mig.save() {
+            // What the open session still has to produce.
+            Some(s) => s.stop_copy_size(),
+            // A whole new stop-copy stream.
+            None => {
+                let framework = if core.emulates_config() {
+                    super::stream::CONFIG_RECORD
+                } else {
+                    0
+                };
+                let data = core.dev.stop_copy_size(None);
+                envelope_size(data, mig.max_record, HEADER_MAX + framework)
+            }
+        };
         // SAFETY: The VFIO core passes a valid pointer.
         unsafe { *out = size as c_ulong };
         0
     }
+}
+
+/// The stream bytes that carry the vendor's remaining records (`size`, in
+/// records of at most `max_record` bytes) after `header` bytes (the stream
+/// header if it is still to come, the framework's own records), up to and
+/// including the END record. The vendor's figures can be anything: this
+/// saturates rather than wraps, and `max_record` is at least
+/// `MIN_RECORD_PAYLOAD` (checked at registration), so the division is
+/// defined.
+pub(crate) fn envelope_size(size: StopCopySize, max_record: usize, header: usize) -> usize {
+    let records = size.records.max(size.bytes.div_ceil(max_record.max(1)));
+    records
+        .saturating_mul(RECORD_OVERHEAD)
+        .saturating_add(size.bytes)
+        .saturating_add(header)
+        .saturating_add(END_LEN)
 }
 
 /// `vfio_log_ops` for devices that never write guest memory: dirty logging

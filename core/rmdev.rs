@@ -13,6 +13,8 @@
 //!   ([`device`]),
 //! - VFIO migration v2: the state machine, the data files and
 //!   `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE` ([`migration`]),
+//! - an emulated PCI configuration space for vfio-pci devices
+//!   ([`pci_config`], served by [`device`] and migrated in every stream),
 //! - a `migration_version` attribute on every type and mdev that migrates
 //!   (`sysfs/migration_version.rs`), checked with the same rule as the
 //!   stream header.
@@ -53,8 +55,11 @@ pub mod device;
 pub mod envelope;
 #[path = "logic/src/fsm.rs"]
 pub mod fsm;
+pub mod irq;
 pub mod mdev;
 pub mod migration;
+#[path = "logic/src/pci_config.rs"]
+pub mod pci_config;
 mod stream;
 #[path = "../sysfs/migration_version.rs"]
 mod sysfs;

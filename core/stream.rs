@@ -37,10 +37,17 @@ use kernel::types::{ForeignOwnable, Opaque};
 use kernel::uaccess::{UserSlice, UserSliceReader, UserSliceWriter};
 
 use super::bindings;
-use super::device::{Core, Device, PrecopyInfo, SavePhase, Saved};
+use super::device::{Core, Device, PrecopyInfo, SavePhase, Saved, StopCopySize};
 use super::envelope::{
-    Encoder, EnvelopeError, Parser, Sink, StreamError, END_LEN, HEADER_MAX, RECORD_OVERHEAD,
+    Encoder, EnvelopeError, Parser, Sink, StreamError, END_LEN, FRAMEWORK_TAGS, HEADER_MAX,
+    RECORD_OVERHEAD, TAG_PCI_CONFIG,
 };
+use super::pci_config::CONFIG_SIZE;
+
+/// The stream bytes of the configuration space record.
+pub(crate) const CONFIG_RECORD: usize = RECORD_OVERHEAD + CONFIG_SIZE;
+// A save session's buffer holds at least a header, so it holds this record.
+const _: () = assert!(CONFIG_RECORD <= HEADER_MAX);
 use super::fsm::{State, StepFailure};
 use super::version::VersionError;
 
@@ -82,6 +89,10 @@ trait SaveSource: Send {
     fn next(&mut self, phase: SavePhase, buf: &mut [u8]) -> Result<Saved>;
     /// The vendor's pre-copy progress.
     fn precopy_info(&self) -> PrecopyInfo;
+    /// The vendor's records still needed to complete stop-copy.
+    fn stop_copy_size(&self) -> StopCopySize;
+    /// The device's emulated configuration space, if it has one.
+    fn pci_config(&self) -> Option<[u8; CONFIG_SIZE]>;
     /// The device's name, for messages.
     fn name(&self) -> &str;
 }
@@ -98,6 +109,14 @@ impl<D: Device> SaveSource for DeviceSaveSource<D> {
 
     fn precopy_info(&self) -> PrecopyInfo {
         self.core.dev.precopy_info(&self.state)
+    }
+
+    fn stop_copy_size(&self) -> StopCopySize {
+        self.core.dev.stop_copy_size(Some(&self.state))
+    }
+
+    fn pci_config(&self) -> Option<[u8; CONFIG_SIZE]> {
+        self.core.config.lock().as_ref().map(|c| *c.as_bytes())
     }
 
     fn name(&self) -> &str {
@@ -124,6 +143,15 @@ struct SaveSession {
     /// The error the save failed with: every later read gets it, so a
     /// reader never sees a stream that skips what the device failed to save.
     failed: Option<Error>,
+    /// The vendor said `Done` in stop-copy: only the framework's records
+    /// and the END record are left.
+    vendor_done: bool,
+    /// The configuration space record still to send, taken from the device
+    /// when the vendor is done.
+    config: Option<[u8; CONFIG_SIZE]>,
+    /// Whether the device has an emulated configuration space (for
+    /// estimates before `config` is taken).
+    has_config: bool,
 }
 
 /// What the `VFIO_MIG_GET_PRECOPY_INFO` ioctl needs from the device: the
@@ -156,42 +184,61 @@ impl SaveSession {
         self.tail - self.head
     }
 
-    /// Buffers the next record, or the END record at the end of stop-copy.
+    /// Encodes the record whose payload is at `buf[8..8 + len]` around it.
+    fn buffer_record(&mut self, tag: u16, len: usize, initial: bool) -> Result {
+        let head = self.enc.begin(tag, len).map_err(|_| EIO)?;
+        self.buf[..8].copy_from_slice(&head);
+        self.enc.payload(&self.buf[8..8 + len]).map_err(|_| EIO)?;
+        let crc = self.enc.end_record().map_err(|_| EIO)?;
+        self.buf[8 + len..8 + len + 4].copy_from_slice(&crc);
+        self.head = 0;
+        self.tail = 8 + len + 4;
+        self.buffered_initial = initial;
+        Ok(())
+    }
+
+    /// Buffers the next record: the vendor's, then in stop-copy the
+    /// framework's own (the configuration space) and the END record.
     fn refill(&mut self) -> Result<Refill> {
+        if self.vendor_done {
+            if let Some(config) = self.config.take() {
+                self.buf[8..8 + CONFIG_SIZE].copy_from_slice(&config);
+                self.buffer_record(TAG_PCI_CONFIG, CONFIG_SIZE, false)?;
+                return Ok(Refill::Data);
+            }
+            let end = self.enc.end().map_err(|_| EIO)?;
+            self.buf[..END_LEN].copy_from_slice(&end);
+            self.head = 0;
+            self.tail = END_LEN;
+            self.ended = true;
+            self.buffered_initial = false;
+            return Ok(Refill::Data);
+        }
         let initial = self.phase == SavePhase::PreCopy && self.src.precopy_info().initial_bytes > 0;
         // The vendor gets exactly its declared largest record: the buffer
         // may be longer (it also holds the header), but a target sizes its
         // record buffer by `max_record()`, so nothing longer may go out.
         let max = self.max_record;
-        let (head, rest) = self.buf.split_at_mut(8);
-        match self.src.next(self.phase, &mut rest[..max])? {
+        match self.src.next(self.phase, &mut self.buf[8..8 + max])? {
             Saved::Record { tag, len } => {
-                if len == 0 || len > max {
+                if len == 0 || len > max || tag >= FRAMEWORK_TAGS {
                     warn_ratelimited!(
-                        "{}: the device saved a record of {} bytes (1 to {} allowed); the save fails\n",
+                        "{}: the device saved a record of {} bytes (1 to {} allowed) with tag {:#x} (below {:#x} allowed); the save fails\n",
                         self.src.name(),
                         len,
-                        max
+                        max,
+                        tag,
+                        FRAMEWORK_TAGS
                     );
                     return Err(EIO);
                 }
-                head.copy_from_slice(&self.enc.begin(tag, len).map_err(|_| EIO)?);
-                self.enc.payload(&rest[..len]).map_err(|_| EIO)?;
-                let crc = self.enc.end_record().map_err(|_| EIO)?;
-                rest[len..len + 4].copy_from_slice(&crc);
-                self.head = 0;
-                self.tail = 8 + len + 4;
-                self.buffered_initial = initial;
+                self.buffer_record(tag, len, initial)?;
                 Ok(Refill::Data)
             }
             Saved::Done if self.phase == SavePhase::StopCopy => {
-                let end = self.enc.end().map_err(|_| EIO)?;
-                self.buf[..END_LEN].copy_from_slice(&end);
-                self.head = 0;
-                self.tail = END_LEN;
-                self.ended = true;
-                self.buffered_initial = false;
-                Ok(Refill::Data)
+                self.vendor_done = true;
+                self.config = self.src.pci_config();
+                self.refill()
             }
             // A device with nothing left in pre-copy, or still busy.
             Saved::Done | Saved::Later if self.phase == SavePhase::PreCopy => Ok(Refill::Later),
@@ -242,6 +289,20 @@ impl SaveSession {
         }
         let info = self.src.precopy_info();
         info.initial_bytes > 0 || info.dirty_bytes > 0
+    }
+
+    /// The stream bytes still to be read to complete stop-copy: what is
+    /// buffered, then the vendor's remaining records and the END record.
+    fn stop_copy_size(&self) -> usize {
+        let rest = if self.ended || self.failed.is_some() {
+            0
+        } else if self.vendor_done {
+            self.config.map_or(0, |_| CONFIG_RECORD) + END_LEN
+        } else {
+            let config = if self.has_config { CONFIG_RECORD } else { 0 };
+            super::migration::envelope_size(self.src.stop_copy_size(), self.max_record, config)
+        };
+        self.buffered().saturating_add(rest)
     }
 
     fn precopy_info(&self) -> PrecopyInfo {
@@ -307,6 +368,9 @@ impl SaveStream {
             ended: false,
             max_record,
             failed: None,
+            vendor_done: false,
+            config: None,
+            has_config: core.emulates_config(),
         };
         let stream = Arc::pin_init(
             pin_init!(Self {
@@ -322,6 +386,12 @@ impl SaveStream {
             true,
         )?;
         Ok((stream, file))
+    }
+
+    /// The stream bytes still needed to complete stop-copy (0 once the
+    /// session ended).
+    pub(crate) fn stop_copy_size(&self) -> usize {
+        self.inner.lock().as_ref().map_or(0, |s| s.stop_copy_size())
     }
 
     /// Switches the session to stop-copy (PRE_COPY* to STOP_COPY).
@@ -417,6 +487,15 @@ impl<D: Device> LoadTarget for DeviceLoadTarget<D> {
     }
 
     fn record(&mut self, tag: u16, payload: &[u8]) -> Result {
+        if tag >= FRAMEWORK_TAGS {
+            // The framework's own records; a device without an emulated
+            // configuration space cannot take one.
+            let mut config = self.core.config.lock();
+            return match (tag, config.as_mut()) {
+                (TAG_PCI_CONFIG, Some(c)) => c.restore(payload).map_err(|_| EINVAL),
+                _ => Err(EINVAL),
+            };
+        }
         let state = self.state.as_mut().ok_or(EINVAL)?;
         self.core.dev.load(state, tag, payload)
     }
@@ -545,7 +624,13 @@ impl ResumeStream {
         core: &Arc<Core<D>>,
         max_record: usize,
     ) -> Result<(Arc<Self>, *mut bindings::file)> {
-        let record_buf = KVVec::from_elem(0u8, max_record, GFP_KERNEL)?;
+        // Room for the framework's configuration space record too.
+        let room = if core.emulates_config() {
+            max_record.max(CONFIG_SIZE)
+        } else {
+            max_record
+        };
+        let record_buf = KVVec::from_elem(0u8, room, GFP_KERNEL)?;
         let bounce = KVVec::from_elem(0u8, WRITE_CHUNK, GFP_KERNEL)?;
         let state = core.dev.load_open()?;
         let target = box_dyn!(

@@ -7,14 +7,16 @@
 //!
 //! - BAR0 (region 0): 32 bytes of 32-bit registers, see [`reg`];
 //! - BAR2 (region 2): the device memory, 16 KiB to 256 MiB by type;
-//! - config space (region 7): read-only identity.
+//! - config space (region 7): emulated by the framework from
+//!   [`Device::pci_config`], with BAR sizing, command and status.
 //!
 //! It migrates: the memory tracks which pages changed since they were last
 //! saved, so pre-copy sends the whole memory once and then only the dirtied
 //! pages, and stop-copy sends what is left plus the registers. The flag set
 //! comes from the `migration_flags` module parameter (any of the four the
 //! uAPI defines, or 0 for none), the data format's major version from
-//! `format_version`.
+//! `format_version` (read at load time for the types, and again at each
+//! mdev's creation: an mdev created after it changed has its own version).
 //!
 //! Stream records (payloads are little-endian):
 //!
@@ -28,10 +30,13 @@ use kernel::prelude::*;
 use kernel::sync::Mutex;
 use kernel::{c_str, new_mutex};
 
-use rmdev::device::{region, Device, PrecopyInfo, Region, SavePhase, Saved};
+use rmdev::device::{
+    region, BarKind, Device, Identity, Interrupts, PciConfig, PrecopyInfo, Region, SavePhase,
+    Saved, StopCopySize,
+};
 use rmdev::fsm::{FlagSet, StateArc, StepFailure};
 use rmdev::mdev::{self, Parent, Registration, TypeInfo};
-use rmdev::version::{DefaultRule, VersionRule};
+use rmdev::version::{DefaultRule, VersionBuf, VersionRule};
 
 module! {
     type: SampleModule,
@@ -55,7 +60,8 @@ pub mod reg {
     /// Read-write scratch register.
     pub const SCRATCH: u64 = 0x10;
     /// Write-only: writing [`CMD_CHECKSUM`](super::CMD_CHECKSUM) computes the
-    /// CRC-32C of the memory into CHECKSUM; writing
+    /// CRC-32C of the memory into CHECKSUM and raises the device's interrupt
+    /// (MSI vector 0, or INTx); writing
     /// [`CMD_LOSE_NEXT_ARC`](super::CMD_LOSE_NEXT_ARC) makes the next
     /// migration arc fail and lose the device state (fault injection, for
     /// testing the ERROR state); writing
@@ -153,17 +159,37 @@ impl mdev::Driver for Sample {
     ];
     type Device = SampleDevice;
 
-    fn create(&self, type_index: usize) -> impl PinInit<SampleDevice, Error> {
+    fn create(&self, type_index: usize, irqs: Interrupts) -> impl PinInit<SampleDevice, Error> {
         let size = SIZES[type_index];
         let memory = Memory::new(size);
         let flags = self.flags;
-        let format = self.format;
         let max_record = self.max_record;
+        // The format of new mdevs follows the `format_version` parameter,
+        // which may have changed since the module was loaded (for tests of
+        // incompatible targets); the device then has its own version string.
+        let format = u16::try_from(params::format_version())
+            .ok()
+            .filter(|&f| f > 0)
+            .ok_or(EINVAL);
+        let version = format.and_then(|f| {
+            if f == self.format {
+                return Ok(None);
+            }
+            let ty = Self::TYPES[type_index]
+                .sysfs_name
+                .to_str()
+                .map_err(|_| EINVAL)?;
+            VersionBuf::new("rmdev_sample", ty, f, 0)
+                .map(Some)
+                .map_err(|_| EINVAL)
+        });
         try_pin_init!(SampleDevice {
             size,
             max_record,
+            irqs,
             flags,
-            format,
+            format: format?,
+            version: version?,
             mem <- new_mutex!(memory?, "rmdev_sample:mem"),
         })
     }
@@ -230,6 +256,25 @@ impl Memory {
         self.dirty[page / 64] & (1 << (page % 64)) != 0
     }
 
+    /// The dirty pages below `end` and the records the save sends them in
+    /// (runs of at most `per_record` pages).
+    fn dirty_runs(&self, end: usize, per_record: usize) -> (usize, usize) {
+        let (mut pages, mut records, mut run) = (0, 0, 0);
+        for p in 0..end {
+            if self.is_dirty(p) {
+                if run == 0 || run == per_record {
+                    records += 1;
+                    run = 0;
+                }
+                run += 1;
+                pages += 1;
+            } else {
+                run = 0;
+            }
+        }
+        (pages, records)
+    }
+
     fn dirty_below(&self, end: usize) -> usize {
         (0..end).filter(|&p| self.is_dirty(p)).count()
     }
@@ -262,6 +307,11 @@ impl Memory {
 #[pin_data]
 struct SampleDevice {
     size: usize,
+    /// The device's own `migration_version`, if its format is not the
+    /// type's.
+    version: Option<VersionBuf>,
+    /// Raised when a checksum command completes.
+    irqs: Interrupts,
     /// The `max_record` parameter (0: the default).
     max_record: usize,
     flags: Option<FlagSet>,
@@ -307,6 +357,9 @@ impl SampleDevice {
             reg::SCRATCH => m.scratch = value,
             reg::CMD if value == CMD_CHECKSUM => {
                 m.checksum = rmdev::crc32c::Crc32c::new().update(&m.bytes).value();
+                // The command completed: tell the driver (MSI or INTx,
+                // whichever the user enabled).
+                self.irqs.raise();
             }
             reg::CMD if value == CMD_LOSE_NEXT_ARC => m.next_arc = ArcFault::Lose,
             reg::CMD if value == CMD_FAIL_NEXT_ARC => m.next_arc = ArcFault::Fail,
@@ -314,16 +367,6 @@ impl SampleDevice {
             _ => return Err(EINVAL),
         }
         Ok(())
-    }
-
-    /// PCI config space: a vendor/device ID and an "other" class code.
-    fn config(&self, offset: u64, buf: &mut [u8]) {
-        let mut cfg = [0u8; 256];
-        cfg[0..2].copy_from_slice(&0x1b36u16.to_le_bytes());
-        cfg[2..4].copy_from_slice(&0x10f0u16.to_le_bytes());
-        cfg[0x0b] = 0xff;
-        let at = offset as usize;
-        buf.copy_from_slice(&cfg[at..at + buf.len()]);
     }
 }
 
@@ -341,11 +384,6 @@ impl Device for SampleDevice {
         match index {
             region::BAR0 => Region::read_write(reg::SIZE),
             region::BAR2 => Region::read_write(self.size as u64),
-            region::CONFIG => Region {
-                size: 256,
-                readable: true,
-                writable: false,
-            },
             _ => Region::NONE,
         }
     }
@@ -359,10 +397,6 @@ impl Device for SampleDevice {
             region::BAR2 => {
                 let at = offset as usize;
                 buf.copy_from_slice(&self.mem.lock().bytes[at..at + buf.len()]);
-                Ok(())
-            }
-            region::CONFIG => {
-                self.config(offset, buf);
                 Ok(())
             }
             _ => Err(EINVAL),
@@ -384,6 +418,34 @@ impl Device for SampleDevice {
             }
             _ => Err(EINVAL),
         }
+    }
+
+    fn pci_config(&self) -> Option<PciConfig> {
+        // The framework emulates the configuration space from this: a
+        // vendor-specific ("other") function with the registers as a 32-bit
+        // BAR0 and the memory as a 64-bit prefetchable BAR2 (regions 0 and
+        // 2; their sizes come from `region`), INTA# and one MSI vector.
+        Some(PciConfig {
+            identity: Identity {
+                vendor: 0x1b36,
+                device: 0x10f0,
+                revision: 1,
+                class: 0xff_0000,
+                subsystem_vendor: 0x1b36,
+                subsystem: 0x0001,
+                interrupt_pin: 1,
+            },
+            bars: [
+                Some(BarKind::Mem32),
+                None,
+                Some(BarKind::Mem64 { prefetchable: true }),
+                None,
+                None,
+                None,
+            ],
+            capabilities: &[],
+            msi_vectors: 1,
+        })
     }
 
     fn open(&self) -> Result {
@@ -411,9 +473,9 @@ impl Device for SampleDevice {
     }
 
     fn version(&self) -> Option<&str> {
-        // No instance settings: the type's string (from `migration_format`)
-        // is the device's.
-        None
+        // The type's string (from `migration_format`), unless the format
+        // parameter changed before this mdev was created.
+        self.version.as_ref().map(|v| v.as_str())
     }
 
     fn version_rule(&self) -> &dyn VersionRule {
@@ -469,10 +531,26 @@ impl Device for SampleDevice {
         }
     }
 
-    fn stop_copy_size(&self) -> usize {
+    fn stop_copy_size(&self, session: Option<&SampleSave>) -> StopCopySize {
+        let m = self.mem.lock();
+        let pages = m.pages();
         let per_record = (self.max_record().saturating_sub(8) / PAGE).clamp(1, RECORD_PAGES);
-        let records = (self.size / PAGE).div_ceil(per_record);
-        self.size + records * 8 + REGS_LEN
+        // Without a session, everything; with one, the pages the first pass
+        // has not reached, the runs dirtied behind it, and the registers.
+        let (cursor, regs) = match session {
+            None => (0, true),
+            Some(s) => (s.cursor.min(pages), !s.regs_sent),
+        };
+        let (dirty, dirty_records) = m.dirty_runs(cursor, per_record);
+        let first = pages - cursor;
+        let left = first + dirty;
+        let records = first.div_ceil(per_record) + dirty_records + usize::from(regs);
+        StopCopySize {
+            bytes: left * PAGE
+                + (records - usize::from(regs)) * 8
+                + if regs { REGS_LEN } else { 0 },
+            records,
+        }
     }
 
     fn save_open(&self) -> Result<SampleSave> {

@@ -12,9 +12,9 @@ MODULE_PARM_DESC(migration_flags,
 		 "VFIO migration flag set: 1 (STOP_COPY), 3 (+P2P), 5 (+PRE_COPY), 7 (all, default), 0 (no migration)");
 
 static unsigned int format_version = 1;
-module_param(format_version, uint, 0444);
+module_param(format_version, uint, 0644);
 MODULE_PARM_DESC(format_version,
-		 "Major version of the sample's migration data format (1 to 65535, default 1)");
+		 "Major version of the sample's migration data format (1 to 65535, default 1); a change applies to mdevs created afterwards");
 
 static unsigned int max_record;
 module_param(max_record, uint, 0444);

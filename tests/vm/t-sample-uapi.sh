@@ -15,7 +15,8 @@ for flags in 1 3 5 7; do
 	load_sample migration_flags=$flags
 	"$VM_TEST" --flags $flags features fsm data-files migrate bad-streams reset \
 		close-mid-session remove-in-use bad-ioctls session-ends resume-finish \
-		data-size oversize-record cdev rmmod-in-use || fail "flag set $flags"
+		data-size oversize-record cdev rmmod-in-use config interrupts precopy-data-size ||
+		fail "flag set $flags"
 	unload_sample
 done
 load_sample migration_flags=7
@@ -23,7 +24,7 @@ load_sample migration_flags=7
 # Lock classes carry the vendor module's name, so a lockdep report says
 # which vendor it is about (the classes go with the module: check before
 # unloading, after a migration used them all).
-for lock in state waker req save resume save_wq; do
+for lock in state waker irq config save resume save_wq; do
 	grep -q " rmdev_sample:$lock\$" /proc/lockdep || fail "no lock class rmdev_sample:$lock in /proc/lockdep"
 done
 unload_sample

@@ -59,6 +59,12 @@ pub const END_PAYLOAD: usize = 8;
 /// The smallest largest-record size a device may declare: a receiver with a
 /// smaller record buffer could not take the END record.
 pub const MIN_RECORD_PAYLOAD: usize = END_PAYLOAD;
+/// DATA record tags from this one up are the framework's own records, which
+/// it writes and reads itself; vendor tags are below it.
+pub const FRAMEWORK_TAGS: u16 = 0xff00;
+/// Framework record: the device's emulated PCI configuration space (256
+/// bytes), written after the vendor's last record.
+pub const TAG_PCI_CONFIG: u16 = 0xff00;
 /// The encoded END record's length.
 pub const END_LEN: usize = RECORD_OVERHEAD + END_PAYLOAD;
 

@@ -16,6 +16,8 @@
 //!   strings written by userspace, and the compatibility rule shared by sysfs
 //!   and the stream.
 //! - [`crc32c`]: the checksum the envelope uses.
+//! - [`pci_config`]: an emulated PCI configuration space (identity, BAR
+//!   sizing, command and status, capabilities) for vfio-pci mdevs.
 //!
 //! Modules refer to each other through `super::` so that they work both as this
 //! crate and as modules of the kernel crate.
@@ -25,4 +27,5 @@
 pub mod crc32c;
 pub mod envelope;
 pub mod fsm;
+pub mod pci_config;
 pub mod version;

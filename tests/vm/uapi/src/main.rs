@@ -880,10 +880,11 @@ fn t_bad_ioctls(flags: FlagSet) -> TestResult {
         dinfo[2],
         dinfo[3]
     );
-    // GET_IRQ_INFO as vfio-pci answers for a conventional PCI function:
-    // (index, flags EVENTFD|MASKABLE|AUTOMASKED or EVENTFD|NORESIZE, count).
+    // GET_IRQ_INFO as vfio-pci answers for a conventional PCI function with
+    // INTA# and one MSI vector: (index, flags EVENTFD|MASKABLE|AUTOMASKED
+    // or EVENTFD|NORESIZE, count).
     for (index, want_flags, want_count) in
-        [(0u32, 0x7u32, 0u32), (1, 0x9, 0), (2, 0x9, 0), (4, 0x9, 1)]
+        [(0u32, 0x7u32, 1u32), (1, 0x9, 1), (2, 0x9, 0), (4, 0x9, 1)]
     {
         let mut irq = [16u32, 0, index, 0];
         // SAFETY: A 16-byte buffer for GET_IRQ_INFO.
@@ -944,9 +945,14 @@ fn t_bad_ioctls(flags: FlagSet) -> TestResult {
         "absent region 1"
     );
     expect_errno!(
-        dev.write_at(7, 0, &big[..4]),
+        dev.write_at(7, 253, &big[..4]),
         libc::EINVAL,
-        "write to config space"
+        "write past the config space"
+    );
+    expect_errno!(
+        dev.read_at(7, 256, &mut big[..1]),
+        libc::EINVAL,
+        "read past the config space"
     );
     let (flags_r, size, off) = ctx(dev.region(vfio::BAR2), "region 2")?;
     ensure!(
@@ -1005,12 +1011,17 @@ fn set_irqs_like_vfio_pci(dev: &Device) -> TestResult {
     expect_errno!(
         dev.set_irqs(0, NONE | TRIG, 0, 0, &[]),
         libc::EINVAL,
-        "disable INTx (count 0)"
+        "disable INTx while it is off"
     );
     expect_errno!(
-        dev.set_irqs(1, EFD | TRIG, 0, 1, &(-1i32).to_ne_bytes()),
+        dev.set_irqs(2, EFD | TRIG, 0, 1, &(-1i32).to_ne_bytes()),
         libc::EINVAL,
-        "MSI (count 0)"
+        "MSI-X (count 0)"
+    );
+    expect_errno!(
+        dev.set_irqs(1, NONE | MASK, 0, 1, &[]),
+        libc::ENOTTY,
+        "mask MSI"
     );
     expect_errno!(
         dev.set_irqs(req, NONE | MASK, 0, 1, &[]),
@@ -1507,6 +1518,301 @@ fn t_rmmod_in_use(flags: FlagSet) -> TestResult {
     Ok(())
 }
 
+/// The emulated configuration space through VFIO, as the PCI
+/// specification says a function answers: identity, BAR sizing consistent
+/// with the region sizes, ROM, command, capability list, writes of any size
+/// consuming their count, reset, and migration.
+fn t_config(flags: FlagSet) -> TestResult {
+    let (ms, mt) = (Mdev::create(TYPES[1].0)?, Mdev::create(TYPES[1].0)?);
+    let (src, dst) = (ms.open()?, mt.open()?);
+    let (rflags, rsize, _) = ctx(src.region(vfio::CONFIG), "region 7")?;
+    ensure!(
+        rflags & 3 == 3 && rsize == 256,
+        "config region: flags {rflags:#x} size {rsize}"
+    );
+    let c = |off| {
+        src.config32(off)
+            .map_err(|e| format!("config {off:#x}: {e}"))
+    };
+    ensure!(c(0x00)? == 0x10f0_1b36, "vendor/device {:#x}", c(0x00)?);
+    ensure!(c(0x08)? >> 8 == 0xff_0000, "class {:#x}", c(0x08)?);
+    ensure!(
+        c(0x3c)? & 0xff00 == 0x0100,
+        "interrupt pin: {:#x}",
+        c(0x3c)?
+    );
+    ensure!(c(0x04)? >> 16 & 0x10 != 0, "no capability list bit");
+    let cap = (c(0x34)? & 0xff) as u64;
+    ensure!(
+        cap >= 0x40 && c(cap)? & 0xff == 0x05,
+        "first capability at {cap:#x} is not MSI"
+    );
+    // Size probing, against the region sizes VFIO reports.
+    let bar0 = ctx(src.region(vfio::BAR0), "region 0")?.1;
+    let bar2 = ctx(src.region(vfio::BAR2), "region 2")?.1;
+    for bar in 0..6 {
+        ctx(src.set_config32(0x10 + 4 * bar, 0xffff_ffff), "probe BAR")?;
+    }
+    let want0 = !(bar0 as u32 - 1) & 0xffff_fff0;
+    let want2 = (!(bar2 - 1) as u32 & 0xffff_fff0) | 0xc;
+    let want2_hi = (!(bar2 - 1) >> 32) as u32;
+    let got = [c(0x10)?, c(0x14)?, c(0x18)?, c(0x1c)?, c(0x20)?, c(0x24)?];
+    ensure!(
+        got == [want0, 0, want2, want2_hi, 0, 0],
+        "BAR probe {got:x?}, expected {:x?} for regions of {bar0} and {bar2} bytes",
+        [want0, 0, want2, want2_hi, 0, 0]
+    );
+    ctx(src.set_config32(0x30, 0xffff_f800), "probe ROM")?;
+    ensure!(c(0x30)? == 0, "ROM BAR reads {:#x}", c(0x30)?);
+    // Command: memory, master, parity, SERR and INTx disable are writable.
+    ctx(
+        src.write_at(vfio::CONFIG, 4, &0xffffu16.to_le_bytes()),
+        "write command",
+    )?;
+    ensure!(
+        c(0x04)? & 0xffff == 0x0546,
+        "command {:#x}",
+        c(0x04)? & 0xffff
+    );
+    // Writes of any size at any offset consume their whole count (the
+    // read-only bytes stay).
+    for (off, len) in [(0u64, 256usize), (1, 3), (0x3d, 1), (0x0e, 2), (0xff, 1)] {
+        let n = ctx(
+            vfio::pwrite(&src, vfio::CONFIG, off, &vec![0u8; len]),
+            "config write",
+        )?;
+        ensure!(n == len, "write of {len} at {off:#x} took {n}");
+    }
+    ensure!(c(0x00)? == 0x10f0_1b36, "identity changed by writes");
+    // A function reset restores the reset values.
+    ctx(src.set_config32(0x10, 0xfebf_0000), "program BAR0")?;
+    ctx(src.reset(), "reset")?;
+    ensure!(
+        c(0x10)? == 0 && c(0x04)? & 0xffff == 0,
+        "after reset: BAR0 {:#x} command {:#x}",
+        c(0x10)?,
+        c(0x04)? & 0xffff
+    );
+    // The configuration migrates with the device.
+    ctx(src.set_config32(0x10, 0xfebf_0000), "program BAR0")?;
+    ctx(src.set_config32(0x18, 0xe000_000c), "program BAR2")?;
+    ctx(
+        src.write_at(vfio::CONFIG, 4, &0x0006u16.to_le_bytes()),
+        "enable memory and master",
+    )?;
+    ctx(src.write_at(vfio::CONFIG, 0x3c, &[10]), "interrupt line")?;
+    let stream = save(&src, flags, ms.size())?;
+    resume(&dst, &stream, 1 << 20)?;
+    let mut want = [0u8; 256];
+    let mut got = [0u8; 256];
+    ctx(
+        src.read_at(vfio::CONFIG, 0, &mut want),
+        "read source config",
+    )?;
+    ctx(dst.read_at(vfio::CONFIG, 0, &mut got), "read target config")?;
+    ensure!(
+        got == want,
+        "target config differs from the source's from byte {:#x}",
+        got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(0)
+    );
+    Ok(())
+}
+
+/// INTx and MSI as vfio-pci delivers them: the sample raises its interrupt
+/// when a checksum command completes.
+fn t_interrupts(flags: FlagSet) -> TestResult {
+    use vfio::{
+        IRQ_SET_ACTION_MASK as MASK, IRQ_SET_ACTION_TRIGGER as TRIG,
+        IRQ_SET_ACTION_UNMASK as UNMASK, IRQ_SET_DATA_EVENTFD as EFD, IRQ_SET_DATA_NONE as NONE,
+    };
+    const INTX: u32 = 0;
+    const MSI: u32 = 1;
+    let m = Mdev::create(TYPES[0].0)?;
+    let dev = m.open()?;
+    let checksum = || {
+        dev.write_reg(REG_CMD, 1)
+            .map_err(|e| format!("checksum: {e}"))
+    };
+    let (intx, msi) = (new_eventfd()?, new_eventfd()?);
+    // Nothing enabled: raising is silent.
+    checksum()?;
+    ctx(
+        dev.set_irqs(INTX, EFD | TRIG, 0, 1, &intx.as_raw_fd().to_ne_bytes()),
+        "enable INTx",
+    )?;
+    ensure!(eventfd_take(&intx)? == 0, "INTx fired on enable");
+    checksum()?;
+    ensure!(eventfd_take(&intx)? == 1, "INTx did not fire");
+    // Auto-masked until the user unmasks; raised meanwhile, it is pending.
+    checksum()?;
+    ensure!(eventfd_take(&intx)? == 0, "INTx fired while auto-masked");
+    ctx(dev.set_irqs(INTX, NONE | UNMASK, 0, 1, &[]), "unmask")?;
+    ensure!(
+        eventfd_take(&intx)? == 1,
+        "pending INTx did not fire on unmask"
+    );
+    ctx(dev.set_irqs(INTX, NONE | UNMASK, 0, 1, &[]), "unmask")?;
+    ctx(dev.set_irqs(INTX, NONE | MASK, 0, 1, &[]), "mask")?;
+    checksum()?;
+    ensure!(eventfd_take(&intx)? == 0, "INTx fired while masked");
+    ctx(dev.set_irqs(INTX, NONE | UNMASK, 0, 1, &[]), "unmask")?;
+    ensure!(
+        eventfd_take(&intx)? == 1,
+        "INTx raised while masked is lost"
+    );
+    expect_errno!(
+        dev.set_irqs(INTX, EFD | MASK, 0, 1, &intx.as_raw_fd().to_ne_bytes()),
+        libc::ETIMEDOUT,
+        "mask through an eventfd"
+    );
+    // INTx and MSI exclude each other.
+    expect_errno!(
+        dev.set_irqs(MSI, EFD | TRIG, 0, 1, &msi.as_raw_fd().to_ne_bytes()),
+        libc::EINVAL,
+        "MSI while INTx is enabled"
+    );
+    ctx(dev.set_irqs(INTX, NONE | TRIG, 0, 0, &[]), "disable INTx")?;
+    expect_errno!(
+        dev.set_irqs(INTX, NONE | UNMASK, 0, 1, &[]),
+        libc::EINVAL,
+        "unmask with INTx off"
+    );
+    ctx(
+        dev.set_irqs(MSI, EFD | TRIG, 0, 1, &msi.as_raw_fd().to_ne_bytes()),
+        "enable MSI",
+    )?;
+    checksum()?;
+    ensure!(eventfd_take(&msi)? == 1, "MSI did not fire");
+    ensure!(eventfd_take(&intx)? == 0, "INTx fired with MSI enabled");
+    checksum()?;
+    ensure!(eventfd_take(&msi)? == 1, "MSI is not edge-triggered");
+    ctx(dev.set_irqs(MSI, NONE | TRIG, 0, 1, &[]), "MSI loopback")?;
+    ensure!(eventfd_take(&msi)? == 1, "MSI loopback did not fire");
+    ctx(dev.set_irqs(MSI, NONE | TRIG, 0, 0, &[]), "disable MSI")?;
+    checksum()?;
+    ensure!(eventfd_take(&msi)? == 0, "MSI fired after disable");
+    expect_errno!(
+        dev.set_irqs(MSI, NONE | TRIG, 0, 0, &[]),
+        libc::EINVAL,
+        "disable MSI while it is off"
+    );
+    // Closing the device releases the eventfds.
+    ctx(
+        dev.set_irqs(INTX, EFD | TRIG, 0, 1, &intx.as_raw_fd().to_ne_bytes()),
+        "enable INTx again",
+    )?;
+    drop(dev);
+    let dev = m.open()?;
+    dev.write_reg(REG_CMD, 1)
+        .map_err(|e| format!("checksum: {e}"))?;
+    ensure!(
+        eventfd_take(&intx)? == 0,
+        "INTx fired after the device was closed"
+    );
+    let _ = flags;
+    Ok(())
+}
+
+/// `MIG_DATA_SIZE` during pre-copy: once the initial image is read, only
+/// what changed since, the final records and the end are left, and the
+/// stop-copy stream that follows fits the figure.
+fn t_precopy_data_size(flags: FlagSet) -> TestResult {
+    if !flags.supports(State::PreCopy) {
+        return Ok(());
+    }
+    let m = Mdev::create(TYPES[1].0)?;
+    let dev = m.open()?;
+    let fd = ctx(dev.set_state(State::PreCopy.raw()), "SET PRE_COPY")?.ok_or("no FD")?;
+    let start = ctx(dev.data_size(), "MIG_DATA_SIZE at the start")?;
+    ensure!(
+        start as usize > m.size(),
+        "MIG_DATA_SIZE {start} before pre-copy sent anything"
+    );
+    let mut stream = Vec::new();
+    read_precopy(&fd, &mut stream)?;
+    let converged = ctx(dev.data_size(), "MIG_DATA_SIZE after pre-copy")?;
+    ensure!(
+        converged < 1024,
+        "MIG_DATA_SIZE {converged} after pre-copy sent everything"
+    );
+    for page in [3u64, 200, 700] {
+        ctx(
+            dev.write_at(vfio::BAR2, page * PAGE as u64, b"dirty"),
+            "dirty a page",
+        )?;
+    }
+    let dirty = ctx(dev.data_size(), "MIG_DATA_SIZE after 3 dirty pages")?;
+    ensure!(
+        dirty >= converged + 3 * PAGE as u64 && dirty < converged + 4 * PAGE as u64,
+        "MIG_DATA_SIZE {dirty} after dirtying 3 pages (converged: {converged})"
+    );
+    if flags.supports(State::PreCopyP2p) {
+        ctx(dev.set_state(State::PreCopyP2p.raw()), "SET PRE_COPY_P2P")?;
+    }
+    ctx(dev.set_state(State::StopCopy.raw()), "SET STOP_COPY")?;
+    let before = stream.len();
+    read_to_eof(&fd, &mut stream)?;
+    let rest = (stream.len() - before) as u64;
+    ensure!(
+        rest <= dirty && dirty - rest <= 512,
+        "stop-copy sent {rest} bytes; MIG_DATA_SIZE said {dirty}"
+    );
+    println!("  {flags}: MIG_DATA_SIZE {start} -> {converged} after pre-copy -> {dirty} with 3 dirty pages; stop-copy sent {rest}");
+    Ok(())
+}
+
+/// The BAR2 size of an existing mdev, from VFIO.
+fn bar2_size(dev: &Device) -> Result<usize, String> {
+    Ok(ctx(dev.region(vfio::BAR2), "region 2")?.1 as usize)
+}
+
+/// `fill UUID SEED`: writes a pattern over an mdev's whole memory.
+fn fill(uuid: &str, seed: &str) -> TestResult {
+    let seed: u64 = seed.parse().map_err(|e| format!("seed: {e}"))?;
+    let dev = ctx(Device::open(uuid), &format!("open {uuid}"))?;
+    let size = bar2_size(&dev)?;
+    ctx(
+        dev.write_at(vfio::BAR2, 0, &pattern(seed, size)),
+        "write BAR2",
+    )
+}
+
+/// `compare UUID UUID`: the two mdevs' memories are equal.
+fn compare(a: &str, b: &str) -> TestResult {
+    let (da, db) = (
+        ctx(Device::open(a), &format!("open {a}"))?,
+        ctx(Device::open(b), &format!("open {b}"))?,
+    );
+    let (sa, sb) = (bar2_size(&da)?, bar2_size(&db)?);
+    ensure!(sa == sb, "sizes differ: {sa} and {sb}");
+    let (ma, mb) = (read_memory(&da, sa)?, read_memory(&db, sb)?);
+    if let Some(at) = ma.iter().zip(&mb).position(|(x, y)| x != y) {
+        return Err(format!("memories differ from byte {at}"));
+    }
+    println!("  {a} and {b}: {sa} bytes of memory, equal");
+    Ok(())
+}
+
+/// `compare-pattern UUID SEED`: the mdev's memory is still what `fill`
+/// wrote.
+fn compare_pattern(uuid: &str, seed: &str) -> TestResult {
+    let seed: u64 = seed.parse().map_err(|e| format!("seed: {e}"))?;
+    let dev = ctx(Device::open(uuid), &format!("open {uuid}"))?;
+    let size = bar2_size(&dev)?;
+    let mem = read_memory(&dev, size)?;
+    if let Some(at) = mem
+        .iter()
+        .zip(&pattern(seed, size))
+        .position(|(x, y)| x != y)
+    {
+        return Err(format!(
+            "{uuid}: memory differs from the pattern from byte {at}"
+        ));
+    }
+    println!("  {uuid}: {size} bytes of memory intact");
+    Ok(())
+}
+
 /// `refuse-many N`: N streams refused at their first bytes, for the rate
 /// limit of the kernel's messages.
 fn refuse_many(n: usize) -> TestResult {
@@ -1545,6 +1851,9 @@ const TESTS: &[(&str, Test)] = &[
     ("small-records", t_small_records),
     ("cdev", t_cdev),
     ("rmmod-in-use", t_rmmod_in_use),
+    ("config", t_config),
+    ("interrupts", t_interrupts),
+    ("precopy-data-size", t_precopy_data_size),
 ];
 
 fn main() {
@@ -1585,6 +1894,9 @@ fn main() {
     let tool = match names.as_slice() {
         ["save-stream", ty, file] => Some(save_stream(flags, ty, file)),
         ["load-stream", ty, file] => Some(load_stream(ty, file)),
+        ["fill", uuid, seed] => Some(fill(uuid, seed)),
+        ["compare", a, b] => Some(compare(a, b)),
+        ["compare-pattern", uuid, seed] => Some(compare_pattern(uuid, seed)),
         ["refuse-many", n] => Some(n.parse().map_err(|e| format!("{e}")).and_then(refuse_many)),
         _ => None,
     };

@@ -45,6 +45,7 @@ pub(crate) const FEATURE_MIG_DATA_SIZE: u32 = 9;
 pub(crate) const IRQ_SET_DATA_NONE: u32 = 1;
 pub(crate) const IRQ_SET_DATA_BOOL: u32 = 1 << 1;
 pub(crate) const IRQ_SET_ACTION_MASK: u32 = 1 << 3;
+pub(crate) const IRQ_SET_ACTION_UNMASK: u32 = 1 << 4;
 pub(crate) const IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
 pub(crate) const IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
 pub(crate) const REQ_IRQ_INDEX: u32 = 4;
@@ -52,6 +53,7 @@ pub(crate) const REQ_IRQ_INDEX: u32 = 4;
 /// Region indexes of the sample (vfio-pci layout).
 pub(crate) const BAR0: u32 = 0;
 pub(crate) const BAR2: u32 = 2;
+pub(crate) const CONFIG: u32 = 7;
 
 fn errno() -> io::Error {
     io::Error::last_os_error()
@@ -254,6 +256,18 @@ impl Device {
         self.write_at(BAR0, offset, &value.to_le_bytes())
     }
 
+    /// A 32-bit read of the configuration space.
+    pub(crate) fn config32(&self, offset: u64) -> io::Result<u32> {
+        let mut b = [0u8; 4];
+        self.read_at(CONFIG, offset, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// A 32-bit write of the configuration space.
+    pub(crate) fn set_config32(&self, offset: u64, value: u32) -> io::Result<()> {
+        self.write_at(CONFIG, offset, &value.to_le_bytes())
+    }
+
     /// `VFIO_DEVICE_SET_IRQS` on the request index with an eventfd (or -1).
     pub(crate) fn set_req_eventfd(&self, efd: i32) -> io::Result<()> {
         self.set_irqs(
@@ -300,6 +314,11 @@ pub(crate) fn precopy_info(fd: &OwnedFd) -> io::Result<(u64, u64)> {
     info[0] = 24;
     ioctl_with(fd.as_raw_fd(), MIG_GET_PRECOPY_INFO, &mut info)?;
     Ok((info[1], info[2]))
+}
+
+/// One `pwrite(2)` into region `index` at `offset`: the count written.
+pub(crate) fn pwrite(dev: &Device, index: u32, offset: u64, data: &[u8]) -> io::Result<usize> {
+    dev.file().write_at(data, (u64::from(index) << 40) + offset)
 }
 
 /// One `read(2)` on a data FD.

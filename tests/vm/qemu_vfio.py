@@ -1,0 +1,290 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0
+"""QEMU as a real VFIO client of rmdev mdevs, driven over QMP as an operator
+(or libvirt) would: nested QEMU processes in the lab VM, each with one mdev as
+a vfio-pci device.
+
+    qemu_vfio.py migrate SRC_UUID DST_UUID [--uri tcp|file:PATH] [--downtime MS]
+                 [--switchover-bandwidth BYTES_PER_S]
+                 [--kernel GUEST --pause-target] [--expect-failure]
+    qemu_vfio.py restore DST_UUID FILE      (a fresh QEMU -incoming from FILE)
+    qemu_vfio.py attach UUID               (realize, reset, quit)
+
+Every QEMU's stderr is kept; a line mentioning vfio fails the command (QEMU
+logs vfio errors and warnings there). Prints QEMU's own query-migrate figures.
+Exit status: 0 as expected, 1 otherwise.
+"""
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+QEMU = "qemu-system-x86_64"
+# The q35 PCI slot of the vfio-pci device (guest/bar-writer.c uses it).
+SLOT = 4
+# Where guest/bar-writer.c maps BAR2.
+BAR2_ADDR = 0xD0000000
+
+
+def fail(msg):
+    print(f"FAIL: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+class Qemu:
+    """One QEMU process with a QMP socket."""
+
+    def __init__(self, name, uuid, workdir, incoming=None, kernel=None, paused=False):
+        self.name = name
+        self.dir = workdir
+        self.log_path = os.path.join(workdir, f"{name}.log")
+        qmp_path = os.path.join(workdir, f"{name}.qmp")
+        args = [
+            QEMU, "-M", "q35", "-m", "64", "-nodefaults", "-display", "none",
+            "-accel", "tcg",
+            "-device",
+            f"vfio-pci,sysfsdev=/sys/bus/mdev/devices/{uuid},enable-migration=on,"
+            f"bus=pcie.0,addr={SLOT:#x},id=dev0",
+            "-qmp", f"unix:{qmp_path},server=on,wait=off",
+        ]
+        if kernel:
+            args += ["-kernel", kernel]
+        if paused:
+            args += ["-S"]
+        if incoming:
+            args += ["-incoming", incoming]
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.qmp = self._connect(qmp_path)
+        self.buf = b""
+        self._read()  # greeting
+        self.cmd("qmp_capabilities")
+
+    def _connect(self, path):
+        for _ in range(600):
+            if self.proc.poll() is not None:
+                fail(f"{self.name}: QEMU exited ({self.proc.returncode}): {self.log_text()}")
+            try:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(path)
+                return s
+            except OSError:
+                time.sleep(0.1)
+        fail(f"{self.name}: no socket {path}")
+
+    def _read(self):
+        while b"\n" not in self.buf:
+            try:
+                chunk = self.qmp.recv(65536)
+            except OSError as e:
+                chunk = b""
+                print(f"{self.name}: QMP: {e}", file=sys.stderr)
+            if not chunk:
+                time.sleep(0.5)
+                fail(f"{self.name}: QMP closed (QEMU exit {self.proc.poll()}): {self.log_text()}")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def cmd(self, name, **arguments):
+        msg = {"execute": name}
+        if arguments:
+            msg["arguments"] = arguments
+        self.qmp.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            r = self._read()
+            if "return" in r:
+                return r["return"]
+            if "error" in r:
+                raise RuntimeError(f"{self.name}: {name}: {r['error'].get('desc')}")
+            # An event: skip.
+
+    def read_word(self, addr):
+        """A 32-bit read of guest-physical memory (through the device's BAR
+        for a BAR address), with the monitor's xp."""
+        out = self.cmd("human-monitor-command", **{"command-line": f"xp /1wx {addr:#x}"})
+        try:
+            return int(out.split(":")[1].split()[0], 16)
+        except (IndexError, ValueError):
+            # "Cannot access memory": nothing mapped there (yet).
+            return None
+
+    def quit(self):
+        try:
+            self.cmd("quit")
+        except (RuntimeError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+    def log_text(self):
+        if not self.log.closed:
+            self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def vfio_lines(self):
+        return [l for l in self.log_text().splitlines() if "vfio" in l.lower()]
+
+
+def check_logs(*qemus):
+    bad = [f"{q.name}: {l}" for q in qemus for l in q.vfio_lines()]
+    if bad:
+        fail("vfio lines in QEMU's log:\n  " + "\n  ".join(bad))
+
+
+def wait_migration(q, timeout):
+    start = time.time()
+    while time.time() - start < timeout:
+        info = q.cmd("query-migrate")
+        if info.get("status") in ("completed", "failed", "cancelled"):
+            return info
+        time.sleep(0.5)
+    info = q.cmd("query-migrate")
+    fail(f"migration still {info.get('status')} after {timeout} s: {json.dumps(info)}")
+
+
+def report(info, what):
+    vfio = info.get("vfio", {}).get("transferred")
+    ram = info.get("ram", {})
+    print(f"  {what}: status {info.get('status')}, vfio.transferred {vfio} bytes, "
+          f"downtime {info.get('downtime')} ms, total-time {info.get('total-time')} ms, "
+          f"ram.transferred {ram.get('transferred')} bytes, "
+          f"dirty-sync-count {ram.get('dirty-sync-count')}")
+
+
+def migrate(args):
+    work = tempfile.mkdtemp(prefix="rmdev-qemu-")
+    if args.uri == "tcp":
+        uri = "tcp:127.0.0.1:4444"
+        dst = Qemu("target", args.dst, work, incoming=uri, kernel=args.kernel,
+                   paused=args.pause_target)
+    else:
+        uri = args.uri
+        dst = None
+    src = Qemu("source", args.src, work, kernel=args.kernel)
+    if args.downtime:
+        src.cmd("migrate-set-parameters", **{"downtime-limit": args.downtime})
+    if args.switchover_bandwidth:
+        src.cmd("migrate-set-parameters",
+                **{"avail-switchover-bandwidth": args.switchover_bandwidth})
+    if args.kernel:
+        # The guest keeps writing the device: wait until it has started.
+        deadline = time.time() + 300
+        while not src.read_word(BAR2_ADDR):
+            if time.time() > deadline:
+                fail("the guest never wrote the device")
+            time.sleep(0.5)
+        before = src.read_word(BAR2_ADDR)
+        # Slow the migration down at first, so pre-copy lasts a while.
+        src.cmd("migrate-set-parameters", **{"max-bandwidth": 4 << 20})
+    src.cmd("migrate", uri=uri)
+    if args.kernel:
+        time.sleep(3)
+        src.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+    info = wait_migration(src, 600)
+    report(info, "source")
+    if args.kernel:
+        after = src.read_word(BAR2_ADDR)
+        print(f"  the guest wrote the device {after - before} times during the migration")
+        if after - before < 10:
+            fail(f"only {after - before} guest writes during the migration")
+    ok = info.get("status") == "completed"
+    if dst:
+        deadline = time.time() + 120
+        if ok:
+            want = "paused" if args.pause_target else "running"
+            while dst.cmd("query-status").get("status") != want:
+                if time.time() > deadline:
+                    fail(f"target not {want} after the migration")
+                time.sleep(0.2)
+        else:
+            while dst.proc.poll() is None and time.time() < deadline:
+                time.sleep(0.2)
+    if args.expect_failure:
+        if ok:
+            fail("the migration completed; expected the target to refuse it")
+        status = src.cmd("query-status").get("status")
+        if status != "running":
+            fail(f"source QEMU is {status} after the failed migration, not running")
+        print(f"  refused as expected: {info.get('error-desc')}; source QEMU running")
+        src.quit()
+        if dst:
+            dst.quit()
+            print("  target QEMU: " + " | ".join(dst.log_text().strip().splitlines()[-3:]))
+        # The source saw a failed migration, not a device error.
+        check_logs(src)
+        return
+    if not ok:
+        fail(f"migration {info.get('status')}: {info.get('error-desc')}")
+    src.quit()
+    if dst:
+        dst.quit()
+        check_logs(src, dst)
+    else:
+        check_logs(src)
+
+
+def restore(args):
+    work = tempfile.mkdtemp(prefix="rmdev-qemu-")
+    dst = Qemu("restore", args.dst, work, incoming=f"file:{args.file}")
+    deadline = time.time() + 300
+    while True:
+        status = dst.cmd("query-status").get("status")
+        if status == "running":
+            break
+        info = dst.cmd("query-migrate")
+        if info.get("status") == "failed" or time.time() > deadline:
+            fail(f"restore from {args.file}: {status}, {json.dumps(info)}: {dst.log_text()}")
+        time.sleep(0.2)
+    print(f"  restored from {args.file}: target running")
+    dst.quit()
+    check_logs(dst)
+
+
+def attach(args):
+    work = tempfile.mkdtemp(prefix="rmdev-qemu-")
+    q = Qemu("attach", args.uuid, work)
+    q.cmd("system_reset")
+    time.sleep(1)
+    status = q.cmd("query-status").get("status")
+    q.quit()
+    check_logs(q)
+    print(f"  attached, reset and quit: {status}; no vfio line in QEMU's log")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    m = sub.add_parser("migrate")
+    m.add_argument("src")
+    m.add_argument("dst")
+    m.add_argument("--uri", default="tcp")
+    m.add_argument("--downtime", type=int, help="downtime-limit, ms")
+    m.add_argument("--switchover-bandwidth", type=int,
+                   help="avail-switchover-bandwidth, bytes/s")
+    m.add_argument("--kernel", help="a guest kernel for both QEMUs (guest/bar-writer.c)")
+    m.add_argument("--pause-target", action="store_true",
+                   help="the target stays paused (-S) after the migration")
+    m.add_argument("--expect-failure", action="store_true")
+    r = sub.add_parser("restore")
+    r.add_argument("dst")
+    r.add_argument("file")
+    a = sub.add_parser("attach")
+    a.add_argument("uuid")
+    args = p.parse_args()
+    {"migrate": migrate, "restore": restore, "attach": attach}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
