@@ -167,6 +167,28 @@ impl<D: Device> Walk<'_, D> {
     }
 }
 
+impl<D: Device> Walk<'_, D> {
+    /// The vendor's step for an arc that opens a session, registered before
+    /// the step so that a lost arc ends it. On failure the device is where
+    /// it was (or in ERROR), a state without that session: `enter` ends it,
+    /// and its file, never handed out, is dropped. On success the file goes
+    /// to the user.
+    fn open_step(
+        &mut self,
+        arc: D::Arcs,
+        file: *mut bindings::file,
+    ) -> core::result::Result<(), StepFailure<Error>> {
+        if let Err(f) = self.vendor_step(arc) {
+            let state = self.mig.state;
+            self.mig.enter(self.core, state);
+            super::stream::drop_file(file);
+            return Err(f);
+        }
+        self.file = file;
+        Ok(())
+    }
+}
+
 impl<D: Device> fsm::Stepper for Walk<'_, D> {
     type Arcs = D::Arcs;
     type Error = Error;
@@ -188,29 +210,13 @@ impl<D: Device> fsm::Stepper for Walk<'_, D> {
                 let old = self.core.waker.lock().replace(stream.clone());
                 drop(old);
                 self.mig.save = Some(stream);
-                if let Err(f) = self.vendor_step(arc) {
-                    // Recoverable: the device is back where it was, which
-                    // has no save session.
-                    let state = self.mig.state;
-                    self.mig.enter(self.core, state);
-                    super::stream::drop_file(file);
-                    return Err(f);
-                }
-                self.file = file;
-                Ok(())
+                self.open_step(arc, file)
             }
             SessionEffect::OpenResume => {
                 let (stream, file) = ResumeStream::open(self.core, self.mig.max_record)
                     .map_err(StepFailure::recoverable)?;
                 self.mig.resume = Some(stream);
-                if let Err(f) = self.vendor_step(arc) {
-                    let state = self.mig.state;
-                    self.mig.enter(self.core, state);
-                    super::stream::drop_file(file);
-                    return Err(f);
-                }
-                self.file = file;
-                Ok(())
+                self.open_step(arc, file)
             }
             SessionEffect::ContinueSave => {
                 self.vendor_step(arc)?;

@@ -275,10 +275,6 @@ impl Memory {
         (pages, records)
     }
 
-    fn dirty_below(&self, end: usize) -> usize {
-        (0..end).filter(|&p| self.is_dirty(p)).count()
-    }
-
     /// The first run of dirty pages (at most `max` pages).
     fn dirty_run(&self, max: usize) -> Option<(usize, usize)> {
         let word = self.dirty.iter().position(|&w| w != 0)?;
@@ -607,7 +603,7 @@ impl Device for SampleDevice {
         let m = self.mem.lock();
         PrecopyInfo {
             initial_bytes: ((m.pages() - s.cursor) * PAGE) as u64,
-            dirty_bytes: (m.dirty_below(s.cursor) * PAGE) as u64,
+            dirty_bytes: (m.dirty_runs(s.cursor, RECORD_PAGES).0 * PAGE) as u64,
         }
     }
 

@@ -183,25 +183,31 @@ fn predict(flags: FlagSet, cur: State, target: u32) -> Result<Option<(u32, bool)
     Ok(Some((reached, fd)))
 }
 
-/// Drives `dev` from RUNNING (after a reset) to `state`. In RESUMING it
-/// writes `stream` (a valid stream for the device), so that leaving
-/// RESUMING through STOP can succeed.
-fn drive_to(dev: &Device, flags: FlagSet, state: State, stream: &[u8]) -> TestResult {
+/// Drives `dev` from RUNNING (after a reset) to `state`: the data FD that
+/// SET returned, if any. In RESUMING it writes `stream` (a valid stream for
+/// the device), so that leaving RESUMING through STOP can succeed.
+fn drive_to(
+    dev: &Device,
+    flags: FlagSet,
+    state: State,
+    stream: &[u8],
+) -> Result<Option<OwnedFd>, String> {
     ctx(dev.reset(), "reset")?;
     ensure!(
         ctx(dev.state(), "GET")? == State::Running.raw(),
         "not RUNNING after reset"
     );
-    if state != State::Running {
-        let fd = ctx(
-            dev.set_state(state.raw()),
-            &format!("SET {state} from RUNNING ({flags})"),
-        )?;
-        if let (State::Resuming, Some(fd)) = (state, fd) {
-            ctx(write_all_fd(&fd, stream, 65536), "write stream in RESUMING")?;
-        }
+    if state == State::Running {
+        return Ok(None);
     }
-    Ok(())
+    let fd = ctx(
+        dev.set_state(state.raw()),
+        &format!("SET {state} from RUNNING ({flags})"),
+    )?;
+    if let (State::Resuming, Some(fd)) = (state, &fd) {
+        ctx(write_all_fd(fd, stream, 65536), "write stream in RESUMING")?;
+    }
+    Ok(fd)
 }
 
 /// A valid stop-copy stream of `dev`, which is left in RUNNING.
@@ -724,7 +730,7 @@ fn t_reset(flags: FlagSet) -> TestResult {
         if s == State::Error || !flags.supports(s) {
             continue;
         }
-        let fd = drive_to_fd(&dev, s, &stream)?;
+        let fd = drive_to(&dev, flags, s, &stream)?;
         ctx(dev.write_reg(0x10, 7), "write SCRATCH")?;
         ctx(dev.reset(), &format!("reset in {s}"))?;
         ensure!(
@@ -1164,23 +1170,6 @@ const CMD_LOSE_NEXT_ARC: u32 = 2;
 const CMD_FAIL_NEXT_ARC: u32 = 3;
 const CMD_OVERSIZE_NEXT_RECORD: u32 = 4;
 
-/// Resets `dev` and SETs `state` from RUNNING: the data FD that SET
-/// returned, if any. In RESUMING the whole of `stream` is written.
-fn drive_to_fd(dev: &Device, state: State, stream: &[u8]) -> Result<Option<OwnedFd>, String> {
-    ctx(dev.reset(), "reset")?;
-    if state == State::Running {
-        return Ok(None);
-    }
-    let fd = ctx(
-        dev.set_state(state.raw()),
-        &format!("SET {state} from RUNNING"),
-    )?;
-    if let (State::Resuming, Some(fd)) = (state, &fd) {
-        ctx(write_all_fd(fd, stream, 65536), "write stream in RESUMING")?;
-    }
-    Ok(fd)
-}
-
 /// Whether a data FD's session is live: a zero-length read (save) or write
 /// (resume) succeeds on a live session and fails with `ENODEV` once it
 /// ended; an ended save FD also polls `POLLHUP`.
@@ -1228,7 +1217,7 @@ fn t_session_ends(flags: FlagSet) -> TestResult {
                 "{flags}: {from}->{to} failing ({})",
                 if lose { "state lost" } else { "recoverable" }
             );
-            let fd = drive_to_fd(&dev, from, &stream)?;
+            let fd = drive_to(&dev, flags, from, &stream)?;
             let resume_fd = from == State::Resuming;
             let cmd = if lose {
                 CMD_LOSE_NEXT_ARC
