@@ -12,6 +12,8 @@
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/mdev.h>
+#include <linux/pci.h>
+#include <linux/io.h>
 #include <linux/poll.h>
 #include <linux/sysfs.h>
 #include <linux/uuid.h>

@@ -3,6 +3,7 @@
  * C helpers for the rmdev framework: wrappers of static inline functions and
  * macros that Rust cannot call in 6.12 (see helpers.h).
  */
+#include <linux/pci.h>
 #include <linux/ratelimit.h>
 #include <linux/vfio.h>
 
@@ -53,4 +54,14 @@ void rmdev_sysfs_attr_init(struct attribute *attr)
 void rmdev_vfio_put_device(struct vfio_device *vdev)
 {
 	vfio_put_device(vdev);
+}
+
+struct pci_dev *rmdev_pci_physfn(struct pci_dev *pdev)
+{
+	return pci_physfn(pdev);
+}
+
+bool rmdev_driver_override_is(struct device *dev, const struct device_driver *drv)
+{
+	return device_match_driver_override(dev, drv) > 0;
 }

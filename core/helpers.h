@@ -12,6 +12,7 @@
 #include <linux/wait.h>
 
 struct vfio_device;
+struct pci_dev;
 
 void rmdev_init_waitqueue_head(struct wait_queue_head *wq, const char *name);
 void rmdev_wake_up_poll(struct wait_queue_head *wq, __poll_t mask);
@@ -20,5 +21,7 @@ void rmdev_eventfd_signal(struct eventfd_ctx *ctx);
 void rmdev_vfio_put_device(struct vfio_device *vdev);
 void rmdev_sysfs_attr_init(struct attribute *attr);
 bool rmdev_warn_ratelimit(void);
+struct pci_dev *rmdev_pci_physfn(struct pci_dev *pdev);
+bool rmdev_driver_override_is(struct device *dev, const struct device_driver *drv);
 
 #endif

@@ -14,6 +14,15 @@
 //! `mdev_supported_types/<driver>-<type>/{create,name,description,device_api,
 //! available_instances,devices/}`, and `/sys/class/mdev_bus/<parent>`.
 //!
+//! A parent is always a device of the framework's own, in the driver's
+//! class (`/sys/class/<driver>/<parent>`): a virtual one
+//! ([`Parent::new_virtual`]) or a child of a PCI function bound through
+//! [`super::pci`] and named after it ([`Parent::new_pci`]). The mdev core
+//! keeps references into a parent's memory (its types) until releases that
+//! may run after the parent was unregistered, and it tells only the parent
+//! device: being the parent device's owner is what lets the framework free
+//! that memory exactly when the last one ran, never before.
+//!
 //! Writing a UUID to `create` calls the driver's probe: the framework checks
 //! the type's instance budget, asks the vendor for the device state
 //! ([`Driver::create`]) and registers a VFIO device for it
@@ -53,8 +62,9 @@ pub struct TypeInfo {
 
 /// A vendor's mdev driver, implemented by the vendor's parent object.
 pub trait Driver: Send + Sync + Sized + 'static {
-    /// The driver's name: `/sys/bus/mdev/drivers/<NAME>`, and the prefix of
-    /// the type directories of a parent registered with [`Parent::new_virtual`].
+    /// The driver's name: `/sys/bus/mdev/drivers/<NAME>`, the class of its
+    /// parent devices (`/sys/class/<NAME>`) and the prefix of their type
+    /// directories (`<NAME>-<sysfs_name>`).
     const NAME: &'static CStr;
     /// The VFIO device API the mdevs offer (`device_api`), e.g. `vfio-pci`.
     const DEVICE_API: &'static CStr;
@@ -182,7 +192,15 @@ impl<T: Driver> DriverInner<T> {
 pub struct Registration<T: Driver> {
     inner: Option<Arc<DriverInner<T>>>,
     drain: Arc<Drain>,
+    /// The class of the driver's parent devices, destroyed in `drop` after
+    /// every parent is gone.
+    class: *mut bindings::class,
 }
+
+// SAFETY: The class pointer is only destroyed, once, in `drop`.
+unsafe impl<T: Driver> Send for Registration<T> {}
+// SAFETY: `&Registration` does not touch the class.
+unsafe impl<T: Driver> Sync for Registration<T> {}
 
 impl<T: Driver> Registration<T> {
     /// Registers the driver with the mdev core.
@@ -218,6 +236,9 @@ impl<T: Driver> Registration<T> {
         // driver; on failure nothing was registered and nothing needs
         // cleaning up.
         let drv = unsafe { pin_init_from_closure(init) };
+        // SAFETY: `class_create` copies nothing but the name pointer, which
+        // is `'static`.
+        let class = from_err_ptr(unsafe { bindings::class_create(T::NAME.as_char_ptr()) })?;
         let inner_drain = drain.clone();
         let inner = Arc::pin_init(
             try_pin_init!(DriverInner {
@@ -227,11 +248,19 @@ impl<T: Driver> Registration<T> {
                 _t: PhantomData,
             }),
             GFP_KERNEL,
-        )?;
-        Ok(Self {
-            inner: Some(inner),
-            drain,
-        })
+        );
+        match inner {
+            Ok(inner) => Ok(Self {
+                inner: Some(inner),
+                drain,
+                class,
+            }),
+            Err(e) => {
+                // SAFETY: Created above; no device uses it.
+                unsafe { bindings::class_destroy(class) };
+                Err(e)
+            }
+        }
     }
 
     fn inner(&self) -> Result<&Arc<DriverInner<T>>> {
@@ -376,6 +405,11 @@ impl<T: Driver> Drop for Registration<T> {
         while !*done {
             self.drain.cv.wait(&mut done);
         }
+        drop(done);
+        // SAFETY: Created in `new`; every parent device was deleted (the
+        // drain waited for them), and a deleted device's release does not
+        // read its class.
+        unsafe { bindings::class_destroy(self.class) };
     }
 }
 
@@ -427,15 +461,13 @@ impl<T: Driver> TypeVersion for TypeSlot<T> {
 ///
 /// `dev` is first (its `release` casts back); once the device is
 /// initialised, the allocation is freed only by [`release_parent`]; `data`
-/// is initialised until [`Parent`]'s `drop` drops it; `class` was created
-/// for this parent.
+/// is initialised until [`Parent`]'s `drop` drops it.
 #[repr(C)]
 struct ParentInner<T: Driver> {
     dev: Opaque<bindings::device>,
     parent: Opaque<bindings::mdev_parent>,
     types: KVec<TypeSlot<T>>,
     type_ptrs: KVec<*mut bindings::mdev_type>,
-    class: *mut bindings::class,
     data: ManuallyDrop<T>,
     /// Keeps the driver registered while the parent or its memory is in use.
     driver: Arc<DriverInner<T>>,
@@ -446,10 +478,10 @@ struct ParentInner<T: Driver> {
 /// # Safety
 ///
 /// Only called by the driver core, once, for a device initialised by
-/// [`Parent::new_virtual`].
+/// [`Parent::new`].
 unsafe extern "C" fn release_parent<T: Driver>(dev: *mut bindings::device) {
     // SAFETY: `dev` is the first field of a `ParentInner<T>` that
-    // `new_virtual` leaked from a `KBox` (type invariant); this is the one
+    // `Parent::new` leaked from a `KBox` (type invariant); this is the one
     // place it is freed. The vendor data was dropped by `Parent::drop`, and
     // `ManuallyDrop` does not drop it again. Dropping `driver` may drop the
     // driver's last reference, which only frees memory and wakes the
@@ -481,11 +513,35 @@ unsafe impl<T: Driver> Send for Parent<T> {}
 unsafe impl<T: Driver> Sync for Parent<T> {}
 
 impl<T: Driver> Parent<T> {
-    /// Registers a parent that is a virtual device `/sys/devices/virtual/<name>/<name>`
-    /// (for software-only vendors), offering [`Driver::TYPES`].
+    /// Registers a parent that is a virtual device,
+    /// `/sys/devices/virtual/<Driver::NAME>/<name>` (for software-only
+    /// vendors), offering [`Driver::TYPES`].
+    pub fn new_virtual(driver: &Registration<T>, name: &CStr, data: T) -> Result<Self> {
+        Self::new(driver, name, ptr::null_mut(), data)
+    }
+
+    /// Registers a parent for the PCI function of `binding`, offering
+    /// [`Driver::TYPES`]: a child of the function named like it, so that
+    /// `/sys/class/mdev_bus/<function>` (what mdevctl calls the parent) is
+    /// the function's address, and its types are under
+    /// `/sys/bus/pci/devices/<function>/<Driver::NAME>/<function>/`.
     ///
-    /// The type directories are named `<name>-<sysfs_name>`.
-    pub fn new_virtual(driver: &Registration<T>, name: &'static CStr, data: T) -> Result<Self> {
+    /// Drop it in the PCI driver's remove (it is part of the data
+    /// [`super::pci::Driver::probe`] returns): that removes the function's
+    /// mdevs before the framework unmaps its BARs.
+    pub fn new_pci(driver: &Registration<T>, binding: &super::pci::Binding, data: T) -> Result<Self> {
+        Self::new(driver, binding.name(), binding.as_dev(), data)
+    }
+
+    /// Registers a parent device named `name`, a child of `parent_dev` (or
+    /// virtual, if null), in the driver's class.
+    fn new(
+        driver: &Registration<T>,
+        name: &CStr,
+        parent_dev: *mut bindings::device,
+        data: T,
+    ) -> Result<Self> {
+        let class = driver.class;
         let driver = driver.inner()?;
         let mut types = KVec::with_capacity(T::TYPES.len(), GFP_KERNEL)?;
         let mut type_ptrs = KVec::with_capacity(T::TYPES.len(), GFP_KERNEL)?;
@@ -519,19 +575,9 @@ impl<T: Driver> Parent<T> {
             // Capacity was reserved above: this cannot fail.
             type_ptrs.push(slot.mtype.get(), GFP_KERNEL)?;
         }
-        // SAFETY: `class_create` copies nothing but the name pointer, which is
-        // `'static`.
-        let class = from_err_ptr(unsafe { bindings::class_create(name.as_char_ptr()) })?;
         // Allocated before `data` moves in, so a failure drops `data` (and
         // runs its `Drop`) instead of leaking it inside a `ManuallyDrop`.
-        let slot = match KBox::<ParentInner<T>>::new_uninit(GFP_KERNEL) {
-            Ok(b) => b,
-            Err(e) => {
-                // SAFETY: Created above; no device uses it.
-                unsafe { bindings::class_destroy(class) };
-                return Err(e.into());
-            }
-        };
+        let slot = KBox::<ParentInner<T>>::new_uninit(GFP_KERNEL)?;
         let boxed = KBox::write(
             slot,
             ParentInner {
@@ -539,7 +585,6 @@ impl<T: Driver> Parent<T> {
                 parent: Opaque::uninit(),
                 types,
                 type_ptrs,
-                class,
                 data: ManuallyDrop::new(data),
                 driver: driver.clone(),
             },
@@ -549,7 +594,9 @@ impl<T: Driver> Parent<T> {
         let inner = KBox::into_raw(boxed);
         // SAFETY: `inner` is a valid, exclusively owned allocation (nothing
         // else knows it yet). The all-zero `device` and `mdev_type` are
-        // valid; the names are `'static`.
+        // valid; the type names are `'static`; the class lives until the
+        // registration is dropped, after this device; `parent_dev`, if not
+        // null, is a bound PCI function, which outlives its children.
         unsafe {
             for (slot, info) in (*inner).types.iter_mut().zip(T::TYPES) {
                 slot.parent = inner;
@@ -566,6 +613,7 @@ impl<T: Driver> Parent<T> {
             bindings::device_initialize(dev);
             (*dev).release = Some(release_parent::<T>);
             (*dev).class = class;
+            (*dev).parent = parent_dev;
         }
         // SAFETY: `inner` came from `KBox::into_raw`, so it is not null.
         let inner = unsafe { NonNull::new_unchecked(inner) };
@@ -580,7 +628,7 @@ impl<T: Driver> Parent<T> {
         this.inner().driver.parents.fetch_add(1, Ordering::AcqRel);
         let dev = this.dev();
         // SAFETY: `dev` is initialised; the format is a literal `%s` with one
-        // NUL-terminated string argument.
+        // NUL-terminated string argument, which is copied.
         to_result(unsafe {
             bindings::dev_set_name(dev, kernel::c_str!("%s").as_char_ptr(), name.as_char_ptr())
         })?;
@@ -649,7 +697,7 @@ impl<T: Driver> Drop for Parent<T> {
         let inner = self.inner();
         for slot in inner.types.iter() {
             if slot.attr_added.swap(false, Ordering::AcqRel) {
-                // SAFETY: Added in `new_virtual` on this live type; this waits
+                // SAFETY: Added in `new` on this live type; this waits
                 // for running reads and writes of the file.
                 unsafe {
                     bindings::sysfs_remove_bin_file(
@@ -660,16 +708,15 @@ impl<T: Driver> Drop for Parent<T> {
             }
         }
         let dev = self.dev();
-        let class = inner.class;
         let driver = inner.driver.clone();
         if self.registered {
-            // SAFETY: Registered in `new_virtual`. This removes every mdev
+            // SAFETY: Registered in `new`. This removes every mdev
             // (waiting for users to release them) and the types; no mdev
             // core callback runs afterwards.
             unsafe { bindings::mdev_unregister_parent(inner.parent.get()) };
         }
         if self.added {
-            // SAFETY: Added in `new_virtual`.
+            // SAFETY: Added in `new`.
             unsafe { bindings::device_del(dev) };
         }
         // SAFETY: Nothing reaches the vendor data any more: the parent is
@@ -677,8 +724,6 @@ impl<T: Driver> Drop for Parent<T> {
         // once, here (type invariant), through a raw pointer, with no
         // reference to it alive.
         unsafe { ManuallyDrop::drop(&mut *addr_of_mut!((*self.inner.as_ptr()).data)) };
-        // SAFETY: The device is gone from sysfs; the class has no device.
-        unsafe { bindings::class_destroy(class) };
         // SAFETY: This handle's reference (type invariant). The memory goes
         // in `release_parent`, now or after the mdev core's last reference.
         unsafe { bindings::put_device(dev) };

@@ -13,6 +13,8 @@
 //!   ([`device`]),
 //! - VFIO migration v2: the state machine, the data files and
 //!   `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE` ([`migration`]),
+//! - a PCI driver for parents on real functions, with mapped BARs that are
+//!   revoked when the function is unbound ([`pci`]),
 //! - an emulated PCI configuration space for vfio-pci devices
 //!   ([`pci_config`], served by [`device`] and migrated in every stream),
 //! - a `migration_version` attribute on every type and mdev that migrates
@@ -58,6 +60,7 @@ pub mod fsm;
 pub mod irq;
 pub mod mdev;
 pub mod migration;
+pub mod pci;
 #[path = "logic/src/pci_config.rs"]
 pub mod pci_config;
 mod stream;

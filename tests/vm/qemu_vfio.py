@@ -188,6 +188,10 @@ def migrate(args):
         before = src.read_word(BAR2_ADDR)
         # Slow the migration down at first, so pre-copy lasts a while.
         src.cmd("migrate-set-parameters", **{"max-bandwidth": 4 << 20})
+    if args.before:
+        # Both QEMUs have started (and reset their devices): set the
+        # device up behind QEMU's back, as a test fixture.
+        subprocess.run(args.before, shell=True, check=True)
     src.cmd("migrate", uri=uri)
     if args.kernel:
         time.sleep(3)
@@ -277,6 +281,7 @@ def main():
     m.add_argument("--pause-target", action="store_true",
                    help="the target stays paused (-S) after the migration")
     m.add_argument("--expect-failure", action="store_true")
+    m.add_argument("--before", help="a shell command run after both QEMUs started, before migrating")
     r = sub.add_parser("restore")
     r.add_argument("dst")
     r.add_argument("file")

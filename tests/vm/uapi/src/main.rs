@@ -9,6 +9,7 @@
 //!
 //! Usage: `rmdev-vm-test <test>... [--flags N]`; `rmdev-vm-test list`.
 
+mod igbvf;
 mod vfio;
 
 use std::fs;
@@ -1887,6 +1888,14 @@ fn main() {
         ["compare", a, b] => Some(compare(a, b)),
         ["compare-pattern", uuid, seed] => Some(compare_pattern(uuid, seed)),
         ["refuse-many", n] => Some(n.parse().map_err(|e| format!("{e}")).and_then(refuse_many)),
+        ["vf-read", pci, off] => Some(igbvf::vf_read(pci, off)),
+        ["vf-write", pci, off, v] => Some(igbvf::vf_write(pci, off, v)),
+        ["region-read", uuid, idx, off] => Some(igbvf::region_read(uuid, idx, off)),
+        ["region-write", uuid, idx, off, v] => Some(igbvf::region_write(uuid, idx, off, v)),
+        ["migrate-mdev", src, dst] => Some(igbvf::migrate_mdev(src, dst)),
+        ["save-mdev", uuid, file] => Some(igbvf::save_mdev(uuid, file)),
+        ["load-mdev", uuid, file] => Some(igbvf::load_mdev(uuid, file)),
+        ["hold", uuid, state] => Some(igbvf::hold(uuid, state)),
         _ => None,
     };
     if let Some(res) = tool {

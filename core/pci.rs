@@ -1,0 +1,493 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A PCI driver for a parent on real hardware: registration, probe and
+//! remove, memory decoding and mapped BARs.
+//!
+//! C header: [`include/linux/pci.h`](srctree/include/linux/pci.h)
+//!
+//! Linux 6.12 has no PCI abstraction in Rust; this is the part a vendor
+//! whose mdevs are carved from a PCI function needs, and no more:
+//!
+//! - [`Registration`] registers a `pci_driver` whose ID table matches only
+//!   devices the operator hands over with `driver_override` (the table's
+//!   entries are `override_only`, and [`Driver::probe`] is not even called
+//!   for a device whose `driver_override` names another driver, or none: a
+//!   dynamic ID added through `new_id` does not bypass that). The driver
+//!   never takes a device from another driver by itself.
+//! - [`Binding`] is what a probe gets: the device's identity, memory
+//!   decoding ([`Binding::enable_mem`]) and BARs ([`Binding::map_bar`]).
+//!   Whatever the probe set up is the binding's: the framework undoes it in
+//!   remove, after dropping the vendor's data, so nothing outlives the
+//!   binding, whoever still holds a [`Bar`].
+//! - [`Bar`] is a mapped memory BAR with checked 32-bit accesses; once the
+//!   device is unbound it is revoked and every access fails with `ENODEV`.
+//!
+//! Bus mastering is never enabled, and is cleared at probe: a mediated
+//! parent is driven through its registers only, so the function cannot
+//! write host memory, whatever its registers say.
+
+use core::marker::PhantomData;
+use core::ptr::{self, addr_of_mut, NonNull};
+use kernel::ffi::{c_int, c_void};
+
+use kernel::error::to_result;
+use kernel::prelude::*;
+use kernel::static_lock_class;
+use kernel::sync::{Arc, SpinLock};
+use kernel::types::Opaque;
+
+use super::bindings;
+
+/// A PCI vendor and device ID the driver can bind to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceId {
+    /// Vendor ID.
+    pub vendor: u16,
+    /// Device ID.
+    pub device: u16,
+}
+
+/// A PCI driver for mdev parents.
+pub trait Driver: Send + Sync + Sized + 'static {
+    /// The driver's name: `/sys/bus/pci/drivers/<NAME>`, and what an
+    /// operator writes to a device's `driver_override` to hand it over.
+    const NAME: &'static CStr;
+    /// The devices the driver accepts (only through `driver_override`).
+    const IDS: &'static [DeviceId];
+    /// What every probe gets, given to [`Registration::new`] (for example
+    /// the vendor's mdev driver registration).
+    type Context: Send + Sync;
+    /// What the driver keeps per bound device; dropped in remove.
+    type Data: Send + Sync;
+
+    /// A device was handed to the driver: set it up. The framework already
+    /// checked it is one of [`Driver::IDS`] with this driver's name in its
+    /// `driver_override`.
+    fn probe(ctx: &Self::Context, binding: &mut Binding) -> Result<Self::Data>;
+}
+
+/// The identity of a bound function, read at probe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ids {
+    /// Vendor ID.
+    pub vendor: u16,
+    /// Device ID.
+    pub device: u16,
+    /// Subsystem vendor ID.
+    pub subsystem_vendor: u16,
+    /// Subsystem ID.
+    pub subsystem: u16,
+    /// Revision ID.
+    pub revision: u8,
+    /// Class code, `0x00BBSSPP`.
+    pub class: u32,
+    /// For an SR-IOV virtual function, its physical function's device ID.
+    pub pf_device: Option<u16>,
+}
+
+/// What the driver set up on one bound device.
+///
+/// # Invariants
+///
+/// `pdev` is a PCI device bound to the driver from its probe until the end
+/// of its remove; this structure lives exactly that long.
+pub struct Binding {
+    pdev: NonNull<bindings::pci_dev>,
+    enabled: bool,
+    bars: KVec<(i32, Arc<Bar>)>,
+}
+
+// SAFETY: The device pointer is only used for calls the PCI core allows from
+// any thread while the driver is bound.
+unsafe impl Send for Binding {}
+// SAFETY: `&Binding` only reads identity fields that do not change while the
+// driver is bound.
+unsafe impl Sync for Binding {}
+
+impl Binding {
+    fn raw(&self) -> *mut bindings::pci_dev {
+        self.pdev.as_ptr()
+    }
+
+    /// The device's name, its PCI address (`0000:01:10.0`).
+    pub fn name(&self) -> &CStr {
+        // SAFETY: The device is registered (type invariant), so its kobject
+        // name is set, NUL-terminated and lives as long as the device.
+        unsafe { CStr::from_char_ptr((*self.raw()).dev.kobj.name) }
+    }
+
+    /// The function's IDs.
+    pub fn ids(&self) -> Ids {
+        let p = self.raw();
+        // SAFETY: The device is bound (type invariant); these fields are set
+        // at enumeration and never change; the physical function of a VF
+        // outlives the VF.
+        unsafe {
+            let pf = bindings::rmdev_pci_physfn(p);
+            Ids {
+                vendor: (*p).vendor,
+                device: (*p).device,
+                subsystem_vendor: (*p).subsystem_vendor,
+                subsystem: (*p).subsystem_device,
+                revision: (*p).revision,
+                class: (*p).class,
+                pf_device: (pf != p).then(|| (*pf).device),
+            }
+        }
+    }
+
+    /// The `struct device` of the function, to parent other devices on.
+    pub(crate) fn as_dev(&self) -> *mut bindings::device {
+        // SAFETY: The device is bound (type invariant).
+        unsafe { addr_of_mut!((*self.raw()).dev) }
+    }
+
+    /// Enables memory decoding (`pci_enable_device_mem()`); the framework
+    /// disables the device again in remove. Bus mastering stays off.
+    pub fn enable_mem(&mut self) -> Result {
+        if self.enabled {
+            return Ok(());
+        }
+        // SAFETY: The device is bound (type invariant) and this is its
+        // driver's probe or a method of its binding.
+        to_result(unsafe { bindings::pci_enable_device_mem(self.raw()) })?;
+        self.enabled = true;
+        // SAFETY: As above; the device is enabled.
+        unsafe { bindings::pci_clear_master(self.raw()) };
+        Ok(())
+    }
+
+    /// Requests memory BAR `index` for the driver and maps it. Needs
+    /// [`Binding::enable_mem`] first. The mapping is the binding's: it is
+    /// unmapped and released in remove, and the returned handle is revoked.
+    pub fn map_bar(&mut self, index: i32) -> Result<Arc<Bar>> {
+        if !self.enabled || !(0..6).contains(&index) {
+            return Err(EINVAL);
+        }
+        let p = self.raw();
+        // SAFETY: The device is bound and `index` is a standard BAR.
+        let (flags, len) = unsafe {
+            let r = &(*p).resource[index as usize];
+            let len = if r.end > r.start { r.end - r.start + 1 } else { 0 };
+            (r.flags, len)
+        };
+        if flags & bindings::IORESOURCE_MEM as usize == 0 || len == 0 {
+            return Err(ENODEV);
+        }
+        let len = usize::try_from(len).map_err(|_| EINVAL)?;
+        self.bars.reserve(1, GFP_KERNEL)?;
+        // SAFETY: The device is bound and enabled; the name is `'static` (the
+        // resource keeps the pointer until it is released).
+        to_result(unsafe { bindings::pci_request_region(p, index, Self::region_name()) })?;
+        // SAFETY: The region is ours; `pci_iomap` maps it whole (len 0).
+        let addr = unsafe { bindings::pci_iomap(p, index, 0) };
+        let Some(addr) = NonNull::new(addr) else {
+            // SAFETY: Requested just above.
+            unsafe { bindings::pci_release_region(p, index) };
+            return Err(ENOMEM);
+        };
+        let bar = Arc::pin_init(
+            pin_init!(Bar {
+                map <- SpinLock::new(
+                    Some(Mapping { addr }),
+                    lock_name!("bar"),
+                    static_lock_class!()
+                ),
+                len,
+            }),
+            GFP_KERNEL,
+        );
+        let bar = match bar {
+            Ok(b) => b,
+            Err(e) => {
+                // SAFETY: Mapped and requested just above; nothing else
+                // knows the mapping.
+                unsafe {
+                    bindings::pci_iounmap(p, addr.as_ptr());
+                    bindings::pci_release_region(p, index);
+                }
+                return Err(e);
+            }
+        };
+        // Capacity was reserved above.
+        self.bars.push((index, bar.clone()), GFP_KERNEL)?;
+        Ok(bar)
+    }
+
+    fn region_name() -> *const kernel::ffi::c_char {
+        kernel::c_str!(env!("RMDEV_VENDOR")).as_char_ptr()
+    }
+
+    /// Undoes what the probe set up: revokes and unmaps the BARs, releases
+    /// them and disables the device.
+    fn teardown(&mut self) {
+        let p = self.raw();
+        for (index, bar) in core::mem::replace(&mut self.bars, KVec::new()) {
+            // Revoked under the lock: no access is running or can start
+            // (the guard goes at the end of the statement: unmapping
+            // sleeps).
+            let revoked = bar.map.lock().take();
+            if let Some(m) = revoked {
+                // SAFETY: Mapped and requested in `map_bar` for this bound
+                // device; nothing can access the mapping any more.
+                unsafe {
+                    bindings::pci_iounmap(p, m.addr.as_ptr());
+                    bindings::pci_release_region(p, index);
+                }
+            }
+        }
+        if self.enabled {
+            self.enabled = false;
+            // SAFETY: Enabled by `enable_mem` on this bound device.
+            unsafe { bindings::pci_disable_device(p) };
+        }
+    }
+}
+
+/// A live mapping of a BAR.
+struct Mapping {
+    addr: NonNull<c_void>,
+}
+
+// SAFETY: An `__iomem` mapping may be accessed from any thread.
+unsafe impl Send for Mapping {}
+
+/// A memory BAR mapped by [`Binding::map_bar`].
+///
+/// Accesses are 32-bit and aligned; they fail with `ENODEV` once the device
+/// was unbound (the mapping is then gone), so a handle kept past the remove
+/// of its device is harmless.
+#[pin_data]
+pub struct Bar {
+    /// `None` once revoked; the lock makes revocation wait for accesses.
+    #[pin]
+    map: SpinLock<Option<Mapping>>,
+    len: usize,
+}
+
+impl Bar {
+    /// The BAR's size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the BAR is empty (never: a zero-sized BAR is not mapped).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn check(&self, offset: usize) -> Result {
+        match offset.checked_add(4) {
+            Some(end) if offset % 4 == 0 && end <= self.len => Ok(()),
+            _ => Err(EINVAL),
+        }
+    }
+
+    /// Reads the 32-bit register at `offset`.
+    pub fn read32(&self, offset: usize) -> Result<u32> {
+        self.check(offset)?;
+        let map = self.map.lock();
+        let m = map.as_ref().ok_or(ENODEV)?;
+        // SAFETY: The mapping is live while the lock is held (it is revoked
+        // under it) and `offset + 4 <= len`, the mapping's size.
+        Ok(unsafe { bindings::ioread32(m.addr.as_ptr().cast::<u8>().add(offset).cast()) })
+    }
+
+    /// Writes the 32-bit register at `offset`.
+    pub fn write32(&self, offset: usize, value: u32) -> Result {
+        self.check(offset)?;
+        let map = self.map.lock();
+        let m = map.as_ref().ok_or(ENODEV)?;
+        // SAFETY: As in `read32`.
+        unsafe { bindings::iowrite32(value, m.addr.as_ptr().cast::<u8>().add(offset).cast()) };
+        Ok(())
+    }
+}
+
+/// The C driver, its ID table and the probes' context.
+#[repr(C)]
+struct RawDriver<C> {
+    drv: bindings::pci_driver,
+    ids: KVec<bindings::pci_device_id>,
+    ctx: C,
+}
+
+/// The registration of a [`Driver`] with the PCI core.
+///
+/// Dropping it unregisters the driver, which removes it from every device
+/// (the PCI core calls remove for each, synchronously).
+///
+/// # Invariants
+///
+/// `raw` holds a `pci_driver` registered with this module's trampolines for
+/// `T`, until `drop`.
+pub struct Registration<T: Driver> {
+    raw: Pin<KBox<Opaque<RawDriver<T::Context>>>>,
+    _t: PhantomData<T>,
+}
+
+// SAFETY: The C side only reads the registered structure, from any thread.
+unsafe impl<T: Driver> Send for Registration<T> {}
+// SAFETY: `&Registration` gives no access to the C structure.
+unsafe impl<T: Driver> Sync for Registration<T> {}
+
+impl<T: Driver> Registration<T> {
+    /// Registers the driver; every probe gets `ctx`.
+    pub fn new(module: &'static ThisModule, ctx: T::Context) -> Result<Self> {
+        let mut ids = KVec::with_capacity(T::IDS.len() + 1, GFP_KERNEL)?;
+        for id in T::IDS {
+            ids.push(
+                bindings::pci_device_id {
+                    vendor: id.vendor.into(),
+                    device: id.device.into(),
+                    subvendor: !0,
+                    subdevice: !0,
+                    // Matched only when the device's driver_override names
+                    // this driver (`pci_match_device()`).
+                    override_only: 1,
+                    ..Default::default()
+                },
+                GFP_KERNEL,
+            )?;
+        }
+        // The all-zero terminator.
+        ids.push(bindings::pci_device_id::default(), GFP_KERNEL)?;
+        let raw = KBox::pin(Opaque::<RawDriver<T::Context>>::uninit(), GFP_KERNEL)?;
+        let slot = raw.get();
+        // SAFETY: `slot` is valid for writes and pinned; the all-zero
+        // `pci_driver` is valid and is then filled in; the strings, the
+        // module, the context and the ID table (moved into the same pinned
+        // allocation, its heap buffer does not move) live until `drop`
+        // unregisters.
+        unsafe {
+            ptr::write(addr_of_mut!((*slot).ids), ids);
+            ptr::write(addr_of_mut!((*slot).ctx), ctx);
+            let drv = addr_of_mut!((*slot).drv);
+            ptr::write_bytes(drv, 0, 1);
+            (*drv).name = T::NAME.as_char_ptr();
+            (*drv).id_table = (*slot).ids.as_ptr();
+            (*drv).probe = Some(Self::probe);
+            (*drv).remove = Some(Self::remove);
+            let ret = bindings::__pci_register_driver(
+                drv,
+                module.as_ptr().cast(),
+                T::NAME.as_char_ptr(),
+            );
+            if ret != 0 {
+                ptr::drop_in_place(addr_of_mut!((*slot).ids));
+                ptr::drop_in_place(addr_of_mut!((*slot).ctx));
+                return Err(Error::from_errno(ret));
+            }
+        }
+        Ok(Self {
+            raw,
+            _t: PhantomData,
+        })
+    }
+
+    /// The `probe` callback.
+    ///
+    /// # Safety
+    ///
+    /// Only called by the PCI core, with a valid device under its lock.
+    unsafe extern "C" fn probe(
+        pdev: *mut bindings::pci_dev,
+        _id: *const bindings::pci_device_id,
+    ) -> c_int {
+        // SAFETY: The PCI core passes a valid device and holds its lock; the
+        // driver core set `dev.driver` to this driver before calling probe.
+        let (vendor, device, ours) = unsafe {
+            let dev = addr_of_mut!((*pdev).dev);
+            (
+                (*pdev).vendor,
+                (*pdev).device,
+                bindings::rmdev_driver_override_is(dev, (*dev).driver),
+            )
+        };
+        // A driver_override for this driver also reaches us for devices not
+        // in the table (`pci_match_device()` then sends a catch-all ID).
+        if !ours || !T::IDS.iter().any(|i| i.vendor == vendor && i.device == device) {
+            return ENODEV.to_errno();
+        }
+        // SAFETY: The driver core set `dev.driver` to this driver before
+        // calling probe; it is the `driver` field of our `pci_driver`, the
+        // first field of a registered `RawDriver`, whose context lives until
+        // the driver is unregistered, after this probe.
+        let ctx = unsafe {
+            let drv = (*pdev).dev.driver.cast::<u8>();
+            let raw = drv
+                .sub(core::mem::offset_of!(bindings::pci_driver, driver))
+                .cast::<RawDriver<T::Context>>();
+            &(*raw).ctx
+        };
+        // SAFETY: Checked non-null by the C caller contract.
+        let pdev_nn = unsafe { NonNull::new_unchecked(pdev) };
+        // INVARIANT: the device is bound to us from now until remove, or
+        // until this probe fails.
+        let mut binding = Binding {
+            pdev: pdev_nn,
+            enabled: false,
+            bars: KVec::new(),
+        };
+        let data = match T::probe(ctx, &mut binding) {
+            Ok(d) => d,
+            Err(e) => {
+                binding.teardown();
+                return e.to_errno();
+            }
+        };
+        let bound = KBox::new(Bound::<T> { data: Some(data), binding }, GFP_KERNEL);
+        match bound {
+            Ok(b) => {
+                // SAFETY: The device is ours; remove takes the pointer back.
+                unsafe { (*pdev).dev.driver_data = KBox::into_raw(b).cast() };
+                0
+            }
+            Err(_) => ENOMEM.to_errno(),
+        }
+    }
+
+    /// The `remove` callback.
+    ///
+    /// # Safety
+    ///
+    /// Only called by the PCI core for a device whose probe succeeded.
+    unsafe extern "C" fn remove(pdev: *mut bindings::pci_dev) {
+        // SAFETY: Probe stored a `KBox<Bound<T>>` there and nothing else
+        // writes it while the driver is bound; it is taken back once.
+        let bound = unsafe {
+            let raw = (*pdev).dev.driver_data.cast::<Bound<T>>();
+            (*pdev).dev.driver_data = ptr::null_mut();
+            KBox::from_raw(raw)
+        };
+        drop(bound);
+    }
+}
+
+/// A bound device: the vendor's data, then what the framework set up for
+/// it. Dropping it drops the data first, then undoes the set-up.
+struct Bound<T: Driver> {
+    data: Option<T::Data>,
+    binding: Binding,
+}
+
+impl<T: Driver> Drop for Bound<T> {
+    fn drop(&mut self) {
+        drop(self.data.take());
+        self.binding.teardown();
+    }
+}
+
+impl<T: Driver> Drop for Registration<T> {
+    fn drop(&mut self) {
+        let slot = self.raw.get();
+        // SAFETY: Registered in `new` (type invariant); this removes the
+        // driver from every device, running their removes, and returns when
+        // none is bound. Then the ID table and the context are dropped, once.
+        unsafe {
+            bindings::pci_unregister_driver(addr_of_mut!((*slot).drv));
+            ptr::drop_in_place(addr_of_mut!((*slot).ids));
+            ptr::drop_in_place(addr_of_mut!((*slot).ctx));
+        }
+    }
+}

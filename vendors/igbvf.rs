@@ -1,0 +1,487 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! rmdev_igbvf: a mediated device on a real SR-IOV function, an Intel 82576
+//! (igb) virtual function.
+//!
+//! The operator hands a VF to this driver with `driver_override` (it never
+//! takes one by itself); each bound VF becomes an mdev parent with one type,
+//! `rmdev_igbvf-vf`, of which it holds one mdev. The mdev is a vfio-pci
+//! device:
+//!
+//! - config space (region 7): emulated by the framework, with the VF's own
+//!   vendor, device, subsystem and revision IDs and class;
+//! - BAR0 (region 0), the size of the VF's BAR0: the registers in
+//!   [`ALLOWED`] are forwarded to the VF's hardware as 32-bit accesses, with
+//!   the bits in their `deny` mask kept clear; every other offset reads as
+//!   zero and ignores writes. This table is the device's security boundary:
+//!   nothing that could make the VF read or write memory (queue enables,
+//!   tail doorbells, head write-back, interrupt routing) ever reaches the
+//!   hardware, and bus mastering is never enabled (see
+//!   `Documentation/vendors/igbvf.rst`).
+//!
+//! It migrates with `STOP_COPY | P2P`: the stream carries the emulated
+//! config space (the framework's record) and one record with the allowed
+//! registers, read from the source VF's hardware and written into the
+//! target VF's. The `migration_version` names the hardware (VF IDs and
+//! revision, the PF's device ID) and the data format
+//! (`1.<format_minor>`), in the default format, so the default rule
+//! refuses other hardware and a source with a newer format.
+//!
+//! Stream record (little-endian): [`TAG_REGS`]: `u32` count, then `count`
+//! pairs of `u32` offset and `u32` value, in the order of [`ALLOWED`].
+
+#[path = "../core/rmdev.rs"]
+pub mod rmdev;
+
+use kernel::c_str;
+use kernel::prelude::*;
+use kernel::sync::Arc;
+
+use rmdev::device::{
+    region, BarKind, Device, Identity, Interrupts, PciConfig, Region, SavePhase, Saved,
+    StopCopySize,
+};
+use rmdev::fsm::{FlagSet, StepFailure, StopCopyP2pArc};
+use rmdev::mdev::{self, Parent, TypeInfo};
+use rmdev::pci::{self, Bar, Binding, DeviceId};
+use rmdev::version::VersionBuf;
+
+module! {
+    type: IgbVfModule,
+    name: "rmdev_igbvf",
+    author: "rmdev developers",
+    description: "rmdev: mediated devices on igb SR-IOV virtual functions",
+    license: "GPL",
+}
+
+/// The driver's name (PCI and mdev).
+const NAME: &CStr = c_str!("rmdev_igbvf");
+/// Intel 82576 virtual function.
+const VF_ID: DeviceId = DeviceId {
+    vendor: 0x8086,
+    device: 0x10ca,
+};
+/// The data format's major version; the minor is the `format_minor`
+/// parameter.
+const FORMAT_MAJOR: u16 = 1;
+/// Record tag: the allowed registers.
+pub const TAG_REGS: u16 = 1;
+
+/// One register the mdev forwards to the hardware.
+pub struct Allowed {
+    /// Offset in BAR0.
+    pub offset: u32,
+    /// Bits never written to the hardware (always written as 0).
+    pub deny: u32,
+}
+
+const fn reg(offset: u32, deny: u32) -> Allowed {
+    Allowed { offset, deny }
+}
+
+/// RXDCTL/TXDCTL bit 25: queue enable. An enabled queue fetches descriptors
+/// and moves packets by DMA.
+const QUEUE_ENABLE: u32 = 1 << 25;
+/// TDWBAL bit 0: head write-back enable, a DMA write of the head pointer.
+const HEAD_WB_ENABLE: u32 = 1;
+/// IVAR valid bits (one per byte): route a queue cause to an MSI-X vector,
+/// which is a memory write. The mdev offers no MSI-X.
+const IVAR_VALID: u32 = 0x8080_8080;
+
+/// The registers forwarded to the hardware, per VF queue (the VF has two:
+/// queue 1 is 0x100 above queue 0) and for its interrupt moderation. Tail
+/// registers (RDT 0x2818, TDT 0x3818) are doorbells and are not here;
+/// neither are CTRL (reset), the interrupt cause/mask registers (they reach
+/// the PF's state), the mailbox and the statistics.
+pub const ALLOWED: [Allowed; 33] = [
+    // Receive queue 0: RDBAL, RDBAH, RDLEN, SRRCTL, RDH, RXDCTL.
+    reg(0x2800, 0),
+    reg(0x2804, 0),
+    reg(0x2808, 0),
+    reg(0x280c, 0),
+    reg(0x2810, 0),
+    reg(0x2828, QUEUE_ENABLE),
+    // Receive queue 1.
+    reg(0x2900, 0),
+    reg(0x2904, 0),
+    reg(0x2908, 0),
+    reg(0x290c, 0),
+    reg(0x2910, 0),
+    reg(0x2928, QUEUE_ENABLE),
+    // Transmit queue 0: TDBAL, TDBAH, TDLEN, TDH, TXCTL, TXDCTL, TDWBAL,
+    // TDWBAH.
+    reg(0x3800, 0),
+    reg(0x3804, 0),
+    reg(0x3808, 0),
+    reg(0x3810, 0),
+    reg(0x3814, 0),
+    reg(0x3828, QUEUE_ENABLE),
+    reg(0x3838, HEAD_WB_ENABLE),
+    reg(0x383c, 0),
+    // Transmit queue 1.
+    reg(0x3900, 0),
+    reg(0x3904, 0),
+    reg(0x3908, 0),
+    reg(0x3910, 0),
+    reg(0x3914, 0),
+    reg(0x3928, QUEUE_ENABLE),
+    reg(0x3938, HEAD_WB_ENABLE),
+    reg(0x393c, 0),
+    // EITR0 to EITR2: interrupt throttling.
+    reg(0x1680, 0),
+    reg(0x1684, 0),
+    reg(0x1688, 0),
+    // IVAR0 and IVAR_MISC: queue and other causes to vector routing, with
+    // the valid bits denied.
+    reg(0x1700, IVAR_VALID),
+    reg(0x1740, 0x80),
+];
+
+/// Every allowed register, in stream order.
+fn allowed() -> impl Iterator<Item = &'static Allowed> {
+    ALLOWED.iter()
+}
+
+/// Number of allowed registers.
+const NR_ALLOWED: usize = ALLOWED.len();
+/// The register record's payload length.
+const REGS_LEN: usize = 4 + NR_ALLOWED * 8;
+
+fn find(offset: u64) -> Option<&'static Allowed> {
+    allowed().find(|a| u64::from(a.offset) == offset)
+}
+
+/// Module parameters (defined in `igbvf_params.c`).
+mod params {
+    extern "C" {
+        fn rmdev_igbvf_format_minor() -> u32;
+    }
+
+    /// The `format_minor` parameter.
+    pub(crate) fn format_minor() -> u32 {
+        // SAFETY: Reads a module parameter; no precondition.
+        unsafe { rmdev_igbvf_format_minor() }
+    }
+}
+
+/// The parent: one bound VF.
+struct VfParent {
+    bar: Arc<Bar>,
+    ids: pci::Ids,
+    version: VersionBuf,
+}
+
+impl mdev::Driver for VfParent {
+    const NAME: &'static CStr = NAME;
+    const DEVICE_API: &'static CStr = c_str!("vfio-pci");
+    const TYPES: &'static [TypeInfo] = &[TypeInfo {
+        sysfs_name: c_str!("vf"),
+        name: c_str!("igbvf"),
+        description: c_str!("the registers of one igb virtual function, migratable"),
+        max_instances: 1,
+    }];
+    type Device = VfDevice;
+
+    fn create(&self, _type_index: usize, _irqs: Interrupts) -> impl PinInit<VfDevice, Error> {
+        try_pin_init!(VfDevice {
+            bar: self.bar.clone(),
+            ids: self.ids,
+        })
+    }
+
+    fn type_version(&self, _type_index: usize) -> Option<Result<VersionBuf>> {
+        Some(Ok(self.version.clone()))
+    }
+}
+
+/// The `migration_version` of a VF: the driver, the type, the format, and
+/// the hardware it was read from.
+fn vf_version(ids: &pci::Ids, pf: u16, minor: u16) -> Result<VersionBuf> {
+    let mut id = [0u8; 9];
+    let mut subsys = [0u8; 9];
+    let mut rev = [0u8; 2];
+    let mut pfid = [0u8; 4];
+    let v = VersionBuf::new("rmdev_igbvf", "vf", FORMAT_MAJOR, minor)
+        .and_then(|v| v.field("id", hex_pair(&mut id, ids.vendor, ids.device)))
+        .and_then(|v| {
+            v.field(
+                "subsys",
+                hex_pair(&mut subsys, ids.subsystem_vendor, ids.subsystem),
+            )
+        })
+        .and_then(|v| v.field("rev", hex(&mut rev, u32::from(ids.revision))))
+        .and_then(|v| v.field("pf", hex(&mut pfid, u32::from(pf))));
+    v.map_err(|_| EINVAL)
+}
+
+/// `value` as lowercase hex in exactly `buf.len()` digits.
+fn hex(buf: &mut [u8], value: u32) -> &str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let n = buf.len();
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = DIGITS[((value >> (4 * (n - 1 - i))) & 0xf) as usize];
+    }
+    core::str::from_utf8(buf).unwrap_or("")
+}
+
+/// `aaaa-bbbb`.
+fn hex_pair(buf: &mut [u8; 9], a: u16, b: u16) -> &str {
+    let (x, rest) = buf.split_at_mut(4);
+    hex(x, u32::from(a));
+    rest[0] = b'-';
+    hex(&mut rest[1..], u32::from(b));
+    core::str::from_utf8(buf).unwrap_or("")
+}
+
+/// One mdev: the VF's registers, mediated.
+#[pin_data]
+struct VfDevice {
+    bar: Arc<Bar>,
+    ids: pci::Ids,
+}
+
+/// A save session: whether the registers were sent.
+struct VfSave {
+    sent: bool,
+}
+
+/// A resume session: whether the registers arrived.
+struct VfLoad {
+    seen: bool,
+}
+
+impl VfDevice {
+    /// Writes an allowed register, its denied bits clear.
+    fn write_hw(&self, a: &Allowed, value: u32) -> Result {
+        self.bar.write32(a.offset as usize, value & !a.deny)
+    }
+}
+
+fn le32(b: &[u8]) -> Result<u32> {
+    let b: [u8; 4] = b.try_into().map_err(|_| EINVAL)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+impl Device for VfDevice {
+    type Save = VfSave;
+    type Load = VfLoad;
+    type Arcs = StopCopyP2pArc;
+    // Bus mastering is never enabled and no DMA-capable bit reaches the VF.
+    const WRITES_GUEST_MEMORY: bool = false;
+
+    fn region(&self, index: u32) -> Region {
+        match index {
+            region::BAR0 => Region::read_write(self.bar.len() as u64),
+            _ => Region::NONE,
+        }
+    }
+
+    fn read(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result {
+        if index != region::BAR0 {
+            return Err(EINVAL);
+        }
+        // Only aligned 32-bit reads of allowed registers reach the VF (its
+        // registers take no other width); everything else reads as zero.
+        let value = match find(offset) {
+            Some(a) if buf.len() == 4 => self.bar.read32(a.offset as usize)?,
+            _ => 0,
+        };
+        if buf.len() == 4 {
+            buf.copy_from_slice(&value.to_le_bytes());
+        } else {
+            buf.fill(0);
+        }
+        Ok(())
+    }
+
+    fn write(&self, index: u32, offset: u64, data: &[u8]) -> Result {
+        if index != region::BAR0 {
+            return Err(EINVAL);
+        }
+        match find(offset) {
+            Some(a) if data.len() == 4 => self.write_hw(a, le32(data)?),
+            // Not forwarded: ignored, as absent registers are.
+            _ => Ok(()),
+        }
+    }
+
+    fn pci_config(&self) -> Option<PciConfig> {
+        // The VF's own identity, so a guest driver and QEMU's config check
+        // see the hardware; BAR0 like the VF's (64-bit, prefetchable);
+        // no interrupts (the VF's MSI-X is not mediated).
+        Some(PciConfig {
+            identity: Identity {
+                vendor: self.ids.vendor,
+                device: self.ids.device,
+                revision: self.ids.revision,
+                class: self.ids.class,
+                subsystem_vendor: self.ids.subsystem_vendor,
+                subsystem: self.ids.subsystem,
+                interrupt_pin: 0,
+            },
+            bars: [
+                Some(BarKind::Mem64 { prefetchable: true }),
+                None,
+                None,
+                None,
+                None,
+                None,
+            ],
+            capabilities: &[],
+            msi_vectors: 0,
+        })
+    }
+
+    fn reset(&self) {
+        // A function reset clears the queue and interrupt set-up. A BAR
+        // revoked under us (the VF is going) has nothing left to reset.
+        for a in allowed() {
+            let _ = self.write_hw(a, 0);
+        }
+    }
+
+    fn migration(&self) -> Option<FlagSet> {
+        Some(FlagSet::StopCopyP2p)
+    }
+
+    fn step(&self, arc: StopCopyP2pArc) -> core::result::Result<(), StepFailure<Error>> {
+        // The mediated VF runs no engine: its queues are never enabled, so
+        // stopping and starting it change nothing in the hardware; the
+        // state is the registers, read at save and written at load.
+        match arc {
+            StopCopyP2pArc::RunningToRunningP2p
+            | StopCopyP2pArc::RunningP2pToRunning
+            | StopCopyP2pArc::RunningP2pToStop
+            | StopCopyP2pArc::StopToRunningP2p
+            | StopCopyP2pArc::StopToStopCopy
+            | StopCopyP2pArc::StopCopyToStop
+            | StopCopyP2pArc::StopToResuming
+            | StopCopyP2pArc::ResumingToStop => Ok(()),
+        }
+    }
+
+    fn stop_copy_size(&self, s: Option<&VfSave>) -> StopCopySize {
+        if s.is_some_and(|s| s.sent) {
+            return StopCopySize::default();
+        }
+        StopCopySize {
+            bytes: REGS_LEN,
+            records: 1,
+        }
+    }
+
+    fn save_open(&self) -> Result<VfSave> {
+        Ok(VfSave { sent: false })
+    }
+
+    fn save(&self, s: &mut VfSave, phase: SavePhase, buf: &mut [u8]) -> Result<Saved> {
+        if phase != SavePhase::StopCopy {
+            return Ok(Saved::Later);
+        }
+        if s.sent {
+            return Ok(Saved::Done);
+        }
+        let out = buf.get_mut(..REGS_LEN).ok_or(EINVAL)?;
+        out[..4].copy_from_slice(&(NR_ALLOWED as u32).to_le_bytes());
+        for (a, chunk) in allowed().zip(out[4..].chunks_exact_mut(8)) {
+            let value = self.bar.read32(a.offset as usize)?;
+            chunk[..4].copy_from_slice(&a.offset.to_le_bytes());
+            chunk[4..].copy_from_slice(&value.to_le_bytes());
+        }
+        s.sent = true;
+        Ok(Saved::Record {
+            tag: TAG_REGS,
+            len: REGS_LEN,
+        })
+    }
+
+    fn load_open(&self) -> Result<VfLoad> {
+        Ok(VfLoad { seen: false })
+    }
+
+    fn load(&self, l: &mut VfLoad, tag: u16, payload: &[u8]) -> Result {
+        if tag != TAG_REGS || l.seen || payload.len() != REGS_LEN {
+            return Err(EINVAL);
+        }
+        if le32(&payload[..4])? as usize != NR_ALLOWED {
+            return Err(EINVAL);
+        }
+        // Check the whole record before touching the hardware: the offsets
+        // must be exactly ours, in order.
+        for (a, chunk) in allowed().zip(payload[4..].chunks_exact(8)) {
+            if le32(&chunk[..4])? != a.offset {
+                return Err(EINVAL);
+            }
+        }
+        for (a, chunk) in allowed().zip(payload[4..].chunks_exact(8)) {
+            self.write_hw(a, le32(&chunk[4..])?)?;
+        }
+        l.seen = true;
+        Ok(())
+    }
+
+    fn load_finish(&self, l: VfLoad) -> Result {
+        if l.seen {
+            Ok(())
+        } else {
+            Err(EINVAL)
+        }
+    }
+}
+
+/// The PCI driver.
+struct IgbVf;
+
+/// What a bound VF keeps: its mdev parent. Dropped in remove, before the
+/// framework unmaps the BAR: the mdevs go first.
+struct VfBinding {
+    _parent: Parent<VfParent>,
+}
+
+impl pci::Driver for IgbVf {
+    const NAME: &'static CStr = NAME;
+    const IDS: &'static [DeviceId] = &[VF_ID];
+    type Context = Arc<mdev::Registration<VfParent>>;
+    type Data = VfBinding;
+
+    fn probe(mdev_driver: &Self::Context, b: &mut Binding) -> Result<VfBinding> {
+        let ids = b.ids();
+        let Some(pf) = ids.pf_device else {
+            pr_err!("{}: not an SR-IOV virtual function\n", b.name());
+            return Err(ENODEV);
+        };
+        let minor = params::format_minor();
+        let minor = u16::try_from(minor).map_err(|_| {
+            pr_err!("format_minor={} refused: must be 0 to 65535\n", minor);
+            EINVAL
+        })?;
+        b.enable_mem()?;
+        let bar = b.map_bar(0)?;
+        let fits = bar.len().is_power_of_two()
+            && allowed().all(|a| (a.offset as usize) + 4 <= bar.len());
+        if !fits {
+            pr_err!("{}: BAR0 of {} bytes does not hold the VF registers\n", b.name(), bar.len());
+            return Err(ENODEV);
+        }
+        let version = vf_version(&ids, pf, minor)?;
+        let parent = Parent::new_pci(mdev_driver, b, VfParent { bar, ids, version })?;
+        pr_info!("{}: mdev parent, data format {}.{}\n", b.name(), FORMAT_MAJOR, minor);
+        Ok(VfBinding { _parent: parent })
+    }
+}
+
+struct IgbVfModule {
+    // Dropped first: unbinds every VF, which removes their mdevs. The mdev
+    // registration goes with its last reference and waits until the C side
+    // released everything of the driver.
+    _pci: pci::Registration<IgbVf>,
+}
+
+impl kernel::Module for IgbVfModule {
+    fn init(module: &'static ThisModule) -> Result<Self> {
+        let mdev_driver = Arc::new(mdev::Registration::<VfParent>::new(module)?, GFP_KERNEL)?;
+        let pci = pci::Registration::<IgbVf>::new(module, mdev_driver)?;
+        pr_info!("ready: bind igb VFs with driver_override\n");
+        Ok(Self { _pci: pci })
+    }
+}
