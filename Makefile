@@ -31,7 +31,7 @@ setup:
 # tests, and the FSM table against Linux 6.12's oracle.
 host-check: setup
 	cargo fmt --all --check
-	rustfmt --edition 2021 --check samples/sample.rs  # and the core/ it mounts
+	rustfmt --edition 2021 --check samples/sample.rs vendors/igbvf.rs  # and the core/ they mount
 	cargo clippy --quiet --all-targets -- -D warnings
 	RMDEV_FUZZ_SECONDS=$${RMDEV_FUZZ_SECONDS:-10} cargo test --quiet
 	@$(MAKE) --no-print-directory -s fsm-table | diff -u <(grep '^0x' $(ORACLE)) - \

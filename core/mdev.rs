@@ -529,7 +529,11 @@ impl<T: Driver> Parent<T> {
     /// Drop it in the PCI driver's remove (it is part of the data
     /// [`super::pci::Driver::probe`] returns): that removes the function's
     /// mdevs before the framework unmaps its BARs.
-    pub fn new_pci(driver: &Registration<T>, binding: &super::pci::Binding, data: T) -> Result<Self> {
+    pub fn new_pci(
+        driver: &Registration<T>,
+        binding: &super::pci::Binding,
+        data: T,
+    ) -> Result<Self> {
         Self::new(driver, binding.name(), binding.as_dev(), data)
     }
 

@@ -168,7 +168,11 @@ impl Binding {
         // SAFETY: The device is bound and `index` is a standard BAR.
         let (flags, len) = unsafe {
             let r = &(*p).resource[index as usize];
-            let len = if r.end > r.start { r.end - r.start + 1 } else { 0 };
+            let len = if r.end > r.start {
+                r.end - r.start + 1
+            } else {
+                0
+            };
             (r.flags, len)
         };
         if flags & bindings::IORESOURCE_MEM as usize == 0 || len == 0 {
@@ -368,11 +372,8 @@ impl<T: Driver> Registration<T> {
             (*drv).id_table = (*slot).ids.as_ptr();
             (*drv).probe = Some(Self::probe);
             (*drv).remove = Some(Self::remove);
-            let ret = bindings::__pci_register_driver(
-                drv,
-                module.as_ptr().cast(),
-                T::NAME.as_char_ptr(),
-            );
+            let ret =
+                bindings::__pci_register_driver(drv, module.as_ptr().cast(), T::NAME.as_char_ptr());
             if ret != 0 {
                 ptr::drop_in_place(addr_of_mut!((*slot).ids));
                 ptr::drop_in_place(addr_of_mut!((*slot).ctx));
@@ -406,7 +407,11 @@ impl<T: Driver> Registration<T> {
         };
         // A driver_override for this driver also reaches us for devices not
         // in the table (`pci_match_device()` then sends a catch-all ID).
-        if !ours || !T::IDS.iter().any(|i| i.vendor == vendor && i.device == device) {
+        if !ours
+            || !T::IDS
+                .iter()
+                .any(|i| i.vendor == vendor && i.device == device)
+        {
             return ENODEV.to_errno();
         }
         // SAFETY: The driver core set `dev.driver` to this driver before
@@ -436,7 +441,13 @@ impl<T: Driver> Registration<T> {
                 return e.to_errno();
             }
         };
-        let bound = KBox::new(Bound::<T> { data: Some(data), binding }, GFP_KERNEL);
+        let bound = KBox::new(
+            Bound::<T> {
+                data: Some(data),
+                binding,
+            },
+            GFP_KERNEL,
+        );
         match bound {
             Ok(b) => {
                 // SAFETY: The device is ours; remove takes the pointer back.

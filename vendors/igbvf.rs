@@ -457,15 +457,24 @@ impl pci::Driver for IgbVf {
         })?;
         b.enable_mem()?;
         let bar = b.map_bar(0)?;
-        let fits = bar.len().is_power_of_two()
-            && allowed().all(|a| (a.offset as usize) + 4 <= bar.len());
+        let fits =
+            bar.len().is_power_of_two() && allowed().all(|a| (a.offset as usize) + 4 <= bar.len());
         if !fits {
-            pr_err!("{}: BAR0 of {} bytes does not hold the VF registers\n", b.name(), bar.len());
+            pr_err!(
+                "{}: BAR0 of {} bytes does not hold the VF registers\n",
+                b.name(),
+                bar.len()
+            );
             return Err(ENODEV);
         }
         let version = vf_version(&ids, pf, minor)?;
         let parent = Parent::new_pci(mdev_driver, b, VfParent { bar, ids, version })?;
-        pr_info!("{}: mdev parent, data format {}.{}\n", b.name(), FORMAT_MAJOR, minor);
+        pr_info!(
+            "{}: mdev parent, data format {}.{}\n",
+            b.name(),
+            FORMAT_MAJOR,
+            minor
+        );
         Ok(VfBinding { _parent: parent })
     }
 }

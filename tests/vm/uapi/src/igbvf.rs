@@ -61,7 +61,10 @@ impl HwBar {
     fn at(&self, offset: u64) -> Result<*mut u32, String> {
         let off = offset as usize;
         if off % 4 != 0 || off + 4 > self.len {
-            return Err(format!("offset {offset:#x} outside the {}-byte BAR", self.len));
+            return Err(format!(
+                "offset {offset:#x} outside the {}-byte BAR",
+                self.len
+            ));
         }
         // SAFETY: In bounds and aligned (checked above).
         Ok(unsafe { self.ptr.add(off) }.cast())
@@ -193,7 +196,10 @@ pub(crate) fn hold(uuid: &str, state: &str) -> TestResult {
     };
     println!("holding {uuid} in {state} (data FD: {})", data.is_some());
     let _ = std::io::stdout().flush();
-    let revents = ctx(vfio::poll_fd(efd.as_raw_fd(), libc::POLLIN, 300_000), "poll")?;
+    let revents = ctx(
+        vfio::poll_fd(efd.as_raw_fd(), libc::POLLIN, 300_000),
+        "poll",
+    )?;
     if revents & libc::POLLIN == 0 {
         return Err("no release request within 300 s".into());
     }
