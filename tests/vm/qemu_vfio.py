@@ -18,6 +18,7 @@ Exit status: 0 as expected, 1 otherwise.
 import argparse
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -137,8 +138,9 @@ class Qemu:
         return [l for l in self.log_text().splitlines() if "vfio" in l.lower()]
 
 
-def check_logs(*qemus):
-    bad = [f"{q.name}: {l}" for q in qemus for l in q.vfio_lines()]
+def check_logs(*qemus, allow=None):
+    bad = [f"{q.name}: {l}" for q in qemus for l in q.vfio_lines()
+           if not (allow and re.search(allow, l))]
     if bad:
         fail("vfio lines in QEMU's log:\n  " + "\n  ".join(bad))
 
@@ -226,8 +228,16 @@ def migrate(args):
         if dst:
             dst.quit()
             print("  target QEMU: " + " | ".join(dst.log_text().strip().splitlines()[-3:]))
-        # The source saw a failed migration, not a device error.
-        check_logs(src)
+        # The source saw a failed migration, not a device error. When the
+        # target drops the connection while the source is still sending the
+        # device's state, QEMU reports the stream's write error (-EIO, from
+        # its socket file, not from the device) against the vfio section;
+        # only that line is allowed, and only when the error says the
+        # connection broke.
+        allow = None
+        if re.search(r"Connection reset by peer|Broken pipe", info.get("error-desc") or ""):
+            allow = r"^qemu-system-x86_64: failed to save SaveStateEntry with id\(name\): \d+\([0-9a-f:.]+/vfio\): -5$"
+        check_logs(src, allow=allow)
         return
     if not ok:
         fail(f"migration {info.get('status')}: {info.get('error-desc')}")

@@ -45,6 +45,13 @@ new_vf_mdev() {
 	echo "$u"
 }
 gone() { [ ! -e /sys/bus/mdev/devices/$1 ] || fail "mdev $1 still exists"; }
+# two_mdevs: binds VF0 and VF1 and creates an mdev on each (M0, M1).
+two_mdevs() {
+	bind_vf $VF0
+	bind_vf $VF1
+	M0=$(new_vf_mdev $VF0)
+	M1=$(new_vf_mdev $VF1)
+}
 loaded() { grep -q "^$1 " /proc/modules; }
 hw() { "$VM_TEST" vf-read "$@"; }
 via() { "$VM_TEST" region-read "$1" 0 "$2"; }
@@ -178,6 +185,8 @@ expect_eq "the last dword of BAR0 through the mdev" "$(via $M0 0x3ffc)" 0x000000
 cmd=$(od -An -tx2 -j4 -N2 /sys/bus/pci/devices/$VF0/config | tr -d ' ')
 expect_eq "VF0 bus mastering after the mdev's command write" "$((0x$cmd & 4))" 0
 expect_eq "the mdev's emulated vendor:device" "$("$VM_TEST" region-read "$M0" 7 0)" "0x$(hx $d/device)$(hx $d/vendor)"
+expect_eq "the mdev's emulated class:revision" "$("$VM_TEST" region-read "$M0" 7 8)" "0x$(hx $d/class)$(hx $d/revision)"
+expect_eq "the mdev's emulated subsystem" "$("$VM_TEST" region-read "$M0" 7 0x2c)" "0x$(hx $d/subsystem_device)$(hx $d/subsystem_vendor)"
 "$VM_TEST" region-write "$M0" 7 0x4 0x00000000
 
 note "migration VF0 mdev -> VF1 mdev through the uAPI"
@@ -224,10 +233,7 @@ hold_then sysfs_write /sys/bus/pci/drivers/rmdev_igbvf/unbind "$VF0"
 gone "$M0"
 
 note "teardown: rmmod rmdev_igbvf refused while an mdev is open, then done"
-bind_vf $VF0
-bind_vf $VF1
-M0=$(new_vf_mdev $VF0)
-M1=$(new_vf_mdev $VF1)
+two_mdevs
 "$VM_TEST" hold "$M0" STOP_COPY >/tmp/rmdev-hold.log 2>&1 &
 holder=$!
 for i in $(seq 100); do grep -q holding /tmp/rmdev-hold.log && break; sleep 0.1; done
@@ -240,20 +246,14 @@ expect_eq "VF0 driver after rmmod" "$(driver_of $VF0)" ""
 
 note "teardown: sriov_numvfs=0 with mdevs, one held in a session"
 insmod "$IGBVF_KO"
-bind_vf $VF0
-bind_vf $VF1
-M0=$(new_vf_mdev $VF0)
-M1=$(new_vf_mdev $VF1)
+two_mdevs
 hold_then sysfs_write /sys/bus/pci/devices/$PF/sriov_numvfs 0
 gone "$M0"; gone "$M1"
 [ ! -e /sys/bus/pci/devices/$VF0 ] || fail "VF0 still there"
 
 note "teardown: rmmod igb (the PF driver) with mdevs, one held in a session"
 make_vfs
-bind_vf $VF0
-bind_vf $VF1
-M0=$(new_vf_mdev $VF0)
-M1=$(new_vf_mdev $VF1)
+two_mdevs
 hold_then rmmod igb
 gone "$M0"; gone "$M1"
 modprobe igb

@@ -13,7 +13,7 @@ use std::os::fd::AsRawFd;
 use rmdev_logic::fsm::{FlagSet, State};
 
 use super::vfio::{self, Device};
-use super::{ctx, new_eventfd, read_to_eof, resume, write_all_fd, TestResult};
+use super::{ctx, load_into, new_eventfd, read_to_eof, resume, TestResult};
 
 fn parse_u64(s: &str) -> Result<u64, String> {
     let r = match s.strip_prefix("0x") {
@@ -166,17 +166,7 @@ pub(crate) fn save_mdev(uuid: &str, file: &str) -> TestResult {
 pub(crate) fn load_mdev(uuid: &str, file: &str) -> TestResult {
     let stream = ctx(std::fs::read(file), "read file")?;
     let dev = ctx(Device::open(uuid), &format!("open {uuid}"))?;
-    let fd = ctx(dev.set_state(State::Resuming.raw()), "SET RESUMING")?.ok_or("no FD")?;
-    for (i, chunk) in stream.chunks(65536).enumerate() {
-        if let Err(e) = write_all_fd(&fd, chunk, chunk.len()) {
-            return Err(format!("refused at write {}: {e}", i + 1));
-        }
-    }
-    ctx(
-        dev.set_state(State::Stop.raw()),
-        "refused at RESUMING->STOP",
-    )?;
-    Ok(())
+    load_into(&dev, &stream)
 }
 
 /// `hold UUID STATE`: opens the mdev, registers the request eventfd, moves

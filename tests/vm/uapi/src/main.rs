@@ -1139,7 +1139,12 @@ fn load_stream(ty: &str, file: &str) -> TestResult {
     let ty = TYPES.iter().find(|t| t.0 == ty).ok_or("unknown type")?.0;
     let stream = ctx(fs::read(file), "read file")?;
     let m = Mdev::create(ty)?;
-    let dev = m.open()?;
+    load_into(&m.open()?, &stream)
+}
+
+/// Loads `stream` into `dev` (RESUMING, 64 KiB writes, STOP), saying at
+/// which write or at which SET it was refused.
+fn load_into(dev: &Device, stream: &[u8]) -> TestResult {
     let fd = ctx(dev.set_state(State::Resuming.raw()), "SET RESUMING")?.ok_or("no FD")?;
     for (i, chunk) in stream.chunks(65536).enumerate() {
         if let Err(e) = write_all_fd(&fd, chunk, chunk.len()) {
