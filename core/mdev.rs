@@ -197,9 +197,10 @@ pub struct Registration<T: Driver> {
     class: *mut bindings::class,
 }
 
-// SAFETY: The class pointer is only destroyed, once, in `drop`.
+// SAFETY: The class pointer never changes and is destroyed once, in `drop`.
 unsafe impl<T: Driver> Send for Registration<T> {}
-// SAFETY: `&Registration` does not touch the class.
+// SAFETY: Through `&Registration`, parents only add devices to the class,
+// which the driver core allows from several threads at once.
 unsafe impl<T: Driver> Sync for Registration<T> {}
 
 impl<T: Driver> Registration<T> {

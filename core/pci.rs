@@ -100,8 +100,9 @@ pub struct Binding {
 // SAFETY: The device pointer is only used for calls the PCI core allows from
 // any thread while the driver is bound.
 unsafe impl Send for Binding {}
-// SAFETY: `&Binding` only reads identity fields that do not change while the
-// driver is bound.
+// SAFETY: `&Binding` reads identity fields that do not change while the
+// driver is bound, and hands out the function's `struct device` to parent
+// new devices on, which the driver core allows from any thread.
 unsafe impl Sync for Binding {}
 
 impl Binding {
@@ -372,8 +373,11 @@ impl<T: Driver> Registration<T> {
             (*drv).id_table = (*slot).ids.as_ptr();
             (*drv).probe = Some(Self::probe);
             (*drv).remove = Some(Self::remove);
-            let ret =
-                bindings::__pci_register_driver(drv, module.as_ptr().cast(), T::NAME.as_char_ptr());
+            let ret = bindings::__pci_register_driver(
+                drv,
+                module.as_ptr().cast(),
+                kernel::c_str!(env!("RMDEV_VENDOR")).as_char_ptr(),
+            );
             if ret != 0 {
                 ptr::drop_in_place(addr_of_mut!((*slot).ids));
                 ptr::drop_in_place(addr_of_mut!((*slot).ctx));
@@ -425,7 +429,7 @@ impl<T: Driver> Registration<T> {
                 .cast::<RawDriver<T::Context>>();
             &(*raw).ctx
         };
-        // SAFETY: Checked non-null by the C caller contract.
+        // SAFETY: The PCI core never calls probe with a null device.
         let pdev_nn = unsafe { NonNull::new_unchecked(pdev) };
         // INVARIANT: the device is bound to us from now until remove, or
         // until this probe fails.

@@ -1139,7 +1139,10 @@ fn load_stream(ty: &str, file: &str) -> TestResult {
     let ty = TYPES.iter().find(|t| t.0 == ty).ok_or("unknown type")?.0;
     let stream = ctx(fs::read(file), "read file")?;
     let m = Mdev::create(ty)?;
-    load_into(&m.open()?, &stream)
+    // A local, not a temporary of the tail expression: the device must be
+    // closed before `m` removes the mdev (a removal waits for its users).
+    let dev = m.open()?;
+    load_into(&dev, &stream)
 }
 
 /// Loads `stream` into `dev` (RESUMING, 64 KiB writes, STOP), saying at
