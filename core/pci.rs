@@ -38,6 +38,10 @@ use kernel::types::Opaque;
 
 use super::bindings;
 
+/// The vendor module's name (`RMDEV_VENDOR`, set by `core/rmdev.mk`): the
+/// owner of the BAR regions in `/proc/iomem` and the driver's module name.
+const MODULE_NAME: &CStr = kernel::c_str!(env!("RMDEV_VENDOR"));
+
 /// A PCI vendor and device ID the driver can bind to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceId {
@@ -183,7 +187,7 @@ impl Binding {
         self.bars.reserve(1, GFP_KERNEL)?;
         // SAFETY: The device is bound and enabled; the name is `'static` (the
         // resource keeps the pointer until it is released).
-        to_result(unsafe { bindings::pci_request_region(p, index, Self::region_name()) })?;
+        to_result(unsafe { bindings::pci_request_region(p, index, MODULE_NAME.as_char_ptr()) })?;
         // SAFETY: The region is ours; `pci_iomap` maps it whole (len 0).
         let addr = unsafe { bindings::pci_iomap(p, index, 0) };
         let Some(addr) = NonNull::new(addr) else {
@@ -217,10 +221,6 @@ impl Binding {
         // Capacity was reserved above.
         self.bars.push((index, bar.clone()), GFP_KERNEL)?;
         Ok(bar)
-    }
-
-    fn region_name() -> *const kernel::ffi::c_char {
-        kernel::c_str!(env!("RMDEV_VENDOR")).as_char_ptr()
     }
 
     /// Undoes what the probe set up: revokes and unmaps the BARs, releases
@@ -376,7 +376,7 @@ impl<T: Driver> Registration<T> {
             let ret = bindings::__pci_register_driver(
                 drv,
                 module.as_ptr().cast(),
-                kernel::c_str!(env!("RMDEV_VENDOR")).as_char_ptr(),
+                MODULE_NAME.as_char_ptr(),
             );
             if ret != 0 {
                 ptr::drop_in_place(addr_of_mut!((*slot).ids));

@@ -137,18 +137,13 @@ pub const ALLOWED: [Allowed; 33] = [
     reg(0x1740, 0x80),
 ];
 
-/// Every allowed register, in stream order.
-fn allowed() -> impl Iterator<Item = &'static Allowed> {
-    ALLOWED.iter()
-}
-
 /// Number of allowed registers.
 const NR_ALLOWED: usize = ALLOWED.len();
 /// The register record's payload length.
 const REGS_LEN: usize = 4 + NR_ALLOWED * 8;
 
 fn find(offset: u64) -> Option<&'static Allowed> {
-    allowed().find(|a| u64::from(a.offset) == offset)
+    ALLOWED.iter().find(|a| u64::from(a.offset) == offset)
 }
 
 /// Module parameters (defined in `igbvf_params.c`).
@@ -335,7 +330,7 @@ impl Device for VfDevice {
     fn reset(&self) {
         // A function reset clears the queue and interrupt set-up. A BAR
         // revoked under us (the VF is going) has nothing left to reset.
-        for a in allowed() {
+        for a in ALLOWED.iter() {
             let _ = self.write_hw(a, 0);
         }
     }
@@ -383,7 +378,7 @@ impl Device for VfDevice {
         }
         let out = buf.get_mut(..REGS_LEN).ok_or(EINVAL)?;
         out[..4].copy_from_slice(&(NR_ALLOWED as u32).to_le_bytes());
-        for (a, chunk) in allowed().zip(out[4..].chunks_exact_mut(8)) {
+        for (a, chunk) in ALLOWED.iter().zip(out[4..].chunks_exact_mut(8)) {
             let value = self.bar.read32(a.offset as usize)?;
             chunk[..4].copy_from_slice(&a.offset.to_le_bytes());
             chunk[4..].copy_from_slice(&value.to_le_bytes());
@@ -408,12 +403,12 @@ impl Device for VfDevice {
         }
         // Check the whole record before touching the hardware: the offsets
         // must be exactly ours, in order.
-        for (a, chunk) in allowed().zip(payload[4..].chunks_exact(8)) {
+        for (a, chunk) in ALLOWED.iter().zip(payload[4..].chunks_exact(8)) {
             if le32(&chunk[..4])? != a.offset {
                 return Err(EINVAL);
             }
         }
-        for (a, chunk) in allowed().zip(payload[4..].chunks_exact(8)) {
+        for (a, chunk) in ALLOWED.iter().zip(payload[4..].chunks_exact(8)) {
             self.write_hw(a, le32(&chunk[4..])?)?;
         }
         l.seen = true;
@@ -457,8 +452,8 @@ impl pci::Driver for IgbVf {
         })?;
         b.enable_mem()?;
         let bar = b.map_bar(0)?;
-        let fits =
-            bar.len().is_power_of_two() && allowed().all(|a| (a.offset as usize) + 4 <= bar.len());
+        let fits = bar.len().is_power_of_two()
+            && ALLOWED.iter().all(|a| (a.offset as usize) + 4 <= bar.len());
         if !fits {
             pr_err!(
                 "{}: BAR0 of {} bytes does not hold the VF registers\n",
