@@ -12,8 +12,8 @@ use std::os::fd::AsRawFd;
 
 use rmdev_logic::fsm::{FlagSet, State};
 
-use super::vfio::{self, Device};
 use super::{ctx, load_into, new_eventfd, read_to_eof, resume, TestResult};
+use rmdev::vfio::{self, Device};
 
 fn parse_u64(s: &str) -> Result<u64, String> {
     let r = match s.strip_prefix("0x") {

@@ -10,16 +10,15 @@
 //! Usage: `rmdev-vm-test <test>... [--flags N]`; `rmdev-vm-test list`.
 
 mod igbvf;
-mod vfio;
 
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use rmdev::vfio::{self, Device};
 use rmdev_logic::envelope::Encoder;
 use rmdev_logic::fsm::{FlagSet, State};
-use vfio::Device;
 
 /// A test failure, with what was expected.
 type TestResult = Result<(), String>;

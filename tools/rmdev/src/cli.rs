@@ -1,0 +1,775 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The command line: arguments (clap), the commands, and their text and
+//! JSON output. The binary (`main.rs`) only calls [`run`].
+
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::compat::{self, Verdict};
+use crate::error::{Error, Result, EXIT_INCOMPATIBLE, EXIT_OK};
+use crate::manifest::Manifest;
+use crate::migrate::{self, human_bytes, millis, Options, Progress, Summary};
+use crate::sysfs::{Sysfs, Target, VersionAttr};
+use crate::vfio::{self, Device};
+
+/// Check mdev migration compatibility and drive migrations.
+///
+/// rmdev reads the mdev sysfs tree (parents, types, mdevs and their
+/// migration_version attributes), asks a target whether it accepts a
+/// source by writing the source's version string into the target's
+/// attribute, exports and matches manifests across hosts, and moves device
+/// state through the VFIO migration uAPI.
+///
+/// Exit status: 0 compatible or done, 1 incompatible, 2 usage or system
+/// error.
+#[derive(Debug, Parser)]
+#[command(name = "rmdev", version, max_term_width = 100)]
+pub struct Cli {
+    /// Print JSON instead of text (every command that reports).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Read sysfs under this directory instead of / (for tests and chroots).
+    #[arg(long, global = true, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List parents, their types and the mdevs, with migration support.
+    ///
+    /// An idle mdev is opened briefly to read its migration flag set; an
+    /// mdev in use shows "in use".
+    List,
+    /// Print the migration_version of a type or an mdev.
+    Version {
+        /// An mdev UUID, PARENT/TYPE, or a sysfs path.
+        target: String,
+    },
+    /// Check whether TARGET can load SOURCE's state.
+    ///
+    /// Writes SOURCE's version string into TARGET's migration_version (the
+    /// target's own rule answers). Exit 0 when compatible, 1 when not.
+    Check {
+        /// The source: an mdev UUID, PARENT/TYPE or sysfs path on this host,
+        /// or an entry of the manifest given with --from.
+        source: String,
+        /// The target on this host: an mdev UUID, PARENT/TYPE or sysfs path.
+        target: String,
+        /// Look SOURCE up in this manifest (exported on the source host).
+        #[arg(long, value_name = "FILE")]
+        from: Option<PathBuf>,
+    },
+    /// Write this host's manifest: types and mdevs with their versions.
+    Export {
+        /// Write it to FILE instead of standard output.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// For each entry of a manifest, the local types and mdevs that accept it.
+    ///
+    /// Exit 0 when every migratable entry has a target, 1 when one has none.
+    Match {
+        /// The manifest exported on the source host (- for standard input).
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// Compare default-format strings with the default rule, without
+        /// writing to sysfs (not authoritative: a vendor rule may differ).
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Migrate the state of mdev SRC into mdev DST through the VFIO uAPI.
+    ///
+    /// Checks compatibility first and refuses (exit 1) unless --force.
+    Migrate {
+        /// The source mdev (UUID or sysfs path).
+        src: String,
+        /// The target mdev (UUID or sysfs path).
+        dst: String,
+        /// Migrate even if the check refuses.
+        #[arg(long)]
+        force: bool,
+        /// The most pre-copy rounds.
+        #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+        max_rounds: u32,
+        /// No progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Save an mdev's state to a file, for a load on another host.
+    Save {
+        /// The mdev (UUID or sysfs path).
+        uuid: String,
+        /// The file to write (it appears only once whole and checked).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+        /// The most pre-copy rounds.
+        #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+        max_rounds: u32,
+        /// No progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Load a saved state into an mdev.
+    ///
+    /// The file's envelope is checked whole, and its version against the
+    /// mdev's, before the device is touched.
+    Load {
+        /// The mdev (UUID or sysfs path).
+        uuid: String,
+        /// The file written by rmdev save.
+        #[arg(short, long, value_name = "FILE")]
+        input: PathBuf,
+        /// Load even if the version check refuses.
+        #[arg(long)]
+        force: bool,
+        /// No progress bar.
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Print the manual page (roff) to standard output.
+    Man,
+    /// Print a shell completion script to standard output.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Runs the command line `args`; the exit status.
+pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> u8 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            // clap: 0 for --help and --version, 2 for usage errors.
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let json = cli.json;
+    match execute(cli) {
+        Ok(status) => status,
+        Err(e) => {
+            if json {
+                let v =
+                    serde_json::json!({ "error": e.to_string(), "exit_status": e.exit_status() });
+                println!("{v}");
+            }
+            eprintln!("rmdev: {e}");
+            e.exit_status()
+        }
+    }
+}
+
+fn print_json<T: Serialize>(v: &T) -> Result<()> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| Error::Usage(e.to_string()))?;
+    println!("{s}");
+    Ok(())
+}
+
+fn execute(cli: Cli) -> Result<u8> {
+    let sys = Sysfs::new(&cli.root);
+    let json = cli.json;
+    match cli.command {
+        Command::List => list(&sys, json),
+        Command::Version { target } => version(&sys, &target, json),
+        Command::Check {
+            source,
+            target,
+            from,
+        } => check(&sys, &source, &target, from.as_deref(), json),
+        Command::Export { output } => export(&sys, output.as_deref()),
+        Command::Match { from, offline } => match_cmd(&sys, &from, offline, json),
+        Command::Migrate {
+            src,
+            dst,
+            force,
+            max_rounds,
+            no_progress,
+        } => migrate_cmd(
+            &sys,
+            &src,
+            &dst,
+            force,
+            max_rounds,
+            no_progress || json,
+            json,
+        ),
+        Command::Save {
+            uuid,
+            output,
+            max_rounds,
+            no_progress,
+        } => save_cmd(&sys, &uuid, &output, max_rounds, no_progress || json, json),
+        Command::Load {
+            uuid,
+            input,
+            force,
+            no_progress,
+        } => load_cmd(&sys, &uuid, &input, force, no_progress || json, json),
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .map_err(|e| Error::io("stdout", e))?;
+            io::stdout()
+                .write_all(&out)
+                .map_err(|e| Error::io("stdout", e))?;
+            Ok(EXIT_OK)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "rmdev", &mut io::stdout());
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+fn version_text(v: &VersionAttr) -> String {
+    match v {
+        VersionAttr::Absent => "(does not migrate)".into(),
+        VersionAttr::Present(s) => s.clone(),
+        VersionAttr::Unreadable(e) => format!("(unreadable: {e})"),
+    }
+}
+
+/// The flag set of an idle mdev, read through the VFIO uAPI.
+fn mdev_flags(sys: &Sysfs, uuid: &str) -> std::result::Result<u64, String> {
+    match Device::open_in(&sys.devices_dir(), uuid) {
+        Ok(dev) => dev.migration_flags().map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOTTY) {
+                "none".into()
+            } else {
+                crate::error::describe(&e)
+            }
+        }),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err("in use".into()),
+        Err(e) => Err(format!("not opened: {}", crate::error::describe(&e))),
+    }
+}
+
+fn list(sys: &Sysfs, json: bool) -> Result<u8> {
+    #[derive(Serialize)]
+    struct MdevRow {
+        #[serde(flatten)]
+        mdev: crate::sysfs::Mdev,
+        migration_flags: Option<u64>,
+        migration_flags_names: Option<String>,
+        migration_flags_error: Option<String>,
+    }
+    #[derive(Serialize)]
+    struct Listing {
+        parents: Vec<crate::sysfs::Parent>,
+        mdevs: Vec<MdevRow>,
+    }
+    let parents = sys.parents()?;
+    let mdevs: Vec<MdevRow> = sys
+        .mdevs()?
+        .into_iter()
+        .map(|m| {
+            let flags = if m.migration_version == VersionAttr::Absent {
+                Err("none".to_string())
+            } else {
+                mdev_flags(sys, &m.uuid)
+            };
+            MdevRow {
+                migration_flags: flags.as_ref().ok().copied(),
+                migration_flags_names: flags.as_ref().ok().map(|f| vfio::flags_name(*f)),
+                migration_flags_error: flags.err(),
+                mdev: m,
+            }
+        })
+        .collect();
+    if json {
+        print_json(&Listing { parents, mdevs })?;
+        return Ok(EXIT_OK);
+    }
+    for p in &parents {
+        println!("{}", p.name);
+        for t in &p.types {
+            let avail = t
+                .available_instances
+                .map_or("?".to_string(), |n| n.to_string());
+            println!(
+                "  {}  {}  available {}  migration_version {}",
+                t.id,
+                t.device_api.as_deref().unwrap_or("-"),
+                avail,
+                version_text(&t.migration_version)
+            );
+        }
+    }
+    if parents.is_empty() {
+        println!("no mdev parents");
+    }
+    for m in &mdevs {
+        let flags = match (&m.migration_flags_names, &m.migration_flags_error) {
+            (Some(n), _) => n.clone(),
+            (None, Some(e)) => e.clone(),
+            (None, None) => "-".into(),
+        };
+        println!(
+            "{} {}/{}  flags {}  migration_version {}",
+            m.mdev.uuid,
+            m.mdev.parent,
+            m.mdev.type_id,
+            flags,
+            version_text(&m.mdev.migration_version)
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+fn version(sys: &Sysfs, spec: &str, json: bool) -> Result<u8> {
+    let t = sys.resolve(spec)?;
+    let v = match t.version() {
+        VersionAttr::Present(s) => s.clone(),
+        VersionAttr::Absent => {
+            return Err(Error::NotMigratable(format!(
+                "{} {} has no migration_version: it does not migrate",
+                t.kind(),
+                t.label()
+            )))
+        }
+        VersionAttr::Unreadable(e) => {
+            return Err(Error::io(
+                t.dir().join("migration_version"),
+                io::Error::other(e.clone()),
+            ))
+        }
+    };
+    if json {
+        print_json(&serde_json::json!({
+            "kind": t.kind(), "id": t.label(), "migration_version": v,
+        }))?;
+    } else {
+        println!("{v}");
+    }
+    Ok(EXIT_OK)
+}
+
+/// A source's version string and how it is named.
+struct Source {
+    label: String,
+    origin: String,
+    version: String,
+}
+
+fn local_version(t: &Target) -> Result<String> {
+    match t.version() {
+        VersionAttr::Present(s) => Ok(s.clone()),
+        VersionAttr::Absent => Err(Error::NotMigratable(format!(
+            "{} {} has no migration_version: it does not migrate",
+            t.kind(),
+            t.label()
+        ))),
+        VersionAttr::Unreadable(e) => Err(Error::io(
+            t.dir().join("migration_version"),
+            io::Error::other(e.clone()),
+        )),
+    }
+}
+
+fn source_of(sys: &Sysfs, spec: &str, from: Option<&Path>) -> Result<Source> {
+    match from {
+        Some(path) => {
+            let m = Manifest::load(path)?;
+            let e = m.find(spec)?;
+            let version = e.migration_version.ok_or_else(|| {
+                Error::NotMigratable(format!(
+                    "{} {} of host '{}' does not migrate",
+                    e.kind, e.id, m.host
+                ))
+            })?;
+            Ok(Source {
+                label: e.id,
+                origin: format!("manifest of host '{}'", m.host),
+                version,
+            })
+        }
+        None => {
+            let t = sys.resolve(spec)?;
+            Ok(Source {
+                label: t.label(),
+                origin: "this host".into(),
+                version: local_version(&t)?,
+            })
+        }
+    }
+}
+
+fn print_verdict(src: &Source, target: &str, v: &Verdict) {
+    if v.compatible {
+        println!(
+            "compatible: {target} accepts {} ({})",
+            src.label, src.version
+        );
+    } else {
+        println!(
+            "incompatible: {target} refuses {} ({})",
+            src.label, src.version
+        );
+        if !v.reason.is_empty() {
+            println!("  reason: {}", v.reason);
+        }
+        if let Some(d) = &v.detail {
+            println!("  detail: {d}");
+        }
+    }
+}
+
+fn check(sys: &Sysfs, source: &str, target: &str, from: Option<&Path>, json: bool) -> Result<u8> {
+    let src = source_of(sys, source, from)?;
+    let tgt = sys.resolve(target)?;
+    let start = Instant::now();
+    let v = compat::check(&src.version, &tgt)?;
+    if json {
+        print_json(&serde_json::json!({
+            "source": { "id": src.label, "origin": src.origin, "migration_version": src.version },
+            "target": { "kind": tgt.kind(), "id": tgt.label(),
+                        "migration_version": tgt.version().as_str() },
+            "verdict": v,
+            "elapsed_s": start.elapsed().as_secs_f64(),
+        }))?;
+    } else {
+        print_verdict(&src, &tgt.label(), &v);
+    }
+    Ok(if v.compatible {
+        EXIT_OK
+    } else {
+        EXIT_INCOMPATIBLE
+    })
+}
+
+fn export(sys: &Sysfs, output: Option<&Path>) -> Result<u8> {
+    let m = Manifest::export(sys)?;
+    let text = serde_json::to_string_pretty(&m).map_err(|e| Error::Usage(e.to_string()))? + "\n";
+    match output {
+        Some(p) => std::fs::write(p, text).map_err(|e| Error::io(p, e))?,
+        None => print!("{text}"),
+    }
+    Ok(EXIT_OK)
+}
+
+fn match_cmd(sys: &Sysfs, from: &Path, offline: bool, json: bool) -> Result<u8> {
+    #[derive(Serialize)]
+    struct Candidate {
+        kind: &'static str,
+        id: String,
+        verdict: Verdict,
+    }
+    #[derive(Serialize)]
+    struct Row {
+        kind: &'static str,
+        id: String,
+        migration_version: String,
+        accepted_by: Vec<String>,
+        candidates: Vec<Candidate>,
+        undecided: Vec<String>,
+    }
+    let m = Manifest::load(from)?;
+    let mut locals: Vec<Target> = Vec::new();
+    for p in sys.parents()? {
+        locals.extend(p.types.into_iter().map(Target::Type));
+    }
+    locals.extend(sys.mdevs()?.into_iter().map(Target::Mdev));
+    locals.retain(|t| t.version().as_str().is_some());
+    let mut rows = Vec::new();
+    for e in m.entries() {
+        let Some(version) = e.migration_version.clone() else {
+            continue;
+        };
+        let mut row = Row {
+            kind: e.kind,
+            id: e.id,
+            migration_version: version.clone(),
+            accepted_by: Vec::new(),
+            candidates: Vec::new(),
+            undecided: Vec::new(),
+        };
+        for t in &locals {
+            let verdict = if offline {
+                match compat::offline(t.version().as_str().unwrap_or(""), &version) {
+                    Some(v) => v,
+                    None => {
+                        row.undecided.push(t.label());
+                        continue;
+                    }
+                }
+            } else {
+                compat::check(&version, t)?
+            };
+            if verdict.compatible {
+                row.accepted_by.push(t.label());
+            }
+            row.candidates.push(Candidate {
+                kind: t.kind(),
+                id: t.label(),
+                verdict,
+            });
+        }
+        rows.push(row);
+    }
+    let all_matched = rows.iter().all(|r| !r.accepted_by.is_empty());
+    if json {
+        print_json(&serde_json::json!({
+            "source_host": m.host,
+            "method": if offline { "offline" } else { "write" },
+            "authoritative": !offline,
+            "entries": rows,
+        }))?;
+    } else {
+        println!(
+            "entries of host '{}' and the local types and mdevs that accept them:",
+            m.host
+        );
+        if offline {
+            println!(
+                "(offline: default-format strings compared with the default rule; not \
+                 authoritative, a vendor's own rule may differ: run without --offline on this host to be sure)"
+            );
+        }
+        for r in &rows {
+            let acc = if r.accepted_by.is_empty() {
+                "no local target".to_string()
+            } else {
+                r.accepted_by.join(", ")
+            };
+            println!("{} {} ({}): {acc}", r.kind, r.id, r.migration_version);
+            if !r.undecided.is_empty() {
+                println!(
+                    "  not comparable offline (not in the default format): {}",
+                    r.undecided.join(", ")
+                );
+            }
+        }
+    }
+    Ok(if all_matched {
+        EXIT_OK
+    } else {
+        EXIT_INCOMPATIBLE
+    })
+}
+
+/// A progress bar on standard error when it is a terminal.
+struct Bar(Option<ProgressBar>);
+
+impl Bar {
+    fn new(hidden: bool) -> Bar {
+        if hidden || !io::stderr().is_terminal() {
+            return Bar(None);
+        }
+        let pb = ProgressBar::new(0);
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg:>18} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+        ) {
+            pb.set_style(style.progress_chars("=> "));
+        }
+        Bar(Some(pb))
+    }
+
+    fn done(&self) {
+        if let Some(pb) = &self.0 {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn phase(&self, name: &str, total: Option<u64>) {
+        if let Some(pb) = &self.0 {
+            pb.set_message(name.to_string());
+            pb.set_position(0);
+            pb.set_length(total.unwrap_or(0));
+        }
+    }
+    fn bytes(&self, n: u64) {
+        if let Some(pb) = &self.0 {
+            pb.inc(n);
+            if pb.position() > pb.length().unwrap_or(0) {
+                pb.set_length(pb.position());
+            }
+        }
+    }
+}
+
+fn mdev_target(sys: &Sysfs, spec: &str) -> Result<crate::sysfs::Mdev> {
+    match sys.resolve(spec)? {
+        Target::Mdev(m) => Ok(m),
+        Target::Type(t) => Err(Error::Usage(format!(
+            "{}/{} is an mdev type: name an mdev (UUID or sysfs path)",
+            t.parent, t.id
+        ))),
+    }
+}
+
+fn open_mdev(sys: &Sysfs, m: &crate::sysfs::Mdev) -> Result<Device> {
+    Device::open_in(&sys.devices_dir(), &m.uuid).map_err(|e| {
+        let hint = if e.raw_os_error() == Some(libc::EBUSY) {
+            " (in use by another process)"
+        } else {
+            ""
+        };
+        Error::Io {
+            path: format!("open mdev {}{hint}", m.uuid),
+            source: e,
+        }
+    })
+}
+
+fn print_summary(what: &str, s: &Summary, json: bool, extra: serde_json::Value) -> Result<()> {
+    if json {
+        let mut v = serde_json::to_value(s).map_err(|e| Error::Usage(e.to_string()))?;
+        if let (Some(obj), Some(more)) = (v.as_object_mut(), extra.as_object()) {
+            obj.extend(more.clone());
+        }
+        return print_json(&v);
+    }
+    println!("{what}: {}", extra_text(&extra));
+    println!(
+        "  flags {}, {} moved ({} in {} pre-copy round{}, {} in stop-copy)",
+        vfio::flags_name(s.flags),
+        human_bytes(s.bytes),
+        human_bytes(s.precopy_bytes),
+        s.precopy_rounds,
+        if s.precopy_rounds == 1 { "" } else { "s" },
+        human_bytes(s.stop_copy_bytes)
+    );
+    println!(
+        "  downtime {}, total {}, throughput {}/s",
+        millis(s.downtime_s),
+        millis(s.total_s),
+        human_bytes(s.throughput_bps as u64)
+    );
+    Ok(())
+}
+
+fn extra_text(v: &serde_json::Value) -> String {
+    v.as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| format!("{k} {}", v.as_str().map_or(v.to_string(), str::to_string)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+fn refuse_unless_forced(verdict: &Verdict, force: bool, what: &str) -> Result<()> {
+    if verdict.compatible {
+        return Ok(());
+    }
+    let why = match &verdict.detail {
+        Some(d) => format!("{} ({d})", verdict.reason),
+        None => verdict.reason.clone(),
+    };
+    if force {
+        eprintln!("rmdev: warning: {what}: {why}; going on (--force)");
+        Ok(())
+    } else {
+        Err(Error::Incompatible(format!(
+            "{what}: {why}; nothing was changed (--force to try anyway)"
+        )))
+    }
+}
+
+fn migrate_cmd(
+    sys: &Sysfs,
+    src: &str,
+    dst: &str,
+    force: bool,
+    max_rounds: u32,
+    no_progress: bool,
+    json: bool,
+) -> Result<u8> {
+    let (ms, md) = (mdev_target(sys, src)?, mdev_target(sys, dst)?);
+    if ms.uuid == md.uuid {
+        return Err(Error::Usage("source and target are the same mdev".into()));
+    }
+    let sv = local_version(&Target::Mdev(ms.clone()))?;
+    let verdict = compat::check(&sv, &Target::Mdev(md.clone()))?;
+    refuse_unless_forced(&verdict, force, &format!("{} refuses {}", md.uuid, ms.uuid))?;
+    let (ds, dd) = (open_mdev(sys, &ms)?, open_mdev(sys, &md)?);
+    let bar = Bar::new(no_progress);
+    let r = migrate::migrate(&ds, &dd, Options { max_rounds }, &bar);
+    bar.done();
+    let s = r?;
+    print_summary(
+        "migrated",
+        &s,
+        json,
+        serde_json::json!({ "source": ms.uuid, "target": md.uuid }),
+    )?;
+    Ok(EXIT_OK)
+}
+
+fn save_cmd(
+    sys: &Sysfs,
+    uuid: &str,
+    output: &Path,
+    max_rounds: u32,
+    no_progress: bool,
+    json: bool,
+) -> Result<u8> {
+    let m = mdev_target(sys, uuid)?;
+    local_version(&Target::Mdev(m.clone()))?;
+    let dev = open_mdev(sys, &m)?;
+    let bar = Bar::new(no_progress);
+    let r = migrate::save(&dev, output, Options { max_rounds }, &bar);
+    bar.done();
+    let s = r?;
+    print_summary(
+        "saved",
+        &s,
+        json,
+        serde_json::json!({ "source": m.uuid, "file": output.display().to_string() }),
+    )?;
+    Ok(EXIT_OK)
+}
+
+fn load_cmd(
+    sys: &Sysfs,
+    uuid: &str,
+    input: &Path,
+    force: bool,
+    no_progress: bool,
+    json: bool,
+) -> Result<u8> {
+    let m = mdev_target(sys, uuid)?;
+    let info = migrate::verify_file(input).map_err(|e| {
+        Error::BadStream(format!(
+            "{}: not a whole rmdev migration stream: {e}; the device was not touched",
+            input.display()
+        ))
+    })?;
+    let verdict = compat::check(&info.source_version, &Target::Mdev(m.clone()))?;
+    refuse_unless_forced(
+        &verdict,
+        force,
+        &format!(
+            "{} refuses the file's source version {}",
+            m.uuid, info.source_version
+        ),
+    )?;
+    let dev = open_mdev(sys, &m)?;
+    let bar = Bar::new(no_progress);
+    let r = migrate::load(&dev, input, &bar);
+    bar.done();
+    let s = r?;
+    print_summary(
+        "loaded",
+        &s,
+        json,
+        serde_json::json!({ "target": m.uuid, "file": input.display().to_string(),
+                            "source_version": info.source_version }),
+    )?;
+    Ok(EXIT_OK)
+}

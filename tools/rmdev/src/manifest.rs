@@ -1,0 +1,222 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The manifest: a host's mdev types and mdevs with their version strings,
+//! exported as JSON on one host and matched on another.
+//!
+//! Schema (`Documentation/rmdev.rst`, "The manifest"), version
+//! [`SCHEMA_VERSION`]:
+//!
+//! ```json
+//! { "schema": "rmdev-manifest", "schema_version": 1,
+//!   "host": "src-host", "rmdev_version": "0.1.0",
+//!   "types": [ { "parent": "rmdev_sample", "type": "rmdev_sample-4m",
+//!                "name": "...", "migration_version": "..." } ],
+//!   "mdevs": [ { "uuid": "...", "parent": "...", "type": "...",
+//!                "migration_version": "..." } ] }
+//! ```
+//!
+//! `migration_version` is `null` for what does not migrate. Reading is
+//! defensive: at most [`MAX_BYTES`], UTF-8, the schema name and version
+//! checked, every field required, every version string through the same
+//! input rules as the sysfs attribute. Unknown fields are ignored, so a
+//! newer rmdev may add fields without a new schema version.
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::compat::validate;
+use crate::error::{Error, Result};
+use crate::sysfs::{is_uuid, Sysfs};
+
+/// The `schema` value.
+pub const SCHEMA: &str = "rmdev-manifest";
+/// The schema version this rmdev writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+/// The largest manifest read (bytes).
+pub const MAX_BYTES: u64 = 16 << 20;
+
+/// A type in a manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypeEntry {
+    /// The parent's name.
+    pub parent: String,
+    /// The type's directory name.
+    #[serde(rename = "type")]
+    pub type_id: String,
+    /// The type's `name`, if it has one.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The type's version string, `null` if it does not migrate.
+    pub migration_version: Option<String>,
+}
+
+/// An mdev in a manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MdevEntry {
+    /// Its UUID.
+    pub uuid: String,
+    /// Its parent's name.
+    pub parent: String,
+    /// Its type's directory name.
+    #[serde(rename = "type")]
+    pub type_id: String,
+    /// Its version string, `null` if it does not migrate.
+    pub migration_version: Option<String>,
+}
+
+/// A manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The exporting host's name.
+    pub host: String,
+    /// The rmdev that wrote it.
+    pub rmdev_version: String,
+    /// Every type of every parent.
+    pub types: Vec<TypeEntry>,
+    /// Every mdev.
+    pub mdevs: Vec<MdevEntry>,
+}
+
+/// A source entry: a type or an mdev of a manifest.
+#[derive(Clone, Debug, Serialize)]
+pub struct Entry {
+    /// "type" or "mdev".
+    pub kind: &'static str,
+    /// `PARENT/TYPE` or the UUID.
+    pub id: String,
+    /// Its version string.
+    pub migration_version: Option<String>,
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+impl Manifest {
+    /// This host's manifest.
+    pub fn export(sys: &Sysfs) -> Result<Manifest> {
+        let types = sys
+            .parents()?
+            .into_iter()
+            .flat_map(|p| p.types)
+            .map(|t| TypeEntry {
+                parent: t.parent,
+                type_id: t.id,
+                name: t.name,
+                migration_version: t.migration_version.as_str().map(str::to_string),
+            })
+            .collect();
+        let mdevs = sys
+            .mdevs()?
+            .into_iter()
+            .map(|m| MdevEntry {
+                uuid: m.uuid,
+                parent: m.parent,
+                type_id: m.type_id,
+                migration_version: m.migration_version.as_str().map(str::to_string),
+            })
+            .collect();
+        Ok(Manifest {
+            schema: SCHEMA.into(),
+            schema_version: SCHEMA_VERSION,
+            host: hostname(),
+            rmdev_version: env!("CARGO_PKG_VERSION").into(),
+            types,
+            mdevs,
+        })
+    }
+
+    /// Reads and checks the manifest in `path` (`-` for standard input).
+    pub fn load(path: &Path) -> Result<Manifest> {
+        let bad = |reason: String| Error::Manifest {
+            path: path.display().to_string(),
+            reason,
+        };
+        let mut bytes = Vec::new();
+        let reader: Box<dyn Read> = if path == Path::new("-") {
+            Box::new(std::io::stdin())
+        } else {
+            Box::new(fs::File::open(path).map_err(|e| Error::io(path, e))?)
+        };
+        reader
+            .take(MAX_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(path, e))?;
+        if bytes.len() as u64 > MAX_BYTES {
+            return Err(bad(format!("larger than {} MiB", MAX_BYTES >> 20)));
+        }
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| bad(format!("not UTF-8 (at byte {})", e.valid_up_to())))?;
+        Self::parse(text).map_err(bad)
+    }
+
+    /// Parses and checks a manifest's text.
+    pub fn parse(text: &str) -> std::result::Result<Manifest, String> {
+        // The schema first, so that another schema version gets a clear
+        // message rather than a missing-field error.
+        #[derive(Deserialize)]
+        struct Head {
+            schema: Option<serde_json::Value>,
+            schema_version: Option<serde_json::Value>,
+        }
+        let head: Head = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        if head.schema.as_ref().and_then(|v| v.as_str()) != Some(SCHEMA) {
+            return Err(format!(
+                "not an rmdev manifest (\"schema\" is not \"{SCHEMA}\")"
+            ));
+        }
+        match head.schema_version.as_ref().and_then(|v| v.as_u64()) {
+            Some(v) if v == u64::from(SCHEMA_VERSION) => {}
+            Some(v) => {
+                return Err(format!(
+                "schema version {v} is not supported (this rmdev reads version {SCHEMA_VERSION})"
+            ))
+            }
+            None => return Err("\"schema_version\" missing or not a number".into()),
+        }
+        let m: Manifest = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        for e in m.entries() {
+            if let Some(v) = &e.migration_version {
+                validate(v).map_err(|err| format!("{} {}: {err}", e.kind, e.id))?;
+            }
+        }
+        Ok(m)
+    }
+
+    /// Every entry, types first.
+    pub fn entries(&self) -> Vec<Entry> {
+        let types = self.types.iter().map(|t| Entry {
+            kind: "type",
+            id: format!("{}/{}", t.parent, t.type_id),
+            migration_version: t.migration_version.clone(),
+        });
+        let mdevs = self.mdevs.iter().map(|m| Entry {
+            kind: "mdev",
+            id: m.uuid.clone(),
+            migration_version: m.migration_version.clone(),
+        });
+        types.chain(mdevs).collect()
+    }
+
+    /// The entry named `id` (a UUID or `PARENT/TYPE`).
+    pub fn find(&self, id: &str) -> Result<Entry> {
+        self.entries()
+            .into_iter()
+            .find(|e| e.id == id || (is_uuid(id) && e.id.eq_ignore_ascii_case(id)))
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "no entry '{id}' in the manifest of host '{}'",
+                    self.host
+                ))
+            })
+    }
+}

@@ -1,0 +1,571 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Driving a migration through the VFIO uAPI: between two local mdevs, or
+//! split across hosts as a save to a file and a load from it.
+//!
+//! The sequence follows the uAPI (`Documentation/fsm.rst`): the target goes
+//! to RESUMING first, so every byte the source produces can go straight
+//! into the target's data FD; a source that offers PRE_COPY sends rounds
+//! while it keeps running, until its dirty bytes stop shrinking (or reach
+//! zero, or the round limit); then STOP_COPY to the end of the stream, the
+//! target to STOP (where the framework checks the stream is whole) and
+//! RUNNING. Downtime is the time from the source leaving its running
+//! states to the target reaching RUNNING.
+//!
+//! On any failure both devices are put back in a defined state before the
+//! error is returned: the source to RUNNING (by SET, or by a device reset if
+//! the SET fails), the target reset (RUNNING, its data FD disabled). The
+//! error says which state each ended in.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rmdev_logic::envelope::{Parser, Sink, MAX_RECORD_PAYLOAD};
+use rmdev_logic::version::VersionError;
+use serde::Serialize;
+
+use crate::error::{describe, Error, Result};
+use crate::vfio::{self, state, Device};
+
+/// The data FD read and write size (QEMU's buffer size).
+pub const CHUNK: usize = 1 << 20;
+
+/// How a migration runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// The most pre-copy rounds.
+    pub max_rounds: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { max_rounds: 8 }
+    }
+}
+
+/// What a migration, save or load did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    /// The source's migration flag set (save, migrate).
+    pub flags: u64,
+    /// Stream bytes moved in all.
+    pub bytes: u64,
+    /// Pre-copy rounds.
+    pub precopy_rounds: u32,
+    /// Bytes sent in pre-copy.
+    pub precopy_bytes: u64,
+    /// Bytes sent in stop-copy.
+    pub stop_copy_bytes: u64,
+    /// Time the source spent stopped until the target ran (migrate), or
+    /// stopped until its stream ended (save), in seconds.
+    pub downtime_s: f64,
+    /// The whole operation, in seconds.
+    pub total_s: f64,
+    /// Bytes per second over the whole operation.
+    pub throughput_bps: f64,
+}
+
+impl Summary {
+    fn finish(&mut self, start: Instant) {
+        let t = start.elapsed().as_secs_f64();
+        self.total_s = t;
+        self.throughput_bps = if t > 0.0 { self.bytes as f64 / t } else { 0.0 };
+    }
+}
+
+/// Progress reports: the phase and the bytes moved so far in it.
+pub trait Progress {
+    /// A new phase begins; `total` is its expected size, if known.
+    fn phase(&self, name: &str, total: Option<u64>);
+    /// `n` more bytes moved.
+    fn bytes(&self, n: u64);
+}
+
+/// A [`Progress`] that shows nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn phase(&self, _: &str, _: Option<u64>) {}
+    fn bytes(&self, _: u64) {}
+}
+
+fn step<T>(r: io::Result<T>, what: &str) -> std::result::Result<T, String> {
+    r.map_err(|e| format!("{what}: {}", describe(&e)))
+}
+
+/// Where saved bytes go.
+trait Out {
+    fn put(&mut self, data: &[u8]) -> std::result::Result<(), String>;
+}
+
+impl Out for OwnedFd {
+    fn put(&mut self, data: &[u8]) -> std::result::Result<(), String> {
+        step(
+            vfio::write_all_fd(self, data),
+            "write to the target's data FD",
+        )
+    }
+}
+
+impl Out for File {
+    fn put(&mut self, data: &[u8]) -> std::result::Result<(), String> {
+        step(self.write_all(data), "write to the file")
+    }
+}
+
+/// Reads `fd` until `ENOMSG` (pre-copy: nothing more for now) or EOF,
+/// passing every byte to `out`. Returns the bytes moved and whether EOF
+/// was reached.
+fn pump(
+    fd: &OwnedFd,
+    out: &mut dyn Out,
+    buf: &mut [u8],
+    progress: &dyn Progress,
+) -> std::result::Result<(u64, bool), String> {
+    let mut moved = 0u64;
+    loop {
+        match vfio::read_fd(fd, buf) {
+            Ok(0) => return Ok((moved, true)),
+            Ok(n) => {
+                out.put(&buf[..n])?;
+                moved += n as u64;
+                progress.bytes(n as u64);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOMSG) => return Ok((moved, false)),
+            Err(e) => return Err(format!("read from the source's data FD: {}", describe(&e))),
+        }
+    }
+}
+
+/// The source's flag set; a device without migration is an error.
+fn flags_of(dev: &Device, who: &str) -> Result<u64> {
+    dev.migration_flags().map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENOTTY) {
+            Error::NotMigratable(format!("the {who} does not support migration (ENOTTY)"))
+        } else {
+            Error::Migration(format!(
+                "{who}: VFIO_DEVICE_FEATURE_MIGRATION: {}",
+                describe(&e)
+            ))
+        }
+    })
+}
+
+/// Saves `src`'s state into `out`: pre-copy rounds if offered, then
+/// stop-copy to the end. Leaves the source in STOP_COPY.
+fn save_into(
+    src: &Device,
+    flags: u64,
+    out: &mut dyn Out,
+    opts: Options,
+    progress: &dyn Progress,
+    sum: &mut Summary,
+) -> std::result::Result<Instant, String> {
+    let mut buf = vec![0u8; CHUNK];
+    if flags & vfio::MIGRATION_PRE_COPY != 0 {
+        let fd = step(src.set_state(state::PRE_COPY), "source to PRE_COPY")?
+            .ok_or("source to PRE_COPY returned no data FD")?;
+        let mut last_dirty = u64::MAX;
+        loop {
+            let (initial, dirty) = step(vfio::precopy_info(&fd), "VFIO_MIG_GET_PRECOPY_INFO")?;
+            progress.phase(
+                &format!("pre-copy round {}", sum.precopy_rounds + 1),
+                Some(initial + dirty),
+            );
+            let (n, eof) = pump(&fd, out, &mut buf, progress)?;
+            if eof {
+                return Err("the source's data FD ended in pre-copy".into());
+            }
+            sum.precopy_rounds += 1;
+            sum.precopy_bytes += n;
+            let (initial, dirty) = step(vfio::precopy_info(&fd), "VFIO_MIG_GET_PRECOPY_INFO")?;
+            // Converged: nothing dirty, no progress, or enough rounds.
+            if (initial == 0 && (dirty == 0 || dirty >= last_dirty))
+                || sum.precopy_rounds >= opts.max_rounds
+            {
+                break;
+            }
+            last_dirty = dirty;
+        }
+        if flags & vfio::MIGRATION_P2P != 0 {
+            step(src.set_state(state::PRE_COPY_P2P), "source to PRE_COPY_P2P")?;
+        }
+        let stopped = Instant::now();
+        let again = step(src.set_state(state::STOP_COPY), "source to STOP_COPY")?;
+        if again.is_some() {
+            return Err("source to STOP_COPY returned a second data FD".into());
+        }
+        progress.phase("stop-copy", src.data_size().ok());
+        let (n, _) = pump(&fd, out, &mut buf, progress)?;
+        sum.stop_copy_bytes = n;
+        Ok(stopped)
+    } else {
+        let stopped = Instant::now();
+        let fd = step(src.set_state(state::STOP_COPY), "source to STOP_COPY")?
+            .ok_or("source to STOP_COPY returned no data FD")?;
+        progress.phase("stop-copy", src.data_size().ok());
+        let (n, _) = pump(&fd, out, &mut buf, progress)?;
+        sum.stop_copy_bytes = n;
+        Ok(stopped)
+    }
+}
+
+/// Puts the source back to RUNNING: a SET, or a reset if that fails. The
+/// state it ended in, in words.
+fn recover_source(src: &Device) -> String {
+    if src.set_state(state::RUNNING).is_err() {
+        let _ = src.reset();
+    }
+    match src.state() {
+        Ok(s) => format!("source {}", vfio::state_name(s)),
+        Err(e) => format!("source state unknown ({})", describe(&e)),
+    }
+}
+
+/// Resets the target (RUNNING, data FD disabled). The state it ended in.
+fn recover_target(dst: &Device) -> String {
+    let how = match dst.reset() {
+        Ok(()) => "target reset",
+        Err(_) => "target reset failed",
+    };
+    match dst.state() {
+        Ok(s) => format!("{how}, {}", vfio::state_name(s)),
+        Err(e) => format!("{how}, state unknown ({})", describe(&e)),
+    }
+}
+
+/// Migrates `src` into `dst` (both open). On failure both are recovered and
+/// the error says how they were left.
+pub fn migrate(
+    src: &Device,
+    dst: &Device,
+    opts: Options,
+    progress: &dyn Progress,
+) -> Result<Summary> {
+    let flags = flags_of(src, "source")?;
+    flags_of(dst, "target")?;
+    let start = Instant::now();
+    let mut sum = Summary {
+        flags,
+        ..Default::default()
+    };
+    let run = |sum: &mut Summary| -> std::result::Result<Instant, String> {
+        let mut dst_fd = step(dst.set_state(state::RESUMING), "target to RESUMING")?
+            .ok_or("target to RESUMING returned no data FD")?;
+        let stopped = save_into(src, flags, &mut dst_fd, opts, progress, sum)?;
+        progress.phase("resume", None);
+        step(
+            dst.set_state(state::STOP),
+            "target to STOP (end of the stream)",
+        )?;
+        step(dst.set_state(state::RUNNING), "target to RUNNING")?;
+        Ok(stopped)
+    };
+    match run(&mut sum) {
+        Ok(stopped) => {
+            sum.downtime_s = stopped.elapsed().as_secs_f64();
+            // The source's state now lives in the target; stop the source
+            // (closing it later returns it to RUNNING, the framework's rule).
+            let _ = src.set_state(state::STOP);
+            sum.bytes = sum.precopy_bytes + sum.stop_copy_bytes;
+            sum.finish(start);
+            Ok(sum)
+        }
+        Err(e) => Err(Error::Migration(format!(
+            "migration failed: {e}; {}, {}",
+            recover_source(src),
+            recover_target(dst)
+        ))),
+    }
+}
+
+/// A file being written: a hidden temporary name in the same directory,
+/// renamed to the final one only once the stream is whole and checked, and
+/// removed if dropped before that.
+struct PendingFile {
+    tmp: PathBuf,
+    file: Option<File>,
+}
+
+impl PendingFile {
+    fn create(path: &Path) -> Result<PendingFile> {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let name = path
+            .file_name()
+            .ok_or_else(|| Error::Usage(format!("{}: not a file name", path.display())))?;
+        let tmp = dir.unwrap_or(Path::new(".")).join(format!(
+            ".{}.rmdev-partial-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
+        Ok(PendingFile {
+            tmp,
+            file: Some(file),
+        })
+    }
+
+    fn commit(mut self, path: &Path) -> Result<()> {
+        if let Some(f) = self.file.take() {
+            f.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
+        }
+        fs::rename(&self.tmp, path).map_err(|e| Error::io(path, e))
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Saves `src` into the file `path`. The file appears only when the whole
+/// stream was read and its envelope checked; on failure the source is put
+/// back to RUNNING and no file is left.
+pub fn save(src: &Device, path: &Path, opts: Options, progress: &dyn Progress) -> Result<Summary> {
+    let flags = flags_of(src, "source")?;
+    let mut pending = PendingFile::create(path)?;
+    let start = Instant::now();
+    let mut sum = Summary {
+        flags,
+        ..Default::default()
+    };
+    let result = (|| -> std::result::Result<Instant, String> {
+        let file = pending.file.as_mut().ok_or("file already closed")?;
+        let stopped = save_into(src, flags, file, opts, progress, &mut sum)?;
+        Ok(stopped)
+    })();
+    let stopped = match result {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(Error::Migration(format!(
+                "save failed: {e}; {}, no file written",
+                recover_source(src)
+            )))
+        }
+    };
+    sum.downtime_s = stopped.elapsed().as_secs_f64();
+    let _ = src.set_state(state::STOP);
+    sum.bytes = sum.precopy_bytes + sum.stop_copy_bytes;
+    // What the device produced must be a whole stream, or nobody should
+    // ever be offered it.
+    verify_file(&pending.tmp).map_err(|e| {
+        Error::BadStream(format!(
+            "the source produced a stream that does not check ({e}); no file written"
+        ))
+    })?;
+    pending.commit(path)?;
+    sum.finish(start);
+    Ok(sum)
+}
+
+/// What a whole, checked stream file holds.
+#[derive(Clone, Debug, Serialize)]
+pub struct StreamInfo {
+    /// The source's version string, from the header.
+    pub source_version: String,
+    /// The stream's length.
+    pub bytes: u64,
+    /// Its DATA records.
+    pub records: u64,
+}
+
+struct Collect {
+    version: String,
+    records: u64,
+}
+
+impl Sink for Collect {
+    type Error = ();
+    fn check_version(&mut self, source: &str) -> std::result::Result<(), VersionError> {
+        self.version = source.to_string();
+        Ok(())
+    }
+    fn record(&mut self, _: u16, _: &[u8]) -> std::result::Result<(), ()> {
+        self.records += 1;
+        Ok(())
+    }
+}
+
+/// Checks the envelope of the stream in `path` with the parser the kernel
+/// runs (`core/logic`): header, every record's checksum, the END record,
+/// nothing after it.
+pub fn verify_file(path: &Path) -> std::result::Result<StreamInfo, String> {
+    let mut f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut parser = Parser::new(vec![0u8; MAX_RECORD_PAYLOAD]);
+    let mut sink = Collect {
+        version: String::new(),
+        records: 0,
+    };
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        parser.feed(&buf[..n], &mut sink).map_err(|e| match e {
+            rmdev_logic::envelope::StreamError::Envelope(env) => {
+                format!("{env} at byte {}", parser.offset())
+            }
+            rmdev_logic::envelope::StreamError::Vendor(()) => "refused".into(),
+        })?;
+    }
+    parser
+        .finish()
+        .map_err(|e| format!("{e} at byte {}", parser.offset()))?;
+    Ok(StreamInfo {
+        source_version: sink.version,
+        bytes: parser.offset(),
+        records: sink.records,
+    })
+}
+
+/// Loads the checked stream file `path` into `dst` (RESUMING, the file in
+/// 1 MiB writes, STOP, RUNNING). On failure the target is reset.
+pub fn load(dst: &Device, path: &Path, progress: &dyn Progress) -> Result<Summary> {
+    flags_of(dst, "target")?;
+    let start = Instant::now();
+    let mut sum = Summary::default();
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map(|m| m.len()).ok();
+    let mut run = |sum: &mut Summary| -> std::result::Result<(), String> {
+        let fd = step(dst.set_state(state::RESUMING), "target to RESUMING")?
+            .ok_or("target to RESUMING returned no data FD")?;
+        progress.phase("load", len);
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = step(f.read(&mut buf), "read the file")?;
+            if n == 0 {
+                break;
+            }
+            step(
+                vfio::write_all_fd(&fd, &buf[..n]),
+                &format!("write to the target's data FD at byte {}", sum.bytes),
+            )?;
+            sum.bytes += n as u64;
+            progress.bytes(n as u64);
+        }
+        step(
+            dst.set_state(state::STOP),
+            "target to STOP (end of the stream)",
+        )?;
+        step(dst.set_state(state::RUNNING), "target to RUNNING")?;
+        Ok(())
+    };
+    match run(&mut sum) {
+        Ok(()) => {
+            sum.stop_copy_bytes = sum.bytes;
+            sum.finish(start);
+            Ok(sum)
+        }
+        Err(e) => Err(Error::Migration(format!(
+            "load failed: {e}; {}",
+            recover_target(dst)
+        ))),
+    }
+}
+
+/// Formats a byte count for people (`4.0 MiB`).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Formats a duration in milliseconds.
+pub fn millis(s: f64) -> String {
+    format!(
+        "{:.1} ms",
+        Duration::from_secs_f64(s.max(0.0)).as_secs_f64() * 1000.0
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use rmdev_logic::envelope::Encoder;
+
+    fn stream(version: &str, payloads: &[&[u8]]) -> Vec<u8> {
+        let (mut enc, header) = Encoder::new(version).unwrap();
+        let mut s = header.as_bytes().to_vec();
+        for p in payloads {
+            s.extend_from_slice(&enc.begin(1, p.len()).unwrap());
+            enc.payload(p).unwrap();
+            s.extend_from_slice(p);
+            s.extend_from_slice(&enc.end_record().unwrap());
+        }
+        s.extend_from_slice(&enc.end().unwrap());
+        s
+    }
+
+    #[test]
+    fn verifies_whole_streams_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s");
+        let good = stream("v:t:1.0", &[b"hello", b"world"]);
+        fs::write(&p, &good).unwrap();
+        let info = verify_file(&p).unwrap();
+        assert_eq!(info.source_version, "v:t:1.0");
+        assert_eq!(info.records, 2);
+        assert_eq!(info.bytes, good.len() as u64);
+        // Every truncation and a bit flip in every byte are refused.
+        for cut in 0..good.len() {
+            fs::write(&p, &good[..cut]).unwrap();
+            assert!(verify_file(&p).is_err(), "cut at {cut}");
+        }
+        for at in 0..good.len() {
+            let mut bad = good.clone();
+            bad[at] ^= 0x10;
+            fs::write(&p, &bad).unwrap();
+            assert!(verify_file(&p).is_err(), "flip at {at}");
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        fs::write(&p, &trailing).unwrap();
+        assert!(verify_file(&p).unwrap_err().contains("after"), "trailing");
+    }
+
+    #[test]
+    fn pending_file_vanishes_unless_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("out.bin");
+        {
+            let mut f = PendingFile::create(&p).unwrap();
+            f.file.as_mut().unwrap().write_all(b"half").unwrap();
+        }
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        let mut f = PendingFile::create(&p).unwrap();
+        f.file.as_mut().unwrap().write_all(b"whole").unwrap();
+        f.commit(&p).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"whole");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(human_bytes(655), "655 B");
+        assert_eq!(human_bytes(4 << 20), "4.0 MiB");
+        assert_eq!(millis(0.0365), "36.5 ms");
+    }
+}

@@ -1,0 +1,427 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The mdev sysfs model: parents, their types and the mdevs, with their
+//! `migration_version` attributes, read from under a root directory.
+//!
+//! The root is `/` on a host; tests point it at a fake tree, as mdevctl's
+//! `Environment` does. Paths used (all relative to the root):
+//!
+//! - `sys/class/mdev_bus/<parent>`: the parents (links to their devices);
+//! - `<parent>/mdev_supported_types/<type>/{name,description,device_api,
+//!   available_instances,migration_version}`;
+//! - `sys/bus/mdev/devices/<uuid>`: the mdevs (links), each with an
+//!   `mdev_type` link to its type directory and a `migration_version`.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// The most bytes read from any attribute: sysfs attributes are at most a
+/// page.
+const ATTR_MAX: u64 = 4096;
+
+/// A `migration_version` attribute as found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", content = "value", rename_all = "snake_case")]
+pub enum VersionAttr {
+    /// No attribute: the type or mdev does not migrate (or its vendor is
+    /// not an rmdev vendor).
+    Absent,
+    /// The version string (without the trailing newline).
+    Present(String),
+    /// The attribute exists but could not be read: the error.
+    Unreadable(String),
+}
+
+impl VersionAttr {
+    /// The string, if read.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            VersionAttr::Present(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Reads the attribute in directory `dir`.
+    pub fn read(dir: &Path) -> VersionAttr {
+        match read_attr(&dir.join("migration_version")) {
+            Ok(s) => VersionAttr::Present(s),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => VersionAttr::Absent,
+            Err(e) => VersionAttr::Unreadable(e.to_string()),
+        }
+    }
+}
+
+/// Reads a sysfs attribute (at most a page), without its trailing newline.
+/// Non-UTF-8 content is an error (`InvalidData`).
+pub fn read_attr(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    fs::File::open(path)?
+        .take(ATTR_MAX + 1)
+        .read_to_end(&mut buf)?;
+    if buf.len() as u64 > ATTR_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "longer than a page",
+        ));
+    }
+    let mut s = String::from_utf8(buf)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8"))?;
+    if s.ends_with('\n') {
+        s.pop();
+    }
+    Ok(s)
+}
+
+fn read_opt(path: &Path) -> Option<String> {
+    read_attr(path).ok()
+}
+
+/// An mdev type of a parent.
+#[derive(Clone, Debug, Serialize)]
+pub struct MdevType {
+    /// The parent's name (its directory name, as mdevctl's `-p`).
+    pub parent: String,
+    /// The type's directory name (mdevctl's `-t`).
+    #[serde(rename = "type")]
+    pub id: String,
+    /// `name`, if present.
+    pub name: Option<String>,
+    /// `description`, if present.
+    pub description: Option<String>,
+    /// `device_api`, if present.
+    pub device_api: Option<String>,
+    /// `available_instances`, if present and a number.
+    pub available_instances: Option<u64>,
+    /// The `migration_version` attribute.
+    pub migration_version: VersionAttr,
+    /// The type's sysfs directory.
+    pub path: PathBuf,
+}
+
+/// A parent device.
+#[derive(Clone, Debug, Serialize)]
+pub struct Parent {
+    /// Its name in `/sys/class/mdev_bus`.
+    pub name: String,
+    /// Its sysfs directory.
+    pub path: PathBuf,
+    /// Its types, sorted by name.
+    pub types: Vec<MdevType>,
+}
+
+/// An mdev.
+#[derive(Clone, Debug, Serialize)]
+pub struct Mdev {
+    /// Its UUID.
+    pub uuid: String,
+    /// Its parent's name.
+    pub parent: String,
+    /// Its type's directory name.
+    #[serde(rename = "type")]
+    pub type_id: String,
+    /// The `migration_version` attribute.
+    pub migration_version: VersionAttr,
+    /// The mdev's sysfs directory.
+    pub path: PathBuf,
+}
+
+/// What a command names as a source or target.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// An mdev type.
+    Type(MdevType),
+    /// An mdev.
+    Mdev(Mdev),
+}
+
+impl Target {
+    /// The sysfs directory holding `migration_version`.
+    pub fn dir(&self) -> &Path {
+        match self {
+            Target::Type(t) => &t.path,
+            Target::Mdev(m) => &m.path,
+        }
+    }
+
+    /// The attribute.
+    pub fn version(&self) -> &VersionAttr {
+        match self {
+            Target::Type(t) => &t.migration_version,
+            Target::Mdev(m) => &m.migration_version,
+        }
+    }
+
+    /// How it is named in messages: `PARENT/TYPE` or the UUID.
+    pub fn label(&self) -> String {
+        match self {
+            Target::Type(t) => format!("{}/{}", t.parent, t.id),
+            Target::Mdev(m) => m.uuid.clone(),
+        }
+    }
+
+    /// "type" or "mdev".
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::Type(_) => "type",
+            Target::Mdev(_) => "mdev",
+        }
+    }
+}
+
+/// Whether `s` is a UUID in the canonical 8-4-4-4-12 hex form.
+pub fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// A sysfs tree under a root directory.
+#[derive(Clone, Debug)]
+pub struct Sysfs {
+    root: PathBuf,
+}
+
+impl Default for Sysfs {
+    fn default() -> Self {
+        Self::new("/")
+    }
+}
+
+fn dir_names(dir: &Path) -> io::Result<Vec<String>> {
+    let mut v: Vec<String> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn name_of(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+impl Sysfs {
+    /// The tree under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// `/sys/class/mdev_bus` under the root.
+    fn bus_class(&self) -> PathBuf {
+        self.root.join("sys/class/mdev_bus")
+    }
+
+    /// `/sys/bus/mdev/devices` under the root.
+    pub fn devices_dir(&self) -> PathBuf {
+        self.root.join("sys/bus/mdev/devices")
+    }
+
+    /// The names of every parent. A host without the mdev module has none.
+    pub fn parent_names(&self) -> Result<Vec<String>> {
+        match dir_names(&self.bus_class()) {
+            Ok(v) => Ok(v),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(Error::io(self.bus_class(), e)),
+        }
+    }
+
+    /// The parent `name` with its types.
+    pub fn parent(&self, name: &str) -> Result<Parent> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(Error::NotFound(format!("no parent named '{name}'")));
+        }
+        let link = self.bus_class().join(name);
+        let path = fs::canonicalize(&link)
+            .map_err(|_| Error::NotFound(format!("no parent named '{name}'")))?;
+        let tdir = path.join("mdev_supported_types");
+        let ids = dir_names(&tdir).map_err(|e| Error::io(&tdir, e))?;
+        let types = ids
+            .into_iter()
+            .map(|id| self.type_at(name, &tdir.join(&id)))
+            .collect();
+        Ok(Parent {
+            name: name.to_string(),
+            path,
+            types,
+        })
+    }
+
+    fn type_at(&self, parent: &str, dir: &Path) -> MdevType {
+        MdevType {
+            parent: parent.to_string(),
+            id: name_of(dir),
+            name: read_opt(&dir.join("name")),
+            description: read_opt(&dir.join("description")),
+            device_api: read_opt(&dir.join("device_api")),
+            available_instances: read_opt(&dir.join("available_instances"))
+                .and_then(|s| s.trim().parse().ok()),
+            migration_version: VersionAttr::read(dir),
+            path: dir.to_path_buf(),
+        }
+    }
+
+    /// Every parent with its types.
+    pub fn parents(&self) -> Result<Vec<Parent>> {
+        self.parent_names()?
+            .iter()
+            .map(|n| self.parent(n))
+            .collect()
+    }
+
+    /// The type `id` of `parent`.
+    pub fn mdev_type(&self, parent: &str, id: &str) -> Result<MdevType> {
+        let p = self.parent(parent)?;
+        p.types
+            .into_iter()
+            .find(|t| t.id == id)
+            .ok_or_else(|| Error::NotFound(format!("parent '{parent}' has no mdev type '{id}'")))
+    }
+
+    /// The mdev `uuid`.
+    pub fn mdev(&self, uuid: &str) -> Result<Mdev> {
+        if !is_uuid(uuid) {
+            return Err(Error::Usage(format!("'{uuid}' is not a UUID")));
+        }
+        let link = self.devices_dir().join(uuid);
+        let path =
+            fs::canonicalize(&link).map_err(|_| Error::NotFound(format!("no mdev {uuid}")))?;
+        self.mdev_at(uuid, &path)
+    }
+
+    fn mdev_at(&self, uuid: &str, path: &Path) -> Result<Mdev> {
+        let tlink = path.join("mdev_type");
+        let tdir = fs::canonicalize(&tlink).map_err(|e| Error::io(&tlink, e))?;
+        // <parent dir>/mdev_supported_types/<type>; the parent's name is
+        // the one in mdev_bus, which is its directory's name.
+        let parent_dir = tdir
+            .parent()
+            .and_then(Path::parent)
+            .ok_or_else(|| Error::NotFound(format!("{}: no parent", tdir.display())))?;
+        Ok(Mdev {
+            uuid: uuid.to_string(),
+            parent: name_of(parent_dir),
+            type_id: name_of(&tdir),
+            migration_version: VersionAttr::read(path),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Every mdev, sorted by UUID. Entries that vanish while listing are
+    /// skipped.
+    pub fn mdevs(&self) -> Result<Vec<Mdev>> {
+        let dir = self.devices_dir();
+        let names = match dir_names(&dir) {
+            Ok(v) => v,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(dir, e)),
+        };
+        Ok(names
+            .iter()
+            .filter(|n| is_uuid(n))
+            .filter_map(|n| self.mdev(n).ok())
+            .collect())
+    }
+
+    /// Resolves what a command names: a UUID, `PARENT/TYPE`, or a sysfs
+    /// path (a type directory, an mdev directory, or either's
+    /// `migration_version` file).
+    pub fn resolve(&self, spec: &str) -> Result<Target> {
+        if is_uuid(spec) {
+            return self.mdev(spec).map(Target::Mdev);
+        }
+        if spec.starts_with('/') || spec.starts_with('.') {
+            return self.resolve_path(Path::new(spec));
+        }
+        if let Some((parent, id)) = spec.split_once('/') {
+            if !id.contains('/') {
+                return self.mdev_type(parent, id).map(Target::Type);
+            }
+        }
+        Err(Error::Usage(format!(
+            "'{spec}' is not an mdev UUID, a PARENT/TYPE or a sysfs path"
+        )))
+    }
+
+    fn resolve_path(&self, p: &Path) -> Result<Target> {
+        let mut dir =
+            fs::canonicalize(p).map_err(|e| Error::NotFound(format!("{}: {e}", p.display())))?;
+        if name_of(&dir) == "migration_version" {
+            dir.pop();
+        }
+        if dir.join("mdev_type").exists() {
+            return self.mdev_at(&name_of(&dir), &dir).map(Target::Mdev);
+        }
+        let in_types = dir
+            .parent()
+            .is_some_and(|d| name_of(d) == "mdev_supported_types");
+        if in_types {
+            let parent_dir = dir.parent().and_then(Path::parent).unwrap_or(&dir);
+            return Ok(Target::Type(self.type_at(&name_of(parent_dir), &dir)));
+        }
+        Err(Error::Usage(format!(
+            "{}: not an mdev type or mdev directory",
+            p.display()
+        )))
+    }
+}
+
+/// The result of writing a version string to a `migration_version`.
+#[derive(Debug)]
+pub enum WriteCheck {
+    /// The write returned the full count: compatible.
+    Accepted,
+    /// The write failed with this errno: incompatible.
+    Refused(io::Error),
+    /// The target has no `migration_version`: it does not migrate.
+    NoAttribute,
+}
+
+/// Writes `version` and a newline to the `migration_version` in `dir`, in
+/// one `write(2)` at offset 0 as the attribute requires. A missing
+/// attribute is an answer (the target does not migrate); any other error
+/// opening the file (permissions, not a file) is a system error.
+pub fn write_check(dir: &Path, version: &str) -> Result<WriteCheck> {
+    let path = dir.join("migration_version");
+    let mut f = match fs::OpenOptions::new().write(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(WriteCheck::NoAttribute),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let line = format!("{version}\n");
+    match f.write(line.as_bytes()) {
+        Ok(n) if n == line.len() => Ok(WriteCheck::Accepted),
+        Ok(n) => Ok(WriteCheck::Refused(io::Error::other(format!(
+            "short write ({n} of {} bytes)",
+            line.len()
+        )))),
+        Err(e) => Ok(WriteCheck::Refused(e)),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::is_uuid;
+
+    #[test]
+    fn uuids() {
+        assert!(is_uuid("0f2b1c9e-1c2d-4e5f-8a9b-0c1d2e3f4a5b"));
+        assert!(is_uuid("0F2B1C9E-1C2D-4E5F-8A9B-0C1D2E3F4A5B"));
+        assert!(!is_uuid("0f2b1c9e-1c2d-4e5f-8a9b-0c1d2e3f4a5"));
+        assert!(!is_uuid("0f2b1c9e-1c2d-4e5f-8a9b-0c1d2e3f4a5bb"));
+        assert!(!is_uuid("0f2b1c9e_1c2d-4e5f-8a9b-0c1d2e3f4a5b"));
+        assert!(!is_uuid("0f2b1c9e-1c2d-4e5f-8a9b-0c1d2e3f4a5g"));
+        assert!(!is_uuid(""));
+    }
+}

@@ -1,0 +1,790 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Every `rmdev` command against fake sysfs trees, run as the real binary:
+//! exit statuses, messages, what was written to the attributes, `--json`
+//! output shapes, and malformed or hostile manifests and stream files.
+//! (The real kernel answers in the lab: `tests/vm/t-rmdev.sh`.)
+//!
+//! A fake `migration_version` that is a regular file accepts every write
+//! and keeps what was written; one linked to `/dev/full` refuses every
+//! write (`ENOSPC`), standing in for a kernel rule's errno.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+const U1: &str = "11111111-2222-4333-8444-555555555555";
+const U2: &str = "66666666-7777-4888-9999-aaaaaaaaaaaa";
+const U3: &str = "bbbbbbbb-cccc-4ddd-8eee-ffffffffffff";
+
+/// A fake sysfs tree.
+struct Tree {
+    dir: tempfile::TempDir,
+}
+
+impl Tree {
+    fn new() -> Tree {
+        let t = Tree {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        fs::create_dir_all(t.path("sys/class/mdev_bus")).unwrap();
+        fs::create_dir_all(t.path("sys/bus/mdev/devices")).unwrap();
+        t
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn parent(&self, name: &str) -> &Self {
+        fs::create_dir_all(self.path(&format!("sys/devices/virtual/{name}/mdev_supported_types")))
+            .unwrap();
+        symlink(
+            format!("../../devices/virtual/{name}"),
+            self.path(&format!("sys/class/mdev_bus/{name}")),
+        )
+        .unwrap();
+        self
+    }
+
+    fn type_dir(&self, parent: &str, id: &str) -> PathBuf {
+        self.path(&format!(
+            "sys/devices/virtual/{parent}/mdev_supported_types/{id}"
+        ))
+    }
+
+    fn mdev_type(&self, parent: &str, id: &str, version: Option<&str>) -> &Self {
+        let d = self.type_dir(parent, id);
+        fs::create_dir_all(d.join("devices")).unwrap();
+        fs::write(d.join("name"), format!("{id} name\n")).unwrap();
+        fs::write(d.join("description"), "a test type\n").unwrap();
+        fs::write(d.join("device_api"), "vfio-pci\n").unwrap();
+        fs::write(d.join("available_instances"), "4\n").unwrap();
+        if let Some(v) = version {
+            fs::write(d.join("migration_version"), format!("{v}\n")).unwrap();
+        }
+        self
+    }
+
+    fn mdev_dir(&self, parent: &str, uuid: &str) -> PathBuf {
+        self.path(&format!("sys/devices/virtual/{parent}/{uuid}"))
+    }
+
+    fn mdev(&self, parent: &str, id: &str, uuid: &str, version: Option<&str>) -> &Self {
+        let d = self.mdev_dir(parent, uuid);
+        fs::create_dir_all(&d).unwrap();
+        symlink(format!("../mdev_supported_types/{id}"), d.join("mdev_type")).unwrap();
+        if let Some(v) = version {
+            fs::write(d.join("migration_version"), format!("{v}\n")).unwrap();
+        }
+        symlink(
+            format!("../../../devices/virtual/{parent}/{uuid}"),
+            self.path(&format!("sys/bus/mdev/devices/{uuid}")),
+        )
+        .unwrap();
+        self
+    }
+
+    /// Makes the attribute in `dir` refuse every write (ENOSPC).
+    fn refusing(&self, dir: &Path) {
+        let a = dir.join("migration_version");
+        let _ = fs::remove_file(&a);
+        symlink("/dev/full", a).unwrap();
+    }
+
+    fn rmdev(&self, args: &[&str]) -> Out {
+        let o = Command::new(env!("CARGO_BIN_EXE_rmdev"))
+            .arg("--root")
+            .arg(self.root())
+            .args(args)
+            .output()
+            .unwrap();
+        Out {
+            status: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Out {
+    status: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+
+    fn expect(&self, status: i32, stderr_has: &str) -> &Self {
+        assert_eq!(self.status, status, "{self:#?}");
+        assert!(
+            self.stderr.contains(stderr_has),
+            "stderr lacks '{stderr_has}': {self:#?}"
+        );
+        self
+    }
+}
+
+/// Two parents: `vendor` with a migratable 4m type (two mdevs) and a 16k
+/// type, and `plain` whose type does not migrate (no attribute).
+fn standard() -> Tree {
+    let t = Tree::new();
+    t.parent("vendor")
+        .mdev_type("vendor", "vendor-4m", Some("vendor:4m:1.0"))
+        .mdev_type("vendor", "vendor-16k", Some("vendor:16k:1.0"))
+        .mdev("vendor", "vendor-4m", U1, Some("vendor:4m:1.0"))
+        .mdev("vendor", "vendor-4m", U2, Some("vendor:4m:1.0"));
+    t.parent("plain")
+        .mdev_type("plain", "plain-a", None)
+        .mdev("plain", "plain-a", U3, None);
+    t
+}
+
+/// Checks that `v` has `key` of JSON type `kind` ("string", "number",
+/// "bool", "array", "object", "null", or "string|null").
+fn has(v: &Value, key: &str, kind: &str) {
+    let x = &v[key];
+    let ok = kind.split('|').any(|k| match k {
+        "string" => x.is_string(),
+        "number" => x.is_number(),
+        "bool" => x.is_boolean(),
+        "array" => x.is_array(),
+        "object" => x.is_object(),
+        "null" => x.is_null(),
+        _ => panic!("bad kind {k}"),
+    });
+    assert!(ok, "'{key}' should be {kind} in {v:#}");
+}
+
+#[test]
+fn list_text_and_json() {
+    let t = standard();
+    let o = t.rmdev(&["list"]);
+    o.expect(0, "");
+    assert!(o
+        .stdout
+        .contains("vendor-4m  vfio-pci  available 4  migration_version vendor:4m:1.0"));
+    assert!(o
+        .stdout
+        .contains("plain-a  vfio-pci  available 4  migration_version (does not migrate)"));
+    // A fake mdev has no IOMMU group: its flag set cannot be read.
+    assert!(o
+        .stdout
+        .contains(&format!("{U1} vendor/vendor-4m  flags not opened")));
+    assert!(o
+        .stdout
+        .contains(&format!("{U3} plain/plain-a  flags none")));
+
+    let j = t.rmdev(&["--json", "list"]).json();
+    has(&j, "parents", "array");
+    has(&j, "mdevs", "array");
+    let parents = j["parents"].as_array().unwrap();
+    assert_eq!(parents.len(), 2);
+    let vendor = &parents[1];
+    has(vendor, "name", "string");
+    has(vendor, "path", "string");
+    let ty = &vendor["types"][0];
+    for (k, kind) in [
+        ("parent", "string"),
+        ("type", "string"),
+        ("name", "string|null"),
+        ("description", "string|null"),
+        ("device_api", "string|null"),
+        ("available_instances", "number|null"),
+        ("migration_version", "object"),
+    ] {
+        has(ty, k, kind);
+    }
+    assert_eq!(ty["type"], "vendor-16k");
+    assert_eq!(ty["migration_version"]["status"], "present");
+    assert_eq!(ty["migration_version"]["value"], "vendor:16k:1.0");
+    let plain = &parents[0]["types"][0];
+    assert_eq!(plain["migration_version"]["status"], "absent");
+    let m = &j["mdevs"][0];
+    for (k, kind) in [
+        ("uuid", "string"),
+        ("parent", "string"),
+        ("type", "string"),
+        ("migration_version", "object"),
+        ("migration_flags", "number|null"),
+        ("migration_flags_error", "string|null"),
+    ] {
+        has(m, k, kind);
+    }
+    assert_eq!(m["uuid"], U1);
+    assert_eq!(m["type"], "vendor-4m");
+}
+
+#[test]
+fn list_with_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_rmdev"))
+        .arg("--root")
+        .arg(t.path())
+        .arg("list")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no mdev parents"));
+}
+
+#[test]
+fn version_by_every_name() {
+    let t = standard();
+    for spec in [
+        U1.to_string(),
+        t.mdev_dir("vendor", U1).display().to_string(),
+        t.mdev_dir("vendor", U1)
+            .join("migration_version")
+            .display()
+            .to_string(),
+    ] {
+        let o = t.rmdev(&["version", &spec]);
+        o.expect(0, "");
+        assert_eq!(o.stdout, "vendor:4m:1.0\n", "{spec}");
+    }
+    // sysfs names are lower case: an upper-case UUID is not found.
+    t.rmdev(&["version", &U2.to_uppercase()])
+        .expect(2, "no mdev");
+    let o = t.rmdev(&["version", "vendor/vendor-16k"]);
+    o.expect(0, "");
+    assert_eq!(o.stdout, "vendor:16k:1.0\n");
+    let td = t.type_dir("vendor", "vendor-16k").display().to_string();
+    assert_eq!(t.rmdev(&["version", &td]).stdout, "vendor:16k:1.0\n");
+    let j = t.rmdev(&["--json", "version", "vendor/vendor-16k"]).json();
+    assert_eq!(j["kind"], "type");
+    assert_eq!(j["id"], "vendor/vendor-16k");
+    assert_eq!(j["migration_version"], "vendor:16k:1.0");
+}
+
+#[test]
+fn version_errors() {
+    let t = standard();
+    t.rmdev(&["version", "1234"]).expect(
+        2,
+        "'1234' is not an mdev UUID, a PARENT/TYPE or a sysfs path",
+    );
+    t.rmdev(&["version", "11111111-2222-4333-8444-55555555555"])
+        .expect(2, "is not an mdev UUID");
+    t.rmdev(&["version", "99999999-2222-4333-8444-555555555555"])
+        .expect(2, "no mdev 99999999-2222-4333-8444-555555555555");
+    t.rmdev(&["version", "nosuch/type"])
+        .expect(2, "no parent named 'nosuch'");
+    t.rmdev(&["version", "vendor/nosuch"])
+        .expect(2, "parent 'vendor' has no mdev type 'nosuch'");
+    t.rmdev(&["version", "vendor/a/b"])
+        .expect(2, "is not an mdev UUID");
+    t.rmdev(&["version", "../x"]).expect(2, "../x");
+    t.rmdev(&["version", U3]).expect(2, "does not migrate");
+    t.rmdev(&["version", "plain/plain-a"])
+        .expect(2, "does not migrate");
+    let root = t.root().display().to_string();
+    t.rmdev(&["version", &root])
+        .expect(2, "not an mdev type or mdev directory");
+    // An attribute that cannot be read (here: a directory).
+    let a = t.type_dir("vendor", "vendor-16k").join("migration_version");
+    fs::remove_file(&a).unwrap();
+    fs::create_dir(&a).unwrap();
+    t.rmdev(&["version", "vendor/vendor-16k"])
+        .expect(2, "migration_version");
+    // Not UTF-8.
+    fs::write(
+        t.mdev_dir("vendor", U2).join("migration_version"),
+        b"\xff\xfe\n",
+    )
+    .unwrap();
+    t.rmdev(&["version", U2]).expect(2, "not UTF-8");
+    // Errors in JSON too.
+    let o = t.rmdev(&["--json", "version", "1234"]);
+    o.expect(2, "");
+    let j = o.json();
+    has(&j, "error", "string");
+    assert_eq!(j["exit_status"], 2);
+}
+
+#[test]
+fn check_writes_the_source_string() {
+    let t = standard();
+    let o = t.rmdev(&["check", U1, U2]);
+    o.expect(0, "");
+    assert!(o
+        .stdout
+        .starts_with(&format!("compatible: {U2} accepts {U1} (vendor:4m:1.0)")));
+    // What the target's attribute received: the source's string, one
+    // write, one newline.
+    assert_eq!(
+        fs::read_to_string(t.mdev_dir("vendor", U2).join("migration_version")).unwrap(),
+        "vendor:4m:1.0\n"
+    );
+    // Type as target, by name and by path.
+    t.rmdev(&["check", U1, "vendor/vendor-4m"]).expect(0, "");
+    let tp = t.type_dir("vendor", "vendor-4m").display().to_string();
+    t.rmdev(&["check", "vendor/vendor-4m", &tp]).expect(0, "");
+    let j = t.rmdev(&["--json", "check", U1, U2]).json();
+    has(&j, "source", "object");
+    has(&j, "target", "object");
+    has(&j, "verdict", "object");
+    has(&j, "elapsed_s", "number");
+    assert_eq!(j["verdict"]["compatible"], true);
+    assert_eq!(j["verdict"]["method"], "write");
+    assert_eq!(j["source"]["origin"], "this host");
+    assert_eq!(j["target"]["kind"], "mdev");
+}
+
+#[test]
+fn check_refused_and_unusable_targets() {
+    let t = standard();
+    t.refusing(&t.mdev_dir("vendor", U2));
+    let o = t.rmdev(&["check", U1, U2]);
+    o.expect(1, "");
+    assert!(o.stdout.contains("incompatible"), "{o:#?}");
+    assert!(
+        o.stdout.contains("ENOSPC (No space left on device)"),
+        "{o:#?}"
+    );
+    let j = t.rmdev(&["--json", "check", U1, U2]).json();
+    assert_eq!(j["verdict"]["compatible"], false);
+    assert_eq!(j["verdict"]["errno"], 28);
+    assert_eq!(j["verdict"]["errno_name"], "ENOSPC");
+    // A target that does not migrate: incompatible, not an error.
+    let o = t.rmdev(&["check", U1, U3]);
+    o.expect(1, "");
+    assert!(o.stdout.contains("it does not migrate"), "{o:#?}");
+    // A source that does not migrate: nothing to check.
+    t.rmdev(&["check", U3, U1]).expect(2, "does not migrate");
+    // An attribute that cannot be opened for writing.
+    let a = t.type_dir("vendor", "vendor-16k").join("migration_version");
+    fs::remove_file(&a).unwrap();
+    fs::create_dir(&a).unwrap();
+    t.rmdev(&["check", U1, "vendor/vendor-16k"])
+        .expect(2, "migration_version");
+    // Bad names.
+    t.rmdev(&["check", "xyz", U1])
+        .expect(2, "'xyz' is not an mdev UUID");
+    t.rmdev(&["check", U1]).expect(2, "TARGET");
+    t.rmdev(&["check"]).expect(2, "SOURCE");
+}
+
+#[test]
+fn check_never_writes_a_malformed_source() {
+    let t = standard();
+    let dst = t.mdev_dir("vendor", U2).join("migration_version");
+    for bad in ["", "a\u{7}b", "two\nlines"] {
+        fs::write(
+            t.mdev_dir("vendor", U1).join("migration_version"),
+            format!("{bad}\n"),
+        )
+        .unwrap();
+        t.rmdev(&["check", U1, U2]).expect(2, "source version");
+        assert_eq!(fs::read_to_string(&dst).unwrap(), "vendor:4m:1.0\n");
+    }
+    fs::write(
+        t.mdev_dir("vendor", U1).join("migration_version"),
+        format!("{}\n", "v".repeat(300)),
+    )
+    .unwrap();
+    t.rmdev(&["check", U1, U2])
+        .expect(2, "longer than 255 bytes");
+}
+
+fn export(t: &Tree) -> Value {
+    let o = t.rmdev(&["export"]);
+    o.expect(0, "");
+    o.json()
+}
+
+#[test]
+fn export_manifest_schema() {
+    let t = standard();
+    let m = export(&t);
+    assert_eq!(m["schema"], "rmdev-manifest");
+    assert_eq!(m["schema_version"], 1);
+    has(&m, "host", "string");
+    has(&m, "rmdev_version", "string");
+    let types = m["types"].as_array().unwrap();
+    assert_eq!(types.len(), 3);
+    for ty in types {
+        has(ty, "parent", "string");
+        has(ty, "type", "string");
+        has(ty, "name", "string|null");
+        has(ty, "migration_version", "string|null");
+    }
+    assert_eq!(types[0]["type"], "plain-a");
+    assert!(types[0]["migration_version"].is_null());
+    assert_eq!(types[2]["migration_version"], "vendor:4m:1.0");
+    let mdevs = m["mdevs"].as_array().unwrap();
+    assert_eq!(mdevs.len(), 3);
+    assert_eq!(mdevs[0]["uuid"], U1);
+    assert_eq!(mdevs[0]["parent"], "vendor");
+    assert_eq!(mdevs[0]["type"], "vendor-4m");
+    // To a file.
+    let f = t.path("m.json");
+    t.rmdev(&["export", "-o", f.to_str().unwrap()])
+        .expect(0, "");
+    let again: Value = serde_json::from_str(&fs::read_to_string(&f).unwrap()).unwrap();
+    assert_eq!(again["types"], m["types"]);
+    t.rmdev(&["export", "-o", "/nonexistent/dir/m.json"])
+        .expect(2, "/nonexistent/dir/m.json");
+}
+
+/// A source host's manifest: the 4m type at minor 1, a 16k mdev with a
+/// field, a type in a vendor format and one that does not migrate.
+fn source_manifest(t: &Tree) -> PathBuf {
+    let m = serde_json::json!({
+        "schema": "rmdev-manifest", "schema_version": 1, "host": "src",
+        "rmdev_version": "0.1.0", "future_field": [1, 2],
+        "types": [
+            {"parent": "vendor", "type": "vendor-4m", "name": null,
+             "migration_version": "vendor:4m:1.1"},
+            {"parent": "vendor", "type": "vendor-4m-old", "name": null,
+             "migration_version": "vendor:4m:1.0"},
+            {"parent": "other", "type": "own", "name": null,
+             "migration_version": "other-format-7"},
+            {"parent": "plain", "type": "plain-a", "name": null,
+             "migration_version": null}
+        ],
+        "mdevs": [
+            {"uuid": U3, "parent": "vendor", "type": "vendor-16k",
+             "migration_version": "vendor:16k:1.0:ports=2"}
+        ]
+    });
+    let p = t.path("src.json");
+    fs::write(&p, m.to_string()).unwrap();
+    p
+}
+
+#[test]
+fn check_from_a_manifest() {
+    let t = standard();
+    let m = source_manifest(&t);
+    let ms = m.to_str().unwrap();
+    let o = t.rmdev(&["check", "--from", ms, "vendor/vendor-4m", U1]);
+    o.expect(0, "");
+    assert_eq!(
+        fs::read_to_string(t.mdev_dir("vendor", U1).join("migration_version")).unwrap(),
+        "vendor:4m:1.1\n"
+    );
+    let j = t
+        .rmdev(&["--json", "check", "--from", ms, U3, "vendor/vendor-16k"])
+        .json();
+    assert_eq!(j["source"]["origin"], "manifest of host 'src'");
+    assert_eq!(j["source"]["migration_version"], "vendor:16k:1.0:ports=2");
+    t.rmdev(&["check", "--from", ms, "vendor/nosuch", U1])
+        .expect(2, "no entry 'vendor/nosuch' in the manifest of host 'src'");
+    t.rmdev(&["check", "--from", ms, "plain/plain-a", U1])
+        .expect(2, "does not migrate");
+}
+
+#[test]
+fn match_by_write_and_offline() {
+    let t = standard();
+    let m = source_manifest(&t);
+    let ms = m.to_str().unwrap();
+    // By write: every regular-file attribute accepts, the refusing one not.
+    t.refusing(&t.mdev_dir("vendor", U2));
+    let o = t.rmdev(&["--json", "match", "--from", ms]);
+    o.expect(0, "");
+    let j = o.json();
+    assert_eq!(j["method"], "write");
+    assert_eq!(j["authoritative"], true);
+    let e = &j["entries"][0];
+    assert_eq!(e["id"], "vendor/vendor-4m");
+    let acc: Vec<&str> = e["accepted_by"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(acc.contains(&U1) && !acc.contains(&U2), "{acc:?}");
+    // Entries without a version are not listed.
+    assert_eq!(j["entries"].as_array().unwrap().len(), 4);
+
+    // Offline: the default rule decides; U2's attribute is unreadable
+    // (/dev/full) so it is not a candidate.
+    let t = standard();
+    let m = source_manifest(&t);
+    let ms = m.to_str().unwrap();
+    let o = t.rmdev(&["--json", "match", "--offline", "--from", ms]);
+    o.expect(1, "");
+    let j = o.json();
+    assert_eq!(j["method"], "offline");
+    assert_eq!(j["authoritative"], false);
+    let ids = |e: &Value| -> Vec<String> {
+        e["accepted_by"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    // Source 4m at minor 1: the local 4m strings are at minor 0: refused.
+    assert!(ids(&j["entries"][0]).is_empty());
+    let detail = &j["entries"][0]["candidates"][1]["verdict"]["detail"];
+    assert_eq!(
+        detail,
+        "source data format 1.1 is newer than the target's 1.0"
+    );
+    // Source 4m at minor 0: the 4m type and both 4m mdevs.
+    assert_eq!(ids(&j["entries"][1]), ["vendor/vendor-4m", U1, U2]);
+    // The 16k mdev carries a field the local 16k type lacks.
+    assert_eq!(j["entries"][3]["id"], U3);
+    assert!(ids(&j["entries"][3]).is_empty());
+    // Fake attributes are never written offline.
+    assert_eq!(
+        fs::read_to_string(t.mdev_dir("vendor", U1).join("migration_version")).unwrap(),
+        "vendor:4m:1.0\n"
+    );
+    let o = t.rmdev(&["match", "--offline", "--from", ms]);
+    assert!(o.stdout.contains("not authoritative"), "{o:#?}");
+    assert!(o
+        .stdout
+        .contains("type vendor/vendor-4m-old (vendor:4m:1.0): vendor/vendor-4m, "));
+    assert!(o
+        .stdout
+        .contains("type other/own (other-format-7): no local target"));
+    assert!(o.stdout.contains("not comparable offline"));
+}
+
+#[test]
+fn hostile_manifests() {
+    let t = standard();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("not JSON", b"{".to_vec(), "not JSON"),
+        ("not UTF-8", b"{\"schema\": \"\xff\"}".to_vec(), "not UTF-8"),
+        ("another schema", br#"{"schema": "x", "schema_version": 1}"#.to_vec(), "not an rmdev manifest"),
+        (
+            "newer schema",
+            br#"{"schema": "rmdev-manifest", "schema_version": 2}"#.to_vec(),
+            "schema version 2 is not supported (this rmdev reads version 1)",
+        ),
+        (
+            "version as string",
+            br#"{"schema": "rmdev-manifest", "schema_version": "1"}"#.to_vec(),
+            "\"schema_version\" missing or not a number",
+        ),
+        (
+            "missing fields",
+            br#"{"schema": "rmdev-manifest", "schema_version": 1, "host": "h"}"#.to_vec(),
+            "missing field",
+        ),
+        (
+            "entry without type",
+            br#"{"schema":"rmdev-manifest","schema_version":1,"host":"h","rmdev_version":"1",
+                 "types":[{"parent":"p","migration_version":null}],"mdevs":[]}"#
+                .to_vec(),
+            "missing field `type`",
+        ),
+        (
+            "control byte in a version",
+            br#"{"schema":"rmdev-manifest","schema_version":1,"host":"h","rmdev_version":"1",
+                 "types":[{"parent":"p","type":"t","migration_version":"a\u0001b"}],"mdevs":[]}"#
+                .to_vec(),
+            "type p/t: source version",
+        ),
+        (
+            "over-long version",
+            format!(
+                r#"{{"schema":"rmdev-manifest","schema_version":1,"host":"h","rmdev_version":"1",
+                 "types":[],"mdevs":[{{"uuid":"{U1}","parent":"p","type":"t","migration_version":"{}"}}]}}"#,
+                "x".repeat(256)
+            )
+            .into_bytes(),
+            "longer than 255 bytes",
+        ),
+        ("huge", vec![b' '; (16 << 20) + 1], "larger than 16 MiB"),
+        ("empty", Vec::new(), "not JSON"),
+    ];
+    for (what, bytes, want) in cases {
+        let p = t.path("bad.json");
+        fs::write(&p, &bytes).unwrap();
+        for args in [
+            vec!["match", "--from", p.to_str().unwrap()],
+            vec!["match", "--offline", "--from", p.to_str().unwrap()],
+            vec!["check", "--from", p.to_str().unwrap(), U1, U2],
+        ] {
+            let o = t.rmdev(&args);
+            assert_eq!(o.status, 2, "{what}: {o:#?}");
+            assert!(o.stderr.contains(want), "{what}: want '{want}': {o:#?}");
+        }
+    }
+    // Nothing was written to any target on the way.
+    assert_eq!(
+        fs::read_to_string(t.mdev_dir("vendor", U2).join("migration_version")).unwrap(),
+        "vendor:4m:1.0\n"
+    );
+    t.rmdev(&["match", "--from", "/nonexistent.json"])
+        .expect(2, "/nonexistent.json");
+    t.rmdev(&["match"]).expect(2, "--from");
+}
+
+#[test]
+fn export_then_match_round_trip() {
+    let src = standard();
+    let m = src.path("m.json");
+    src.rmdev(&["export", "-o", m.to_str().unwrap()])
+        .expect(0, "");
+    let dst = standard();
+    let o = dst.rmdev(&["--json", "match", "--from", m.to_str().unwrap()]);
+    o.expect(0, "");
+    let j = o.json();
+    // 2 migratable types and 2 migratable mdevs; each accepted somewhere.
+    assert_eq!(j["entries"].as_array().unwrap().len(), 4);
+    // Through standard input too, offline (a fresh tree: the write checks
+    // above overwrote the fake attributes).
+    let dst = standard();
+    let o = Command::new(env!("CARGO_BIN_EXE_rmdev"))
+        .arg("--root")
+        .arg(dst.root())
+        .args(["match", "--offline", "--from", "-"])
+        .stdin(fs::File::open(&m).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+}
+
+#[test]
+fn migrate_save_load_refuse_before_touching_devices() {
+    let t = standard();
+    // Refused by the check: nothing happens, exit 1.
+    t.refusing(&t.mdev_dir("vendor", U2));
+    t.rmdev(&["migrate", U1, U2])
+        .expect(1, "nothing was changed");
+    // --force goes on to open the devices, which fake mdevs cannot.
+    t.rmdev(&["migrate", "--force", U1, U2])
+        .expect(2, &format!("open mdev {U1}"));
+    t.rmdev(&["migrate", U1, U1]).expect(2, "the same mdev");
+    t.rmdev(&["migrate", U1, "vendor/vendor-4m"])
+        .expect(2, "is an mdev type");
+    t.rmdev(&["migrate", U3, U1]).expect(2, "does not migrate");
+    t.rmdev(&["migrate", "--max-rounds", "0", U1, U2])
+        .expect(2, "max-rounds");
+
+    // A save that cannot open its device leaves no file.
+    let f = t.path("state.bin");
+    t.rmdev(&["save", U1, "-o", f.to_str().unwrap()])
+        .expect(2, "open mdev");
+    assert!(!f.exists());
+    assert_eq!(
+        fs::read_dir(t.root())
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("partial"))
+            .count(),
+        0
+    );
+
+    // Load refuses a file that is not a whole stream before opening the
+    // device (a fake mdev would fail to open: the error says the file).
+    for (what, bytes) in [
+        ("empty", Vec::new()),
+        ("foreign", b"GIF89a not a stream".to_vec()),
+        ("truncated header", b"RMDEVMIG\x01\x00".to_vec()),
+    ] {
+        fs::write(&f, &bytes).unwrap();
+        let o = t.rmdev(&["load", U1, "-i", f.to_str().unwrap()]);
+        o.expect(2, "not a whole rmdev migration stream");
+        assert!(
+            o.stderr.contains("the device was not touched"),
+            "{what}: {o:#?}"
+        );
+    }
+    t.rmdev(&["load", U1, "-i", "/nonexistent"])
+        .expect(2, "/nonexistent");
+}
+
+#[test]
+fn help_man_and_completions() {
+    let t = Tree::new();
+    let o = t.rmdev(&["--help"]);
+    o.expect(0, "");
+    for cmd in [
+        "list", "version", "check", "export", "match", "migrate", "save", "load",
+    ] {
+        assert!(o.stdout.contains(cmd), "--help lacks {cmd}");
+    }
+    assert!(o
+        .stdout
+        .contains("Exit status: 0 compatible or done, 1 incompatible, 2 usage"));
+    let o = t.rmdev(&["man"]);
+    o.expect(0, "");
+    assert!(
+        o.stdout.starts_with(".ie"),
+        "{}",
+        &o.stdout[..40.min(o.stdout.len())]
+    );
+    assert!(o.stdout.contains(".TH rmdev"));
+    let o = t.rmdev(&["completions", "bash"]);
+    o.expect(0, "");
+    assert!(o.stdout.contains("_rmdev()"));
+    t.rmdev(&["completions", "nosuchshell"])
+        .expect(2, "invalid value");
+    t.rmdev(&["nosuchcommand"])
+        .expect(2, "unrecognized subcommand");
+    t.rmdev(&["--version"]).expect(0, "");
+}
+
+/// `Documentation/rmdev.rst` documents every command and option the
+/// binary has (read from clap's own definition, not from a list here).
+#[test]
+fn manual_covers_every_command_and_option() {
+    use clap::CommandFactory;
+    let doc = fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../Documentation/rmdev.rst"
+    ))
+    .unwrap();
+    let cli = rmdev::cli::Cli::command();
+    let mut missing = Vec::new();
+    for a in cli.get_arguments() {
+        if let Some(l) = a.get_long() {
+            if !doc.contains(&format!("--{l}")) {
+                missing.push(format!("--{l}"));
+            }
+        }
+    }
+    for sub in cli.get_subcommands() {
+        let name = sub.get_name();
+        if !doc.contains(&format!("rmdev {name}")) {
+            missing.push(format!("rmdev {name}"));
+        }
+        for a in sub.get_arguments() {
+            if let Some(l) = a.get_long() {
+                if !doc.contains(&format!("--{l}")) {
+                    missing.push(format!("{name} --{l}"));
+                }
+            }
+            if let Some(s) = a.get_short() {
+                if !doc.contains(&format!("-{s}")) {
+                    missing.push(format!("{name} -{s}"));
+                }
+            }
+        }
+    }
+    for status in ["``0``", "``1``", "``2``"] {
+        if !doc.contains(status) {
+            missing.push(format!("exit status {status}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "Documentation/rmdev.rst lacks: {missing:?}"
+    );
+}
