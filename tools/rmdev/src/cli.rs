@@ -156,6 +156,9 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> u8 {
         }
     };
     let json = cli.json;
+    // A signal stops a migration cleanly (devices put back, no partial
+    // file) instead of killing the process mid-stream.
+    let _ = ctrlc::set_handler(migrate::interrupt);
     match execute(cli) {
         Ok(status) => status,
         Err(e) => {

@@ -21,6 +21,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rmdev_logic::envelope::{Parser, Sink, MAX_RECORD_PAYLOAD};
@@ -32,6 +33,24 @@ use crate::vfio::{self, state, Device};
 
 /// The data FD read and write size (QEMU's buffer size).
 pub const CHUNK: usize = 1 << 20;
+
+/// Set by [`interrupt`] (the CLI's SIGINT/SIGTERM/SIGHUP handler): the data
+/// loops stop at their next chunk and take the failure path, which puts
+/// the devices back and removes a half-written file.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Asks a running migration, save or load to stop.
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn check_interrupt() -> std::result::Result<(), String> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        Err("interrupted by a signal".into())
+    } else {
+        Ok(())
+    }
+}
 
 /// How a migration runs.
 #[derive(Clone, Copy, Debug)]
@@ -127,6 +146,7 @@ fn pump(
 ) -> std::result::Result<(u64, bool), String> {
     let mut moved = 0u64;
     loop {
+        check_interrupt()?;
         match vfio::read_fd(fd, buf) {
             Ok(0) => return Ok((moved, true)),
             Ok(n) => {
@@ -445,6 +465,7 @@ pub fn load(dst: &Device, path: &Path, progress: &dyn Progress) -> Result<Summar
         progress.phase("load", len);
         let mut buf = vec![0u8; CHUNK];
         loop {
+            check_interrupt()?;
             let n = step(f.read(&mut buf), "read the file")?;
             if n == 0 {
                 break;

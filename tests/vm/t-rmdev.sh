@@ -1,0 +1,209 @@
+# SPDX-License-Identifier: GPL-2.0
+# The rmdev tool against the real kernel, as an operator runs it: list,
+# version, check (compatible, incompatible with the errno and the part that
+# differs), export and match, a pre-copy migration while the device keeps
+# changing its memory, a migration refused by the check and one forced into
+# a failure (both devices left usable), save and load with corrupted,
+# truncated and interrupted files, and the VF vendor's mdevs migrating
+# their hardware registers. With RMDEV_SHARE set it also plays the source
+# host of the two-host test (tests/vm/rmdev-host2): it leaves a manifest
+# and saved files there, with the VF vendor at format_minor=1.
+. "$(dirname "$0")/lib.sh"
+
+RMDEV=$RMDEV_REPO/target/release/rmdev
+IGBVF_KO=$RMDEV_MODULES/rmdev_igbvf.ko
+[ -x "$RMDEV" ] || fail "$RMDEV not built"
+[ -x "$VM_TEST" ] || fail "$VM_TEST not built"
+work=$(mktemp -d)
+
+# expect_status WANT CMD...: CMD exits with WANT; its output is in $out.
+expect_status() {
+	local want=$1 rc=0
+	shift
+	out=$("$@" 2>&1) || rc=$?
+	[ "$rc" = "$want" ] || fail "'$*' exited $rc, want $want: $out"
+}
+has() { case "$out" in *"$1"*) ;; *) fail "output lacks '$1': $out" ;; esac; }
+jq_() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
+
+VFS=()
+cleanup() {
+	for d in /sys/bus/mdev/devices/*; do
+		[ -e "$d/remove" ] && echo 1 >"$d/remove" 2>/dev/null || true
+	done
+	local vf
+	for vf in "${VFS[@]}"; do
+		[ -e /sys/bus/pci/drivers/rmdev_igbvf/$vf ] && echo "$vf" >/sys/bus/pci/drivers/rmdev_igbvf/unbind
+		echo >/sys/bus/pci/devices/$vf/driver_override
+	done
+	! grep -q '^rmdev_igbvf ' /proc/modules || rmmod rmdev_igbvf
+	unload_sample
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+load_sample migration_flags=7 precopy_dirty_pages=8
+T4M=rmdev_sample/rmdev_sample-4m
+S=$(new_uuid) D=$(new_uuid) E=$(new_uuid)
+sysfs_write $SAMPLE_TYPES/rmdev_sample-4m/create "$S"
+mdevctl start -u "$D" -p rmdev_sample -t rmdev_sample-4m
+sysfs_write $SAMPLE_TYPES/rmdev_sample-16k/create "$E"
+
+note "list"
+expect_status 0 "$RMDEV" list
+has "rmdev_sample-4m  vfio-pci  available 2  migration_version rmdev_sample:4m:1.0"
+has "$S rmdev_sample/rmdev_sample-4m  flags STOP_COPY|P2P|PRE_COPY  migration_version rmdev_sample:4m:1.0"
+expect_status 0 "$RMDEV" --json list
+expect_eq "JSON flags of $E" "$(jq_ "[m['migration_flags'] for m in d['mdevs'] if m['uuid']=='$E'][0]" <<<"$out")" 7
+
+note "version: by UUID, PARENT/TYPE and path, against the attribute itself"
+for spec in "$S" "/sys/bus/mdev/devices/$S"; do
+	expect_status 0 "$RMDEV" version "$spec"
+	expect_eq "version $spec" "$out" "$(cat /sys/bus/mdev/devices/$S/migration_version)"
+done
+expect_status 0 "$RMDEV" version $T4M
+expect_eq "version $T4M" "$out" "$(cat $SAMPLE_TYPES/rmdev_sample-4m/migration_version)"
+expect_status 2 "$RMDEV" version not-a-uuid
+has "'not-a-uuid' is not an mdev UUID, a PARENT/TYPE or a sysfs path"
+expect_status 2 "$RMDEV" version "$(new_uuid)"
+has "no mdev"
+
+note "check: compatible, and refused by the kernel with the errno and what differs"
+expect_status 0 "$RMDEV" check "$S" "$D"
+has "compatible: $D accepts $S (rmdev_sample:4m:1.0)"
+expect_status 0 "$RMDEV" check "$S" $T4M
+expect_status 1 "$RMDEV" check "$S" "$E"
+has "EINVAL (Invalid argument)"
+has "detail: type differs: source '4m', target '16k'"
+expect_status 1 "$RMDEV" --json check "$E" $T4M
+expect_eq "JSON errno" "$(jq_ "d['verdict']['errno_name']" <<<"$out")" EINVAL
+# A device of a newer data format (major 2) refuses the others.
+echo 2 >/sys/module/rmdev_sample/parameters/format_version
+N=$(new_uuid)
+sysfs_write $SAMPLE_TYPES/rmdev_sample-4m/create "$N"
+echo 1 >/sys/module/rmdev_sample/parameters/format_version
+expect_status 1 "$RMDEV" check "$S" "$N"
+has "detail: data format major version differs: source 1.0, target 2.0"
+
+note "export and match on this host"
+expect_status 0 "$RMDEV" export -o "$work/m.json"
+expect_eq "exported 4m type" "$(jq_ "[t['migration_version'] for t in d['types'] if t['type']=='rmdev_sample-4m'][0]" <"$work/m.json")" rmdev_sample:4m:1.0
+expect_status 1 "$RMDEV" --json match --from "$work/m.json"
+# The 16k mdev's entry: only the 16k type and the 16k mdev accept it.
+expect_eq "targets of $E" "$(jq_ "sorted([e['accepted_by'] for e in d['entries'] if e['id']=='$E'][0])" <<<"$out")" "['$E', 'rmdev_sample/rmdev_sample-16k']"
+# The major-2 mdev: only itself.
+expect_eq "targets of $N" "$(jq_ "[e['accepted_by'] for e in d['entries'] if e['id']=='$N'][0]" <<<"$out")" "['$N']"
+expect_status 1 "$RMDEV" --json match --offline --from "$work/m.json"
+expect_eq "offline targets of $E" "$(jq_ "sorted([e['accepted_by'] for e in d['entries'] if e['id']=='$E'][0])" <<<"$out")" "['$E', 'rmdev_sample/rmdev_sample-16k']"
+echo 1 >/sys/bus/mdev/devices/$N/remove
+
+note "migrate with pre-copy while the device keeps writing its memory"
+"$VM_TEST" fill "$S" 11
+"$VM_TEST" fill "$D" 12
+expect_status 0 "$RMDEV" --json migrate "$S" "$D"
+echo "$out" | sed 's/^/    /'
+rounds=$(jq_ "d['precopy_rounds']" <<<"$out")
+[ "$rounds" -ge 2 ] || fail "pre-copy rounds: $rounds, want at least 2 (the device dirties 8 pages a round)"
+stop=$(jq_ "d['stop_copy_bytes']" <<<"$out")
+[ "$stop" -ge $((8 * 4096)) ] || fail "stop-copy bytes $stop: the 8 pages dirtied last must be in it"
+pre=$(jq_ "d['precopy_bytes']" <<<"$out")
+[ "$pre" -ge $((4 << 20)) ] || fail "pre-copy bytes $pre < the 4 MiB memory"
+"$VM_TEST" compare "$S" "$D"
+expect_status 0 "$RMDEV" migrate --no-progress "$S" "$D"
+has "flags STOP_COPY|P2P|PRE_COPY"
+has "downtime"
+
+note "migrate refused by the check, and forced into a failure: both devices stay usable"
+expect_status 1 "$RMDEV" migrate "$E" "$S"
+has "nothing was changed"
+"$VM_TEST" fill "$S" 13
+expect_status 2 "$RMDEV" migrate --force "$E" "$S"
+has "source RUNNING, target reset, RUNNING"
+"$VM_TEST" compare-pattern "$S" 13
+expect_status 0 "$RMDEV" migrate "$S" "$D"
+
+note "save and load; corrupted, truncated and foreign files refused before the device is touched"
+"$VM_TEST" fill "$S" 21
+"$VM_TEST" fill "$D" 22
+expect_status 0 "$RMDEV" save "$S" -o "$work/s.bin"
+has "saved"
+python3 - "$work/s.bin" "$work/flip.bin" "$work/cut.bin" <<'EOF'
+import sys
+b = bytearray(open(sys.argv[1], 'rb').read())
+c = bytearray(b); c[len(c) // 2] ^= 1
+open(sys.argv[2], 'wb').write(c)
+open(sys.argv[3], 'wb').write(b[:len(b) - 100])
+EOF
+head -c 4096 /dev/urandom >"$work/foreign.bin"
+for bad in flip cut foreign; do
+	expect_status 2 "$RMDEV" load "$D" -i "$work/$bad.bin"
+	has "not a whole rmdev migration stream"
+	has "the device was not touched"
+	"$VM_TEST" compare-pattern "$D" 22
+done
+expect_status 1 "$RMDEV" load "$E" -i "$work/s.bin"
+has "refuses the file's source version rmdev_sample:4m:1.0"
+expect_status 0 "$RMDEV" load "$D" -i "$work/s.bin"
+"$VM_TEST" compare-pattern "$D" 21
+
+note "an interrupted save leaves no file"
+B=$(new_uuid)
+sysfs_write $SAMPLE_TYPES/rmdev_sample-256m/create "$B"
+"$RMDEV" save --no-progress "$B" -o "$work/big.bin" >/dev/null 2>&1 &
+pid=$!
+for _ in $(seq 100); do
+	ls "$work"/.big.bin.rmdev-partial-* >/dev/null 2>&1 && break
+	sleep 0.1
+done
+sleep 1
+ls "$work"/.big.bin.rmdev-partial-* >/dev/null 2>&1 || fail "no partial file while saving 256 MiB"
+cp "$work"/.big.bin.rmdev-partial-* "$work/half.bin"
+kill -TERM $pid
+rc=0; wait $pid || rc=$?
+expect_eq "exit status of an interrupted save" "$rc" 2
+[ ! -e "$work/big.bin" ] || fail "an interrupted save left $work/big.bin"
+! ls "$work"/.big.bin.rmdev-partial-* >/dev/null 2>&1 || fail "an interrupted save left its partial file"
+# What was written so far would not load anyway.
+expect_status 2 "$RMDEV" load "$B" -i "$work/half.bin"
+has "not a whole rmdev migration stream"
+expect_status 0 "$RMDEV" check "$S" "$D"
+echo 1 >/sys/bus/mdev/devices/$B/remove
+
+if [ -n "${RMDEV_SHARE:-}" ]; then
+	note "the source host of the two-host test: manifest and saved files in $RMDEV_SHARE"
+	"$VM_TEST" fill "$S" 31
+	expect_status 0 "$RMDEV" save "$S" -o "$RMDEV_SHARE/sample-4m.bin"
+	echo "$S" >"$RMDEV_SHARE/sample-4m.uuid"
+fi
+
+note "the VF vendor: rmdev on mdevs of two igb VFs (format_minor=1)"
+pf=$(dirname "$(grep -l 0x10c9 /sys/bus/pci/devices/*/device | head -n1)")
+VFS=("$(basename "$(readlink -f $pf/virtfn0)")" "$(basename "$(readlink -f $pf/virtfn1)")")
+insmod "$IGBVF_KO" format_minor=1
+for vf in "${VFS[@]}"; do
+	echo rmdev_igbvf >/sys/bus/pci/devices/$vf/driver_override
+	echo "$vf" >/sys/bus/pci/drivers_probe
+done
+M0=$(new_uuid) M1=$(new_uuid)
+mdevctl start -u "$M0" -p "${VFS[0]}" -t rmdev_igbvf-vf
+mdevctl start -u "$M1" -p "${VFS[1]}" -t rmdev_igbvf-vf
+expect_status 0 "$RMDEV" list
+has "$M0 ${VFS[0]}/rmdev_igbvf-vf  flags STOP_COPY|P2P  migration_version rmdev_igbvf:vf:1.1:"
+expect_status 0 "$RMDEV" check "$M0" "${VFS[1]}/rmdev_igbvf-vf"
+expect_status 1 "$RMDEV" check "$M0" "$S"
+has "detail: vendor differs: source 'rmdev_igbvf', target 'rmdev_sample'"
+"$VM_TEST" region-write "$M0" 0 0x2800 0x1a2b3c80
+"$VM_TEST" region-write "$M0" 0 0x1680 0x00000200
+expect_status 0 "$RMDEV" migrate "$M0" "$M1"
+has "flags STOP_COPY|P2P"
+expect_eq "VF1 RDBAL0 after rmdev migrate" "$("$VM_TEST" vf-read "${VFS[1]}" 0x2800)" 0x1a2b3c80
+expect_eq "VF1 EITR0 after rmdev migrate" "$("$VM_TEST" vf-read "${VFS[1]}" 0x1680)" 0x00000200
+
+if [ -n "${RMDEV_SHARE:-}" ]; then
+	"$VM_TEST" region-write "$M0" 0 0x3800 0x0c0ffe00
+	expect_status 0 "$RMDEV" save "$M0" -o "$RMDEV_SHARE/vf.bin"
+	echo "$M0" >"$RMDEV_SHARE/vf.uuid"
+	expect_status 0 "$RMDEV" export -o "$RMDEV_SHARE/manifest.json"
+	note "left for the second host: $(ls "$RMDEV_SHARE" | tr '\n' ' ')"
+fi
+note "rmdev: every command against the sample and VF vendors"
