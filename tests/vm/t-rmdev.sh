@@ -26,8 +26,10 @@ expect_status() {
 has() { case "$out" in *"$1"*) ;; *) fail "output lacks '$1': $out" ;; esac; }
 jq_() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
 
-VFS=()
+VFS=() pid=
 cleanup() {
+	set +e
+	[ -z "$pid" ] || { kill -CONT "$pid"; kill -TERM "$pid"; wait "$pid"; } 2>/dev/null
 	for d in /sys/bus/mdev/devices/*; do
 		[ -e "$d/remove" ] && echo 1 >"$d/remove" 2>/dev/null || true
 	done
@@ -41,6 +43,8 @@ cleanup() {
 	rm -rf "$work"
 }
 trap cleanup EXIT
+# What the second host reads comes from this run only.
+[ -z "${RMDEV_SHARE:-}" ] || rm -f "$RMDEV_SHARE"/*
 
 load_sample migration_flags=7 precopy_dirty_pages=8
 T4M=rmdev_sample/rmdev_sample-4m
@@ -120,7 +124,20 @@ has "nothing was changed"
 expect_status 2 "$RMDEV" migrate --force "$E" "$S"
 has "source RUNNING, target reset, RUNNING"
 "$VM_TEST" compare-pattern "$S" 13
+# The source's next arc fails and loses its state (ERROR): the SET back to
+# RUNNING cannot work, the reset must.
+"$VM_TEST" region-write "$S" 0 0x14 2
+expect_status 2 "$RMDEV" migrate "$S" "$D"
+has "source to PRE_COPY"
+has "source RUNNING, target reset, RUNNING"
+# A record the source cannot deliver, mid-stream.
+"$VM_TEST" region-write "$S" 0 0x14 4
+expect_status 2 "$RMDEV" migrate "$S" "$D"
+has "read from the source's data FD"
+has "source RUNNING, target reset, RUNNING"
+"$VM_TEST" fill "$S" 14
 expect_status 0 "$RMDEV" migrate "$S" "$D"
+"$VM_TEST" compare "$S" "$D"
 
 note "save and load; corrupted, truncated and foreign files refused before the device is touched"
 "$VM_TEST" fill "$S" 21
@@ -141,32 +158,43 @@ for bad in flip cut foreign; do
 	has "the device was not touched"
 	"$VM_TEST" compare-pattern "$D" 22
 done
+"$VM_TEST" fill "$E" 23
 expect_status 1 "$RMDEV" load "$E" -i "$work/s.bin"
 has "refuses the file's source version rmdev_sample:4m:1.0"
+"$VM_TEST" compare-pattern "$E" 23
 expect_status 0 "$RMDEV" load "$D" -i "$work/s.bin"
 "$VM_TEST" compare-pattern "$D" 21
 
 note "an interrupted save leaves no file"
 B=$(new_uuid)
 sysfs_write $SAMPLE_TYPES/rmdev_sample-256m/create "$B"
-"$RMDEV" save --no-progress "$B" -o "$work/big.bin" >/dev/null 2>&1 &
+"$VM_TEST" fill "$B" 41
+"$RMDEV" save --no-progress "$B" -o "$work/big.bin" >"$work/big.out" 2>&1 &
 pid=$!
-for _ in $(seq 100); do
-	ls "$work"/.big.bin.rmdev-partial-* >/dev/null 2>&1 && break
+# Freeze it once its file has some data, so the signal surely lands
+# mid-stream, whatever the machine's speed.
+for _ in $(seq 300); do
+	[ "$(stat -c %s "$work"/.big.bin.rmdev-partial-* 2>/dev/null || echo 0)" -gt 0 ] && break
+	kill -0 $pid 2>/dev/null || fail "the save ended before it was interrupted: $(cat "$work/big.out")"
 	sleep 0.1
 done
-sleep 1
+kill -STOP $pid
 ls "$work"/.big.bin.rmdev-partial-* >/dev/null 2>&1 || fail "no partial file while saving 256 MiB"
 cp "$work"/.big.bin.rmdev-partial-* "$work/half.bin"
 kill -TERM $pid
+kill -CONT $pid
 rc=0; wait $pid || rc=$?
+pid=
 expect_eq "exit status of an interrupted save" "$rc" 2
+grep -q "interrupted by a signal; source RUNNING, no file written" "$work/big.out" ||
+	fail "interrupted save said: $(cat "$work/big.out")"
 [ ! -e "$work/big.bin" ] || fail "an interrupted save left $work/big.bin"
 ! ls "$work"/.big.bin.rmdev-partial-* >/dev/null 2>&1 || fail "an interrupted save left its partial file"
 # What was written so far would not load anyway.
 expect_status 2 "$RMDEV" load "$B" -i "$work/half.bin"
 has "not a whole rmdev migration stream"
-expect_status 0 "$RMDEV" check "$S" "$D"
+# The device is free again and its memory intact.
+"$VM_TEST" compare-pattern "$B" 41
 echo 1 >/sys/bus/mdev/devices/$B/remove
 
 if [ -n "${RMDEV_SHARE:-}" ]; then
@@ -178,6 +206,7 @@ fi
 
 note "the VF vendor: rmdev on mdevs of two igb VFs (format_minor=1)"
 pf=$(dirname "$(grep -l 0x10c9 /sys/bus/pci/devices/*/device | head -n1)")
+[ -e "$pf/virtfn1" ] || fail "no igb PF with two VFs"
 VFS=("$(basename "$(readlink -f $pf/virtfn0)")" "$(basename "$(readlink -f $pf/virtfn1)")")
 insmod "$IGBVF_KO" format_minor=1
 for vf in "${VFS[@]}"; do

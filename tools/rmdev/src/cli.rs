@@ -147,18 +147,23 @@ pub enum Command {
 
 /// Runs the command line `args`; the exit status.
 pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> u8 {
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
             // clap: 0 for --help and --version, 2 for usage errors.
-            return if e.use_stderr() { 2 } else { 0 };
+            if !e.use_stderr() {
+                return EXIT_OK;
+            }
+            if args.iter().any(|a| a == "--json") {
+                let msg = e.kind().to_string();
+                println!("{}", serde_json::json!({ "error": msg, "exit_status": 2 }));
+            }
+            return crate::error::EXIT_ERROR;
         }
     };
     let json = cli.json;
-    // A signal stops a migration cleanly (devices put back, no partial
-    // file) instead of killing the process mid-stream.
-    let _ = ctrlc::set_handler(migrate::interrupt);
     match execute(cli) {
         Ok(status) => status,
         Err(e) => {
@@ -170,6 +175,34 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> u8 {
             eprintln!("rmdev: {e}");
             e.exit_status()
         }
+    }
+}
+
+/// Whether `sig`'s action is "ignore" (as a shell leaves SIGINT for a
+/// background job, or nohup SIGHUP).
+fn ignored(sig: libc::c_int) -> bool {
+    // SAFETY: An all-zero `sigaction` is a valid value to be overwritten.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: A null new action only queries; `old` is a valid out pointer.
+    let r = unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) };
+    r == 0 && old.sa_sigaction == libc::SIG_IGN
+}
+
+/// For the commands that move device state: SIGINT, SIGTERM and SIGHUP
+/// stop them cleanly (devices put back, no partial file) at their next
+/// step instead of killing the process mid-stream. A signal the caller
+/// left ignored stays ignored.
+fn stop_on_signals() {
+    let keep: Vec<libc::c_int> = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
+        .into_iter()
+        .filter(|&s| ignored(s))
+        .collect();
+    if ctrlc::set_handler(migrate::interrupt).is_err() {
+        return;
+    }
+    for s in keep {
+        // SAFETY: Setting a signal's action to SIG_IGN runs no code of ours.
+        unsafe { libc::signal(s, libc::SIG_IGN) };
     }
 }
 
@@ -541,10 +574,12 @@ fn match_cmd(sys: &Sysfs, from: &Path, offline: bool, json: bool) -> Result<u8> 
             );
         }
         for r in &rows {
-            let acc = if r.accepted_by.is_empty() {
+            let acc = if !r.accepted_by.is_empty() {
+                r.accepted_by.join(", ")
+            } else if r.undecided.is_empty() {
                 "no local target".to_string()
             } else {
-                r.accepted_by.join(", ")
+                "undecided offline (check on this host without --offline)".to_string()
             };
             println!("{} {} ({}): {acc}", r.kind, r.id, r.migration_version);
             if !r.undecided.is_empty() {
@@ -693,6 +728,7 @@ fn migrate_cmd(
     no_progress: bool,
     json: bool,
 ) -> Result<u8> {
+    stop_on_signals();
     let (ms, md) = (mdev_target(sys, src)?, mdev_target(sys, dst)?);
     if ms.uuid == md.uuid {
         return Err(Error::Usage("source and target are the same mdev".into()));
@@ -722,6 +758,7 @@ fn save_cmd(
     no_progress: bool,
     json: bool,
 ) -> Result<u8> {
+    stop_on_signals();
     let m = mdev_target(sys, uuid)?;
     local_version(&Target::Mdev(m.clone()))?;
     let dev = open_mdev(sys, &m)?;
@@ -746,8 +783,10 @@ fn load_cmd(
     no_progress: bool,
     json: bool,
 ) -> Result<u8> {
+    stop_on_signals();
     let m = mdev_target(sys, uuid)?;
-    let info = migrate::verify_file(input).map_err(|e| {
+    let mut file = migrate::open_stream(input)?;
+    let info = migrate::verify(&mut file).map_err(|e| {
         Error::BadStream(format!(
             "{}: not a whole rmdev migration stream: {e}; the device was not touched",
             input.display()
@@ -764,7 +803,7 @@ fn load_cmd(
     )?;
     let dev = open_mdev(sys, &m)?;
     let bar = Bar::new(no_progress);
-    let r = migrate::load(&dev, input, &bar);
+    let r = migrate::load(&dev, &mut file, &bar);
     bar.done();
     let s = r?;
     print_summary(

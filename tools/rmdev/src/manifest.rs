@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compat::validate;
 use crate::error::{Error, Result};
-use crate::sysfs::{is_uuid, Sysfs};
+use crate::sysfs::{is_uuid, Sysfs, VersionAttr};
 
 /// The `schema` value.
 pub const SCHEMA: &str = "rmdev-manifest";
@@ -37,6 +37,9 @@ pub const SCHEMA: &str = "rmdev-manifest";
 pub const SCHEMA_VERSION: u32 = 1;
 /// The largest manifest read (bytes).
 pub const MAX_BYTES: u64 = 16 << 20;
+/// The most entries (types and mdevs) a manifest may hold: `match` does a
+/// sysfs write per entry and local target.
+pub const MAX_ENTRIES: usize = 100_000;
 
 /// A type in a manifest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +53,7 @@ pub struct TypeEntry {
     #[serde(default)]
     pub name: Option<String>,
     /// The type's version string, `null` if it does not migrate.
+    #[serde(deserialize_with = "required")]
     pub migration_version: Option<String>,
 }
 
@@ -64,7 +68,16 @@ pub struct MdevEntry {
     #[serde(rename = "type")]
     pub type_id: String,
     /// Its version string, `null` if it does not migrate.
+    #[serde(deserialize_with = "required")]
     pub migration_version: Option<String>,
+}
+
+/// A nullable field that must be present (serde would read a missing
+/// `Option` as `None`: "does not migrate" is not what a missing key says).
+fn required<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<String>, D::Error> {
+    Option::deserialize(d)
 }
 
 /// A manifest.
@@ -102,29 +115,37 @@ fn hostname() -> String {
 }
 
 impl Manifest {
-    /// This host's manifest.
+    /// This host's manifest. An attribute that exists but cannot be read
+    /// fails the export: writing `null` would say "does not migrate".
     pub fn export(sys: &Sysfs) -> Result<Manifest> {
-        let types = sys
-            .parents()?
-            .into_iter()
-            .flat_map(|p| p.types)
-            .map(|t| TypeEntry {
+        fn version(v: &VersionAttr, dir: &Path) -> Result<Option<String>> {
+            match v {
+                VersionAttr::Present(s) => Ok(Some(s.clone())),
+                VersionAttr::Absent => Ok(None),
+                VersionAttr::Unreadable(e) => Err(Error::io(
+                    dir.join("migration_version"),
+                    std::io::Error::other(e.clone()),
+                )),
+            }
+        }
+        let mut types = Vec::new();
+        for t in sys.parents()?.into_iter().flat_map(|p| p.types) {
+            types.push(TypeEntry {
+                migration_version: version(&t.migration_version, &t.path)?,
                 parent: t.parent,
                 type_id: t.id,
                 name: t.name,
-                migration_version: t.migration_version.as_str().map(str::to_string),
-            })
-            .collect();
-        let mdevs = sys
-            .mdevs()?
-            .into_iter()
-            .map(|m| MdevEntry {
+            });
+        }
+        let mut mdevs = Vec::new();
+        for m in sys.mdevs()? {
+            mdevs.push(MdevEntry {
+                migration_version: version(&m.migration_version, &m.path)?,
                 uuid: m.uuid,
                 parent: m.parent,
                 type_id: m.type_id,
-                migration_version: m.migration_version.as_str().map(str::to_string),
-            })
-            .collect();
+            });
+        }
         Ok(Manifest {
             schema: SCHEMA.into(),
             schema_version: SCHEMA_VERSION,
@@ -184,6 +205,38 @@ impl Manifest {
             None => return Err("\"schema_version\" missing or not a number".into()),
         }
         let m: Manifest = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if m.types.len() + m.mdevs.len() > MAX_ENTRIES {
+            return Err(format!("more than {MAX_ENTRIES} entries"));
+        }
+        // Names are printed and matched: printable ASCII, as sysfs has them.
+        let name_ok = |s: &str| {
+            !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+        };
+        if !name_ok(&m.host) {
+            return Err("\"host\": empty, too long or not printable ASCII".into());
+        }
+        for t in &m.types {
+            if !name_ok(&t.parent) || !name_ok(&t.type_id) || t.type_id.contains('/') {
+                return Err(format!(
+                    "type {:?}/{:?}: bad parent or type name",
+                    t.parent, t.type_id
+                ));
+            }
+            if t.name.as_deref().is_some_and(|n| !name_ok(n)) {
+                return Err(format!(
+                    "type {}/{}: name not printable ASCII",
+                    t.parent, t.type_id
+                ));
+            }
+        }
+        for d in &m.mdevs {
+            if !is_uuid(&d.uuid) {
+                return Err(format!("mdev {:?}: not a UUID", d.uuid));
+            }
+            if !name_ok(&d.parent) || !name_ok(&d.type_id) {
+                return Err(format!("mdev {}: bad parent or type name", d.uuid));
+            }
+        }
         for e in m.entries() {
             if let Some(v) = &e.migration_version {
                 validate(v).map_err(|err| format!("{} {}: {err}", e.kind, e.id))?;

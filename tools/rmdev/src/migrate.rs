@@ -18,8 +18,9 @@
 //! error says which state each ended in.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -135,26 +136,44 @@ impl Out for File {
     }
 }
 
-/// Reads `fd` until `ENOMSG` (pre-copy: nothing more for now) or EOF,
-/// passing every byte to `out`. Returns the bytes moved and whether EOF
-/// was reached.
+/// How a [`pump`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PumpEnd {
+    /// EOF: the stream is complete.
+    Eof,
+    /// `ENOMSG`: nothing more for now (pre-copy).
+    NoMore,
+    /// The byte budget was used up.
+    Budget,
+}
+
+/// Reads `fd` until `ENOMSG` (pre-copy: nothing more for now), EOF, or
+/// `budget` bytes, passing every byte to `out`. The budget bounds a
+/// pre-copy round against a device that dirties data as fast as it is
+/// read and so never answers `ENOMSG`.
 fn pump(
     fd: &OwnedFd,
     out: &mut dyn Out,
     buf: &mut [u8],
+    budget: u64,
     progress: &dyn Progress,
-) -> std::result::Result<(u64, bool), String> {
+) -> std::result::Result<(u64, PumpEnd), String> {
     let mut moved = 0u64;
     loop {
         check_interrupt()?;
+        if moved >= budget {
+            return Ok((moved, PumpEnd::Budget));
+        }
         match vfio::read_fd(fd, buf) {
-            Ok(0) => return Ok((moved, true)),
+            Ok(0) => return Ok((moved, PumpEnd::Eof)),
             Ok(n) => {
                 out.put(&buf[..n])?;
                 moved += n as u64;
                 progress.bytes(n as u64);
             }
-            Err(e) if e.raw_os_error() == Some(libc::ENOMSG) => return Ok((moved, false)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOMSG) => {
+                return Ok((moved, PumpEnd::NoMore))
+            }
             Err(e) => return Err(format!("read from the source's data FD: {}", describe(&e))),
         }
     }
@@ -191,12 +210,16 @@ fn save_into(
         let mut last_dirty = u64::MAX;
         loop {
             let (initial, dirty) = step(vfio::precopy_info(&fd), "VFIO_MIG_GET_PRECOPY_INFO")?;
+            let expected = initial.saturating_add(dirty);
             progress.phase(
                 &format!("pre-copy round {}", sum.precopy_rounds + 1),
-                Some(initial + dirty),
+                Some(expected),
             );
-            let (n, eof) = pump(&fd, out, &mut buf, progress)?;
-            if eof {
+            // Twice what the device announced (its estimate leaves out the
+            // stream's own framing), and at least one chunk.
+            let budget = expected.saturating_mul(2).max(CHUNK as u64);
+            let (n, end) = pump(&fd, out, &mut buf, budget, progress)?;
+            if end == PumpEnd::Eof {
                 return Err("the source's data FD ended in pre-copy".into());
             }
             sum.precopy_rounds += 1;
@@ -213,23 +236,35 @@ fn save_into(
         if flags & vfio::MIGRATION_P2P != 0 {
             step(src.set_state(state::PRE_COPY_P2P), "source to PRE_COPY_P2P")?;
         }
+        check_interrupt()?;
         let stopped = Instant::now();
         let again = step(src.set_state(state::STOP_COPY), "source to STOP_COPY")?;
         if again.is_some() {
             return Err("source to STOP_COPY returned a second data FD".into());
         }
         progress.phase("stop-copy", src.data_size().ok());
-        let (n, _) = pump(&fd, out, &mut buf, progress)?;
-        sum.stop_copy_bytes = n;
+        sum.stop_copy_bytes = pump_to_eof(&fd, out, &mut buf, progress)?;
         Ok(stopped)
     } else {
         let stopped = Instant::now();
         let fd = step(src.set_state(state::STOP_COPY), "source to STOP_COPY")?
             .ok_or("source to STOP_COPY returned no data FD")?;
         progress.phase("stop-copy", src.data_size().ok());
-        let (n, _) = pump(&fd, out, &mut buf, progress)?;
-        sum.stop_copy_bytes = n;
+        sum.stop_copy_bytes = pump_to_eof(&fd, out, &mut buf, progress)?;
         Ok(stopped)
+    }
+}
+
+/// Reads a stop-copy data FD to its end; `ENOMSG` there breaks the uAPI.
+fn pump_to_eof(
+    fd: &OwnedFd,
+    out: &mut dyn Out,
+    buf: &mut [u8],
+    progress: &dyn Progress,
+) -> std::result::Result<u64, String> {
+    match pump(fd, out, buf, u64::MAX, progress)? {
+        (n, PumpEnd::Eof) => Ok(n),
+        (_, _) => Err("the source's data FD answered ENOMSG in STOP_COPY".into()),
     }
 }
 
@@ -277,6 +312,7 @@ pub fn migrate(
             .ok_or("target to RESUMING returned no data FD")?;
         let stopped = save_into(src, flags, &mut dst_fd, opts, progress, sum)?;
         progress.phase("resume", None);
+        check_interrupt()?;
         step(
             dst.set_state(state::STOP),
             "target to STOP (end of the stream)",
@@ -289,6 +325,8 @@ pub fn migrate(
             sum.downtime_s = stopped.elapsed().as_secs_f64();
             // The source's state now lives in the target; stop the source
             // (closing it later returns it to RUNNING, the framework's rule).
+            // It is already stopped (STOP_COPY): a failure here changes
+            // nothing for the target, which runs.
             let _ = src.set_state(state::STOP);
             sum.bytes = sum.precopy_bytes + sum.stop_copy_bytes;
             sum.finish(start);
@@ -308,6 +346,7 @@ pub fn migrate(
 struct PendingFile {
     tmp: PathBuf,
     file: Option<File>,
+    committed: bool,
 }
 
 impl PendingFile {
@@ -321,28 +360,38 @@ impl PendingFile {
             name.to_string_lossy(),
             std::process::id()
         ));
+        // Device state may hold guest memory: owner-only, like a core file.
         let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&tmp)
             .map_err(|e| Error::io(&tmp, e))?;
         Ok(PendingFile {
             tmp,
             file: Some(file),
+            committed: false,
         })
     }
 
-    fn commit(mut self, path: &Path) -> Result<()> {
+    /// Flushes the file, renames it to `path` and flushes the directory.
+    fn commit(&mut self, path: &Path) -> Result<()> {
         if let Some(f) = self.file.take() {
             f.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
         }
-        fs::rename(&self.tmp, path).map_err(|e| Error::io(path, e))
+        fs::rename(&self.tmp, path).map_err(|e| Error::io(path, e))?;
+        self.committed = true;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Ok(d) = File::open(dir.unwrap_or(Path::new("."))) {
+            let _ = d.sync_all();
+        }
+        Ok(())
     }
 }
 
 impl Drop for PendingFile {
     fn drop(&mut self) {
-        if self.file.is_some() {
+        if !self.committed {
             let _ = fs::remove_file(&self.tmp);
         }
     }
@@ -374,16 +423,24 @@ pub fn save(src: &Device, path: &Path, opts: Options, progress: &dyn Progress) -
         }
     };
     sum.downtime_s = stopped.elapsed().as_secs_f64();
-    let _ = src.set_state(state::STOP);
     sum.bytes = sum.precopy_bytes + sum.stop_copy_bytes;
     // What the device produced must be a whole stream, or nobody should
     // ever be offered it.
-    verify_file(&pending.tmp).map_err(|e| {
-        Error::BadStream(format!(
-            "the source produced a stream that does not check ({e}); no file written"
-        ))
-    })?;
-    pending.commit(path)?;
+    if let Err(e) = verify_file(&pending.tmp) {
+        return Err(Error::BadStream(format!(
+            "the source produced a stream that does not check ({e}); {}, no file written",
+            recover_source(src)
+        )));
+    }
+    if let Err(e) = pending.commit(path) {
+        return Err(Error::Migration(format!(
+            "save failed: {e}; {}, no file written",
+            recover_source(src)
+        )));
+    }
+    // Saved: the source stays stopped until it is closed (the framework
+    // then returns it to RUNNING), as after a migration.
+    let _ = src.set_state(state::STOP);
     sum.finish(start);
     Ok(sum)
 }
@@ -416,11 +473,31 @@ impl Sink for Collect {
     }
 }
 
-/// Checks the envelope of the stream in `path` with the parser the kernel
-/// runs (`core/logic`): header, every record's checksum, the END record,
-/// nothing after it.
+/// Opens a stream file for a load: a regular file (a pipe could not be
+/// read twice, once to check and once to load).
+pub fn open_stream(path: &Path) -> Result<File> {
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let meta = f.metadata().map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::Usage(format!(
+            "{}: not a regular file (a stream file is read twice: checked, then loaded)",
+            path.display()
+        )));
+    }
+    Ok(f)
+}
+
+/// Checks the envelope of the stream in `path` (see [`verify`]).
 pub fn verify_file(path: &Path) -> std::result::Result<StreamInfo, String> {
     let mut f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    verify(&mut f)
+}
+
+/// Checks the envelope of the stream in `f` from its start with the parser
+/// the kernel runs (`core/logic`): header, every record's checksum, the END
+/// record, nothing after it.
+pub fn verify(f: &mut File) -> std::result::Result<StreamInfo, String> {
+    f.rewind().map_err(|e| e.to_string())?;
     let mut parser = Parser::new(vec![0u8; MAX_RECORD_PAYLOAD]);
     let mut sink = Collect {
         version: String::new(),
@@ -428,9 +505,7 @@ pub fn verify_file(path: &Path) -> std::result::Result<StreamInfo, String> {
     };
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let n = f.read(&mut buf).map_err(|e| e.to_string())?;
         if n == 0 {
             break;
         }
@@ -451,13 +526,19 @@ pub fn verify_file(path: &Path) -> std::result::Result<StreamInfo, String> {
     })
 }
 
-/// Loads the checked stream file `path` into `dst` (RESUMING, the file in
-/// 1 MiB writes, STOP, RUNNING). On failure the target is reset.
-pub fn load(dst: &Device, path: &Path, progress: &dyn Progress) -> Result<Summary> {
-    flags_of(dst, "target")?;
+/// Loads the stream file `f`, already checked with [`verify`], into `dst`
+/// from its start (RESUMING, the file in 1 MiB writes, STOP, RUNNING). The
+/// same open file is checked and loaded, so what is loaded is what was
+/// checked. On failure the target is reset.
+pub fn load(dst: &Device, f: &mut File, progress: &dyn Progress) -> Result<Summary> {
+    let flags = flags_of(dst, "target")?;
     let start = Instant::now();
-    let mut sum = Summary::default();
-    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut sum = Summary {
+        flags,
+        ..Default::default()
+    };
+    f.rewind()
+        .map_err(|e| Error::Migration(format!("rewind the file: {e}")))?;
     let len = f.metadata().map(|m| m.len()).ok();
     let mut run = |sum: &mut Summary| -> std::result::Result<(), String> {
         let fd = step(dst.set_state(state::RESUMING), "target to RESUMING")?
@@ -477,6 +558,7 @@ pub fn load(dst: &Device, path: &Path, progress: &dyn Progress) -> Result<Summar
             sum.bytes += n as u64;
             progress.bytes(n as u64);
         }
+        check_interrupt()?;
         step(
             dst.set_state(state::STOP),
             "target to STOP (end of the stream)",
@@ -579,8 +661,27 @@ mod tests {
         let mut f = PendingFile::create(&p).unwrap();
         f.file.as_mut().unwrap().write_all(b"whole").unwrap();
         f.commit(&p).unwrap();
+        drop(f);
         assert_eq!(fs::read(&p).unwrap(), b"whole");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // A commit whose rename fails (onto a non-empty directory) leaves
+        // no temporary file behind.
+        let d = dir.path().join("d");
+        fs::create_dir_all(d.join("x")).unwrap();
+        let mut f = PendingFile::create(&d).unwrap();
+        assert!(f.commit(&d).is_err());
+        drop(f);
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("partial"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]

@@ -56,6 +56,16 @@ pub const MIG_GET_PRECOPY_INFO: u64 = vfio_io(21);
 /// in `vfio-bindings`, which covers `vfio.h` only).
 const IOMMU_IOAS_ALLOC: u64 = ((uapi::VFIO_TYPE as u64) << 8) | 0x81;
 
+/// The size of Linux 6.12's `vfio_device_bind_iommufd`, which ends at
+/// `out_devid` (the bindings carry a newer, larger structure; 6.12 refuses
+/// no larger argsz, but tells only what it knows).
+const BIND_IOMMUFD_ARGSZ: u32 =
+    (std::mem::offset_of!(uapi::vfio_device_bind_iommufd, out_devid) + 4) as u32;
+/// The size of Linux 6.12's `vfio_device_attach_iommufd_pt`, which ends at
+/// `pt_id`.
+const ATTACH_IOMMUFD_PT_ARGSZ: u32 =
+    (std::mem::offset_of!(uapi::vfio_device_attach_iommufd_pt, pt_id) + 4) as u32;
+
 /// `VFIO_DEVICE_FEATURE_GET`.
 pub const FEATURE_GET: u32 = uapi::VFIO_DEVICE_FEATURE_GET;
 /// `VFIO_DEVICE_FEATURE_SET`.
@@ -140,9 +150,14 @@ pub unsafe fn ioctl(fd: RawFd, req: u64, arg: libc::c_ulong) -> io::Result<i32> 
 }
 
 /// `ioctl` with a pointer to `T`.
-fn ioctl_with<T>(fd: RawFd, req: u64, arg: &mut T) -> io::Result<i32> {
-    // SAFETY: `arg` is a valid, exclusive `T` for the call's duration; the
-    // callers pair each request with its structure.
+///
+/// # Safety
+///
+/// `T` must be the structure the kernel reads and writes for `req`, with
+/// any size field in it telling no more than `size_of::<T>()`.
+unsafe fn ioctl_with<T>(fd: RawFd, req: u64, arg: &mut T) -> io::Result<i32> {
+    // SAFETY: `arg` is a valid, exclusive `T` for the call's duration, and
+    // by the function's contract the kernel accesses no more than a `T`.
     unsafe { ioctl(fd, req, arg as *mut T as libc::c_ulong) }
 }
 
@@ -201,12 +216,14 @@ impl Device {
             argsz: size_of::<uapi::vfio_group_status>() as u32,
             flags: 0,
         };
-        ioctl_with(group.as_raw_fd(), GROUP_GET_STATUS, &mut status)?;
+        // SAFETY: GROUP_GET_STATUS takes `struct vfio_group_status`, whose argsz is set.
+        unsafe { ioctl_with(group.as_raw_fd(), GROUP_GET_STATUS, &mut status) }?;
         if status.flags & uapi::VFIO_GROUP_FLAGS_VIABLE == 0 {
             return Err(io::Error::other("IOMMU group not viable"));
         }
         let mut cfd: i32 = container.as_raw_fd();
-        ioctl_with(group.as_raw_fd(), GROUP_SET_CONTAINER, &mut cfd)?;
+        // SAFETY: GROUP_SET_CONTAINER takes a pointer to the container FD (an `i32`).
+        unsafe { ioctl_with(group.as_raw_fd(), GROUP_SET_CONTAINER, &mut cfd) }?;
         // SAFETY: SET_IOMMU takes an integer.
         unsafe {
             ioctl(
@@ -237,22 +254,25 @@ impl Device {
         let fd = open_rw(&format!("/dev/vfio/devices/{name}"))?;
         let iommufd = open_rw("/dev/iommu")?;
         let mut bind = uapi::vfio_device_bind_iommufd {
-            // The 6.12 structure ends at out_devid.
-            argsz: 16,
+            argsz: BIND_IOMMUFD_ARGSZ,
             iommufd: iommufd.as_raw_fd(),
             ..Default::default()
         };
-        ioctl_with(fd.as_raw_fd(), DEVICE_BIND_IOMMUFD, &mut bind)?;
+        // SAFETY: DEVICE_BIND_IOMMUFD takes `struct vfio_device_bind_iommufd`; argsz is 6.12's
+        // size, within the bindings' larger structure.
+        unsafe { ioctl_with(fd.as_raw_fd(), DEVICE_BIND_IOMMUFD, &mut bind) }?;
         // struct iommu_ioas_alloc: size, flags, out_ioas_id.
         let mut ioas = [12u32, 0, 0];
-        ioctl_with(iommufd.as_raw_fd(), IOMMU_IOAS_ALLOC, &mut ioas)?;
+        // SAFETY: IOMMU_IOAS_ALLOC takes `struct iommu_ioas_alloc` (three `u32`s, size set).
+        unsafe { ioctl_with(iommufd.as_raw_fd(), IOMMU_IOAS_ALLOC, &mut ioas) }?;
         let mut attach = uapi::vfio_device_attach_iommufd_pt {
-            // The 6.12 structure ends at pt_id.
-            argsz: 12,
+            argsz: ATTACH_IOMMUFD_PT_ARGSZ,
             pt_id: ioas[2],
             ..Default::default()
         };
-        ioctl_with(fd.as_raw_fd(), DEVICE_ATTACH_IOMMUFD_PT, &mut attach)?;
+        // SAFETY: DEVICE_ATTACH_IOMMUFD_PT takes `struct vfio_device_attach_iommufd_pt`; argsz is
+        // 6.12's size, within the structure.
+        unsafe { ioctl_with(fd.as_raw_fd(), DEVICE_ATTACH_IOMMUFD_PT, &mut attach) }?;
         Ok(Device {
             fd,
             _keep: vec![iommufd],
@@ -268,7 +288,9 @@ impl Device {
     pub fn migration_flags(&self) -> io::Result<u64> {
         let mut f =
             Feature::<uapi::vfio_device_feature_migration>::new(FEATURE_GET | FEATURE_MIGRATION);
-        ioctl_with(self.raw(), DEVICE_FEATURE, &mut f)?;
+        // SAFETY: DEVICE_FEATURE takes a `vfio_device_feature` header followed by the feature's
+        // structure, argsz covering both (`Feature::new`).
+        unsafe { ioctl_with(self.raw(), DEVICE_FEATURE, &mut f) }?;
         Ok(f.data.flags)
     }
 
@@ -277,14 +299,18 @@ impl Device {
         let mut f = Feature::<uapi::vfio_device_feature_mig_data_size>::new(
             FEATURE_GET | FEATURE_MIG_DATA_SIZE,
         );
-        ioctl_with(self.raw(), DEVICE_FEATURE, &mut f)?;
+        // SAFETY: DEVICE_FEATURE takes a `vfio_device_feature` header followed by the feature's
+        // structure, argsz covering both (`Feature::new`).
+        unsafe { ioctl_with(self.raw(), DEVICE_FEATURE, &mut f) }?;
         Ok(f.data.stop_copy_length)
     }
 
     /// A PROBE of `feature`.
     pub fn probe(&self, feature: u32, get_set: u32) -> io::Result<()> {
         let mut f = Feature::<u64>::new(FEATURE_PROBE | get_set | feature);
-        ioctl_with(self.raw(), DEVICE_FEATURE, &mut f).map(|_| ())
+        // SAFETY: DEVICE_FEATURE takes a `vfio_device_feature` header followed by the feature's
+        // structure, argsz covering both (`Feature::new`).
+        unsafe { ioctl_with(self.raw(), DEVICE_FEATURE, &mut f) }.map(|_| ())
     }
 
     /// GET of `VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE`.
@@ -292,7 +318,9 @@ impl Device {
         let mut f = Feature::<uapi::vfio_device_feature_mig_state>::new(
             FEATURE_GET | FEATURE_MIG_DEVICE_STATE,
         );
-        ioctl_with(self.raw(), DEVICE_FEATURE, &mut f)?;
+        // SAFETY: DEVICE_FEATURE takes a `vfio_device_feature` header followed by the feature's
+        // structure, argsz covering both (`Feature::new`).
+        unsafe { ioctl_with(self.raw(), DEVICE_FEATURE, &mut f) }?;
         Ok(f.data.device_state)
     }
 
@@ -303,7 +331,9 @@ impl Device {
         );
         f.data.device_state = state;
         f.data.data_fd = -1;
-        ioctl_with(self.raw(), DEVICE_FEATURE, &mut f)?;
+        // SAFETY: DEVICE_FEATURE takes a `vfio_device_feature` header followed by the feature's
+        // structure, argsz covering both (`Feature::new`).
+        unsafe { ioctl_with(self.raw(), DEVICE_FEATURE, &mut f) }?;
         let fd = f.data.data_fd;
         // SAFETY: A non-negative data_fd is a new descriptor we now own.
         Ok((fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) }))
@@ -322,7 +352,8 @@ impl Device {
             index,
             ..Default::default()
         };
-        ioctl_with(self.raw(), DEVICE_GET_REGION_INFO, &mut info)?;
+        // SAFETY: DEVICE_GET_REGION_INFO takes `struct vfio_region_info`, whose argsz is set.
+        unsafe { ioctl_with(self.raw(), DEVICE_GET_REGION_INFO, &mut info) }?;
         Ok((info.flags, info.size, info.offset))
     }
 
@@ -427,7 +458,8 @@ pub fn precopy_info(fd: &OwnedFd) -> io::Result<(u64, u64)> {
         argsz: size_of::<uapi::vfio_precopy_info>() as u32,
         ..Default::default()
     };
-    ioctl_with(fd.as_raw_fd(), MIG_GET_PRECOPY_INFO, &mut info)?;
+    // SAFETY: MIG_GET_PRECOPY_INFO takes `struct vfio_precopy_info`, whose argsz is set.
+    unsafe { ioctl_with(fd.as_raw_fd(), MIG_GET_PRECOPY_INFO, &mut info) }?;
     Ok((info.initial_bytes, info.dirty_bytes))
 }
 
@@ -533,6 +565,11 @@ mod tests {
         assert_eq!(DEVICE_FEATURE, 0x3b75);
         assert_eq!(MIG_GET_PRECOPY_INFO, 0x3b79);
         assert_eq!(DEVICE_RESET, 0x3b6f);
+        assert_eq!(DEVICE_BIND_IOMMUFD, 0x3b76);
+        assert_eq!(DEVICE_ATTACH_IOMMUFD_PT, 0x3b77);
+        assert_eq!(IOMMU_IOAS_ALLOC, 0x3b81);
+        assert_eq!(BIND_IOMMUFD_ARGSZ, 16);
+        assert_eq!(ATTACH_IOMMUFD_PT_ARGSZ, 12);
         assert_eq!(
             size_of::<Feature<uapi::vfio_device_feature_mig_state>>(),
             16

@@ -439,6 +439,13 @@ fn export_manifest_schema() {
     assert_eq!(again["types"], m["types"]);
     t.rmdev(&["export", "-o", "/nonexistent/dir/m.json"])
         .expect(2, "/nonexistent/dir/m.json");
+    // An attribute that exists but cannot be read fails the export rather
+    // than appearing as "does not migrate".
+    let a = t.mdev_dir("vendor", U2).join("migration_version");
+    fs::remove_file(&a).unwrap();
+    fs::create_dir(&a).unwrap();
+    t.rmdev(&["export"])
+        .expect(2, &format!("{U2}/migration_version"));
 }
 
 /// A source host's manifest: the 4m type at minor 1, a 16k mdev with a
@@ -553,9 +560,9 @@ fn match_by_write_and_offline() {
     assert!(o
         .stdout
         .contains("type vendor/vendor-4m-old (vendor:4m:1.0): vendor/vendor-4m, "));
-    assert!(o
-        .stdout
-        .contains("type other/own (other-format-7): no local target"));
+    assert!(o.stdout.contains(
+        "type other/own (other-format-7): undecided offline (check on this host without --offline)"
+    ));
     assert!(o.stdout.contains("not comparable offline"));
 }
 
@@ -606,6 +613,44 @@ fn hostile_manifests() {
             "longer than 255 bytes",
         ),
         ("huge", vec![b' '; (16 << 20) + 1], "larger than 16 MiB"),
+        (
+            "missing migration_version key",
+            br#"{"schema":"rmdev-manifest","schema_version":1,"host":"h","rmdev_version":"1",
+                 "types":[{"parent":"p","type":"t"}],"mdevs":[]}"#
+                .to_vec(),
+            "missing field `migration_version`",
+        ),
+        (
+            "not a UUID",
+            br#"{"schema":"rmdev-manifest","schema_version":1,"host":"h","rmdev_version":"1",
+                 "types":[],"mdevs":[{"uuid":"x","parent":"p","type":"t","migration_version":null}]}"#
+                .to_vec(),
+            "mdev \"x\": not a UUID",
+        ),
+        (
+            "escape sequence in the host name",
+            br#"{"schema":"rmdev-manifest","schema_version":1,"host":"\u001b[2J","rmdev_version":"1",
+                 "types":[],"mdevs":[]}"#
+                .to_vec(),
+            "\"host\": empty, too long or not printable ASCII",
+        ),
+        (
+            "a slash in a type name",
+            br#"{"schema":"rmdev-manifest","schema_version":1,"host":"h","rmdev_version":"1",
+                 "types":[{"parent":"p","type":"a/b","migration_version":null}],"mdevs":[]}"#
+                .to_vec(),
+            "bad parent or type name",
+        ),
+        (
+            "too many entries",
+            format!(
+                r#"{{"schema":"rmdev-manifest","schema_version":1,"host":"h","rmdev_version":"1",
+                 "types":[{}],"mdevs":[]}}"#,
+                vec![r#"{"parent":"p","type":"t","migration_version":null}"#; 100_001].join(",")
+            )
+            .into_bytes(),
+            "more than 100000 entries",
+        ),
         ("empty", Vec::new(), "not JSON"),
     ];
     for (what, bytes, want) in cases {
@@ -644,7 +689,7 @@ fn export_then_match_round_trip() {
     // 2 migratable types and 2 migratable mdevs; each accepted somewhere.
     assert_eq!(j["entries"].as_array().unwrap().len(), 4);
     // Through standard input too, offline (a fresh tree: the write checks
-    // above overwrote the fake attributes).
+    // above overwrote the fake attributes with the last string written).
     let dst = standard();
     let o = Command::new(env!("CARGO_BIN_EXE_rmdev"))
         .arg("--root")
@@ -708,6 +753,9 @@ fn migrate_save_load_refuse_before_touching_devices() {
     }
     t.rmdev(&["load", U1, "-i", "/nonexistent"])
         .expect(2, "/nonexistent");
+    // A pipe or device could not be read twice (checked, then loaded).
+    t.rmdev(&["load", U1, "-i", "/dev/null"])
+        .expect(2, "not a regular file");
 }
 
 #[test]
@@ -739,6 +787,37 @@ fn help_man_and_completions() {
     t.rmdev(&["nosuchcommand"])
         .expect(2, "unrecognized subcommand");
     t.rmdev(&["--version"]).expect(0, "");
+    // Usage errors are JSON too under --json.
+    let o = t.rmdev(&["--json", "version"]);
+    o.expect(2, "TARGET");
+    assert_eq!(o.json()["exit_status"], 2);
+}
+
+/// A reader that goes away ends the tool quietly (SIGPIPE), not with a
+/// panic (exit 101).
+#[test]
+fn closed_pipe() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let t = standard();
+    for _ in 0..3 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rmdev"))
+            .arg("--root")
+            .arg(t.root())
+            .args(["--json", "list"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let st = out.status;
+        assert!(
+            st.code() == Some(0) || st.signal() == Some(libc::SIGPIPE),
+            "{st:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// `Documentation/rmdev.rst` documents every command and option the
@@ -772,7 +851,7 @@ fn manual_covers_every_command_and_option() {
                 }
             }
             if let Some(s) = a.get_short() {
-                if !doc.contains(&format!("-{s}")) {
+                if !doc.contains(&format!("``-{s}``")) {
                     missing.push(format!("{name} -{s}"));
                 }
             }
