@@ -53,3 +53,46 @@ load_sample() {
 	insmod "$SAMPLE_KO" "$@"
 }
 unload_sample() { ! grep -q '^rmdev_sample ' /proc/modules || rmmod rmdev_sample; }
+
+# The rmdev tool, and checks of a command's exit status and output.
+RMDEV=$RMDEV_REPO/target/release/rmdev
+# expect_status WANT CMD...: CMD exits with WANT; its output is left in $out.
+expect_status() {
+	local want=$1 rc=0
+	shift
+	out=$("$@" 2>&1) || rc=$?
+	[ "$rc" = "$want" ] || fail "'$*' exited $rc, want $want: $out"
+}
+# has TEXT: the last expect_status's output contains TEXT.
+has() { case "$out" in *"$1"*) ;; *) fail "output lacks '$1': $out" ;; esac; }
+# json_eval EXPR: EXPR (Python, the JSON on stdin as d) printed.
+json_eval() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
+
+# The VF vendor on the lab's first two VFs: igbvf_bind_two [PARAM=VALUE...]
+# loads rmdev_igbvf and binds both VFs (listed in VFS) through
+# driver_override; igbvf_release undoes it (for cleanups: never fails).
+IGBVF_KO=$RMDEV_MODULES/rmdev_igbvf.ko
+VFS=()
+igbvf_bind_two() {
+	local pf vf
+	pf=$(dirname "$(grep -l 0x10c9 /sys/bus/pci/devices/*/device | head -n1)")
+	[ -e "$pf/virtfn1" ] || fail "no igb PF with two VFs"
+	VFS=("$(basename "$(readlink -f "$pf/virtfn0")")" "$(basename "$(readlink -f "$pf/virtfn1")")")
+	insmod "$IGBVF_KO" "$@"
+	for vf in "${VFS[@]}"; do
+		echo rmdev_igbvf >"/sys/bus/pci/devices/$vf/driver_override"
+		echo "$vf" >/sys/bus/pci/drivers_probe
+	done
+}
+igbvf_release() {
+	local d vf
+	for d in /sys/bus/mdev/devices/*; do
+		[ -e "$d/remove" ] && echo 1 >"$d/remove" 2>/dev/null
+	done
+	for vf in "${VFS[@]}"; do
+		[ -e "/sys/bus/pci/drivers/rmdev_igbvf/$vf" ] && echo "$vf" >/sys/bus/pci/drivers/rmdev_igbvf/unbind
+		echo >"/sys/bus/pci/devices/$vf/driver_override"
+	done
+	! grep -q '^rmdev_igbvf ' /proc/modules || rmmod rmdev_igbvf
+	return 0
+}

@@ -10,35 +10,17 @@
 # and saved files there, with the VF vendor at format_minor=1.
 . "$(dirname "$0")/lib.sh"
 
-RMDEV=$RMDEV_REPO/target/release/rmdev
-IGBVF_KO=$RMDEV_MODULES/rmdev_igbvf.ko
 [ -x "$RMDEV" ] || fail "$RMDEV not built"
 [ -x "$VM_TEST" ] || fail "$VM_TEST not built"
 work=$(mktemp -d)
 
 # expect_status WANT CMD...: CMD exits with WANT; its output is in $out.
-expect_status() {
-	local want=$1 rc=0
-	shift
-	out=$("$@" 2>&1) || rc=$?
-	[ "$rc" = "$want" ] || fail "'$*' exited $rc, want $want: $out"
-}
-has() { case "$out" in *"$1"*) ;; *) fail "output lacks '$1': $out" ;; esac; }
-jq_() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))' "$1"; }
 
-VFS=() pid=
+pid=
 cleanup() {
 	set +e
 	[ -z "$pid" ] || { kill -CONT "$pid"; kill -TERM "$pid"; wait "$pid"; } 2>/dev/null
-	for d in /sys/bus/mdev/devices/*; do
-		[ -e "$d/remove" ] && echo 1 >"$d/remove" 2>/dev/null || true
-	done
-	local vf
-	for vf in "${VFS[@]}"; do
-		[ -e /sys/bus/pci/drivers/rmdev_igbvf/$vf ] && echo "$vf" >/sys/bus/pci/drivers/rmdev_igbvf/unbind
-		echo >/sys/bus/pci/devices/$vf/driver_override
-	done
-	! grep -q '^rmdev_igbvf ' /proc/modules || rmmod rmdev_igbvf
+	igbvf_release
 	unload_sample
 	rm -rf "$work"
 }
@@ -58,7 +40,7 @@ expect_status 0 "$RMDEV" list
 has "rmdev_sample-4m  vfio-pci  available 2  migration_version rmdev_sample:4m:1.0"
 has "$S rmdev_sample/rmdev_sample-4m  flags STOP_COPY|P2P|PRE_COPY  migration_version rmdev_sample:4m:1.0"
 expect_status 0 "$RMDEV" --json list
-expect_eq "JSON flags of $E" "$(jq_ "[m['migration_flags'] for m in d['mdevs'] if m['uuid']=='$E'][0]" <<<"$out")" 7
+expect_eq "JSON flags of $E" "$(json_eval "[m['migration_flags'] for m in d['mdevs'] if m['uuid']=='$E'][0]" <<<"$out")" 7
 
 note "version: by UUID, PARENT/TYPE and path, against the attribute itself"
 for spec in "$S" "/sys/bus/mdev/devices/$S"; do
@@ -80,7 +62,7 @@ expect_status 1 "$RMDEV" check "$S" "$E"
 has "EINVAL (Invalid argument)"
 has "detail: type differs: source '4m', target '16k'"
 expect_status 1 "$RMDEV" --json check "$E" $T4M
-expect_eq "JSON errno" "$(jq_ "d['verdict']['errno_name']" <<<"$out")" EINVAL
+expect_eq "JSON errno" "$(json_eval "d['verdict']['errno_name']" <<<"$out")" EINVAL
 # A device of a newer data format (major 2) refuses the others.
 echo 2 >/sys/module/rmdev_sample/parameters/format_version
 N=$(new_uuid)
@@ -91,14 +73,14 @@ has "detail: data format major version differs: source 1.0, target 2.0"
 
 note "export and match on this host"
 expect_status 0 "$RMDEV" export -o "$work/m.json"
-expect_eq "exported 4m type" "$(jq_ "[t['migration_version'] for t in d['types'] if t['type']=='rmdev_sample-4m'][0]" <"$work/m.json")" rmdev_sample:4m:1.0
+expect_eq "exported 4m type" "$(json_eval "[t['migration_version'] for t in d['types'] if t['type']=='rmdev_sample-4m'][0]" <"$work/m.json")" rmdev_sample:4m:1.0
 expect_status 1 "$RMDEV" --json match --from "$work/m.json"
 # The 16k mdev's entry: only the 16k type and the 16k mdev accept it.
-expect_eq "targets of $E" "$(jq_ "sorted([e['accepted_by'] for e in d['entries'] if e['id']=='$E'][0])" <<<"$out")" "['$E', 'rmdev_sample/rmdev_sample-16k']"
+expect_eq "targets of $E" "$(json_eval "sorted([e['accepted_by'] for e in d['entries'] if e['id']=='$E'][0])" <<<"$out")" "['$E', 'rmdev_sample/rmdev_sample-16k']"
 # The major-2 mdev: only itself.
-expect_eq "targets of $N" "$(jq_ "[e['accepted_by'] for e in d['entries'] if e['id']=='$N'][0]" <<<"$out")" "['$N']"
+expect_eq "targets of $N" "$(json_eval "[e['accepted_by'] for e in d['entries'] if e['id']=='$N'][0]" <<<"$out")" "['$N']"
 expect_status 1 "$RMDEV" --json match --offline --from "$work/m.json"
-expect_eq "offline targets of $E" "$(jq_ "sorted([e['accepted_by'] for e in d['entries'] if e['id']=='$E'][0])" <<<"$out")" "['$E', 'rmdev_sample/rmdev_sample-16k']"
+expect_eq "offline targets of $E" "$(json_eval "sorted([e['accepted_by'] for e in d['entries'] if e['id']=='$E'][0])" <<<"$out")" "['$E', 'rmdev_sample/rmdev_sample-16k']"
 echo 1 >/sys/bus/mdev/devices/$N/remove
 
 note "migrate with pre-copy while the device keeps writing its memory"
@@ -106,11 +88,11 @@ note "migrate with pre-copy while the device keeps writing its memory"
 "$VM_TEST" fill "$D" 12
 expect_status 0 "$RMDEV" --json migrate "$S" "$D"
 echo "$out" | sed 's/^/    /'
-rounds=$(jq_ "d['precopy_rounds']" <<<"$out")
+rounds=$(json_eval "d['precopy_rounds']" <<<"$out")
 [ "$rounds" -ge 2 ] || fail "pre-copy rounds: $rounds, want at least 2 (the device dirties 8 pages a round)"
-stop=$(jq_ "d['stop_copy_bytes']" <<<"$out")
+stop=$(json_eval "d['stop_copy_bytes']" <<<"$out")
 [ "$stop" -ge $((8 * 4096)) ] || fail "stop-copy bytes $stop: the 8 pages dirtied last must be in it"
-pre=$(jq_ "d['precopy_bytes']" <<<"$out")
+pre=$(json_eval "d['precopy_bytes']" <<<"$out")
 [ "$pre" -ge $((4 << 20)) ] || fail "pre-copy bytes $pre < the 4 MiB memory"
 "$VM_TEST" compare "$S" "$D"
 expect_status 0 "$RMDEV" migrate --no-progress "$S" "$D"
@@ -205,14 +187,7 @@ if [ -n "${RMDEV_SHARE:-}" ]; then
 fi
 
 note "the VF vendor: rmdev on mdevs of two igb VFs (format_minor=1)"
-pf=$(dirname "$(grep -l 0x10c9 /sys/bus/pci/devices/*/device | head -n1)")
-[ -e "$pf/virtfn1" ] || fail "no igb PF with two VFs"
-VFS=("$(basename "$(readlink -f $pf/virtfn0)")" "$(basename "$(readlink -f $pf/virtfn1)")")
-insmod "$IGBVF_KO" format_minor=1
-for vf in "${VFS[@]}"; do
-	echo rmdev_igbvf >/sys/bus/pci/devices/$vf/driver_override
-	echo "$vf" >/sys/bus/pci/drivers_probe
-done
+igbvf_bind_two format_minor=1
 M0=$(new_uuid) M1=$(new_uuid)
 mdevctl start -u "$M0" -p "${VFS[0]}" -t rmdev_igbvf-vf
 mdevctl start -u "$M1" -p "${VFS[1]}" -t rmdev_igbvf-vf

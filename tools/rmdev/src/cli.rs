@@ -639,6 +639,14 @@ impl Progress for Bar {
     }
 }
 
+/// Runs `f` with a progress bar (unless `hidden`), cleared afterwards.
+fn with_progress<T>(hidden: bool, f: impl FnOnce(&dyn Progress) -> Result<T>) -> Result<T> {
+    let bar = Bar::new(hidden);
+    let r = f(&bar);
+    bar.done();
+    r
+}
+
 fn mdev_target(sys: &Sysfs, spec: &str) -> Result<crate::sysfs::Mdev> {
     match sys.resolve(spec)? {
         Target::Mdev(m) => Ok(m),
@@ -737,10 +745,9 @@ fn migrate_cmd(
     let verdict = compat::check(&sv, &Target::Mdev(md.clone()))?;
     refuse_unless_forced(&verdict, force, &format!("{} refuses {}", md.uuid, ms.uuid))?;
     let (ds, dd) = (open_mdev(sys, &ms)?, open_mdev(sys, &md)?);
-    let bar = Bar::new(no_progress);
-    let r = migrate::migrate(&ds, &dd, Options { max_rounds }, &bar);
-    bar.done();
-    let s = r?;
+    let s = with_progress(no_progress, |bar| {
+        migrate::migrate(&ds, &dd, Options { max_rounds }, bar)
+    })?;
     print_summary(
         "migrated",
         &s,
@@ -762,10 +769,9 @@ fn save_cmd(
     let m = mdev_target(sys, uuid)?;
     local_version(&Target::Mdev(m.clone()))?;
     let dev = open_mdev(sys, &m)?;
-    let bar = Bar::new(no_progress);
-    let r = migrate::save(&dev, output, Options { max_rounds }, &bar);
-    bar.done();
-    let s = r?;
+    let s = with_progress(no_progress, |bar| {
+        migrate::save(&dev, output, Options { max_rounds }, bar)
+    })?;
     print_summary(
         "saved",
         &s,
@@ -802,10 +808,7 @@ fn load_cmd(
         ),
     )?;
     let dev = open_mdev(sys, &m)?;
-    let bar = Bar::new(no_progress);
-    let r = migrate::load(&dev, &mut file, &bar);
-    bar.done();
-    let s = r?;
+    let s = with_progress(no_progress, |bar| migrate::load(&dev, &mut file, bar))?;
     print_summary(
         "loaded",
         &s,

@@ -268,6 +268,18 @@ fn pump_to_eof(
     }
 }
 
+/// Ends a target's RESUMING once the whole stream is written: STOP (where
+/// the framework checks the stream is whole), then RUNNING.
+fn finish_resume(dst: &Device) -> std::result::Result<(), String> {
+    check_interrupt()?;
+    step(
+        dst.set_state(state::STOP),
+        "target to STOP (end of the stream)",
+    )?;
+    step(dst.set_state(state::RUNNING), "target to RUNNING")?;
+    Ok(())
+}
+
 /// Puts the source back to RUNNING: a SET, or a reset if that fails. The
 /// state it ended in, in words.
 fn recover_source(src: &Device) -> String {
@@ -312,12 +324,7 @@ pub fn migrate(
             .ok_or("target to RESUMING returned no data FD")?;
         let stopped = save_into(src, flags, &mut dst_fd, opts, progress, sum)?;
         progress.phase("resume", None);
-        check_interrupt()?;
-        step(
-            dst.set_state(state::STOP),
-            "target to STOP (end of the stream)",
-        )?;
-        step(dst.set_state(state::RUNNING), "target to RUNNING")?;
+        finish_resume(dst)?;
         Ok(stopped)
     };
     match run(&mut sum) {
@@ -558,12 +565,7 @@ pub fn load(dst: &Device, f: &mut File, progress: &dyn Progress) -> Result<Summa
             sum.bytes += n as u64;
             progress.bytes(n as u64);
         }
-        check_interrupt()?;
-        step(
-            dst.set_state(state::STOP),
-            "target to STOP (end of the stream)",
-        )?;
-        step(dst.set_state(state::RUNNING), "target to RUNNING")?;
+        finish_resume(dst)?;
         Ok(())
     };
     match run(&mut sum) {
