@@ -18,6 +18,12 @@
 //! `format_version` (read at load time for the types, and again at each
 //! mdev's creation: an mdev created after it changed has its own version).
 //!
+//! For tests of pre-copy, the `precopy_dirty_pages` parameter (0, the
+//! default, turns it off) simulates an engine that keeps writing the device
+//! memory while the device runs: each time a pre-copy read of the save file
+//! finds nothing left to send, the device writes that many pages and so
+//! dirties them (see `Memory::engine_writes` and `SampleSave`).
+//!
 //! Stream records (payloads are little-endian):
 //!
 //! - [`TAG_MEM`]: `u64` byte offset, then the bytes at that offset;
@@ -72,7 +78,9 @@ pub mod reg {
     pub const CMD: u64 = 0x14;
     /// Read-only: result of the last checksum command.
     pub const CHECKSUM: u64 = 0x18;
-    /// Read-only: number of writes to the memory since creation.
+    /// Read-only: number of writes to the memory through BAR2 since
+    /// creation (the device's own writes of `precopy_dirty_pages` do not
+    /// count).
     pub const WRITES: u64 = 0x1c;
     /// Size of the register block.
     pub const SIZE: u64 = 0x20;
@@ -103,6 +111,7 @@ mod params {
         fn rmdev_sample_migration_flags() -> u32;
         fn rmdev_sample_format_version() -> u32;
         fn rmdev_sample_max_record() -> u32;
+        fn rmdev_sample_precopy_dirty_pages() -> u32;
     }
 
     /// The `max_record` parameter (0: the default).
@@ -121,6 +130,12 @@ mod params {
     pub(crate) fn format_version() -> u32 {
         // SAFETY: Reads a module parameter; no precondition.
         unsafe { rmdev_sample_format_version() }
+    }
+
+    /// The `precopy_dirty_pages` parameter (0: the device writes nothing).
+    pub(crate) fn precopy_dirty_pages() -> u32 {
+        // SAFETY: Reads a module parameter; no precondition.
+        unsafe { rmdev_sample_precopy_dirty_pages() }
     }
 }
 
@@ -214,6 +229,10 @@ struct Memory {
     next_arc: ArcFault,
     /// Fault injection: the next saved record lies about its length.
     oversize_next: bool,
+    /// The simulated engine's next page to write (`precopy_dirty_pages`).
+    engine_page: usize,
+    /// The simulated engine's writes so far: the first word it writes.
+    engine_generation: u64,
 }
 
 /// Fault injection for the next migration arc.
@@ -237,6 +256,8 @@ impl Memory {
             writes: 0,
             next_arc: ArcFault::None,
             oversize_next: false,
+            engine_page: 0,
+            engine_generation: 0,
         })
     }
 
@@ -273,6 +294,31 @@ impl Memory {
             }
         }
         (pages, records)
+    }
+
+    /// The device writes its own memory, as an engine running on it would
+    /// (the `precopy_dirty_pages` parameter): `n` pages, at most all of
+    /// them, from the page after the ones it wrote last, wrapping around.
+    /// Each gets the new generation (a `u64` that grows by one per call,
+    /// starting at 1) and then its page index (a `u64`) in its first 16
+    /// bytes; the rest of the page stays. The pages become dirty, so the
+    /// next pre-copy round and stop-copy send them again.
+    fn engine_writes(&mut self, n: usize) {
+        let pages = self.pages();
+        let n = n.min(pages);
+        if n == 0 {
+            return;
+        }
+        self.engine_generation = self.engine_generation.wrapping_add(1);
+        let generation = self.engine_generation.to_le_bytes();
+        for i in 0..n {
+            let page = (self.engine_page + i) % pages;
+            let at = page * PAGE;
+            self.bytes[at..at + 8].copy_from_slice(&generation);
+            self.bytes[at + 8..at + 16].copy_from_slice(&(page as u64).to_le_bytes());
+            self.mark_dirty(at, PAGE);
+        }
+        self.engine_page = (self.engine_page + n) % pages;
     }
 
     /// The first run of dirty pages (at most `max` pages).
@@ -317,9 +363,20 @@ struct SampleDevice {
 }
 
 /// A save session: how far the first pass over the memory got.
+///
+/// `idle` drives the `precopy_dirty_pages` engine. The device cannot see
+/// the user's reads, only the framework's calls of [`Device::save`]: a call
+/// answered [`Saved::Later`] ends the read it serves (short, or `-ENOMSG`
+/// if it copied nothing), so the call after it is always the first of a new
+/// read. When that call finds nothing left either, its read certainly fails
+/// with `-ENOMSG`: only then does the engine write, once, and the next read
+/// sends what it wrote. Writing at the first `Later` instead could keep a
+/// loop that reads until `-ENOMSG` from ever seeing it.
 struct SampleSave {
     cursor: usize,
     regs_sent: bool,
+    /// The last call in pre-copy found nothing to send.
+    idle: bool,
 }
 
 /// A resume session: whether the registers (the last record) arrived.
@@ -556,6 +613,7 @@ impl Device for SampleDevice {
         Ok(SampleSave {
             cursor: 0,
             regs_sent: false,
+            idle: false,
         })
     }
 
@@ -577,14 +635,26 @@ impl Device for SampleDevice {
             let n = fit.min(RECORD_PAGES).min(pages - s.cursor);
             let len = m.save_pages(s.cursor, n, buf);
             s.cursor += n;
+            s.idle = false;
             return Ok(Saved::Record { tag: TAG_MEM, len });
         }
         if let Some((start, n)) = m.dirty_run(fit.min(RECORD_PAGES)) {
             let len = m.save_pages(start, n, buf);
+            s.idle = false;
             return Ok(Saved::Record { tag: TAG_MEM, len });
         }
         match phase {
-            SavePhase::PreCopy => Ok(Saved::Later),
+            // PRE_COPY or PRE_COPY_P2P (the phase does not tell them apart):
+            // the device runs in both, so the engine may write. Only on the
+            // second call in a row with nothing left, whose read fails with
+            // `-ENOMSG` (see `SampleSave`); what it writes is sent from the
+            // next read on.
+            SavePhase::PreCopy => {
+                if core::mem::replace(&mut s.idle, true) {
+                    m.engine_writes(params::precopy_dirty_pages() as usize);
+                }
+                Ok(Saved::Later)
+            }
             SavePhase::StopCopy if !s.regs_sent => {
                 buf[0..4].copy_from_slice(&m.scratch.to_le_bytes());
                 buf[4..8].copy_from_slice(&m.checksum.to_le_bytes());

@@ -2,8 +2,11 @@
 /*
  * Module parameters of the rmdev sample. Rust modules cannot declare module
  * parameters in 6.12, so they live here; sample.rs reads them through the
- * functions below, at load time only.
+ * functions below: migration_flags and max_record at load time,
+ * format_version at load time and at each mdev's creation,
+ * precopy_dirty_pages each time the device uses it.
  */
+#include <linux/compiler.h>
 #include <linux/moduleparam.h>
 
 static unsigned int migration_flags = 7;
@@ -21,9 +24,15 @@ module_param(max_record, uint, 0444);
 MODULE_PARM_DESC(max_record,
 		 "For tests: the largest record payload the mdevs declare (0: default, 65544 bytes; smaller values make smaller records)");
 
+static unsigned int precopy_dirty_pages;
+module_param(precopy_dirty_pages, uint, 0644);
+MODULE_PARM_DESC(precopy_dirty_pages,
+		 "For tests: pages the device writes and dirties each time a pre-copy read finds nothing left to send (0: none, the default; capped at the device's pages)");
+
 unsigned int rmdev_sample_migration_flags(void);
 unsigned int rmdev_sample_format_version(void);
 unsigned int rmdev_sample_max_record(void);
+unsigned int rmdev_sample_precopy_dirty_pages(void);
 
 unsigned int rmdev_sample_max_record(void)
 {
@@ -38,4 +47,10 @@ unsigned int rmdev_sample_migration_flags(void)
 unsigned int rmdev_sample_format_version(void)
 {
 	return format_version;
+}
+
+unsigned int rmdev_sample_precopy_dirty_pages(void)
+{
+	/* Writable at any time through sysfs. */
+	return READ_ONCE(precopy_dirty_pages);
 }
