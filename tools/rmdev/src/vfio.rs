@@ -26,6 +26,10 @@ const fn vfio_io(n: u32) -> u64 {
     ((uapi::VFIO_TYPE as u64) << 8) | (uapi::VFIO_BASE + n) as u64
 }
 
+/// `VFIO_GET_API_VERSION`.
+pub const GET_API_VERSION: u64 = vfio_io(0);
+/// `VFIO_CHECK_EXTENSION`.
+pub const CHECK_EXTENSION: u64 = vfio_io(1);
 /// `VFIO_SET_IOMMU`.
 pub const SET_IOMMU: u64 = vfio_io(2);
 /// `VFIO_GROUP_GET_STATUS`.
@@ -211,6 +215,27 @@ impl Device {
             .ok_or_else(|| io::Error::other("bad iommu_group link"))?
             .to_string();
         let container = open_rw("/dev/vfio/vfio")?;
+        // SAFETY: GET_API_VERSION takes no argument.
+        let api = unsafe { ioctl(container.as_raw_fd(), GET_API_VERSION, 0) }?;
+        if api != uapi::VFIO_API_VERSION as i32 {
+            return Err(io::Error::other(format!(
+                "VFIO API version {api}, not {}",
+                uapi::VFIO_API_VERSION
+            )));
+        }
+        // SAFETY: CHECK_EXTENSION takes an integer.
+        let type1v2 = unsafe {
+            ioctl(
+                container.as_raw_fd(),
+                CHECK_EXTENSION,
+                uapi::VFIO_TYPE1v2_IOMMU.into(),
+            )
+        }?;
+        if type1v2 != 1 {
+            return Err(io::Error::other(
+                "the VFIO container offers no Type1v2 IOMMU",
+            ));
+        }
         let group = open_rw(&format!("/dev/vfio/{group_nr}"))?;
         let mut status = uapi::vfio_group_status {
             argsz: size_of::<uapi::vfio_group_status>() as u32,
@@ -561,6 +586,8 @@ mod tests {
     /// (`_IO(';', 100 + n)`), written out, not computed.
     #[test]
     fn ioctl_numbers() {
+        assert_eq!(GET_API_VERSION, 0x3b64);
+        assert_eq!(CHECK_EXTENSION, 0x3b65);
         assert_eq!(GROUP_GET_STATUS, 0x3b67);
         assert_eq!(DEVICE_FEATURE, 0x3b75);
         assert_eq!(MIG_GET_PRECOPY_INFO, 0x3b79);
