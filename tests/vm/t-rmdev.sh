@@ -196,6 +196,8 @@ mdevctl start -u "$M0" -p "${VFS[0]}" -t rmdev_igbvf-vf
 mdevctl start -u "$M1" -p "${VFS[1]}" -t rmdev_igbvf-vf
 expect_status 0 "$RMDEV" list
 has "$M0 ${VFS[0]}/rmdev_igbvf-vf  flags STOP_COPY|P2P  migration_version rmdev_igbvf:vf:1.1:"
+expect_status 0 "$RMDEV" version "$M0"
+expect_eq "version of the VF mdev" "$out" "$(cat /sys/bus/mdev/devices/$M0/migration_version)"
 expect_status 0 "$RMDEV" check "$M0" "${VFS[1]}/rmdev_igbvf-vf"
 expect_status 1 "$RMDEV" check "$M0" "$S"
 has "detail: vendor differs: source 'rmdev_igbvf', target 'rmdev_sample'"
