@@ -366,22 +366,7 @@ fn list(sys: &Sysfs, json: bool) -> Result<u8> {
 
 fn version(sys: &Sysfs, spec: &str, json: bool) -> Result<u8> {
     let t = sys.resolve(spec)?;
-    let v = match t.version() {
-        VersionAttr::Present(s) => s.clone(),
-        VersionAttr::Absent => {
-            return Err(Error::NotMigratable(format!(
-                "{} {} has no migration_version: it does not migrate",
-                t.kind(),
-                t.label()
-            )))
-        }
-        VersionAttr::Unreadable(e) => {
-            return Err(Error::io(
-                t.dir().join("migration_version"),
-                io::Error::other(e.clone()),
-            ))
-        }
-    };
+    let v = local_version(&t)?;
     if json {
         print_json(&serde_json::json!({
             "kind": t.kind(), "id": t.label(), "migration_version": v,
