@@ -7,6 +7,8 @@
 #
 # Other targets:
 #   make          build the kernel modules against the lab kernel (or KDIR=...)
+#   make bench    the benchmarks in the release kernel: a table of ratios
+#                 against references from the same boot (build/bench/)
 #   make fsm-table  print the migration FSM's next-step table (oracle format)
 #   make clean
 #
@@ -17,7 +19,7 @@ LAB := $(CURDIR)/tools/lab
 ORACLE := core/logic/tests/data/fsm-oracle.txt
 export RMDEV_KDIR := $(KDIR)
 
-.PHONY: all modules check host-check build-check vm-check lab-selftest demo fsm-table clean setup
+.PHONY: all modules check host-check build-check vm-check lab-selftest demo bench fsm-table clean setup
 
 all: modules
 
@@ -60,6 +62,15 @@ check: host-check build-check vm-check lab-selftest
 demo: setup
 	cargo build --quiet --release -p rmdev-vm-test -p rmdev
 	$(LAB) run -- $(CURDIR)/tools/demo
+
+# Benchmarks: the release kernel (cached like the debug one), one boot for
+# every figure and its reference, then the table (exit 1: a goal missed).
+BENCH_OUT := $(CURDIR)/build/bench
+bench: setup
+	cargo build --quiet --release -p rmdev-bench -p rmdev -p rmdev-vm-test
+	rm -rf $(BENCH_OUT)
+	RMDEV_SHARE=$(BENCH_OUT) $(LAB) --config release run --vfs 0 -- $(CURDIR)/tests/bench/run
+	target/release/rmdev-bench report $(BENCH_OUT)/results.jsonl --json $(BENCH_OUT)/report.json
 
 fsm-table:
 	@cargo run --quiet --bin fsm-table

@@ -528,16 +528,12 @@ impl Sink for ParserSink<'_> {
 struct ResumeSession {
     target: KBox<dyn LoadTarget>,
     parser: Parser<KVVec<u8>>,
-    bounce: KVVec<u8>,
     /// The errno the stream was refused with: every later write gets it.
     failed: Option<Error>,
     /// The vendor loaded the whole stream (`load_finish` succeeded): a retry
     /// of RESUMING to STOP after a failed arc does not load it again.
     loaded: bool,
 }
-
-/// The bytes a resume write copies from the user at once.
-const WRITE_CHUNK: usize = 64 * 1024;
 
 impl ResumeSession {
     fn write(&mut self, r: &mut UserSliceReader, count: usize) -> Result<usize> {
@@ -546,12 +542,20 @@ impl ResumeSession {
         }
         let mut done = 0;
         while done < count {
-            let n = (count - done).min(self.bounce.len());
-            r.read_slice(&mut self.bounce[..n])?;
+            // Straight from the user into the parser's record buffer (or
+            // header, or record head): the stream's one copy before the
+            // vendor's. Once the stream ended the window is empty and the
+            // commit reports the trailing data.
+            let window = self.parser.window();
+            let n = (count - done).min(window.len());
+            if let Err(e) = r.read_slice(&mut window[..n]) {
+                // A fault in the user's buffer: what was taken stays taken.
+                return if done > 0 { Ok(done) } else { Err(e) };
+            }
             let at = self.parser.offset();
             let res = self
                 .parser
-                .feed(&self.bounce[..n], &mut ParserSink(&mut *self.target));
+                .commit(n, &mut ParserSink(&mut *self.target));
             if let Err(e) = res {
                 let errno = match e {
                     StreamError::Envelope(env) => {
@@ -631,7 +635,6 @@ impl ResumeStream {
             max_record
         };
         let record_buf = KVVec::from_elem(0u8, room, GFP_KERNEL)?;
-        let bounce = KVVec::from_elem(0u8, WRITE_CHUNK, GFP_KERNEL)?;
         let state = core.dev.load_open()?;
         let target = box_dyn!(
             DeviceLoadTarget {
@@ -643,7 +646,6 @@ impl ResumeStream {
         let session = ResumeSession {
             target,
             parser: Parser::new(record_buf),
-            bounce,
             failed: None,
             loaded: false,
         };

@@ -140,7 +140,7 @@ mod params {
 }
 
 /// The memory sizes of the types, in the order of [`Sample::TYPES`].
-const SIZES: [usize; 3] = [16 << 10, 4 << 20, 256 << 20];
+const SIZES: [usize; 4] = [16 << 10, 4 << 20, 64 << 20, 256 << 20];
 
 /// The parent: the module's settings, shared by every mdev it creates.
 struct Sample {
@@ -164,6 +164,12 @@ impl mdev::Driver for Sample {
             name: c_str!("sample-4m"),
             description: c_str!("rmdev sample device with 4 MiB of memory"),
             max_instances: 4,
+        },
+        TypeInfo {
+            sysfs_name: c_str!("64m"),
+            name: c_str!("sample-64m"),
+            description: c_str!("rmdev sample device with 64 MiB of memory"),
+            max_instances: 2,
         },
         TypeInfo {
             sysfs_name: c_str!("256m"),
@@ -222,6 +228,9 @@ struct Memory {
     bytes: VVec<u8>,
     /// One bit per page: written since it was last saved.
     dirty: KVec<u64>,
+    /// The bits set in `dirty`, so that a clean device answers
+    /// `precopy_info` without a scan (the framework asks once per record).
+    dirty_pages: usize,
     scratch: u32,
     checksum: u32,
     writes: u32,
@@ -251,6 +260,7 @@ impl Memory {
         Ok(Self {
             bytes: VVec::from_elem(0u8, size, GFP_KERNEL)?,
             dirty: KVec::from_elem(0u64, pages.div_ceil(64), GFP_KERNEL)?,
+            dirty_pages: 0,
             scratch: 0,
             checksum: 0,
             writes: 0,
@@ -269,8 +279,32 @@ impl Memory {
         let first = offset / PAGE;
         let last = (offset + len - 1) / PAGE;
         for p in first..=last {
-            self.dirty[p / 64] |= 1 << (p % 64);
+            let (word, bit) = (&mut self.dirty[p / 64], 1 << (p % 64));
+            if *word & bit == 0 {
+                *word |= bit;
+                self.dirty_pages += 1;
+            }
         }
+    }
+
+    /// Forgets every write: the next save sends every page anyway.
+    fn clear_dirty(&mut self) {
+        self.dirty.iter_mut().for_each(|w| *w = 0);
+        self.dirty_pages = 0;
+    }
+
+    /// The dirty pages below `end`, a word of the bitmap at a time.
+    fn dirty_below(&self, end: usize) -> usize {
+        if self.dirty_pages == 0 {
+            return 0;
+        }
+        let full = end / 64;
+        let whole: u32 = self.dirty[..full].iter().map(|w| w.count_ones()).sum();
+        let part = match end % 64 {
+            0 => 0,
+            bits => (self.dirty[full] & ((1u64 << bits) - 1)).count_ones(),
+        };
+        (whole + part) as usize
     }
 
     fn is_dirty(&self, page: usize) -> bool {
@@ -281,7 +315,17 @@ impl Memory {
     /// (runs of at most `per_record` pages).
     fn dirty_runs(&self, end: usize, per_record: usize) -> (usize, usize) {
         let (mut pages, mut records, mut run) = (0, 0, 0);
-        for p in 0..end {
+        if self.dirty_pages == 0 {
+            return (0, 0);
+        }
+        let mut p = 0;
+        while p < end {
+            if p % 64 == 0 && self.dirty[p / 64] == 0 {
+                // A clean word: 64 clean pages end any run.
+                run = 0;
+                p += 64;
+                continue;
+            }
             if self.is_dirty(p) {
                 if run == 0 || run == per_record {
                     records += 1;
@@ -292,6 +336,7 @@ impl Memory {
             } else {
                 run = 0;
             }
+            p += 1;
         }
         (pages, records)
     }
@@ -339,7 +384,11 @@ impl Memory {
         buf[..8].copy_from_slice(&(from as u64).to_le_bytes());
         buf[8..8 + len].copy_from_slice(&self.bytes[from..from + len]);
         for p in start..start + n {
-            self.dirty[p / 64] &= !(1 << (p % 64));
+            let (word, bit) = (&mut self.dirty[p / 64], 1 << (p % 64));
+            if *word & bit != 0 {
+                *word &= !bit;
+                self.dirty_pages -= 1;
+            }
         }
         8 + len
     }
@@ -609,7 +658,7 @@ impl Device for SampleDevice {
     fn save_open(&self) -> Result<SampleSave> {
         // The first pass sends every page, so earlier writes need no bit.
         let mut m = self.mem.lock();
-        m.dirty.iter_mut().for_each(|w| *w = 0);
+        m.clear_dirty();
         Ok(SampleSave {
             cursor: 0,
             regs_sent: false,
@@ -673,7 +722,7 @@ impl Device for SampleDevice {
         let m = self.mem.lock();
         PrecopyInfo {
             initial_bytes: ((m.pages() - s.cursor) * PAGE) as u64,
-            dirty_bytes: (m.dirty_runs(s.cursor, RECORD_PAGES).0 * PAGE) as u64,
+            dirty_bytes: (m.dirty_below(s.cursor.min(m.pages())) * PAGE) as u64,
         }
     }
 

@@ -9,6 +9,8 @@ a vfio-pci device.
                  [--kernel GUEST --pause-target] [--expect-failure]
     qemu_vfio.py restore DST_UUID FILE      (a fresh QEMU -incoming from FILE)
     qemu_vfio.py attach UUID               (realize, reset, quit)
+    qemu_vfio.py bench (--device SRC_UUID DST_UUID | --ram-mb N)
+                 (a timed migration for make bench: prints one JSON line)
 
 Every QEMU's stderr is kept; a line mentioning vfio fails the command (QEMU
 logs vfio errors and warnings there). Prints QEMU's own query-migrate figures.
@@ -40,19 +42,27 @@ def fail(msg):
 class Qemu:
     """One QEMU process with a QMP socket."""
 
-    def __init__(self, name, uuid, workdir, incoming=None, kernel=None, paused=False):
+    def __init__(self, name, uuid, workdir, incoming=None, kernel=None, paused=False,
+                 ram_file=None, ram_mb=64):
         self.name = name
         self.dir = workdir
         self.log_path = os.path.join(workdir, f"{name}.log")
         qmp_path = os.path.join(workdir, f"{name}.qmp")
-        args = [
-            QEMU, "-M", "q35", "-m", "64", "-nodefaults", "-display", "none",
-            "-accel", "tcg",
-            "-device",
-            f"vfio-pci,sysfsdev=/sys/bus/mdev/devices/{uuid},enable-migration=on,"
-            f"bus=pcie.0,addr={SLOT:#x},id=dev0",
-            "-qmp", f"unix:{qmp_path},server=on,wait=off",
-        ]
+        machine = "q35"
+        args = [QEMU, "-m", str(ram_mb), "-nodefaults", "-display", "none", "-accel", "tcg",
+                "-qmp", f"unix:{qmp_path},server=on,wait=off"]
+        if uuid:
+            args += [
+                "-device",
+                f"vfio-pci,sysfsdev=/sys/bus/mdev/devices/{uuid},enable-migration=on,"
+                f"bus=pcie.0,addr={SLOT:#x},id=dev0",
+            ]
+        if ram_file:
+            # Guest RAM in a file the caller filled: migrated byte for byte.
+            args += ["-object", f"memory-backend-file,id=ram0,size={ram_mb}M,"
+                     f"mem-path={ram_file},share=on"]
+            machine += ",memory-backend=ram0"
+        args += ["-M", machine]
         if kernel:
             args += ["-kernel", kernel]
         if paused:
@@ -277,6 +287,47 @@ def attach(args):
     print(f"  attached, reset and quit: {status}; no vfio line in QEMU's log")
 
 
+def bench(args):
+    """One migration over TCP on 127.0.0.1 with no bandwidth limit: either
+    of an mdev (the source's guest RAM, 64 MiB, left as QEMU zeroes it) or
+    of no device and N MiB of guest RAM filled with non-zero bytes (the
+    reference). Prints QEMU's own figures as one JSON line."""
+    work = tempfile.mkdtemp(prefix="rmdev-bench-")
+    uri = "tcp:127.0.0.1:4445"
+    if args.device:
+        src_uuid, dst_uuid = args.device
+        dst = Qemu("target", dst_uuid, work, incoming=uri)
+        src = Qemu("source", src_uuid, work)
+    else:
+        files = [os.path.join(work, f"{n}.ram") for n in ("source", "target")]
+        block = os.urandom(1 << 20)
+        for path in files:
+            with open(path, "wb") as f:
+                for _ in range(args.ram_mb):
+                    f.write(block)
+        dst = Qemu("target", None, work, incoming=uri, ram_file=files[1], ram_mb=args.ram_mb)
+        src = Qemu("source", None, work, ram_file=files[0], ram_mb=args.ram_mb)
+    src.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+    src.cmd("migrate", uri=uri)
+    info = wait_migration(src, 1200)
+    if info.get("status") != "completed":
+        fail(f"migration {info.get('status')}: {info.get('error-desc')}")
+    src.quit()
+    dst.quit()
+    check_logs(src, dst)
+    print(json.dumps({
+        "figure": "qemu-migration", "what": "device" if args.device else "ram",
+        "total_ms": info.get("total-time"), "downtime_ms": info.get("downtime"),
+        "setup_ms": info.get("setup-time"),
+        "vfio_bytes": info.get("vfio", {}).get("transferred", 0),
+        "ram_bytes": info.get("ram", {}).get("transferred", 0),
+        "ram_normal_pages": info.get("ram", {}).get("normal", 0),
+    }))
+    for path in os.listdir(work):
+        if path.endswith(".ram"):
+            os.unlink(os.path.join(work, path))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -297,8 +348,12 @@ def main():
     r.add_argument("file")
     a = sub.add_parser("attach")
     a.add_argument("uuid")
+    b = sub.add_parser("bench")
+    g = b.add_mutually_exclusive_group(required=True)
+    g.add_argument("--device", nargs=2, metavar=("SRC", "DST"))
+    g.add_argument("--ram-mb", type=int)
     args = p.parse_args()
-    {"migrate": migrate, "restore": restore, "attach": attach}[args.what](args)
+    {"migrate": migrate, "restore": restore, "attach": attach, "bench": bench}[args.what](args)
 
 
 if __name__ == "__main__":

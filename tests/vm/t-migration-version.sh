@@ -13,7 +13,7 @@ mv_dev() { echo "/sys/bus/mdev/devices/$1/migration_version"; }
 check_ok() { sysfs_write "$1" "$2" || fail "'$2' into $1 refused"; }
 
 load_sample migration_flags=7 format_version=3
-for t in 16k 4m 256m; do
+for t in 16k 4m 64m 256m; do
 	f=$(mv_type $t)
 	[ -f "$f" ] || fail "no $f"
 	expect_eq "$t type string" "$(cat "$f")" "rmdev_sample:$t:3.0"

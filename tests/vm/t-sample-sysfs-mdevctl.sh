@@ -7,8 +7,8 @@
 load_sample
 trap 'pkill -f "udevadm monitor" || true; unload_sample' EXIT
 [ -L /sys/class/mdev_bus/rmdev_sample ] || fail "no /sys/class/mdev_bus/rmdev_sample"
-expect_eq "types" "$(ls $SAMPLE_TYPES | tr '\n' ' ')" "rmdev_sample-16k rmdev_sample-256m rmdev_sample-4m "
-for t in 16k:8 4m:4 256m:2; do
+expect_eq "types" "$(ls $SAMPLE_TYPES | tr '\n' ' ')" "rmdev_sample-16k rmdev_sample-256m rmdev_sample-4m rmdev_sample-64m "
+for t in 16k:8 4m:4 64m:2 256m:2; do
 	d=$SAMPLE_TYPES/rmdev_sample-${t%:*}
 	expect_eq "$d/device_api" "$(cat $d/device_api)" vfio-pci
 	expect_eq "$d/name" "$(cat $d/name)" "sample-${t%:*}"

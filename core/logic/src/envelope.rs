@@ -252,19 +252,51 @@ impl<B: DerefMut<Target = [u8]>> Parser<B> {
         sink: &mut S,
     ) -> Result<(), StreamError<S::Error>> {
         while !input.is_empty() {
-            let used = match self.step(input, sink) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.phase = Phase::Failed(match e {
-                        StreamError::Envelope(env) => env,
-                        StreamError::Vendor(_) => EnvelopeError::Aborted,
-                    });
-                    return Err(e);
-                }
-            };
-            input = &input[used..];
+            let window = self.window();
+            let n = window.len().min(input.len());
+            window[..n].copy_from_slice(&input[..n]);
+            self.commit(n, sink)?;
+            input = &input[n..];
         }
         Ok(())
+    }
+
+    /// Where the stream's next bytes go: the parser's own memory for the
+    /// part it is reading (the rest of the header, a record's head, payload
+    /// or checksum). A caller that copies the stream from elsewhere anyway
+    /// (the kernel, from user memory) copies straight into it and then
+    /// calls [`commit`](Self::commit), with no buffer of its own. Empty
+    /// once the stream ended or failed (`commit` then says why).
+    pub fn window(&mut self) -> &mut [u8] {
+        match self.phase {
+            Phase::Header => &mut self.header[self.fill..self.want],
+            Phase::RecordHead => &mut self.small[self.fill..8],
+            Phase::Checksum => &mut self.small[self.fill..4],
+            Phase::Payload => &mut self.buf[self.fill..self.want],
+            Phase::Done | Phase::Failed(_) => &mut [],
+        }
+    }
+
+    /// Takes the first `n` bytes of [`window`](Self::window) as the
+    /// stream's next bytes; `n` larger than the window fails the stream
+    /// (`Aborted`). Errors are as for [`feed`](Self::feed).
+    pub fn commit<S: Sink>(&mut self, n: usize, sink: &mut S) -> Result<(), StreamError<S::Error>> {
+        let r = if n > self.window().len() {
+            match self.phase {
+                Phase::Failed(e) => Err(e.into()),
+                Phase::Done => Err(EnvelopeError::TrailingData.into()),
+                _ => Err(EnvelopeError::Aborted.into()),
+            }
+        } else {
+            self.step(n, sink)
+        };
+        r.map_err(|e| {
+            self.phase = Phase::Failed(match e {
+                StreamError::Envelope(env) => env,
+                StreamError::Vendor(_) => EnvelopeError::Aborted,
+            });
+            e
+        })
     }
 
     /// Declares the end of the input: fine only after the END record.
@@ -276,20 +308,13 @@ impl<B: DerefMut<Target = [u8]>> Parser<B> {
         }
     }
 
-    /// Consumes a prefix of `input` (at least one byte) and advances.
-    fn step<S: Sink>(
-        &mut self,
-        input: &[u8],
-        sink: &mut S,
-    ) -> Result<usize, StreamError<S::Error>> {
-        let take = |fill: usize, want: usize| (want - fill).min(input.len());
-        let n;
+    /// Advances over `n` bytes just written to the window (at most its
+    /// length; none only when the stream ended or failed, which it reports).
+    fn step<S: Sink>(&mut self, n: usize, sink: &mut S) -> Result<(), StreamError<S::Error>> {
         match self.phase {
             Phase::Failed(e) => return Err(e.into()),
             Phase::Done => return Err(EnvelopeError::TrailingData.into()),
             Phase::Header => {
-                n = take(self.fill, self.want);
-                self.header[self.fill..self.fill + n].copy_from_slice(&input[..n]);
                 self.advance(n);
                 self.check_header_prefix()?;
                 if self.fill == self.want && self.want == 20 {
@@ -305,8 +330,6 @@ impl<B: DerefMut<Target = [u8]>> Parser<B> {
                 } else {
                     4
                 };
-                n = take(self.fill, want);
-                self.small[self.fill..self.fill + n].copy_from_slice(&input[..n]);
                 self.advance(n);
                 if self.fill == want {
                     if self.phase == Phase::RecordHead {
@@ -317,8 +340,6 @@ impl<B: DerefMut<Target = [u8]>> Parser<B> {
                 }
             }
             Phase::Payload => {
-                n = take(self.fill, self.want);
-                self.buf[self.fill..self.fill + n].copy_from_slice(&input[..n]);
                 self.advance(n);
                 if self.fill == self.want {
                     self.crc = self.crc.update(&self.buf[..self.want]);
@@ -327,7 +348,7 @@ impl<B: DerefMut<Target = [u8]>> Parser<B> {
                 }
             }
         }
-        Ok(n)
+        Ok(())
     }
 
     fn advance(&mut self, n: usize) {

@@ -382,3 +382,76 @@ fn fuzz_bounded() {
     eprintln!("fuzz_bounded: {rounds} streams, {mutated} mutants refused");
     assert!(mutated > 0);
 }
+
+/// Parses `stream` the way the kernel's resume file does: copying straight
+/// into the parser's window, at most `chunk` bytes at a time.
+fn parse_in_place(stream: &[u8], chunk: usize) -> (Collect, Result<(), StreamError<i32>>) {
+    let mut p = Parser::new(vec![0u8; 4096]);
+    let mut c = Collect::new();
+    let mut at = 0;
+    while at < stream.len() {
+        let w = p.window();
+        let n = w.len().min(chunk).min(stream.len() - at);
+        w[..n].copy_from_slice(&stream[at..at + n]);
+        if let Err(e) = p.commit(n, &mut c) {
+            return (c, Err(e));
+        }
+        at += n;
+    }
+    let r = p.finish().map_err(StreamError::Envelope);
+    (c, r)
+}
+
+#[test]
+fn window_and_commit_parse_as_feed_does() {
+    let recs = sample_records();
+    let s = encode(SRC, &recs);
+    for chunk in [1, 3, 8, 13, 64, 4096] {
+        let (c, r) = parse_in_place(&s, chunk);
+        assert_eq!(r, Ok(()), "chunk {chunk}");
+        assert_eq!(c.records, recs, "chunk {chunk}");
+    }
+    // Every bit flip and truncation is refused the same way as by feed.
+    for bit in 0..s.len() * 8 {
+        let mut m = s.clone();
+        m[bit / 8] ^= 1 << (bit % 8);
+        assert_eq!(parse_in_place(&m, 7).1, parse(&m).1, "flip of bit {bit}");
+    }
+    for len in 0..s.len() {
+        assert_eq!(
+            parse_in_place(&s[..len], 5).1,
+            parse(&s[..len]).1,
+            "cut at {len}"
+        );
+    }
+}
+
+#[test]
+fn commit_refuses_what_the_window_cannot_hold() {
+    let s = encode(SRC, &sample_records());
+    let mut c = Collect::new();
+    // More than the window: the stream fails, and stays failed.
+    let mut p = Parser::new(vec![0u8; 4096]);
+    let w = p.window().len();
+    assert_eq!(
+        p.commit(w + 1, &mut c),
+        Err(StreamError::Envelope(EnvelopeError::Aborted))
+    );
+    assert!(p.window().is_empty());
+    assert_eq!(
+        p.commit(0, &mut c),
+        Err(StreamError::Envelope(EnvelopeError::Aborted))
+    );
+    // After the END record: nothing more is taken.
+    let mut p = Parser::new(vec![0u8; 4096]);
+    p.feed(&s, &mut c).unwrap();
+    assert!(p.is_done() && p.window().is_empty());
+    assert_eq!(
+        p.commit(0, &mut c),
+        Err(StreamError::Envelope(EnvelopeError::TrailingData))
+    );
+    assert_eq!(
+        p.feed(&[0], &mut c),
+        Err(StreamError::Envelope(EnvelopeError::TrailingData))
+    );
+}

@@ -11,6 +11,8 @@ use clap::{CommandFactory, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use rmdev_logic::version::Version;
+
 use crate::compat::{self, Verdict};
 use crate::error::{Error, Result, EXIT_INCOMPATIBLE, EXIT_OK};
 use crate::manifest::Manifest;
@@ -503,11 +505,17 @@ fn match_cmd(sys: &Sysfs, from: &Path, offline: bool, json: bool) -> Result<u8> 
     }
     locals.extend(sys.mdevs()?.into_iter().map(Target::Mdev));
     locals.retain(|t| t.version().as_str().is_some());
+    // Offline, each string is parsed once, not once per pair.
+    let parsed: Vec<Option<Version<'_>>> = locals
+        .iter()
+        .map(|t| t.version().as_str().and_then(|v| Version::parse(v).ok()))
+        .collect();
     let mut rows = Vec::new();
     for e in m.entries() {
         let Some(version) = e.migration_version.clone() else {
             continue;
         };
+        let source = Version::parse(&version).ok();
         let mut row = Row {
             kind: e.kind,
             id: e.id,
@@ -516,15 +524,20 @@ fn match_cmd(sys: &Sysfs, from: &Path, offline: bool, json: bool) -> Result<u8> 
             candidates: Vec::new(),
             undecided: Vec::new(),
         };
-        for t in &locals {
+        for (t, target) in locals.iter().zip(&parsed) {
             let verdict = if offline {
-                match compat::offline(t.version().as_str().unwrap_or(""), &version) {
-                    Some(v) => v,
-                    None => {
-                        row.undecided.push(t.label());
-                        continue;
+                let (Some(target), Some(source)) = (target, &source) else {
+                    row.undecided.push(t.label());
+                    continue;
+                };
+                if !json {
+                    // The text names only the targets that accept.
+                    if target.accepts(source).is_ok() {
+                        row.accepted_by.push(t.label());
                     }
+                    continue;
                 }
+                compat::offline_parsed(target, source)
             } else {
                 compat::check(&version, t)?
             };

@@ -6,7 +6,7 @@
 //! rule from `core/logic`, the code the kernel runs), with the reason in
 //! words either way.
 
-use rmdev_logic::version::{parse_input, DefaultRule, Version, VersionError, VersionRule};
+use rmdev_logic::version::{parse_input, Version, VersionError};
 use serde::Serialize;
 
 use crate::error::{describe, errno_name, Error, Result};
@@ -44,7 +44,16 @@ pub fn validate(version: &str) -> Result<&str> {
 pub fn explain(target: &str, source: &str) -> Option<String> {
     let t = Version::parse(target).ok()?;
     let s = Version::parse(source).ok()?;
-    Some(match t.accepts(&s) {
+    Some(explain_parsed(&t, &s, t.accepts(&s)))
+}
+
+/// [`explain`] of parsed strings and the rule's answer `r`.
+fn explain_parsed(
+    t: &Version<'_>,
+    s: &Version<'_>,
+    r: core::result::Result<(), VersionError>,
+) -> String {
+    match r {
         Ok(()) => "the strings are compatible under the default rule".into(),
         Err(VersionError::WrongVendor) => format!(
             "vendor differs: source '{}', target '{}'",
@@ -62,9 +71,9 @@ pub fn explain(target: &str, source: &str) -> Option<String> {
             "source data format {}.{} is newer than the target's {}.{}",
             s.major, s.minor, t.major, t.minor
         ),
-        Err(VersionError::FieldMismatch) => field_differences(&t, &s),
+        Err(VersionError::FieldMismatch) => field_differences(t, s),
         Err(e) => e.to_string(),
-    })
+    }
 }
 
 fn field_differences(t: &Version<'_>, s: &Version<'_>) -> String {
@@ -126,10 +135,16 @@ pub fn check(source_version: &str, target: &Target) -> Result<Verdict> {
 /// Compares without writing: the default rule on both strings. `None` when
 /// either is not in the default format (only the target can decide then).
 pub fn offline(target: &str, source: &str) -> Option<Verdict> {
-    Version::parse(target).ok()?;
-    Version::parse(source).ok()?;
-    let r = DefaultRule.check(target, source);
-    Some(Verdict {
+    let t = Version::parse(target).ok()?;
+    let s = Version::parse(source).ok()?;
+    Some(offline_parsed(&t, &s))
+}
+
+/// [`offline`] of strings parsed once (`match` compares every source with
+/// every target: parsing each pair again would dominate its time).
+pub fn offline_parsed(t: &Version<'_>, s: &Version<'_>) -> Verdict {
+    let r = t.accepts(s);
+    Verdict {
         compatible: r.is_ok(),
         method: "offline",
         errno: None,
@@ -138,12 +153,8 @@ pub fn offline(target: &str, source: &str) -> Option<Verdict> {
             Ok(()) => String::new(),
             Err(e) => format!("the default rule refuses: {e}"),
         },
-        detail: if r.is_ok() {
-            None
-        } else {
-            explain(target, source)
-        },
-    })
+        detail: r.is_err().then(|| explain_parsed(t, s, r)),
+    }
 }
 
 #[cfg(test)]

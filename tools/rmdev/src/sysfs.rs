@@ -174,6 +174,11 @@ impl Target {
     }
 }
 
+/// Whether `s` can name one directory entry (no path, not `.` or `..`).
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && !s.contains('/') && s != "." && s != ".."
+}
+
 /// Whether `s` is a UUID in the canonical 8-4-4-4-12 hex form.
 pub fn is_uuid(s: &str) -> bool {
     let b = s.as_bytes();
@@ -238,12 +243,7 @@ impl Sysfs {
 
     /// The parent `name` with its types.
     pub fn parent(&self, name: &str) -> Result<Parent> {
-        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-            return Err(Error::NotFound(format!("no parent named '{name}'")));
-        }
-        let link = self.bus_class().join(name);
-        let path = fs::canonicalize(&link)
-            .map_err(|_| Error::NotFound(format!("no parent named '{name}'")))?;
+        let path = self.parent_path(name)?;
         let tdir = path.join("mdev_supported_types");
         let ids = dir_names(&tdir).map_err(|e| Error::io(&tdir, e))?;
         let types = ids
@@ -255,6 +255,15 @@ impl Sysfs {
             path,
             types,
         })
+    }
+
+    /// The parent `name`'s device directory.
+    fn parent_path(&self, name: &str) -> Result<PathBuf> {
+        if !is_name(name) {
+            return Err(Error::NotFound(format!("no parent named '{name}'")));
+        }
+        fs::canonicalize(self.bus_class().join(name))
+            .map_err(|_| Error::NotFound(format!("no parent named '{name}'")))
     }
 
     fn type_at(&self, parent: &str, dir: &Path) -> MdevType {
@@ -281,11 +290,14 @@ impl Sysfs {
 
     /// The type `id` of `parent`.
     pub fn mdev_type(&self, parent: &str, id: &str) -> Result<MdevType> {
-        let p = self.parent(parent)?;
-        p.types
-            .into_iter()
-            .find(|t| t.id == id)
-            .ok_or_else(|| Error::NotFound(format!("parent '{parent}' has no mdev type '{id}'")))
+        // Only this type's attributes are read, not every type's.
+        let dir = self.parent_path(parent)?.join("mdev_supported_types").join(id);
+        if !is_name(id) || !dir.is_dir() {
+            return Err(Error::NotFound(format!(
+                "parent '{parent}' has no mdev type '{id}'"
+            )));
+        }
+        Ok(self.type_at(parent, &dir))
     }
 
     /// The mdev `uuid`.
