@@ -291,7 +291,10 @@ impl Sysfs {
     /// The type `id` of `parent`.
     pub fn mdev_type(&self, parent: &str, id: &str) -> Result<MdevType> {
         // Only this type's attributes are read, not every type's.
-        let dir = self.parent_path(parent)?.join("mdev_supported_types").join(id);
+        let dir = self
+            .parent_path(parent)?
+            .join("mdev_supported_types")
+            .join(id);
         if !is_name(id) || !dir.is_dir() {
             return Err(Error::NotFound(format!(
                 "parent '{parent}' has no mdev type '{id}'"
