@@ -37,6 +37,7 @@ use super::mdev::Anchor;
 use super::migration::{self, MigState};
 pub use super::pci_config::{BarKind, Capability, Identity};
 use super::pci_config::{ConfigSpace, CONFIG_SIZE, NUM_BARS};
+pub use super::stream::RecordOut;
 use super::stream::SaveStream;
 use super::user;
 use super::version::{check_written, DefaultRule, VersionBuf, VersionError, VersionRule};
@@ -254,6 +255,24 @@ pub trait Device: Send + Sync + Sized + 'static {
     /// Produces the next record of a save session into `buf`.
     fn save(&self, _s: &mut Self::Save, _phase: SavePhase, _buf: &mut [u8]) -> Result<Saved> {
         Err(ENOTTY)
+    }
+    /// Optional, for a device whose state is memory the kernel can read:
+    /// produces the next record as [`Device::save`] does, but hands its
+    /// payload to [`RecordOut::send`] instead of copying it into a buffer.
+    /// The framework checksums it on its way into the reader's buffer, so
+    /// the payload is copied once instead of twice. `None` (the default)
+    /// means "use `save`". The framework calls it only when the reader has
+    /// room for a whole record; `send` copies to user memory and may fault
+    /// its pages in, so the device must not hold a lock its own page-fault
+    /// handlers take (an mmap of the same memory, say). A record returned
+    /// as [`Saved::Record`] must have been sent, with that tag and length.
+    fn save_to(
+        &self,
+        _s: &mut Self::Save,
+        _phase: SavePhase,
+        _out: &mut RecordOut<'_>,
+    ) -> Option<Result<Saved>> {
+        None
     }
     /// Pre-copy progress of a save session.
     fn precopy_info(&self, _s: &Self::Save) -> PrecopyInfo {

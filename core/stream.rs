@@ -87,6 +87,8 @@ macro_rules! box_dyn {
 trait SaveSource: Send {
     /// The vendor's next record, into `buf`.
     fn next(&mut self, phase: SavePhase, buf: &mut [u8]) -> Result<Saved>;
+    /// The vendor's next record, through `out`; `None` if it only has `next`.
+    fn next_to(&mut self, phase: SavePhase, out: &mut RecordOut<'_>) -> Option<Result<Saved>>;
     /// The vendor's pre-copy progress.
     fn precopy_info(&self) -> PrecopyInfo;
     /// The vendor's records still needed to complete stop-copy.
@@ -105,6 +107,10 @@ struct DeviceSaveSource<D: Device> {
 impl<D: Device> SaveSource for DeviceSaveSource<D> {
     fn next(&mut self, phase: SavePhase, buf: &mut [u8]) -> Result<Saved> {
         self.core.dev.save(&mut self.state, phase, buf)
+    }
+
+    fn next_to(&mut self, phase: SavePhase, out: &mut RecordOut<'_>) -> Option<Result<Saved>> {
+        self.core.dev.save_to(&mut self.state, phase, out)
     }
 
     fn precopy_info(&self) -> PrecopyInfo {
@@ -179,6 +185,91 @@ enum Refill {
     Later,
 }
 
+/// Where [`Device::save_to`](super::device::Device::save_to) sends a
+/// record: straight into the reader's buffer, checksummed on the way.
+pub struct RecordOut<'a> {
+    enc: &'a mut Encoder,
+    w: &'a mut UserSliceWriter,
+    /// Where the record is kept if the reader's buffer faults, for the next
+    /// read: nothing is lost.
+    spill: &'a mut [u8],
+    max: usize,
+    sent: Option<Sent>,
+}
+
+/// What a [`RecordOut`] did with the record.
+#[derive(Clone, Copy)]
+enum Sent {
+    /// In the reader's buffer.
+    Delivered { tag: u16, len: usize },
+    /// Kept in the session's buffer, `bytes` long (the reader's faulted).
+    Spilled { tag: u16, len: usize, bytes: usize },
+    /// Refused: not a record the stream may carry.
+    Refused,
+}
+
+impl RecordOut<'_> {
+    /// The largest payload a record may have: the device's
+    /// [`max_record`](super::device::Device::max_record).
+    pub fn max_payload(&self) -> usize {
+        self.max
+    }
+
+    /// Sends the record with vendor tag `tag` whose payload is `parts`, one
+    /// after the other (1 to [`max_payload`](Self::max_payload) bytes in
+    /// all). Once per `save_to` call; `EINVAL` for a second record, a tag
+    /// of the framework's or a length out of range (the save then fails).
+    pub fn send(&mut self, tag: u16, parts: &[&[u8]]) -> Result {
+        let len = parts
+            .iter()
+            .try_fold(0usize, |n, p| n.checked_add(p.len()))
+            .unwrap_or(usize::MAX);
+        if self.sent.is_some() || len == 0 || len > self.max || tag >= FRAMEWORK_TAGS {
+            self.sent = Some(Sent::Refused);
+            return Err(EINVAL);
+        }
+        let head = self.enc.begin(tag, len).map_err(|_| EIO)?;
+        for p in parts {
+            self.enc.payload(p).map_err(|_| EIO)?;
+        }
+        let crc = self.enc.end_record().map_err(|_| EIO)?;
+        let mut delivered = self.w.write_slice(&head);
+        for p in parts {
+            delivered = delivered.and_then(|()| self.w.write_slice(p));
+        }
+        delivered = delivered.and_then(|()| self.w.write_slice(&crc));
+        self.sent = Some(match delivered {
+            Ok(()) => Sent::Delivered { tag, len },
+            Err(_) => {
+                // The caller's buffer holds a whole record: so does this.
+                let bytes = RECORD_OVERHEAD + len;
+                let rec = self.spill.get_mut(..bytes).ok_or(EIO)?;
+                rec[..8].copy_from_slice(&head);
+                let mut at = 8;
+                for p in parts {
+                    rec[at..at + p.len()].copy_from_slice(p);
+                    at += p.len();
+                }
+                rec[at..].copy_from_slice(&crc);
+                Sent::Spilled { tag, len, bytes }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// What sending a record straight to the reader came to.
+enum Direct {
+    /// The device has no `save_to`.
+    Unsupported,
+    /// A record of this many stream bytes is in the reader's buffer.
+    Sent(usize),
+    /// The reader's buffer faulted: the record waits in the session's.
+    Faulted,
+    /// No record from the device: as [`SaveSession::refill`] would say.
+    Refilled(Refill),
+}
+
 impl SaveSession {
     fn buffered(&self) -> usize {
         self.tail - self.head
@@ -214,12 +305,25 @@ impl SaveSession {
             self.buffered_initial = false;
             return Ok(Refill::Data);
         }
-        let initial = self.phase == SavePhase::PreCopy && self.src.precopy_info().initial_bytes > 0;
+        let initial = self.initial();
         // The vendor gets exactly its declared largest record: the buffer
         // may be longer (it also holds the header), but a target sizes its
         // record buffer by `max_record()`, so nothing longer may go out.
         let max = self.max_record;
-        match self.src.next(self.phase, &mut self.buf[8..8 + max])? {
+        let saved = self.src.next(self.phase, &mut self.buf[8..8 + max])?;
+        self.after_vendor(saved, initial)
+    }
+
+    /// Whether the vendor's next record belongs to the initial image.
+    fn initial(&self) -> bool {
+        self.phase == SavePhase::PreCopy && self.src.precopy_info().initial_bytes > 0
+    }
+
+    /// Buffers what the vendor's `save` produced: its record (in the
+    /// buffer already), or what comes after its last one.
+    fn after_vendor(&mut self, saved: Saved, initial: bool) -> Result<Refill> {
+        let max = self.max_record;
+        match saved {
             Saved::Record { tag, len } => {
                 if len == 0 || len > max || tag >= FRAMEWORK_TAGS {
                     warn_ratelimited!(
@@ -247,6 +351,57 @@ impl SaveSession {
         }
     }
 
+    /// Sends the vendor's next record straight into the reader's buffer,
+    /// which has room for it (the device's `save_to`).
+    fn send_direct(&mut self, w: &mut UserSliceWriter) -> Result<Direct> {
+        let initial = self.initial();
+        let mut out = RecordOut {
+            enc: &mut self.enc,
+            w,
+            spill: &mut self.buf[..],
+            max: self.max_record,
+            sent: None,
+        };
+        let Some(saved) = self.src.next_to(self.phase, &mut out) else {
+            return Ok(Direct::Unsupported);
+        };
+        let sent = out.sent;
+        match (saved, sent) {
+            (Ok(Saved::Record { tag, len }), Some(Sent::Delivered { tag: t, len: l }))
+                if (t, l) == (tag, len) =>
+            {
+                Ok(Direct::Sent(RECORD_OVERHEAD + len))
+            }
+            (
+                Ok(Saved::Record { tag, len }),
+                Some(Sent::Spilled {
+                    tag: t,
+                    len: l,
+                    bytes,
+                }),
+            ) if (t, l) == (tag, len) => {
+                self.head = 0;
+                self.tail = bytes;
+                self.buffered_initial = initial;
+                Ok(Direct::Faulted)
+            }
+            (Ok(next @ (Saved::Later | Saved::Done)), None) => {
+                self.after_vendor(next, initial).map(Direct::Refilled)
+            }
+            (Err(e), None) => Err(e),
+            (saved, _) => {
+                warn_ratelimited!(
+                    "{}: the device's record ({:?}) is not the one it sent (1 to {} bytes, a tag below {:#x}, once); the save fails\n",
+                    self.src.name(),
+                    saved,
+                    self.max_record,
+                    FRAMEWORK_TAGS
+                );
+                Err(EIO)
+            }
+        }
+    }
+
     fn read(&mut self, w: &mut UserSliceWriter, count: usize) -> Result<usize> {
         let mut done = 0;
         while done < count {
@@ -257,7 +412,27 @@ impl SaveSession {
                 if let Some(e) = self.failed {
                     return if done > 0 { Ok(done) } else { Err(e) };
                 }
-                match self.refill() {
+                // Room for a whole record: the device may send it straight
+                // into the reader's buffer, one copy instead of two.
+                let direct =
+                    if !self.vendor_done && count - done >= RECORD_OVERHEAD + self.max_record {
+                        self.send_direct(w)
+                    } else {
+                        Ok(Direct::Unsupported)
+                    };
+                let refilled = match direct {
+                    Ok(Direct::Sent(n)) => {
+                        done += n;
+                        continue;
+                    }
+                    Ok(Direct::Faulted) => {
+                        return if done > 0 { Ok(done) } else { Err(EFAULT) };
+                    }
+                    Ok(Direct::Refilled(r)) => Ok(r),
+                    Ok(Direct::Unsupported) => self.refill(),
+                    Err(e) => Err(e),
+                };
+                match refilled {
                     Ok(Refill::Data) => {}
                     Ok(Refill::Later) if done > 0 => break,
                     Ok(Refill::Later) => return Err(bindings::error(bindings::ENOMSG)),
@@ -272,7 +447,11 @@ impl SaveSession {
                 }
             }
             let n = (count - done).min(self.buffered());
-            w.write_slice(&self.buf[self.head..self.head + n])?;
+            if let Err(e) = w.write_slice(&self.buf[self.head..self.head + n]) {
+                // A fault in the reader's buffer: what was read stays read,
+                // the rest stays buffered.
+                return if done > 0 { Ok(done) } else { Err(e) };
+            }
             self.head += n;
             done += n;
         }
@@ -553,9 +732,7 @@ impl ResumeSession {
                 return if done > 0 { Ok(done) } else { Err(e) };
             }
             let at = self.parser.offset();
-            let res = self
-                .parser
-                .commit(n, &mut ParserSink(&mut *self.target));
+            let res = self.parser.commit(n, &mut ParserSink(&mut *self.target));
             if let Err(e) = res {
                 let errno = match e {
                     StreamError::Envelope(env) => {

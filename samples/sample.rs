@@ -37,8 +37,8 @@ use kernel::sync::Mutex;
 use kernel::{c_str, new_mutex};
 
 use rmdev::device::{
-    region, BarKind, Device, Identity, Interrupts, PciConfig, PrecopyInfo, Region, SavePhase,
-    Saved, StopCopySize,
+    region, BarKind, Device, Identity, Interrupts, PciConfig, PrecopyInfo, RecordOut, Region,
+    SavePhase, Saved, StopCopySize,
 };
 use rmdev::fsm::{FlagSet, StateArc, StepFailure};
 use rmdev::mdev::{self, Parent, Registration, TypeInfo};
@@ -383,6 +383,21 @@ impl Memory {
         let (from, len) = (start * PAGE, n * PAGE);
         buf[..8].copy_from_slice(&(from as u64).to_le_bytes());
         buf[8..8 + len].copy_from_slice(&self.bytes[from..from + len]);
+        self.clean_pages(start, n);
+        8 + len
+    }
+
+    /// The registers record's payload.
+    fn regs(&self) -> [u8; REGS_LEN] {
+        let mut r = [0u8; REGS_LEN];
+        r[0..4].copy_from_slice(&self.scratch.to_le_bytes());
+        r[4..8].copy_from_slice(&self.checksum.to_le_bytes());
+        r[8..12].copy_from_slice(&self.writes.to_le_bytes());
+        r
+    }
+
+    /// Clears the dirty bits of pages `start..start + n`: they were saved.
+    fn clean_pages(&mut self, start: usize, n: usize) {
         for p in start..start + n {
             let (word, bit) = (&mut self.dirty[p / 64], 1 << (p % 64));
             if *word & bit != 0 {
@@ -390,8 +405,66 @@ impl Memory {
                 self.dirty_pages -= 1;
             }
         }
-        8 + len
     }
+}
+
+/// The next record of a save session, as [`next_record`] decides it.
+enum NextRecord {
+    /// Fault injection: a record longer than allowed.
+    Oversize,
+    /// A memory record of pages `start..start + n`.
+    Pages(usize, usize),
+    /// The registers, stop-copy's last record.
+    Regs,
+    /// No record: [`Saved::Later`] or [`Saved::Done`].
+    Nothing(Saved),
+}
+
+/// Decides the next record of save session `s` whose payloads are at most
+/// `max` bytes, and moves the session past it.
+fn next_record(
+    m: &mut Memory,
+    s: &mut SampleSave,
+    phase: SavePhase,
+    max: usize,
+) -> Result<NextRecord> {
+    if core::mem::take(&mut m.oversize_next) {
+        return Ok(NextRecord::Oversize);
+    }
+    // As many pages as fit after the 8-byte offset.
+    let fit = max.saturating_sub(8) / PAGE;
+    if fit == 0 {
+        return Err(EINVAL);
+    }
+    let pages = m.pages();
+    if s.cursor < pages {
+        let n = fit.min(RECORD_PAGES).min(pages - s.cursor);
+        let start = s.cursor;
+        s.cursor += n;
+        s.idle = false;
+        return Ok(NextRecord::Pages(start, n));
+    }
+    if let Some((start, n)) = m.dirty_run(fit.min(RECORD_PAGES)) {
+        s.idle = false;
+        return Ok(NextRecord::Pages(start, n));
+    }
+    Ok(match phase {
+        // PRE_COPY or PRE_COPY_P2P (the phase does not tell them apart): the
+        // device runs in both, so the engine may write. Only on the second
+        // call in a row with nothing left, whose read fails with `-ENOMSG`
+        // (see `SampleSave`); what it writes is sent from the next read on.
+        SavePhase::PreCopy => {
+            if core::mem::replace(&mut s.idle, true) {
+                m.engine_writes(params::precopy_dirty_pages() as usize);
+            }
+            NextRecord::Nothing(Saved::Later)
+        }
+        SavePhase::StopCopy if !s.regs_sent => {
+            s.regs_sent = true;
+            NextRecord::Regs
+        }
+        SavePhase::StopCopy => NextRecord::Nothing(Saved::Done),
+    })
 }
 
 /// One sample mdev.
@@ -414,7 +487,8 @@ struct SampleDevice {
 /// A save session: how far the first pass over the memory got.
 ///
 /// `idle` drives the `precopy_dirty_pages` engine. The device cannot see
-/// the user's reads, only the framework's calls of [`Device::save`]: a call
+/// the user's reads, only the framework's calls of [`Device::save`] or
+/// [`Device::save_to`] (both go through [`next_record`]): a call
 /// answered [`Saved::Later`] ends the read it serves (short, or `-ENOMSG`
 /// if it copied nothing), so the call after it is always the first of a new
 /// read. When that call finds nothing left either, its read certainly fails
@@ -668,54 +742,61 @@ impl Device for SampleDevice {
 
     fn save(&self, s: &mut SampleSave, phase: SavePhase, buf: &mut [u8]) -> Result<Saved> {
         let mut m = self.mem.lock();
-        if core::mem::take(&mut m.oversize_next) {
-            return Ok(Saved::Record {
+        Ok(match next_record(&mut m, s, phase, buf.len())? {
+            NextRecord::Oversize => Saved::Record {
                 tag: TAG_MEM,
                 len: buf.len() + 1,
-            });
-        }
-        // `buf` is `max_record()` bytes: as many pages as fit.
-        let fit = buf.len().saturating_sub(8) / PAGE;
-        if fit == 0 {
-            return Err(EINVAL);
-        }
-        let pages = m.pages();
-        if s.cursor < pages {
-            let n = fit.min(RECORD_PAGES).min(pages - s.cursor);
-            let len = m.save_pages(s.cursor, n, buf);
-            s.cursor += n;
-            s.idle = false;
-            return Ok(Saved::Record { tag: TAG_MEM, len });
-        }
-        if let Some((start, n)) = m.dirty_run(fit.min(RECORD_PAGES)) {
-            let len = m.save_pages(start, n, buf);
-            s.idle = false;
-            return Ok(Saved::Record { tag: TAG_MEM, len });
-        }
-        match phase {
-            // PRE_COPY or PRE_COPY_P2P (the phase does not tell them apart):
-            // the device runs in both, so the engine may write. Only on the
-            // second call in a row with nothing left, whose read fails with
-            // `-ENOMSG` (see `SampleSave`); what it writes is sent from the
-            // next read on.
-            SavePhase::PreCopy => {
-                if core::mem::replace(&mut s.idle, true) {
-                    m.engine_writes(params::precopy_dirty_pages() as usize);
+            },
+            NextRecord::Pages(start, n) => Saved::Record {
+                tag: TAG_MEM,
+                len: m.save_pages(start, n, buf),
+            },
+            NextRecord::Regs => {
+                buf[..REGS_LEN].copy_from_slice(&m.regs());
+                Saved::Record {
+                    tag: TAG_REGS,
+                    len: REGS_LEN,
                 }
-                Ok(Saved::Later)
             }
-            SavePhase::StopCopy if !s.regs_sent => {
-                buf[0..4].copy_from_slice(&m.scratch.to_le_bytes());
-                buf[4..8].copy_from_slice(&m.checksum.to_le_bytes());
-                buf[8..12].copy_from_slice(&m.writes.to_le_bytes());
-                s.regs_sent = true;
+            NextRecord::Nothing(saved) => saved,
+        })
+    }
+
+    fn save_to(
+        &self,
+        s: &mut SampleSave,
+        phase: SavePhase,
+        out: &mut RecordOut<'_>,
+    ) -> Option<Result<Saved>> {
+        // The memory goes from `bytes` to the reader with no copy here.
+        let mut m = self.mem.lock();
+        let max = out.max_payload();
+        let saved = next_record(&mut m, s, phase, max).and_then(|next| match next {
+            // Not sent: the framework refuses the record (fault injection).
+            NextRecord::Oversize => Ok(Saved::Record {
+                tag: TAG_MEM,
+                len: max + 1,
+            }),
+            NextRecord::Pages(start, n) => {
+                let (from, len) = (start * PAGE, n * PAGE);
+                let at = (from as u64).to_le_bytes();
+                out.send(TAG_MEM, &[&at, &m.bytes[from..from + len]])?;
+                m.clean_pages(start, n);
+                Ok(Saved::Record {
+                    tag: TAG_MEM,
+                    len: 8 + len,
+                })
+            }
+            NextRecord::Regs => {
+                out.send(TAG_REGS, &[&m.regs()])?;
                 Ok(Saved::Record {
                     tag: TAG_REGS,
                     len: REGS_LEN,
                 })
             }
-            SavePhase::StopCopy => Ok(Saved::Done),
-        }
+            NextRecord::Nothing(saved) => Ok(saved),
+        });
+        Some(saved)
     }
 
     fn precopy_info(&self, s: &SampleSave) -> PrecopyInfo {

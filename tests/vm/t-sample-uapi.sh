@@ -20,7 +20,7 @@ for flags in 1 3 5 7; do
 	unload_sample
 done
 load_sample migration_flags=7
-"$VM_TEST" --flags 7 migrate-largest || fail "256 MiB migration"
+"$VM_TEST" --flags 7 migrate-largest direct-and-buffered direct-fault || fail "256 MiB migration, direct and buffered saves"
 # Lock classes carry the vendor module's name, so a lockdep report says
 # which vendor it is about (the classes go with the module: check before
 # unloading, after a migration used them all).

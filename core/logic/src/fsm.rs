@@ -345,11 +345,24 @@ macro_rules! state_arcs {
                 match self { $(StateArc::$name => SessionEffect::$effect,)* }
             }
 
-            /// The arc from `from` to `to`, if any flag set has one.
-            pub fn between(from: State, to: State) -> Option<StateArc> {
-                Self::ALL.iter().copied().find(|a| a.from() == from && a.to() == to)
+            /// The arc from `from` to `to`, if any flag set has one (a
+            /// table lookup: every SET asks for each arc of its path twice).
+            pub const fn between(from: State, to: State) -> Option<StateArc> {
+                ARC_BY_ENDS[from as usize][to as usize]
             }
         }
+
+        /// [`StateArc::between`]'s table, built from the arcs' own ends.
+        const ARC_BY_ENDS: [[Option<StateArc>; NR_STATES]; NR_STATES] = {
+            let mut table = [[None; NR_STATES]; NR_STATES];
+            let mut i = 0;
+            while i < StateArc::ALL.len() {
+                let arc = StateArc::ALL[i];
+                table[arc.from() as usize][arc.to() as usize] = Some(arc);
+                i += 1;
+            }
+            table
+        };
     };
 }
 
@@ -616,7 +629,9 @@ pub fn transition<S: Stepper>(
     if !flags.supports(target) {
         return Err(TransitionError::Invalid);
     }
-    // Check the whole path first, so an unreachable target takes no arc.
+    // Plan the whole path first, so an unreachable target takes no arc;
+    // then walk the plan.
+    let mut path: [Option<S::Arcs>; MAX_PATH_ARCS] = [None; MAX_PATH_ARCS];
     let mut cur = *state;
     let mut arcs = 0;
     while cur != target {
@@ -626,20 +641,14 @@ pub fn transition<S: Stepper>(
             Err(NextStepError::CurrentUnsupported) => return Err(TransitionError::InError),
         };
         let arc = StateArc::between(cur, next).ok_or(TransitionError::Invalid)?;
-        if S::Arcs::from_state_arc(arc).is_none() {
-            return Err(TransitionError::ArcNotHandled(arc));
-        }
+        let typed = S::Arcs::from_state_arc(arc).ok_or(TransitionError::ArcNotHandled(arc))?;
+        *path.get_mut(arcs).ok_or(TransitionError::Invalid)? = Some(typed);
         cur = next;
         arcs += 1;
-        if arcs > MAX_PATH_ARCS {
-            return Err(TransitionError::Invalid);
-        }
     }
     let mut effect = SessionEffect::None;
-    while *state != target {
-        let next = next_step(flags, *state, target).map_err(|_| TransitionError::Invalid)?;
-        let arc = StateArc::between(*state, next).ok_or(TransitionError::Invalid)?;
-        let typed = S::Arcs::from_state_arc(arc).ok_or(TransitionError::ArcNotHandled(arc))?;
+    for typed in path.into_iter().flatten() {
+        let arc: StateArc = typed.into();
         if let Err(f) = stepper.step(typed) {
             if f.device_lost {
                 *state = State::Error;
@@ -649,7 +658,7 @@ pub fn transition<S: Stepper>(
                 error: f.error,
             });
         }
-        *state = next;
+        *state = arc.to();
         effect = arc.session();
     }
     Ok(effect)

@@ -429,3 +429,16 @@ fn typed_arc_sets_cover_exactly_their_flag_set() {
     );
     assert_eq!(s, State::Running);
 }
+
+#[test]
+fn between_finds_exactly_the_arc_with_those_ends() {
+    for from in State::ALL {
+        for to in State::ALL {
+            let want = StateArc::ALL
+                .iter()
+                .copied()
+                .find(|a| a.from() == from && a.to() == to);
+            assert_eq!(StateArc::between(from, to), want, "{from:?} -> {to:?}");
+        }
+    }
+}

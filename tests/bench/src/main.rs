@@ -25,13 +25,6 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Memory bandwidth: copy BYTES from one buffer to another (the reference).
-    Memcpy {
-        #[arg(long, default_value_t = 256 << 20)]
-        bytes: usize,
-        #[arg(long, default_value_t = 5)]
-        reps: usize,
-    },
     /// The stream checksum, CRC-32C, over BYTES: the project's table code
     /// (what the kernel module runs) and the SSE4.2 `crc32` instruction
     /// (what the kernel's `crc32c()` uses on x86), same value required.
@@ -51,20 +44,21 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         reps: usize,
     },
-    /// One SET round trip RUNNING -> STOP -> RUNNING, median of N.
+    /// One SET round trip RUNNING -> STOP -> RUNNING, median of N for
+    /// each device, the devices' rounds interleaved in blocks.
     SetRoundtrip {
-        uuid: String,
-        #[arg(long)]
-        label: String,
+        /// LABEL=UUID of each device.
+        #[arg(required = true)]
+        devices: Vec<String>,
         #[arg(long, default_value_t = 2000)]
         n: usize,
     },
-    /// mdev create + remove through sysfs, median of N.
+    /// mdev create + remove through sysfs, median of N for each type, the
+    /// types' rounds interleaved in blocks.
     CreateRemove {
-        /// The type's directory in sysfs.
-        type_dir: PathBuf,
-        #[arg(long)]
-        label: String,
+        /// LABEL=DIR of each type, DIR its directory in sysfs.
+        #[arg(required = true)]
+        types: Vec<String>,
         #[arg(long, default_value_t = 200)]
         n: usize,
     },
@@ -108,7 +102,6 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Memcpy { bytes, reps } => measure::memcpy(bytes, reps),
         Command::Crc { bytes, reps } => measure::crc(bytes, reps),
         Command::SaveLoad {
             src,
@@ -116,10 +109,8 @@ fn main() -> ExitCode {
             chunk,
             reps,
         } => measure::save_load(&src, &dst, chunk, reps),
-        Command::SetRoundtrip { uuid, label, n } => measure::set_roundtrip(&uuid, &label, n),
-        Command::CreateRemove { type_dir, label, n } => {
-            measure::create_remove(&type_dir, &label, n)
-        }
+        Command::SetRoundtrip { devices, n } => measure::set_roundtrip(&devices, n),
+        Command::CreateRemove { types, n } => measure::create_remove(&types, n),
         Command::Stopcopy { uuid, pages } => measure::stopcopy(&uuid, pages),
         Command::SessionMemory { uuid, reps } => measure::session_memory(&uuid, reps),
         Command::RmdevCheck { rmdev, target, n } => measure::rmdev_check(&rmdev, &target, n),

@@ -61,21 +61,46 @@ fn pattern(seed: u64, len: usize) -> Vec<u8> {
     v
 }
 
-pub(crate) fn memcpy(bytes: usize, reps: usize) -> Result {
-    let src = pattern(1, bytes);
-    let mut dst = touched(bytes, 1);
-    let mut times = Vec::new();
-    for _ in 0..reps.max(1) {
-        let t = Instant::now();
-        dst.copy_from_slice(black_box(&src));
-        black_box(&mut dst);
-        times.push(t.elapsed().as_secs_f64());
+/// Two buffers for the memcpy reference, their pages mapped.
+struct Memcpy {
+    src: Vec<u8>,
+    dst: Vec<u8>,
+    times: Vec<f64>,
+}
+
+impl Memcpy {
+    /// The reference every throughput is divided by: 64 MiB, larger than
+    /// any cache, copied between two buffers in this process.
+    const BYTES: usize = 64 << 20;
+
+    fn new() -> Memcpy {
+        Memcpy {
+            src: pattern(1, Self::BYTES),
+            dst: touched(Self::BYTES, 1),
+            times: Vec::new(),
+        }
     }
-    emit(
-        "memcpy",
-        json!({"bytes": bytes, "seconds": median(&mut times), "reps": times.len()}),
-    );
-    Ok(())
+
+    /// One timed copy, between the measurements it is the reference of.
+    fn run(&mut self) {
+        let t = Instant::now();
+        self.dst.copy_from_slice(black_box(&self.src));
+        black_box(&mut self.dst);
+        self.times.push(t.elapsed().as_secs_f64());
+    }
+
+    /// The median copy's fields for a figure's line.
+    fn fields(&mut self) -> Value {
+        json!({"memcpy_bytes": Self::BYTES, "memcpy_seconds": median(&mut self.times)})
+    }
+}
+
+/// `line` with `extra`'s fields added.
+fn with(mut line: Value, extra: Value) -> Value {
+    if let (Some(l), Some(e)) = (line.as_object_mut(), extra.as_object()) {
+        l.extend(e.clone());
+    }
+    line
 }
 
 /// CRC-32C with the SSE4.2 instruction, 8 bytes at a time.
@@ -109,11 +134,12 @@ pub(crate) fn crc(bytes: usize, reps: usize) -> Result {
         }
         (value, median(&mut times))
     };
+    let mut reference = Memcpy::new();
+    reference.run();
     let (table, table_s) = time(&|| rmdev_logic::crc32c::crc32c(black_box(&data)));
-    emit(
-        "crc",
-        json!({"method": "table", "bytes": bytes, "seconds": table_s}),
-    );
+    reference.run();
+    let line = json!({"method": "table", "bytes": bytes, "seconds": table_s});
+    emit("crc", with(line, reference.fields()));
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("sse4.2") {
         // SAFETY: the CPU has SSE4.2 (just checked).
@@ -121,10 +147,9 @@ pub(crate) fn crc(bytes: usize, reps: usize) -> Result {
         if hw != table {
             return Err(format!("CRC-32C differs: table {table:#x}, SSE4.2 {hw:#x}"));
         }
-        emit(
-            "crc",
-            json!({"method": "sse4.2", "bytes": bytes, "seconds": hw_s}),
-        );
+        reference.run();
+        let line = json!({"method": "sse4.2", "bytes": bytes, "seconds": hw_s});
+        emit("crc", with(line, reference.fields()));
     }
     Ok(())
 }
@@ -156,7 +181,13 @@ pub(crate) fn save_load(src: &str, dst: &str, chunk: usize, reps: usize) -> Resu
     let mut stream = touched(size + size / 8 + (2 << 20), 0);
     let mut len = 0;
     let (mut saves, mut loads) = (Vec::new(), Vec::new());
-    for _ in 0..reps.max(1) {
+    let mut reference = Memcpy::new();
+    for rep in 0..reps.max(1) {
+        // The reference in between, a few times at most (small devices
+        // repeat their save many times).
+        if rep < 5 {
+            reference.run();
+        }
         set(&s, state::STOP)?;
         let t = Instant::now();
         let fd = set(&s, state::STOP_COPY)?.ok_or("STOP_COPY gave no data FD")?;
@@ -204,7 +235,10 @@ pub(crate) fn save_load(src: &str, dst: &str, chunk: usize, reps: usize) -> Resu
             return Err(format!("the target's memory differs at {at}"));
         }
     }
-    let common = json!({"size": size, "bytes": len, "chunk": chunk, "reps": saves.len()});
+    let common = with(
+        json!({"size": size, "bytes": len, "chunk": chunk, "reps": saves.len()}),
+        reference.fields(),
+    );
     let mut save = common.clone();
     save["seconds"] = median(&mut saves).into();
     let mut load = common;
@@ -214,26 +248,63 @@ pub(crate) fn save_load(src: &str, dst: &str, chunk: usize, reps: usize) -> Resu
     Ok(())
 }
 
-pub(crate) fn set_roundtrip(uuid: &str, label: &str, n: usize) -> Result {
-    let dev = open(uuid)?;
-    if ctx(dev.state(), "GET state")? != state::RUNNING {
-        set(&dev, state::RUNNING)?;
-    }
-    let mut times = Vec::with_capacity(n);
-    for i in 0..n + n / 10 {
-        let t = Instant::now();
-        set(&dev, state::STOP)?;
-        set(&dev, state::RUNNING)?;
-        // The first tenth warms up.
-        if i >= n / 10 {
-            times.push(t.elapsed().as_secs_f64());
+/// `LABEL=VALUE` pairs.
+fn labelled(pairs: &[String]) -> Result<Vec<(&str, &str)>> {
+    pairs
+        .iter()
+        .map(|p| p.split_once('=').ok_or(format!("'{p}' is not LABEL=VALUE")))
+        .collect()
+}
+
+/// Blocks of rounds of each of the devices in turn, so that the machine's
+/// drifts (TCG's timing moves by 10 % between boots and within one) touch
+/// every device alike: `round(i)` times one round of device `i`.
+fn interleaved(
+    figure: &str,
+    labels: &[&str],
+    n: usize,
+    mut round: impl FnMut(usize) -> Result<f64>,
+) -> Result {
+    const BLOCKS: usize = 10;
+    let per = n.div_ceil(BLOCKS).max(1);
+    let mut times = vec![Vec::with_capacity(n); labels.len()];
+    for block in 0..=BLOCKS {
+        for (i, t) in times.iter_mut().enumerate() {
+            for _ in 0..per {
+                let s = round(i)?;
+                // The first block warms up.
+                if block > 0 {
+                    t.push(s);
+                }
+            }
         }
     }
-    emit(
-        "set-roundtrip",
-        json!({"device": label, "seconds": median(&mut times), "n": times.len()}),
-    );
+    for (label, t) in labels.iter().zip(&mut times) {
+        emit(
+            figure,
+            json!({"device": label, "seconds": median(t), "n": t.len()}),
+        );
+    }
     Ok(())
+}
+
+pub(crate) fn set_roundtrip(devices: &[String], n: usize) -> Result {
+    let devices = labelled(devices)?;
+    let mut open_ = Vec::new();
+    for (_, uuid) in &devices {
+        let dev = open(uuid)?;
+        if ctx(dev.state(), "GET state")? != state::RUNNING {
+            set(&dev, state::RUNNING)?;
+        }
+        open_.push(dev);
+    }
+    let labels: Vec<&str> = devices.iter().map(|(l, _)| *l).collect();
+    interleaved("set-roundtrip", &labels, n, |i| {
+        let t = Instant::now();
+        set(&open_[i], state::STOP)?;
+        set(&open_[i], state::RUNNING)?;
+        Ok(t.elapsed().as_secs_f64())
+    })
 }
 
 fn new_uuid() -> Result<String> {
@@ -244,26 +315,20 @@ fn new_uuid() -> Result<String> {
     Ok(u.trim().to_string())
 }
 
-pub(crate) fn create_remove(type_dir: &Path, label: &str, n: usize) -> Result {
-    let create = type_dir.join("create");
-    let mut times = Vec::with_capacity(n);
-    for i in 0..n + n / 10 {
+pub(crate) fn create_remove(types: &[String], n: usize) -> Result {
+    let types = labelled(types)?;
+    let labels: Vec<&str> = types.iter().map(|(l, _)| *l).collect();
+    interleaved("create-remove", &labels, n, |i| {
         let uuid = new_uuid()?;
+        let create = Path::new(types[i].1).join("create");
         let remove = Path::new("/sys/bus/mdev/devices")
             .join(&uuid)
             .join("remove");
         let t = Instant::now();
         ctx(fs::write(&create, &uuid), &format!("create {uuid}"))?;
         ctx(fs::write(&remove, "1"), &format!("remove {uuid}"))?;
-        if i >= n / 10 {
-            times.push(t.elapsed().as_secs_f64());
-        }
-    }
-    emit(
-        "create-remove",
-        json!({"device": label, "seconds": median(&mut times), "n": times.len()}),
-    );
-    Ok(())
+        Ok(t.elapsed().as_secs_f64())
+    })
 }
 
 /// Reads `fd` to its end (stop-copy) or to `-ENOMSG` (pre-copy): the bytes.

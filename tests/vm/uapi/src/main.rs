@@ -1827,6 +1827,151 @@ fn refuse_many(n: usize) -> TestResult {
     Ok(())
 }
 
+/// Reads a stop-copy stream of a stopped `dev` to its end, `sizes` bytes
+/// per read in turn.
+fn save_with_reads(dev: &Device, sizes: &[usize]) -> Result<Vec<u8>, String> {
+    let fd = ctx(dev.set_state(State::StopCopy.raw()), "SET STOP_COPY")?.ok_or("no FD")?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; sizes.iter().copied().max().unwrap_or(1)];
+    for i in 0.. {
+        let size = sizes[i % sizes.len()];
+        match ctx(vfio::read_fd(&fd, &mut buf[..size]), "read save FD")? {
+            0 => break,
+            n => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    drop(fd);
+    ctx(dev.set_state(State::Stop.raw()), "SET STOP")?;
+    Ok(out)
+}
+
+/// Reads with room for whole records take the device's `save_to` (each
+/// record copied once, straight into the reader's buffer), shorter ones
+/// its `save` through the session's buffer: byte for byte the same stream,
+/// whatever the read sizes, and it loads.
+fn t_direct_and_buffered(flags: FlagSet) -> TestResult {
+    let (ms, mt) = (Mdev::create(TYPES[1].0)?, Mdev::create(TYPES[1].0)?);
+    let (src, dst) = (ms.open()?, mt.open()?);
+    ctx(
+        src.write_at(vfio::BAR2, 0, &pattern(21, ms.size())),
+        "write pattern",
+    )?;
+    ctx(src.set_state(State::Stop.raw()), "SET STOP")?;
+    // 65556 is the largest record with its envelope: exactly room for one.
+    let direct = save_with_reads(&src, &[1 << 20])?;
+    for sizes in [
+        &[4093][..],
+        &[65555, 1],
+        &[65556, 7, 200_000, 65_556 * 3, 12],
+    ] {
+        let other = save_with_reads(&src, sizes)?;
+        ensure!(
+            other == direct,
+            "reads of {sizes:?} gave another stream ({} bytes, {} with 1 MiB reads)",
+            other.len(),
+            direct.len()
+        );
+    }
+    ctx(dst.set_state(State::Stop.raw()), "SET STOP")?;
+    let fd = ctx(dst.set_state(State::Resuming.raw()), "SET RESUMING")?.ok_or("no FD")?;
+    ctx(write_all_fd(&fd, &direct, 1 << 20), "load")?;
+    ctx(dst.set_state(State::Stop.raw()), "RESUMING->STOP")?;
+    ensure!(
+        read_memory(&dst, mt.size())? == pattern(21, ms.size()),
+        "the target's memory is not the source's"
+    );
+    println!(
+        "  {flags}: {} bytes, the same with every read size",
+        direct.len()
+    );
+    Ok(())
+}
+
+/// A reader's buffer that faults partway through a record loses nothing:
+/// the read returns what came before (or `EFAULT` if nothing did) and the
+/// next read goes on with the record, so the stream is the same.
+fn t_direct_fault(flags: FlagSet) -> TestResult {
+    const MIB: usize = 1 << 20;
+    let m = Mdev::create(TYPES[1].0)?;
+    let dev = m.open()?;
+    ctx(
+        dev.write_at(vfio::BAR2, 0, &pattern(22, m.size())),
+        "write pattern",
+    )?;
+    ctx(dev.set_state(State::Stop.raw()), "SET STOP")?;
+    let reference = save_with_reads(&dev, &[MIB])?;
+    // 1 MiB with an inaccessible page 200 KiB in, and 1 MiB inaccessible.
+    // SAFETY: A new private anonymous mapping, unmapped below.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            2 * MIB,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    ensure!(map != libc::MAP_FAILED, "mmap failed");
+    let base = map as usize;
+    // SAFETY: Both ranges are inside the mapping.
+    let prot = unsafe {
+        libc::mprotect((base + 200 * 1024) as *mut _, 4096, libc::PROT_NONE)
+            | libc::mprotect((base + MIB) as *mut _, MIB, libc::PROT_NONE)
+    };
+    let result = (|| -> TestResult {
+        ensure!(prot == 0, "mprotect failed");
+        let fd = ctx(dev.set_state(State::StopCopy.raw()), "SET STOP_COPY")?.ok_or("no FD")?;
+        let mut out = Vec::new();
+        let mut good = vec![0u8; MIB];
+        let mut faults = 0;
+        for round in 0.. {
+            let (at, len) = if round % 2 == 0 {
+                (base, MIB)
+            } else {
+                (base + MIB, MIB)
+            };
+            // SAFETY: A read(2) into the mapping (part of which faults).
+            let n = unsafe { libc::read(fd.as_raw_fd(), at as *mut _, len) };
+            if n == 0 {
+                break;
+            }
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                ensure!(e.raw_os_error() == Some(libc::EFAULT), "faulting read: {e}");
+                faults += 1;
+            } else {
+                ensure!(
+                    round % 2 == 0 && (n as usize) < 200 * 1024 + 4096,
+                    "read {n} bytes past the bad page"
+                );
+                // SAFETY: The kernel wrote these `n` bytes, below the bad page.
+                out.extend_from_slice(unsafe {
+                    std::slice::from_raw_parts(at as *const u8, n as usize)
+                });
+            }
+            // Then a good read: the record that faulted comes first.
+            match ctx(vfio::read_fd(&fd, &mut good), "read after a fault")? {
+                0 => break,
+                n => out.extend_from_slice(&good[..n]),
+            }
+            ensure!(round < 1000, "the stream never ends");
+        }
+        ensure!(faults > 0, "no read faulted");
+        ensure!(
+            out == reference,
+            "the stream after faults differs ({} bytes, reference {})",
+            out.len(),
+            reference.len()
+        );
+        println!("  {flags}: {faults} reads faulted, the stream is the same");
+        Ok(())
+    })();
+    // SAFETY: The mapping made above, no longer used.
+    unsafe { libc::munmap(map, 2 * MIB) };
+    result
+}
+
 type Test = fn(FlagSet) -> TestResult;
 
 const TESTS: &[(&str, Test)] = &[
@@ -1846,6 +1991,8 @@ const TESTS: &[(&str, Test)] = &[
     ("data-size", t_data_size),
     ("oversize-record", t_oversize_record),
     ("small-records", t_small_records),
+    ("direct-and-buffered", t_direct_and_buffered),
+    ("direct-fault", t_direct_fault),
     ("cdev", t_cdev),
     ("rmmod-in-use", t_rmmod_in_use),
     ("config", t_config),
