@@ -69,14 +69,15 @@ struct Memcpy {
 }
 
 impl Memcpy {
-    /// The reference every throughput is divided by: 64 MiB, larger than
-    /// any cache, copied between two buffers in this process.
-    const BYTES: usize = 64 << 20;
-
-    fn new() -> Memcpy {
+    /// The reference a throughput is divided by: `bytes` (at least 4 MiB,
+    /// more than any cache) copied between two buffers in this process. A
+    /// save's reference copies as much as it moves, so that what touching
+    /// more memory costs (TCG's software TLB) weighs on both alike.
+    fn new(bytes: usize) -> Memcpy {
+        let bytes = bytes.max(4 << 20);
         Memcpy {
-            src: pattern(1, Self::BYTES),
-            dst: touched(Self::BYTES, 1),
+            src: pattern(1, bytes),
+            dst: touched(bytes, 1),
             times: Vec::new(),
         }
     }
@@ -91,7 +92,7 @@ impl Memcpy {
 
     /// The median copy's fields for a figure's line.
     fn fields(&mut self) -> Value {
-        json!({"memcpy_bytes": Self::BYTES, "memcpy_seconds": median(&mut self.times)})
+        json!({"memcpy_bytes": self.src.len(), "memcpy_seconds": median(&mut self.times)})
     }
 }
 
@@ -134,7 +135,7 @@ pub(crate) fn crc(bytes: usize, reps: usize) -> Result {
         }
         (value, median(&mut times))
     };
-    let mut reference = Memcpy::new();
+    let mut reference = Memcpy::new(bytes);
     reference.run();
     let (table, table_s) = time(&|| rmdev_logic::crc32c::crc32c(black_box(&data)));
     reference.run();
@@ -181,7 +182,7 @@ pub(crate) fn save_load(src: &str, dst: &str, chunk: usize, reps: usize) -> Resu
     let mut stream = touched(size + size / 8 + (2 << 20), 0);
     let mut len = 0;
     let (mut saves, mut loads) = (Vec::new(), Vec::new());
-    let mut reference = Memcpy::new();
+    let mut reference = Memcpy::new(size);
     for rep in 0..reps.max(1) {
         // The reference in between, a few times at most (small devices
         // repeat their save many times).
