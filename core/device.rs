@@ -265,7 +265,10 @@ pub trait Device: Send + Sync + Sized + 'static {
     /// room for a whole record; `send` copies to user memory and may fault
     /// its pages in, so the device must not hold a lock its own page-fault
     /// handlers take (an mmap of the same memory, say). A record returned
-    /// as [`Saved::Record`] must have been sent, with that tag and length.
+    /// as [`Saved::Record`] must have been sent, with that tag and length,
+    /// and what was sent must not change until `send` returned (hold the
+    /// lock the device's writers take). `save` is still needed: reads too
+    /// short for a whole record use it.
     fn save_to(
         &self,
         _s: &mut Self::Save,

@@ -158,6 +158,8 @@ struct SaveSession {
     /// Whether the device has an emulated configuration space (for
     /// estimates before `config` is taken).
     has_config: bool,
+    /// The device answered `save_to` with `None`: it only has `save`.
+    no_save_to: bool,
 }
 
 /// What the `VFIO_MIG_GET_PRECOPY_INFO` ioctl needs from the device: the
@@ -219,6 +221,10 @@ impl RecordOut<'_> {
     /// after the other (1 to [`max_payload`](Self::max_payload) bytes in
     /// all). Once per `save_to` call; `EINVAL` for a second record, a tag
     /// of the framework's or a length out of range (the save then fails).
+    ///
+    /// The parts are read more than once (checksum, copy, and a second
+    /// copy if the reader's buffer faults): they must not change until
+    /// `send` returns, so the device holds the lock its writers take.
     pub fn send(&mut self, tag: u16, parts: &[&[u8]]) -> Result {
         let len = parts
             .iter()
@@ -228,6 +234,8 @@ impl RecordOut<'_> {
             self.sent = Some(Sent::Refused);
             return Err(EINVAL);
         }
+        // Until the record is out, a failure below leaves it refused.
+        self.sent = Some(Sent::Refused);
         let head = self.enc.begin(tag, len).map_err(|_| EIO)?;
         for p in parts {
             self.enc.payload(p).map_err(|_| EIO)?;
@@ -354,6 +362,9 @@ impl SaveSession {
     /// Sends the vendor's next record straight into the reader's buffer,
     /// which has room for it (the device's `save_to`).
     fn send_direct(&mut self, w: &mut UserSliceWriter) -> Result<Direct> {
+        if self.no_save_to {
+            return Ok(Direct::Unsupported);
+        }
         let initial = self.initial();
         let mut out = RecordOut {
             enc: &mut self.enc,
@@ -363,6 +374,7 @@ impl SaveSession {
             sent: None,
         };
         let Some(saved) = self.src.next_to(self.phase, &mut out) else {
+            self.no_save_to = true;
             return Ok(Direct::Unsupported);
         };
         let sent = out.sent;
@@ -388,7 +400,9 @@ impl SaveSession {
             (Ok(next @ (Saved::Later | Saved::Done)), None) => {
                 self.after_vendor(next, initial).map(Direct::Refilled)
             }
-            (Err(e), None) => Err(e),
+            // The vendor's own error, even after a record went out: the
+            // save fails with it either way.
+            (Err(e), _) => Err(e),
             (saved, _) => {
                 warn_ratelimited!(
                     "{}: the device's record ({:?}) is not the one it sent (1 to {} bytes, a tag below {:#x}, once); the save fails\n",
@@ -550,6 +564,7 @@ impl SaveStream {
             vendor_done: false,
             config: None,
             has_config: core.emulates_config(),
+            no_save_to: false,
         };
         let stream = Arc::pin_init(
             pin_init!(Self {

@@ -278,8 +278,9 @@ impl<B: DerefMut<Target = [u8]>> Parser<B> {
     }
 
     /// Takes the first `n` bytes of [`window`](Self::window) as the
-    /// stream's next bytes; `n` larger than the window fails the stream
-    /// (`Aborted`). Errors are as for [`feed`](Self::feed).
+    /// stream's next bytes. Errors are as for [`feed`](Self::feed); once
+    /// the stream ended or failed, that error whatever `n` is; otherwise an
+    /// `n` larger than the window fails the stream (`Aborted`).
     pub fn commit<S: Sink>(&mut self, n: usize, sink: &mut S) -> Result<(), StreamError<S::Error>> {
         let r = if n > self.window().len() {
             match self.phase {

@@ -346,7 +346,7 @@ macro_rules! state_arcs {
             }
 
             /// The arc from `from` to `to`, if any flag set has one (a
-            /// table lookup: every SET asks for each arc of its path twice).
+            /// table lookup: every SET asks for each arc of its path).
             pub const fn between(from: State, to: State) -> Option<StateArc> {
                 ARC_BY_ENDS[from as usize][to as usize]
             }
