@@ -47,18 +47,12 @@ fn touched(len: usize, byte: u8) -> Vec<u8> {
     v
 }
 
-/// Deterministic non-zero bytes (xorshift), for device memory.
+/// Non-zero bytes that differ with `seed`, for device memory and the
+/// memcpy reference (what they are does not matter to the costs).
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
+    (0..len)
+        .map(|i| ((i as u64).wrapping_mul(31).wrapping_add(seed) as u8) | 1)
+        .collect()
 }
 
 /// Two buffers for the memcpy reference, their pages mapped.
