@@ -78,8 +78,6 @@ fsm-table:
 clean:
 	cargo clean
 	rm -rf build
-	find core samples tests -name '*.o' -o -name '*.ko' -o -name '*.mod' -o -name '*.mod.c' \
-		-o -name '.*.cmd' -o -name '*.rmeta' -o -name 'modules.order' \
-		-o -name 'Module.symvers' -o -name 'rmdev_bindings_generated.rs' | xargs -r rm -f
+	$(LAB) __clean
 
 SHELL := /bin/bash
