@@ -120,8 +120,22 @@ impl MigState {
     /// sessions end (ending arcs, ERROR, reset, close and open all come
     /// here), so a data file never outlives its data transfer state: its
     /// reads and writes fail with `-ENODEV` and `poll` reports `EPOLLHUP`.
+    ///
+    /// Every arc comes here, and most end nothing: that test is inline, the
+    /// ending is not.
+    #[inline]
     pub(crate) fn enter<D: Device>(&mut self, core: &Core<D>, state: State) {
         self.state = state;
+        let ends_save = self.save.is_some() && !state.is_saving();
+        let ends_resume = self.resume.is_some() && state != State::Resuming;
+        if ends_save || ends_resume {
+            self.end_sessions(core, state);
+        }
+    }
+
+    /// [`MigState::enter`]'s ending of the sessions `state` has no place for.
+    #[inline(never)]
+    fn end_sessions<D: Device>(&mut self, core: &Core<D>, state: State) {
         if !state.is_saving() {
             if let Some(s) = self.save.take() {
                 // Dropped after the spinlock is released: never free under it.
@@ -150,6 +164,7 @@ struct Walk<'a, D: Device> {
 impl<D: Device> Walk<'_, D> {
     /// The vendor's step for `arc`, then the state it leads to: `arc.to()`
     /// on success, ERROR if the vendor lost the state, unchanged otherwise.
+    #[inline]
     fn vendor_step(&mut self, arc: D::Arcs) -> core::result::Result<(), StepFailure<Error>> {
         let to = Into::<StateArc>::into(arc).to();
         match self.core.dev.step(arc) {

@@ -32,6 +32,7 @@
 #[path = "../core/rmdev.rs"]
 pub mod rmdev;
 
+use core::sync::atomic::{AtomicU8, Ordering};
 use kernel::prelude::*;
 use kernel::sync::Mutex;
 use kernel::{c_str, new_mutex};
@@ -211,6 +212,7 @@ impl mdev::Driver for Sample {
             flags,
             format: format?,
             version: version?,
+            next_arc: AtomicU8::new(ArcFault::None as u8),
             mem <- new_mutex!(memory?, "rmdev_sample:mem"),
         })
     }
@@ -234,8 +236,6 @@ struct Memory {
     scratch: u32,
     checksum: u32,
     writes: u32,
-    /// Fault injection: how the next arc fails, if it does.
-    next_arc: ArcFault,
     /// Fault injection: the next saved record lies about its length.
     oversize_next: bool,
     /// The simulated engine's next page to write (`precopy_dirty_pages`).
@@ -244,14 +244,27 @@ struct Memory {
     engine_generation: u64,
 }
 
-/// Fault injection for the next migration arc.
+/// Fault injection for the next migration arc, kept in an atomic
+/// ([`SampleDevice::next_arc`]) rather than under the memory lock: every
+/// arc reads it, and a SET should cost no lock beyond the framework's own.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum ArcFault {
-    None,
+    None = 0,
     /// The arc fails and the device state is lost (ERROR).
-    Lose,
+    Lose = 1,
     /// The arc fails and the device stays where it was.
-    Fail,
+    Fail = 2,
+}
+
+impl ArcFault {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Lose,
+            2 => Self::Fail,
+            _ => Self::None,
+        }
+    }
 }
 
 impl Memory {
@@ -264,7 +277,6 @@ impl Memory {
             scratch: 0,
             checksum: 0,
             writes: 0,
-            next_arc: ArcFault::None,
             oversize_next: false,
             engine_page: 0,
             engine_generation: 0,
@@ -480,6 +492,10 @@ struct SampleDevice {
     max_record: usize,
     flags: Option<FlagSet>,
     format: u16,
+    /// Fault injection: how the next arc fails, an [`ArcFault`]. Set by a
+    /// register write and taken by the next arc; relaxed ordering is enough,
+    /// as the user's write and SET are two system calls in order.
+    next_arc: AtomicU8,
     #[pin]
     mem: Mutex<Memory>,
 }
@@ -537,8 +553,12 @@ impl SampleDevice {
                 // whichever the user enabled).
                 self.irqs.raise();
             }
-            reg::CMD if value == CMD_LOSE_NEXT_ARC => m.next_arc = ArcFault::Lose,
-            reg::CMD if value == CMD_FAIL_NEXT_ARC => m.next_arc = ArcFault::Fail,
+            reg::CMD if value == CMD_LOSE_NEXT_ARC => {
+                self.next_arc.store(ArcFault::Lose as u8, Ordering::Relaxed)
+            }
+            reg::CMD if value == CMD_FAIL_NEXT_ARC => {
+                self.next_arc.store(ArcFault::Fail as u8, Ordering::Relaxed)
+            }
             reg::CMD if value == CMD_OVERSIZE_NEXT_RECORD => m.oversize_next = true,
             _ => return Err(EINVAL),
         }
@@ -640,8 +660,8 @@ impl Device for SampleDevice {
         let mut m = self.mem.lock();
         m.scratch = 0;
         m.checksum = 0;
-        m.next_arc = ArcFault::None;
         m.oversize_next = false;
+        self.next_arc.store(ArcFault::None as u8, Ordering::Relaxed);
     }
 
     fn migration(&self) -> Option<FlagSet> {
@@ -661,11 +681,13 @@ impl Device for SampleDevice {
     }
 
     fn step(&self, arc: StateArc) -> core::result::Result<(), StepFailure<Error>> {
-        let mut m = self.mem.lock();
-        match core::mem::replace(&mut m.next_arc, ArcFault::None) {
-            ArcFault::None => {}
-            ArcFault::Lose => return Err(StepFailure::lost(EIO)),
-            ArcFault::Fail => return Err(StepFailure::recoverable(EBUSY)),
+        // A load first: an arc with no fault pending writes nothing.
+        if self.next_arc.load(Ordering::Relaxed) != ArcFault::None as u8 {
+            match ArcFault::from_u8(self.next_arc.swap(ArcFault::None as u8, Ordering::Relaxed)) {
+                ArcFault::None => {}
+                ArcFault::Lose => return Err(StepFailure::lost(EIO)),
+                ArcFault::Fail => return Err(StepFailure::recoverable(EBUSY)),
+            }
         }
         // The sample has no engine that runs on its own and never does DMA,
         // so no arc has anything to start, stop or quiesce: the framework

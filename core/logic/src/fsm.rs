@@ -276,6 +276,7 @@ const FROM_FSM_TABLE: [[State; NR_STATES]; NR_STATES] = [
 ///
 /// For `cur == target` (which callers never ask, as the kernel's do not) the
 /// answer is `cur`.
+#[inline]
 pub fn next_step(flags: FlagSet, cur: State, target: State) -> Result<State, NextStepError> {
     if !flags.supports(cur) {
         return Err(NextStepError::CurrentUnsupported);
@@ -330,23 +331,34 @@ macro_rules! state_arcs {
             /// All arcs.
             pub const ALL: &'static [StateArc] = &[$(StateArc::$name,)*];
 
+            // Each SET asks these of every arc it takes: array lookups,
+            // inline (a `match` here compiles to a chain of compares in a
+            // function of its own).
+
             /// The state the arc leaves.
+            #[inline]
             pub const fn from(self) -> State {
-                match self { $(StateArc::$name => State::$from,)* }
+                const FROM: &[State] = &[$(State::$from,)*];
+                FROM[self as usize]
             }
 
             /// The state the arc reaches.
+            #[inline]
             pub const fn to(self) -> State {
-                match self { $(StateArc::$name => State::$to,)* }
+                const TO: &[State] = &[$(State::$to,)*];
+                TO[self as usize]
             }
 
             /// What the arc does to the data session.
+            #[inline]
             pub const fn session(self) -> SessionEffect {
-                match self { $(StateArc::$name => SessionEffect::$effect,)* }
+                const SESSION: &[SessionEffect] = &[$(SessionEffect::$effect,)*];
+                SESSION[self as usize]
             }
 
             /// The arc from `from` to `to`, if any flag set has one (a
             /// table lookup: every SET asks for each arc of its path).
+            #[inline]
             pub const fn between(from: State, to: State) -> Option<StateArc> {
                 ARC_BY_ENDS[from as usize][to as usize]
             }
