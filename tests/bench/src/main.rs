@@ -45,7 +45,7 @@ enum Command {
         reps: usize,
     },
     /// One SET round trip RUNNING -> STOP -> RUNNING, median of N for
-    /// each device, the devices' rounds interleaved in blocks.
+    /// each device, one round of each device in turn.
     SetRoundtrip {
         /// LABEL=UUID of each device.
         #[arg(required = true)]
@@ -53,13 +53,13 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         n: usize,
     },
-    /// mdev create + remove through sysfs, median of N for each type, the
-    /// types' rounds interleaved in blocks.
+    /// mdev create + remove through sysfs, median of N for each type, one
+    /// round of each type in turn.
     CreateRemove {
         /// LABEL=DIR of each type, DIR its directory in sysfs.
         #[arg(required = true)]
         types: Vec<String>,
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = 500)]
         n: usize,
     },
     /// The bytes of STOP_COPY after pre-copy converged, with the sample's

@@ -251,26 +251,24 @@ fn labelled(pairs: &[String]) -> Result<Vec<(&str, &str)>> {
         .collect()
 }
 
-/// Blocks of rounds of each of the devices in turn, so that the machine's
-/// drifts (TCG's timing moves by 10 % between boots and within one) touch
-/// every device alike: `round(i)` times one round of device `i`.
+/// Rounds of each of the devices in turn, one round each at a time, so that
+/// the machine's drifts (TCG's timing moves by 10 % between boots and within
+/// one) and the background work a round leaves (udev handling the uevents
+/// of a create) touch every device alike: `round(i)` times one round of
+/// device `i`. The first rounds warm up and are not counted.
 fn interleaved(
     figure: &str,
     labels: &[&str],
     n: usize,
     mut round: impl FnMut(usize) -> Result<f64>,
 ) -> Result {
-    const BLOCKS: usize = 10;
-    let per = n.div_ceil(BLOCKS).max(1);
+    let warmup = (n / 10).max(1);
     let mut times = vec![Vec::with_capacity(n); labels.len()];
-    for block in 0..=BLOCKS {
+    for r in 0..warmup + n {
         for (i, t) in times.iter_mut().enumerate() {
-            for _ in 0..per {
-                let s = round(i)?;
-                // The first block warms up.
-                if block > 0 {
-                    t.push(s);
-                }
+            let s = round(i)?;
+            if r >= warmup {
+                t.push(s);
             }
         }
     }
