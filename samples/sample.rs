@@ -493,8 +493,9 @@ struct SampleDevice {
     flags: Option<FlagSet>,
     format: u16,
     /// Fault injection: how the next arc fails, an [`ArcFault`]. Set by a
-    /// register write and taken by the next arc; relaxed ordering is enough,
-    /// as the user's write and SET are two system calls in order.
+    /// register write, cleared by a reset, taken by the next arc; relaxed
+    /// ordering is enough, as the user's write and SET are two system calls
+    /// in order (and reset and SET both run under the state lock).
     next_arc: AtomicU8,
     #[pin]
     mem: Mutex<Memory>,
