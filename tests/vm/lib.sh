@@ -44,6 +44,23 @@ sysfs_write() { bash -c 'echo "$2" > "$1"' _ "$1" "$2"; }
 
 new_uuid() { cat /proc/sys/kernel/random/uuid; }
 
+# create_again CMD...: CMD creates an mdev with a UUID whose device was just
+# removed. The mdev core forgets a UUID only when the old device is
+# released, which the lab's CONFIG_DEBUG_KOBJECT_RELEASE delays by up to
+# 4 s: until then a create fails with EEXIST. Retries that, up to 15 s.
+create_again() {
+	local i out
+	for i in $(seq 150); do
+		out=$("$@" 2>&1) && return 0
+		case "$out" in
+		*"File exists"*) sleep 0.1 ;;
+		*) break ;;
+		esac
+	done
+	echo "$out" >&2
+	return 1
+}
+
 # The sample vendor: load with module parameters, unload on exit.
 SAMPLE_KO=$RMDEV_MODULES/rmdev_sample.ko
 SAMPLE_TYPES=/sys/class/mdev_bus/rmdev_sample/mdev_supported_types

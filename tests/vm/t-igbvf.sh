@@ -126,7 +126,7 @@ sysfs_write "$(types_of $VF1)/migration_version" "$v0" || fail "1.1 refuses 1.0"
 expect_errno "Invalid argument" sysfs_write /sys/bus/mdev/devices/$M0/migration_version "$v11"
 echo "$VF1" >/sys/bus/pci/drivers/rmdev_igbvf/unbind
 bind_vf $VF1
-mdevctl start -u "$M1" -p "$VF1" -t $TYPE || fail "mdevctl start on $VF1 again"
+create_again mdevctl start -u "$M1" -p "$VF1" -t $TYPE || fail "mdevctl start on $VF1 again"
 
 note "both vendors side by side; the sample's strings and streams are refused"
 load_sample
