@@ -21,7 +21,15 @@
 //! keeps references into a parent's memory (its types) until releases that
 //! may run after the parent was unregistered, and it tells only the parent
 //! device: being the parent device's owner is what lets the framework free
-//! that memory exactly when the last one ran, never before.
+//! that memory exactly when the last one ran, never before. (The PCI
+//! function's own `struct device` cannot be that owner: its release belongs
+//! to the PCI core and runs at hot-unplug, not when the mdev core is done.)
+//!
+//! A PCI parent's types also appear in the function's own directory,
+//! `/sys/bus/pci/devices/<function>/mdev_supported_types`, a link to the
+//! one tree under the child: that is where libvirt's node-device driver
+//! looks for a PCI device's mdev types, as it does for every other PCI mdev
+//! parent. The link goes before the parent is unregistered.
 //!
 //! Writing a UUID to `create` calls the driver's probe: the framework checks
 //! the type's instance budget, asks the vendor for the device state
@@ -414,6 +422,9 @@ impl<T: Driver> Drop for Registration<T> {
     }
 }
 
+/// The name of the link to a PCI parent's types in the function's directory.
+const TYPES_LINK: &CStr = kernel::c_str!("mdev_supported_types");
+
 /// One registered type: the C `mdev_type` and what the framework knows of it.
 ///
 /// Never mutated after the parent is registered: the mdev core's callbacks
@@ -506,6 +517,9 @@ pub struct Parent<T: Driver> {
     inner: NonNull<ParentInner<T>>,
     added: bool,
     registered: bool,
+    /// Whether `mdev_supported_types` was linked into the parent device's
+    /// parent (the PCI function's directory).
+    linked: bool,
 }
 
 // SAFETY: The handle only tears the parent down; `T` is `Send + Sync`.
@@ -629,6 +643,7 @@ impl<T: Driver> Parent<T> {
             inner,
             added: false,
             registered: false,
+            linked: false,
         };
         this.inner().driver.parents.fetch_add(1, Ordering::AcqRel);
         let dev = this.dev();
@@ -679,6 +694,36 @@ impl<T: Driver> Parent<T> {
             }
             slot.attr_added.store(true, Ordering::Release);
         }
+        if !parent_dev.is_null() {
+            // SAFETY: `parent_dev` is the bound PCI function, which outlives
+            // its children; the kset was created by `mdev_register_parent()`
+            // and lives until `mdev_unregister_parent()`, which `Drop` calls
+            // only after removing the link; the name is `'static`.
+            let ret = unsafe {
+                bindings::sysfs_create_link(
+                    addr_of_mut!((*parent_dev).kobj),
+                    addr_of_mut!((*(*this.inner().parent.get()).mdev_types_kset).kobj),
+                    TYPES_LINK.as_char_ptr(),
+                )
+            };
+            if let Err(e) = to_result(ret) {
+                pr_err!(
+                    "cannot link mdev_supported_types into the parent's PCI function ({})\n",
+                    e.to_errno()
+                );
+                return Err(e);
+            }
+            this.linked = true;
+            // Tell udev (and so libvirt's node devices) that the function
+            // now offers mdev types, as the mdev core tells it of the parent.
+            // SAFETY: As above, the function is live.
+            unsafe {
+                bindings::kobject_uevent(
+                    addr_of_mut!((*parent_dev).kobj),
+                    bindings::kobject_action_KOBJ_CHANGE,
+                )
+            };
+        }
         Ok(this)
     }
 
@@ -714,6 +759,22 @@ impl<T: Driver> Drop for Parent<T> {
         }
         let dev = self.dev();
         let driver = inner.driver.clone();
+        if self.linked {
+            // SAFETY: `dev` is added (the link exists only then) and its
+            // parent is the PCI function the link was made in, still bound
+            // (the parent is dropped in the PCI driver's remove).
+            unsafe {
+                let function = (*dev).parent;
+                bindings::sysfs_remove_link(
+                    addr_of_mut!((*function).kobj),
+                    TYPES_LINK.as_char_ptr(),
+                );
+                bindings::kobject_uevent(
+                    addr_of_mut!((*function).kobj),
+                    bindings::kobject_action_KOBJ_CHANGE,
+                );
+            }
+        }
         if self.registered {
             // SAFETY: Registered in `new`. This removes every mdev
             // (waiting for users to release them) and the types; no mdev
