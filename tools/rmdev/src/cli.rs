@@ -7,7 +7,7 @@ use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -15,6 +15,7 @@ use rmdev_logic::version::Version;
 
 use crate::compat::{self, Verdict};
 use crate::error::{Error, Result, EXIT_INCOMPATIBLE, EXIT_OK};
+use crate::libvirt;
 use crate::manifest::Manifest;
 use crate::migrate::{self, human_bytes, millis, Options, Progress, Summary};
 use crate::sysfs::{Sysfs, Target, VersionAttr};
@@ -49,9 +50,15 @@ pub struct Cli {
 pub enum Command {
     /// List parents, their types and the mdevs, with migration support.
     ///
-    /// An idle mdev is opened briefly to read its migration flag set; an
-    /// mdev in use shows "in use".
-    List,
+    /// Reads sysfs only: no device is opened, so the migration flag set
+    /// shows "not probed" unless --probe.
+    List {
+        /// Also open each idle migratable mdev briefly through its VFIO
+        /// group to read its migration flag set (an mdev in use shows "in
+        /// use"; a process opening the group at that instant gets EBUSY).
+        #[arg(long)]
+        probe: bool,
+    },
     /// Print the migration_version of a type or an mdev.
     Version {
         /// An mdev UUID, PARENT/TYPE, or a sysfs path.
@@ -138,12 +145,112 @@ pub enum Command {
         #[arg(long)]
         no_progress: bool,
     },
+    /// libvirt integration: the mdev check in libvirt's migration and
+    /// restore path.
+    ///
+    /// annotate (source host) records each mdev hostdev's migration_version
+    /// in the domain's metadata; the hook (target host, installed with
+    /// install-hook) checks it on incoming migrations and restores, and
+    /// moves a hostdev to a compatible local mdev if needed.
+    #[command(subcommand)]
+    Libvirt(LibvirtCommand),
     /// Print the manual page (roff) to standard output.
     Man,
     /// Print a shell completion script to standard output.
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+/// How to run virsh (annotate, migrate).
+#[derive(Debug, Args)]
+pub struct VirshArgs {
+    /// The virsh program.
+    #[arg(long, value_name = "PATH", default_value = "virsh")]
+    pub virsh: PathBuf,
+    /// The libvirt connection URI (virsh --connect), e.g. qemu:///system.
+    #[arg(short = 'c', long, value_name = "URI")]
+    pub connect: Option<String>,
+}
+
+impl VirshArgs {
+    fn virsh(&self) -> libvirt::Virsh {
+        libvirt::Virsh {
+            program: self.virsh.clone(),
+            connect: self.connect.clone(),
+        }
+    }
+}
+
+/// The `rmdev libvirt` commands.
+#[derive(Debug, Subcommand)]
+pub enum LibvirtCommand {
+    /// Record the migration_version of each mdev hostdev of a running
+    /// domain in its metadata (on the source host).
+    ///
+    /// Runs virsh dumpxml, reads each mdev's migration_version and sets the
+    /// metadata with virsh metadata (--live, and --config for a persistent
+    /// domain). The metadata travels with migrations and save images.
+    Annotate {
+        /// The domain (name, UUID or id).
+        domain: String,
+        /// How to run virsh.
+        #[command(flatten)]
+        virsh: VirshArgs,
+    },
+    /// Annotate DOMAIN, then run virsh migrate --live DOMAIN DESTURI [ARGS].
+    ///
+    /// Its exit status is virsh's.
+    Migrate {
+        /// The domain (name, UUID or id).
+        domain: String,
+        /// The destination's libvirt URI (virsh migrate --desturi).
+        desturi: String,
+        /// How to run virsh.
+        #[command(flatten)]
+        virsh: VirshArgs,
+        /// More arguments for virsh migrate, after --.
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// The qemu hook, as libvirt runs it: NAME OP SUBOP EXTRA, the domain
+    /// XML on standard input (target host).
+    ///
+    /// Acts on "migrate begin" and "restore begin" only: checks each mdev
+    /// hostdev against the version recorded by annotate, and prints the
+    /// rewritten XML when a hostdev moves to another local mdev; exits 1
+    /// with the reason when no local mdev can take one. Every other call:
+    /// exit 0, no output.
+    Hook {
+        /// Read /proc here (who holds a VFIO group open).
+        #[arg(long, value_name = "DIR", default_value = "/proc")]
+        proc: PathBuf,
+        /// Read running domains' status XML here.
+        #[arg(long, value_name = "DIR", default_value = "/run/libvirt/qemu")]
+        libvirt_run: PathBuf,
+        /// NAME OP SUBOP EXTRA, as libvirt passes them.
+        #[arg(
+            value_name = "ARGS",
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        args: Vec<String>,
+    },
+    /// Install the hook script in libvirt's qemu.d (or remove it).
+    ///
+    /// Writes DIR/50-rmdev, mode 0755, which runs BINARY libvirt hook.
+    /// libvirtd (or virtqemud) reads hook scripts at start and on SIGHUP.
+    InstallHook {
+        /// The hook directory.
+        #[arg(long, value_name = "DIR", default_value = libvirt::HOOK_DIR)]
+        dir: PathBuf,
+        /// The rmdev binary the script runs (default: this one).
+        #[arg(long, value_name = "PATH", conflicts_with = "remove")]
+        binary: Option<PathBuf>,
+        /// Remove the script instead.
+        #[arg(long)]
+        remove: bool,
     },
 }
 
@@ -218,7 +325,7 @@ fn execute(cli: Cli) -> Result<u8> {
     let sys = Sysfs::new(&cli.root);
     let json = cli.json;
     match cli.command {
-        Command::List => list(&sys, json),
+        Command::List { probe } => list(&sys, probe, json),
         Command::Version { target } => version(&sys, &target, json),
         Command::Check {
             source,
@@ -254,6 +361,7 @@ fn execute(cli: Cli) -> Result<u8> {
             force,
             no_progress,
         } => load_cmd(&sys, &uuid, &input, force, no_progress || json, json),
+        Command::Libvirt(cmd) => libvirt_cmd(&sys, cmd, json),
         Command::Man => {
             let mut out = Vec::new();
             clap_mangen::Man::new(Cli::command())
@@ -294,7 +402,10 @@ fn mdev_flags(sys: &Sysfs, uuid: &str) -> std::result::Result<u64, String> {
     }
 }
 
-fn list(sys: &Sysfs, json: bool) -> Result<u8> {
+/// What the flag set column says when `list` did not open the devices.
+pub const NOT_PROBED: &str = "not probed (use --probe)";
+
+fn list(sys: &Sysfs, probe: bool, json: bool) -> Result<u8> {
     #[derive(Serialize)]
     struct MdevRow {
         #[serde(flatten)]
@@ -313,10 +424,15 @@ fn list(sys: &Sysfs, json: bool) -> Result<u8> {
         .mdevs()?
         .into_iter()
         .map(|m| {
+            // Without --probe nothing is opened: opening a device's group,
+            // even briefly, can make a QEMU starting at that instant fail
+            // with EBUSY.
             let flags = if m.migration_version == VersionAttr::Absent {
                 Err("none".to_string())
-            } else {
+            } else if probe {
                 mdev_flags(sys, &m.uuid)
+            } else {
+                Err(NOT_PROBED.to_string())
             };
             MdevRow {
                 migration_flags: flags.as_ref().ok().copied(),
@@ -815,4 +931,166 @@ fn load_cmd(
                             "source_version": info.source_version }),
     )?;
     Ok(EXIT_OK)
+}
+
+fn libvirt_cmd(sys: &Sysfs, cmd: LibvirtCommand, json: bool) -> Result<u8> {
+    match cmd {
+        LibvirtCommand::Annotate { domain, virsh } => {
+            let a = libvirt::annotate(sys, &virsh.virsh(), &domain)?;
+            if json {
+                print_json(&a)?;
+            } else {
+                print_annotation(&a, &mut io::stdout());
+            }
+            Ok(EXIT_OK)
+        }
+        LibvirtCommand::Migrate {
+            domain,
+            desturi,
+            virsh,
+            args,
+        } => {
+            let v = virsh.virsh();
+            let a = libvirt::annotate(sys, &v, &domain)?;
+            // Standard output is virsh's from here on.
+            print_annotation(&a, &mut io::stderr());
+            let mut argv = vec![
+                "migrate".to_string(),
+                "--live".into(),
+                "--domain".into(),
+                domain,
+                "--desturi".into(),
+                desturi,
+            ];
+            argv.extend(args);
+            let e = std::os::unix::process::CommandExt::exec(&mut v.command(&argv));
+            Err(Error::io(&v.program, e))
+        }
+        LibvirtCommand::Hook {
+            proc,
+            libvirt_run,
+            args,
+        } => Ok(hook_cmd(
+            libvirt::HostView {
+                sys: sys.clone(),
+                proc_dir: proc,
+                run_dir: libvirt_run,
+            },
+            &args,
+        )),
+        LibvirtCommand::InstallHook {
+            dir,
+            binary,
+            remove,
+        } => {
+            let r = if remove {
+                libvirt::remove_hook(&dir)?
+            } else {
+                let b = libvirt::hook_binary(binary.as_deref())?;
+                libvirt::install_hook(&dir, &b)?
+            };
+            if json {
+                print_json(&r)?;
+                return Ok(EXIT_OK);
+            }
+            let p = r.path.display();
+            match r.action {
+                "absent" => println!("{p}: not installed; nothing to remove"),
+                "unchanged" => println!("{p}: already installed, unchanged"),
+                a => println!("{p}: {a}"),
+            }
+            if r.action != "absent" && r.action != "unchanged" {
+                println!(
+                    "libvirt reads hook scripts when it starts: restart libvirtd (or virtqemud), \
+                     or send it SIGHUP (systemctl reload libvirtd), for this to take effect"
+                );
+            }
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+fn print_annotation(a: &libvirt::Annotation, out: &mut dyn Write) {
+    let mut place = Vec::new();
+    if a.live {
+        place.push("live");
+    }
+    if a.config {
+        place.push("config");
+    }
+    let _ = writeln!(
+        out,
+        "annotated domain '{}' ({}): {} mdev hostdev{} recorded under {}",
+        a.domain,
+        place.join(" and "),
+        a.mdevs.len(),
+        if a.mdevs.len() == 1 { "" } else { "s" },
+        a.uri
+    );
+    for m in &a.mdevs {
+        let v = match &m.migration_version {
+            Some(v) => format!("'{v}'"),
+            None => "no migration_version: not checked on the target".into(),
+        };
+        let _ = writeln!(
+            out,
+            "  {} mdev {} {} {v}",
+            m.alias.as_deref().unwrap_or("(no alias)"),
+            m.uuid,
+            m.mdev_type
+        );
+    }
+}
+
+/// The hook: exit 0 and nothing on standard output unless it acts; then
+/// 0 with the XML unchanged (empty output) or rewritten (the whole XML), or
+/// 1 with the reason on standard error. Never an error exit through
+/// [`run`], which could print JSON on standard output.
+fn hook_cmd(view: libvirt::HostView, args: &[String]) -> u8 {
+    let (name, op, subop) = match args {
+        [n, o, s, ..] => (n.as_str(), o.as_str(), s.as_str()),
+        _ => return EXIT_OK,
+    };
+    if !libvirt::hook_acts(op, subop) {
+        return EXIT_OK;
+    }
+    let fail = |msg: String| {
+        eprintln!("rmdev: domain '{name}' ({op} {subop}): {msg}");
+        EXIT_INCOMPATIBLE
+    };
+    let stdin = io::stdin();
+    if stdin.is_terminal() {
+        return fail(
+            "standard input is a terminal: the hook reads the domain XML from standard input, \
+             as libvirt provides it"
+                .into(),
+        );
+    }
+    let xml = match libvirt::read_xml(stdin.lock()) {
+        Ok(x) => x,
+        Err(e) => return fail(e.to_string()),
+    };
+    let res = match libvirt::hook(&view, name, &xml) {
+        Ok(r) => r,
+        Err(e) => return fail(e.to_string()),
+    };
+    for n in &res.notes {
+        eprintln!("rmdev: {n}");
+    }
+    if !res.refused.is_empty() {
+        for r in &res.refused {
+            eprintln!("rmdev: {r}");
+        }
+        eprintln!(
+            "rmdev: domain '{name}': refused ({op} {subop}): nothing was changed on this host"
+        );
+        return EXIT_INCOMPATIBLE;
+    }
+    if let Some(out) = res.output {
+        let mut so = io::stdout().lock();
+        if let Err(e) = so.write_all(out.as_bytes()).and_then(|()| so.flush()) {
+            return fail(format!("writing the domain XML: {e}"));
+        }
+    }
+    EXIT_OK
 }

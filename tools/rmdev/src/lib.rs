@@ -13,11 +13,14 @@
 //! - [`manifest`]: the JSON manifest exported on one host, matched on
 //!   another;
 //! - [`migrate`]: migrations, saves and loads through the uAPI;
+//! - [`libvirt`]: the metadata annotation, the qemu hook (the check in
+//!   libvirt's migration and restore path) and its installation;
 //! - [`cli`]: the commands.
 
 pub mod cli;
 pub mod compat;
 pub mod error;
+pub mod libvirt;
 pub mod manifest;
 pub mod migrate;
 pub mod sysfs;

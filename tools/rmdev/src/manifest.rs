@@ -108,7 +108,8 @@ pub struct Entry {
     pub migration_version: Option<String>,
 }
 
-fn hostname() -> String {
+/// This host's name (`/proc/sys/kernel/hostname`), or empty.
+pub(crate) fn hostname() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()

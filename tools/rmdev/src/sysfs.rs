@@ -15,6 +15,7 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -388,6 +389,92 @@ impl Sysfs {
             "{}: not an mdev type or mdev directory",
             p.display()
         )))
+    }
+}
+
+impl Sysfs {
+    /// Creates an mdev `uuid` of type `t` by writing the UUID to the type's
+    /// `create` (one `write(2)`, as `echo -n UUID > create` does), then
+    /// waits up to `wait` for `/sys/bus/mdev/devices/<uuid>` to appear (the
+    /// kernel creates it before the write returns; the wait covers slower
+    /// emulations). The mdev is transient: it lives until removed or the
+    /// next boot, as mdevctl's `start` without `define` leaves it.
+    pub fn create_mdev(&self, t: &MdevType, uuid: &str, wait: Duration) -> Result<Mdev> {
+        if !is_uuid(uuid) {
+            return Err(Error::Usage(format!("'{uuid}' is not a UUID")));
+        }
+        let path = t.path.join("create");
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        match f.write(uuid.as_bytes()) {
+            Ok(n) if n == uuid.len() => {}
+            Ok(n) => {
+                return Err(Error::io(
+                    &path,
+                    io::Error::other(format!("short write ({n} of {} bytes)", uuid.len())),
+                ))
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+        drop(f);
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.mdev(uuid) {
+                Ok(m) => return Ok(m),
+                Err(Error::NotFound(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(Error::NotFound(_)) => {
+                    return Err(Error::NotFound(format!(
+                        "wrote {uuid} to {} but mdev {uuid} did not appear in {}",
+                        path.display(),
+                        self.devices_dir().display()
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Removes the mdev `m` (writes `1` to its `remove`).
+    pub fn remove_mdev(&self, m: &Mdev) -> Result<()> {
+        let path = m.path.join("remove");
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        f.write_all(b"1").map_err(|e| Error::io(&path, e))
+    }
+}
+
+impl Mdev {
+    /// The device nodes a process holds open while it uses this mdev: its
+    /// IOMMU group's `/dev/vfio/<group>` and, where the kernel has VFIO
+    /// device cdevs, `/dev/vfio/devices/vfioN`. Names only (from sysfs);
+    /// nothing is opened.
+    pub fn vfio_nodes(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Ok(link) = fs::read_link(self.path.join("iommu_group")) {
+            if let Some(n) = link.file_name().and_then(|n| n.to_str()) {
+                v.push(format!("/dev/vfio/{n}"));
+            }
+        }
+        if let Ok(names) = dir_names(&self.path.join("vfio-dev")) {
+            v.extend(
+                names
+                    .into_iter()
+                    .filter(|n| n.starts_with("vfio"))
+                    .map(|n| format!("/dev/vfio/devices/{n}")),
+            );
+        }
+        v
+    }
+
+    /// Its type's `device_api` (`vfio-pci`), if readable.
+    pub fn device_api(&self) -> Option<String> {
+        read_opt(&self.path.join("mdev_type").join("device_api"))
     }
 }
 

@@ -3,172 +3,20 @@
 //! Every `rmdev` command against fake sysfs trees, run as the real binary:
 //! exit statuses, messages, what was written to the attributes, `--json`
 //! output shapes, and malformed or hostile manifests and stream files.
-//! (The real kernel answers in the lab: `tests/vm/t-rmdev.sh`.)
-//!
-//! A fake `migration_version` that is a regular file accepts every write
-//! and keeps what was written; one linked to `/dev/full` refuses every
-//! write (`ENOSPC`), standing in for a kernel rule's errno.
+//! (The real kernel answers in the lab: `tests/vm/t-rmdev.sh`.) The fake
+//! trees are `common::Tree`s; `tests/libvirt.rs` tests `rmdev libvirt`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fs;
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
 
-const U1: &str = "11111111-2222-4333-8444-555555555555";
-const U2: &str = "66666666-7777-4888-9999-aaaaaaaaaaaa";
-const U3: &str = "bbbbbbbb-cccc-4ddd-8eee-ffffffffffff";
-
-/// A fake sysfs tree.
-struct Tree {
-    dir: tempfile::TempDir,
-}
-
-impl Tree {
-    fn new() -> Tree {
-        let t = Tree {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        fs::create_dir_all(t.path("sys/class/mdev_bus")).unwrap();
-        fs::create_dir_all(t.path("sys/bus/mdev/devices")).unwrap();
-        t
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn parent(&self, name: &str) -> &Self {
-        fs::create_dir_all(self.path(&format!("sys/devices/virtual/{name}/mdev_supported_types")))
-            .unwrap();
-        symlink(
-            format!("../../devices/virtual/{name}"),
-            self.path(&format!("sys/class/mdev_bus/{name}")),
-        )
-        .unwrap();
-        self
-    }
-
-    fn type_dir(&self, parent: &str, id: &str) -> PathBuf {
-        self.path(&format!(
-            "sys/devices/virtual/{parent}/mdev_supported_types/{id}"
-        ))
-    }
-
-    fn mdev_type(&self, parent: &str, id: &str, version: Option<&str>) -> &Self {
-        let d = self.type_dir(parent, id);
-        fs::create_dir_all(d.join("devices")).unwrap();
-        fs::write(d.join("name"), format!("{id} name\n")).unwrap();
-        fs::write(d.join("description"), "a test type\n").unwrap();
-        fs::write(d.join("device_api"), "vfio-pci\n").unwrap();
-        fs::write(d.join("available_instances"), "4\n").unwrap();
-        if let Some(v) = version {
-            fs::write(d.join("migration_version"), format!("{v}\n")).unwrap();
-        }
-        self
-    }
-
-    fn mdev_dir(&self, parent: &str, uuid: &str) -> PathBuf {
-        self.path(&format!("sys/devices/virtual/{parent}/{uuid}"))
-    }
-
-    fn mdev(&self, parent: &str, id: &str, uuid: &str, version: Option<&str>) -> &Self {
-        let d = self.mdev_dir(parent, uuid);
-        fs::create_dir_all(&d).unwrap();
-        symlink(format!("../mdev_supported_types/{id}"), d.join("mdev_type")).unwrap();
-        if let Some(v) = version {
-            fs::write(d.join("migration_version"), format!("{v}\n")).unwrap();
-        }
-        symlink(
-            format!("../../../devices/virtual/{parent}/{uuid}"),
-            self.path(&format!("sys/bus/mdev/devices/{uuid}")),
-        )
-        .unwrap();
-        self
-    }
-
-    /// Makes the attribute in `dir` refuse every write (ENOSPC).
-    fn refusing(&self, dir: &Path) {
-        let a = dir.join("migration_version");
-        let _ = fs::remove_file(&a);
-        symlink("/dev/full", a).unwrap();
-    }
-
-    fn rmdev(&self, args: &[&str]) -> Out {
-        let o = Command::new(env!("CARGO_BIN_EXE_rmdev"))
-            .arg("--root")
-            .arg(self.root())
-            .args(args)
-            .output()
-            .unwrap();
-        Out {
-            status: o.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Out {
-    status: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
-    }
-
-    fn expect(&self, status: i32, stderr_has: &str) -> &Self {
-        assert_eq!(self.status, status, "{self:#?}");
-        assert!(
-            self.stderr.contains(stderr_has),
-            "stderr lacks '{stderr_has}': {self:#?}"
-        );
-        self
-    }
-}
-
-/// Two parents: `vendor` with a migratable 4m type (two mdevs) and a 16k
-/// type, and `plain` whose type does not migrate (no attribute).
-fn standard() -> Tree {
-    let t = Tree::new();
-    t.parent("vendor")
-        .mdev_type("vendor", "vendor-4m", Some("vendor:4m:1.0"))
-        .mdev_type("vendor", "vendor-16k", Some("vendor:16k:1.0"))
-        .mdev("vendor", "vendor-4m", U1, Some("vendor:4m:1.0"))
-        .mdev("vendor", "vendor-4m", U2, Some("vendor:4m:1.0"));
-    t.parent("plain")
-        .mdev_type("plain", "plain-a", None)
-        .mdev("plain", "plain-a", U3, None);
-    t
-}
-
-/// Checks that `v` has `key` of JSON type `kind` ("string", "number",
-/// "bool", "array", "object", "null", or "string|null").
-fn has(v: &Value, key: &str, kind: &str) {
-    let x = &v[key];
-    let ok = kind.split('|').any(|k| match k {
-        "string" => x.is_string(),
-        "number" => x.is_number(),
-        "bool" => x.is_boolean(),
-        "array" => x.is_array(),
-        "object" => x.is_object(),
-        "null" => x.is_null(),
-        _ => panic!("bad kind {k}"),
-    });
-    assert!(ok, "'{key}' should be {kind} in {v:#}");
-}
+mod common;
+use common::*;
 
 #[test]
 fn list_text_and_json() {
@@ -181,13 +29,29 @@ fn list_text_and_json() {
     assert!(o
         .stdout
         .contains("plain-a  vfio-pci  available 4  migration_version (does not migrate)"));
-    // A fake mdev has no IOMMU group: its flag set cannot be read.
+    // Without --probe no device is opened: the flag set is not known.
+    assert!(o.stdout.contains(&format!(
+        "{U1} vendor/vendor-4m  flags not probed (use --probe)"
+    )));
+    assert!(o
+        .stdout
+        .contains(&format!("{U3} plain/plain-a  flags none")));
+    // With --probe it tries; a fake mdev has no IOMMU group, so its flag
+    // set cannot be read.
+    let o = t.rmdev(&["list", "--probe"]);
+    o.expect(0, "");
     assert!(o
         .stdout
         .contains(&format!("{U1} vendor/vendor-4m  flags not opened")));
     assert!(o
         .stdout
         .contains(&format!("{U3} plain/plain-a  flags none")));
+    let j = t.rmdev(&["--json", "list", "--probe"]).json();
+    assert!(j["mdevs"][0]["migration_flags"].is_null());
+    assert!(j["mdevs"][0]["migration_flags_error"]
+        .as_str()
+        .unwrap()
+        .starts_with("not opened"));
 
     let j = t.rmdev(&["--json", "list"]).json();
     has(&j, "parents", "array");
@@ -227,6 +91,44 @@ fn list_text_and_json() {
     }
     assert_eq!(m["uuid"], U1);
     assert_eq!(m["type"], "vendor-4m");
+    // Not probed: the same shape, flags null and the reason.
+    assert!(m["migration_flags"].is_null());
+    assert!(m["migration_flags_names"].is_null());
+    assert_eq!(m["migration_flags_error"], "not probed (use --probe)");
+    assert_eq!(j["mdevs"][2]["migration_flags_error"], "none");
+}
+
+/// Only `list --probe` opens devices. A fake mdev whose IOMMU group link
+/// names a group: with --probe the tool goes as far as the device nodes
+/// (and fails there: a fake group has none); without it, and for every
+/// other read-only command, it never gets that far.
+#[test]
+fn read_only_commands_open_no_device() {
+    let t = standard();
+    symlink(
+        "../../../kernel/iommu_groups/4242",
+        t.mdev_dir("vendor", U1).join("iommu_group"),
+    )
+    .unwrap();
+    let o = t.rmdev(&["--json", "list"]);
+    o.expect(0, "");
+    assert_eq!(
+        o.json()["mdevs"][0]["migration_flags_error"],
+        "not probed (use --probe)"
+    );
+    let o = t.rmdev(&["--json", "list", "--probe"]);
+    let e = o.json()["mdevs"][0]["migration_flags_error"].clone();
+    assert!(e.as_str().unwrap().starts_with("not opened"), "{e}");
+    // version, check, export and match read sysfs (and write the
+    // attribute, for check and match) only: they succeed on a fake tree,
+    // where opening a device would fail.
+    t.rmdev(&["version", U1]).expect(0, "");
+    t.rmdev(&["check", U1, U2]).expect(0, "");
+    let m = t.path("m.json");
+    t.rmdev(&["export", "-o", m.to_str().unwrap()])
+        .expect(0, "");
+    t.rmdev(&["match", "--from", m.to_str().unwrap()])
+        .expect(0, "");
 }
 
 #[test]
@@ -839,8 +741,16 @@ fn manual_covers_every_command_and_option() {
             }
         }
     }
+    // Every command and subcommand (`rmdev libvirt hook`), with its
+    // options.
+    let mut subs: Vec<(String, &clap::Command)> = Vec::new();
     for sub in cli.get_subcommands() {
-        let name = sub.get_name();
+        subs.push((sub.get_name().to_string(), sub));
+        for s2 in sub.get_subcommands() {
+            subs.push((format!("{} {}", sub.get_name(), s2.get_name()), s2));
+        }
+    }
+    for (name, sub) in subs {
         if !doc.contains(&format!("rmdev {name}")) {
             missing.push(format!("rmdev {name}"));
         }
