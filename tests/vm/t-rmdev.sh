@@ -35,11 +35,14 @@ sysfs_write $SAMPLE_TYPES/rmdev_sample-4m/create "$S"
 mdevctl start -u "$D" -p rmdev_sample -t rmdev_sample-4m
 sysfs_write $SAMPLE_TYPES/rmdev_sample-16k/create "$E"
 
-note "list"
+note "list: reads sysfs only, opens no device"
 expect_status 0 "$RMDEV" list
 has "rmdev_sample-4m  vfio-pci  available 2  migration_version rmdev_sample:4m:1.0"
+has "$S rmdev_sample/rmdev_sample-4m  flags not probed (use --probe)  migration_version rmdev_sample:4m:1.0"
+note "list --probe: opens idle mdevs for their flag set"
+expect_status 0 "$RMDEV" list --probe
 has "$S rmdev_sample/rmdev_sample-4m  flags STOP_COPY|P2P|PRE_COPY  migration_version rmdev_sample:4m:1.0"
-expect_status 0 "$RMDEV" --json list
+expect_status 0 "$RMDEV" --json list --probe
 expect_eq "JSON flags of $E" "$(json_eval "[m['migration_flags'] for m in d['mdevs'] if m['uuid']=='$E'][0]" <<<"$out")" 7
 
 note "version: by UUID, PARENT/TYPE and path, against the attribute itself"
@@ -194,7 +197,7 @@ igbvf_bind_two format_minor=1
 M0=$(new_uuid) M1=$(new_uuid)
 mdevctl start -u "$M0" -p "${VFS[0]}" -t rmdev_igbvf-vf
 mdevctl start -u "$M1" -p "${VFS[1]}" -t rmdev_igbvf-vf
-expect_status 0 "$RMDEV" list
+expect_status 0 "$RMDEV" list --probe
 has "$M0 ${VFS[0]}/rmdev_igbvf-vf  flags STOP_COPY|P2P  migration_version rmdev_igbvf:vf:1.1:"
 expect_status 0 "$RMDEV" version "$M0"
 expect_eq "version of the VF mdev" "$out" "$(cat /sys/bus/mdev/devices/$M0/migration_version)"
