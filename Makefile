@@ -46,22 +46,33 @@ build-check: setup
 	$(LAB) modules
 	tests/build/kconfig-check
 
-# One boot runs the in-VM suite; t-rmdev in it is also the first host of
-# the two-host test and leaves its files in SHARE for the second boot.
+# The in-VM suite: one boot, and one run of two VMs at once (both cores)
+# with the tests that take longest shared between its two hosts
+# (tests/vm/two-hosts). t-rmdev, in the first boot, is also the first host
+# of the rmdev tool's two-host test and leaves its files in SHARE for host
+# 2 of the pair; then the pair plays libvirt's live migration.
 SHARE := $(CURDIR)/build/two-hosts
+PAIR_HOST1 := t-libvirt
+PAIR_HOST2 := t-qemu t-igbvf
+SUITE := $(filter-out $(PAIR_HOST1) $(PAIR_HOST2),$(basename $(notdir $(wildcard tests/vm/t-*.sh))))
 vm-check:
 	rm -rf $(SHARE)
-	RMDEV_SHARE=$(SHARE) $(LAB) test
-	RMDEV_SHARE=$(SHARE) $(LAB) run -- $(CURDIR)/tests/vm/rmdev-host2
+	RMDEV_SHARE=$(SHARE) $(LAB) test $(SUITE)
+	RMDEV_SHARE=$(SHARE) $(LAB) pair -- $(CURDIR)/tests/vm/two-hosts "$(PAIR_HOST1)" "$(PAIR_HOST2)"
 
 lab-selftest:
 	tests/lab/selftest
 
 check: host-check build-check vm-check lab-selftest
 
+# The demo: one lab VM (tools/demo), then libvirt on two at once
+# (tools/demo-libvirt: save, restore and live migration with rmdev's hook).
+DEMO_SHARE := $(CURDIR)/build/demo-libvirt
 demo: setup
 	cargo build --quiet --release -p rmdev-vm-test -p rmdev
 	$(LAB) run -- $(CURDIR)/tools/demo
+	rm -rf $(DEMO_SHARE)
+	RMDEV_SHARE=$(DEMO_SHARE) $(LAB) pair -- $(CURDIR)/tools/demo-libvirt
 
 # Benchmarks: the release kernel (cached like the debug one), one boot for
 # every figure and its reference, then the table (exit 1: a goal missed).

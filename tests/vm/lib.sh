@@ -113,3 +113,15 @@ igbvf_release() {
 	! grep -q '^rmdev_igbvf ' /proc/modules || rmmod rmdev_igbvf
 	return 0
 }
+
+# build_guest OUT [-DKEY=VALUE...]: the lab's multiboot guest for nested
+# QEMUs (tests/vm/guest/mmio-writer.c, whose comment lists the settings),
+# built into OUT.
+build_guest() {
+	local out=$1
+	shift
+	gcc -m32 -ffreestanding -nostdlib -static -O2 -fno-pic -no-pie -Wl,-N \
+		-Wl,--section-start=.multiboot=0x100000 -Wl,-Ttext=0x100100 -Wl,-e,start \
+		-Wl,--build-id=none -Wl,--no-warn-rwx-segments "$@" \
+		-o "$out" "$RMDEV_REPO/tests/vm/guest/mmio-writer.c"
+}

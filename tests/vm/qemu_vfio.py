@@ -28,9 +28,9 @@ import tempfile
 import time
 
 QEMU = "qemu-system-x86_64"
-# The q35 PCI slot of the vfio-pci device (guest/bar-writer.c uses it).
+# The q35 PCI slot of the vfio-pci device (guest/mmio-writer.c uses it).
 SLOT = 4
-# Where guest/bar-writer.c maps BAR2.
+# Where guest/mmio-writer.c maps BAR2.
 BAR2_ADDR = 0xD0000000
 
 
@@ -338,7 +338,7 @@ def main():
     m.add_argument("--downtime", type=int, help="downtime-limit, ms")
     m.add_argument("--switchover-bandwidth", type=int,
                    help="avail-switchover-bandwidth, bytes/s")
-    m.add_argument("--kernel", help="a guest kernel for both QEMUs (guest/bar-writer.c)")
+    m.add_argument("--kernel", help="a guest kernel for both QEMUs (guest/mmio-writer.c)")
     m.add_argument("--pause-target", action="store_true",
                    help="the target stays paused (-S) after the migration")
     m.add_argument("--expect-failure", action="store_true")

@@ -5,7 +5,7 @@
 # 127.0.0.1 complete for the flag sets 7 (pre-copy), 3 and 1, with QEMU's
 # own figures printed and the target's memory equal to the source's (read
 # through VFIO after the QEMUs exit); a guest keeps writing the device
-# through QEMU during pre-copy (guest/bar-writer.c, built here with the
+# through QEMU during pre-copy (guest/mmio-writer.c with its defaults, built here with the
 # host's gcc); a migration to a file restores onto another
 # mdev in a fresh QEMU; a target that refuses the stream (another format
 # version) fails the migration cleanly with the source still running.
@@ -61,11 +61,8 @@ for flags in 7 3 1; do
 	remove_mdev "$dst"
 	if [ $flags = 7 ]; then
 		note "flag set 7: a guest keeps writing the device during pre-copy"
-		guest=$(mktemp /tmp/bar-writer.XXXXXX)
-		gcc -m32 -ffreestanding -nostdlib -static -O2 -fno-pic -no-pie -Wl,-N \
-			-Wl,--section-start=.multiboot=0x100000 -Wl,-Ttext=0x100100 -Wl,-e,start \
-			-Wl,--build-id=none -Wl,--no-warn-rwx-segments \
-			-o "$guest" "$(dirname "$0")/guest/bar-writer.c"
+		guest=$(mktemp /tmp/mmio-writer.XXXXXX)
+		build_guest "$guest"
 		dst2=$(new_mdev 4m)
 		"$VM_TEST" fill "$dst2" 3
 		# The target stays paused, so its memory is the migrated state.

@@ -1790,6 +1790,19 @@ fn compare(a: &str, b: &str) -> TestResult {
     Ok(())
 }
 
+/// `digest UUID`: the size and a 64-bit FNV-1a digest of the mdev's
+/// memory, for comparing memories on two hosts.
+fn digest(uuid: &str) -> TestResult {
+    let dev = ctx(Device::open(uuid), &format!("open {uuid}"))?;
+    let size = bar2_size(&dev)?;
+    let mem = read_memory(&dev, size)?;
+    let h = mem.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    println!("{size} {h:016x}");
+    Ok(())
+}
+
 /// `compare-pattern UUID SEED`: the mdev's memory is still what `fill`
 /// wrote.
 fn compare_pattern(uuid: &str, seed: &str) -> TestResult {
@@ -2041,6 +2054,7 @@ fn main() {
         ["fill", uuid, seed] => Some(fill(uuid, seed)),
         ["compare", a, b] => Some(compare(a, b)),
         ["compare-pattern", uuid, seed] => Some(compare_pattern(uuid, seed)),
+        ["digest", uuid] => Some(digest(uuid)),
         ["refuse-many", n] => Some(n.parse().map_err(|e| format!("{e}")).and_then(refuse_many)),
         ["vf-read", pci, off] => Some(igbvf::vf_read(pci, off)),
         ["vf-write", pci, off, v] => Some(igbvf::vf_write(pci, off, v)),

@@ -1,0 +1,119 @@
+# SPDX-License-Identifier: GPL-2.0
+# Helpers for the in-VM libvirt tests (sourced after lib.sh): libvirt
+# started the lab's way (tools/lab-libvirt), domains built around the
+# multiboot guest tests/vm/guest/mmio-writer.c, and what the tests read
+# back from them.
+
+VIRSH=(virsh -q -c qemu:///system)
+LAB_LIBVIRT=$RMDEV_REPO/tools/lab-libvirt
+# Where libvirt keeps what the tests give it: a tmpfs of the guest, which
+# QEMU (as libvirt-qemu) may read once libvirt labelled it.
+LV_IMAGES=/var/lib/libvirt/images
+
+# guest_image NAME [-DKEY=VALUE...]: builds the multiboot guest with those
+# settings into $LV_IMAGES/NAME.elf (see mmio-writer.c).
+guest_image() {
+	local name=$1
+	shift
+	build_guest "$LV_IMAGES/$name.elf" "$@"
+}
+
+# The guest variants: the sample's memory in BAR2 (a counter and stride
+# writes over 64 pages), the VF mdev's BAR0 (RDBAL0, a register the VF
+# vendor forwards to the hardware; 128-byte steps, the register's unit).
+GUEST_SAMPLE=(-DBAR_REG=0x18 -DBAR_64=1 -DWORD=0 -DSTEP=1 -DPAGES=64)
+GUEST_VF=(-DBAR_REG=0x10 -DBAR_64=1 -DWORD=0x2800 -DSTEP=0x80 -DPAGES=0)
+
+# domain_xml NAME KERNEL UUID...: a domain (TCG, 64 MiB) booting KERNEL with
+# the mdevs UUID... as vfio-pci hostdevs, the first in slot 4 of bus 0
+# (where the guest looks), and its serial port in a file.
+domain_xml() {
+	local name=$1 kernel=$2 slot=4 u
+	shift 2
+	cat <<-XML
+	<domain type='qemu'>
+	  <name>$name</name>
+	  <memory unit='MiB'>64</memory>
+	  <vcpu>1</vcpu>
+	  <os>
+	    <type arch='x86_64' machine='q35'>hvm</type>
+	    <kernel>$kernel</kernel>
+	  </os>
+	  <devices>
+	    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+	    <controller type='usb' model='none'/>
+	    <serial type='file'>
+	      <source path='/var/log/libvirt/qemu/$name-serial.log'/>
+	    </serial>
+	XML
+	for u in "$@"; do
+		cat <<-XML
+		    <hostdev mode='subsystem' type='mdev' model='vfio-pci'>
+		      <source><address uuid='$u'/></source>
+		      <address type='pci' domain='0x0000' bus='0x00' slot='$(printf '0x%02x' $slot)' function='0x0'/>
+		    </hostdev>
+		XML
+		slot=$((slot + 1))
+	done
+	cat <<-XML
+	    <memballoon model='none'/>
+	  </devices>
+	</domain>
+	XML
+}
+
+# serial NAME: what the domain's guest wrote to its serial port so far.
+serial() { cat "/var/log/libvirt/qemu/$1-serial.log" 2>/dev/null || true; }
+
+# wait_serial NAME TEXT [SECONDS]: the guest's serial output shows TEXT.
+wait_serial() {
+	local i
+	for i in $(seq $((${3:-60} * 5))); do
+		case "$(serial "$1")" in *"$2"*) return 0 ;; esac
+		sleep 0.2
+	done
+	fail "domain $1: no '$2' on its serial port within ${3:-60} s; it has: $(serial "$1" | tr '\n' '|')"
+}
+
+# qemu_log_clean NAME: QEMU's log of the domain has no vfio message.
+qemu_log_clean() {
+	local logf=/var/log/libvirt/qemu/$1.log
+	[ -f "$logf" ] || fail "no QEMU log for $1"
+	local msgs
+	msgs=$(grep -i 'vfio' "$logf" | grep -v -- '-device' || true)
+	[ -z "$msgs" ] || fail "QEMU's log of $1 has vfio messages: $msgs"
+}
+
+# domain_user NAME: the user the domain's QEMU runs as.
+domain_user() {
+	local pid
+	pid=$(cat "/run/libvirt/qemu/$1.pid")
+	ps -o user= -p "$pid"
+}
+
+# timed VAR CMD...: runs CMD, leaves its duration in ms in VAR.
+timed() {
+	local __var=$1 t0 t1
+	shift
+	t0=$(date +%s%N)
+	"$@"
+	t1=$(date +%s%N)
+	printf -v "$__var" '%d' $(((t1 - t0) / 1000000))
+}
+
+# Two hosts of `tools/lab pair` take turns through files in PAIR_DIR (a
+# directory of RMDEV_SHARE, which both see; empty it before a run: a file
+# left by an earlier run would be taken as new).
+# signal NAME [TEXT]: tells the other host NAME happened (with TEXT).
+signal() { printf '%s\n' "${2:-}" >"$PAIR_DIR/.$1.tmp" && mv "$PAIR_DIR/.$1.tmp" "$PAIR_DIR/$1"; }
+# await NAME [SECONDS]: waits for the other host's NAME; prints its TEXT.
+# A host that fails leaves "failed" (cleanup), which ends the wait.
+await() {
+	local i
+	for i in $(seq $((${2:-600} * 5))); do
+		if [ -f "$PAIR_DIR/$1" ]; then cat "$PAIR_DIR/$1"; return 0; fi
+		[ -f "$PAIR_DIR/failed" ] && fail "the other host failed (waiting for $1)"
+		sleep 0.2
+	done
+	fail "the other host did not say '$1' within ${2:-600} s"
+}
