@@ -46,19 +46,18 @@ build-check: setup
 	$(LAB) modules
 	tests/build/kconfig-check
 
-# The in-VM suite: one boot, and one run of two VMs at once (both cores)
-# with the tests that take longest shared between its two hosts
-# (tests/vm/two-hosts). t-rmdev, in the first boot, is also the first host
-# of the rmdev tool's two-host test and leaves its files in SHARE for host
-# 2 of the pair; then the pair plays libvirt's live migration.
+# The in-VM suite: one run of two lab VMs at once, which use both cores
+# (tests/vm/two-hosts): each runs its share of tests/vm/t-*.sh (host 1's
+# t-rmdev is also the source host of the rmdev tool's two-host test and
+# leaves its files in SHARE), then host 2 is that test's target
+# (rmdev-host2), then both play libvirt's live migration (libvirt-pair).
+# Every t-*.sh goes to one host: a new one to the host with less to do.
 SHARE := $(CURDIR)/build/two-hosts
-PAIR_HOST1 := t-libvirt
-PAIR_HOST2 := t-qemu t-igbvf
-SUITE := $(filter-out $(PAIR_HOST1) $(PAIR_HOST2),$(basename $(notdir $(wildcard tests/vm/t-*.sh))))
+HOST1_TESTS := t-rmdev t-libvirt t-sample-params t-sriov-vfs t-sample-sysfs-mdevctl t-mtty-sysfs-mdevctl
+HOST2_TESTS := $(filter-out $(HOST1_TESTS),$(basename $(notdir $(wildcard tests/vm/t-*.sh))))
 vm-check:
 	rm -rf $(SHARE)
-	RMDEV_SHARE=$(SHARE) $(LAB) test $(SUITE)
-	RMDEV_SHARE=$(SHARE) $(LAB) pair -- $(CURDIR)/tests/vm/two-hosts "$(PAIR_HOST1)" "$(PAIR_HOST2)"
+	RMDEV_SHARE=$(SHARE) $(LAB) pair -- $(CURDIR)/tests/vm/two-hosts "$(HOST1_TESTS)" "$(HOST2_TESTS)"
 
 lab-selftest:
 	tests/lab/selftest

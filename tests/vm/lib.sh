@@ -95,6 +95,7 @@ igbvf_bind_two() {
 	pf=$(dirname "$(grep -l 0x10c9 /sys/bus/pci/devices/*/device | head -n1)")
 	[ -e "$pf/virtfn1" ] || fail "no igb PF with two VFs"
 	VFS=("$(basename "$(readlink -f "$pf/virtfn0")")" "$(basename "$(readlink -f "$pf/virtfn1")")")
+	modprobe mdev
 	insmod "$IGBVF_KO" "$@"
 	for vf in "${VFS[@]}"; do
 		echo rmdev_igbvf >"/sys/bus/pci/devices/$vf/driver_override"

@@ -26,7 +26,7 @@ cleanup() {
 }
 trap cleanup EXIT
 # What the second host reads comes from this run only.
-[ -z "${RMDEV_SHARE:-}" ] || rm -rf "${RMDEV_SHARE:?}"/*
+[ -z "${RMDEV_SHARE:-}" ] || rm -f "$RMDEV_SHARE"/{manifest.json,sample-4m.bin,sample-4m.uuid,vf.bin,vf.uuid}
 
 load_sample migration_flags=7 precopy_dirty_pages=8
 T4M=rmdev_sample/rmdev_sample-4m
