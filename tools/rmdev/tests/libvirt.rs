@@ -320,6 +320,21 @@ fn incompatible_target_moves_to_a_free_compatible_mdev() {
     assert_eq!(o.stdout, xml.replace(U1, U2));
 }
 
+/// Another running domain, `other`, whose status XML (in libvirt's run
+/// directory of the tree) names the mdev `uuid` as a hostdev.
+fn other_domain_holds(t: &Tree, uuid: &str) {
+    fs::write(
+        t.path("run/other.xml"),
+        format!(
+            "<domstatus state='running' pid='99'>\n  <domain type='kvm' id='1'>\n    \
+             <name>other</name>\n    <devices>\n      <hostdev mode='subsystem' type='mdev' \
+             model='vfio-pci'>\n        <source>\n          <address uuid='{uuid}'/>\n        \
+             </source>\n      </hostdev>\n    </devices>\n  </domain>\n</domstatus>\n"
+        ),
+    )
+    .unwrap();
+}
+
 #[test]
 fn busy_mdevs_are_not_chosen_and_a_type_gets_a_new_mdev() {
     let t = host();
@@ -328,16 +343,7 @@ fn busy_mdevs_are_not_chosen_and_a_type_gets_a_new_mdev() {
     // U2 is free by sysfs but its group is held open by a process.
     holder(&t, 4321, "qemu-system-x86", "/dev/vfio/7");
     // U1 is named by another running domain's status XML.
-    fs::write(
-        t.path("run/other.xml"),
-        format!(
-            "<domstatus state='running' pid='99'>\n  <domain type='kvm' id='1'>\n    \
-             <name>other</name>\n    <devices>\n      <hostdev mode='subsystem' type='mdev' \
-             model='vfio-pci'>\n        <source>\n          <address uuid='{U1}'/>\n        \
-             </source>\n      </hostdev>\n    </devices>\n  </domain>\n</domstatus>\n"
-        ),
-    )
-    .unwrap();
+    other_domain_holds(&t, U1);
     let xml = domain_xml(
         &[("hostdev0", X1)],
         Some(&[(X1, "hostdev0", Some("vendor:4m:1.0"))]),
@@ -393,16 +399,7 @@ fn running_domains_and_vfio_cdevs_count_as_in_use() {
     let t = host();
     t.refusing(&t.mdev_dir("vendor", U1));
     // U2 is named by another running domain's status XML.
-    fs::write(
-        t.path("run/other.xml"),
-        format!(
-            "<domstatus state='running' pid='99'>\n  <domain type='kvm' id='1'>\n    \
-             <name>other</name>\n    <devices>\n      <hostdev mode='subsystem' type='mdev' \
-             model='vfio-pci'>\n        <source>\n          <address uuid='{U2}'/>\n        \
-             </source>\n      </hostdev>\n    </devices>\n  </domain>\n</domstatus>\n"
-        ),
-    )
-    .unwrap();
+    other_domain_holds(&t, U2);
     let o = migrate_begin(&t, &xml);
     o.expect(
         1,
