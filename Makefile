@@ -10,7 +10,7 @@
 #   make bench    the benchmarks in the release kernel: a table of ratios
 #                 against references from the same boot (build/bench/)
 #   make fsm-table  print the migration FSM's next-step table (oracle format)
-#   make check-libvirt-pair  libvirt's live migration between two lab VMs
+#   make check-libvirt-pair  only libvirt's live migration between two lab VMs
 #   make demo-libvirt  the libvirt demo on two lab VMs
 #   make clean
 #
@@ -20,6 +20,9 @@
 LAB := $(CURDIR)/tools/lab
 ORACLE := core/logic/tests/data/fsm-oracle.txt
 export RMDEV_KDIR := $(KDIR)
+# cargo's builds live in the lab's cache (as tools/lab sets it): a fresh
+# clone rebuilds only the project's own crates.
+export CARGO_TARGET_DIR ?= $(or $(RMDEV_CACHE),$(HOME)/.cache/rmdev)/target
 
 .PHONY: all modules check host-check build-check vm-check check-libvirt-pair lab-selftest demo demo-libvirt bench fsm-table clean setup
 
@@ -48,17 +51,18 @@ build-check: setup
 	$(LAB) modules
 	tests/build/kconfig-check
 
-# One boot runs the in-VM suite; t-rmdev in it is also the first host of
-# the rmdev tool's two-host test and leaves its files in SHARE for the
-# second boot.
+# The in-VM tests in one run of two lab VMs (tests/vm/two-hosts): host 1
+# runs the suite, then asks for host 2 and runs libvirt's tests and the
+# source side of libvirt's live migration; host 2 is the target of the
+# rmdev tool's two-host test (files t-rmdev left in SHARE) and of the
+# migration.
 SHARE := $(CURDIR)/build/two-hosts
 vm-check:
 	rm -rf $(SHARE)
-	RMDEV_SHARE=$(SHARE) $(LAB) test
-	RMDEV_SHARE=$(SHARE) $(LAB) run -- $(CURDIR)/tests/vm/rmdev-host2
+	RMDEV_SHARE=$(SHARE) $(LAB) pair --host2-when boot-host2 -- $(CURDIR)/tests/vm/two-hosts
 
-# libvirt's live migration between two lab VMs at once (tests/vm/libvirt-pair;
-# not yet part of make check: see Documentation/libvirt.rst).
+# Only libvirt's live migration between two lab VMs (tests/vm/libvirt-pair,
+# also part of make check).
 PAIR_SHARE := $(CURDIR)/build/libvirt-pair
 check-libvirt-pair: setup
 	rm -rf $(PAIR_SHARE)
@@ -87,7 +91,7 @@ bench: setup
 	cargo build --quiet --release -p rmdev-bench -p rmdev -p rmdev-vm-test
 	rm -rf $(BENCH_OUT)
 	RMDEV_SHARE=$(BENCH_OUT) $(LAB) --config release run --vfs 0 -- $(CURDIR)/tests/bench/run
-	target/release/rmdev-bench report $(BENCH_OUT)/results.jsonl --json $(BENCH_OUT)/report.json
+	$(CARGO_TARGET_DIR)/release/rmdev-bench report $(BENCH_OUT)/results.jsonl --json $(BENCH_OUT)/report.json
 
 fsm-table:
 	@cargo run --quiet --bin fsm-table

@@ -64,7 +64,7 @@ create_again() {
 # The sample vendor: load with module parameters, unload on exit.
 SAMPLE_KO=$RMDEV_MODULES/rmdev_sample.ko
 SAMPLE_TYPES=/sys/class/mdev_bus/rmdev_sample/mdev_supported_types
-VM_TEST=$RMDEV_REPO/target/release/rmdev-vm-test
+VM_TEST=$RMDEV_BIN/rmdev-vm-test
 load_sample() {
 	modprobe mdev
 	insmod "$SAMPLE_KO" "$@"
@@ -72,7 +72,7 @@ load_sample() {
 unload_sample() { ! grep -q '^rmdev_sample ' /proc/modules || rmmod rmdev_sample; }
 
 # The rmdev tool, and checks of a command's exit status and output.
-RMDEV=$RMDEV_REPO/target/release/rmdev
+RMDEV=$RMDEV_BIN/rmdev
 # expect_status WANT CMD...: CMD exits with WANT; its output is left in $out.
 expect_status() {
 	local want=$1 rc=0
