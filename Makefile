@@ -2,7 +2,8 @@
 #
 # rmdev. The two commands that do everything (each installs what is missing):
 #
-#   make demo     boot the lab VM and run the end-to-end scenario
+#   make demo     the end-to-end scenario in the lab VM, then libvirt with a
+#                 second lab VM (live migration between them)
 #   make check    every test: host tests, then the in-VM tests in a debug kernel
 #
 # Other targets:
@@ -11,7 +12,6 @@
 #                 against references from the same boot (build/bench/)
 #   make fsm-table  print the migration FSM's next-step table (oracle format)
 #   make check-libvirt-pair  only libvirt's live migration between two lab VMs
-#   make demo-libvirt  the libvirt demo on two lab VMs
 #   make clean
 #
 # The kernel build itself is driven by Kbuild files; this Makefile only hands
@@ -24,7 +24,7 @@ export RMDEV_KDIR := $(KDIR)
 # clone rebuilds only the project's own crates.
 export CARGO_TARGET_DIR ?= $(or $(RMDEV_CACHE),$(HOME)/.cache/rmdev)/target
 
-.PHONY: all modules check host-check build-check vm-check check-libvirt-pair lab-selftest demo demo-libvirt bench fsm-table clean setup
+.PHONY: all modules check host-check build-check vm-check check-libvirt-pair lab-selftest demo bench fsm-table clean setup
 
 all: modules
 
@@ -51,15 +51,14 @@ build-check: setup
 	$(LAB) modules
 	tests/build/kconfig-check
 
-# The in-VM tests in one run of two lab VMs (tests/vm/two-hosts): host 1
-# runs the suite, then asks for host 2 and runs libvirt's tests and the
-# source side of libvirt's live migration; host 2 is the target of the
-# rmdev tool's two-host test (files t-rmdev left in SHARE) and of the
-# migration.
+# The in-VM tests in one run of two lab VMs (tests/vm/two-hosts): the
+# suite shared between the two, then the two-host tests: the rmdev tool's
+# (host 2 loads the files host 1's t-rmdev left in SHARE) and libvirt's
+# live migration from host 1 to host 2.
 SHARE := $(CURDIR)/build/two-hosts
 vm-check:
 	rm -rf $(SHARE)
-	RMDEV_SHARE=$(SHARE) $(LAB) pair --host2-when boot-host2 -- $(CURDIR)/tests/vm/two-hosts
+	RMDEV_SHARE=$(SHARE) $(LAB) pair -- $(CURDIR)/tests/vm/two-hosts
 
 # Only libvirt's live migration between two lab VMs (tests/vm/libvirt-pair,
 # also part of make check).
@@ -73,14 +72,10 @@ lab-selftest:
 
 check: host-check build-check vm-check lab-selftest
 
+# The demo in two lab VMs: host 1 runs the single-host tour (tools/demo),
+# then libvirt with host 2 (tools/demo-libvirt).
+DEMO_SHARE := $(CURDIR)/build/demo
 demo: setup
-	cargo build --quiet --release -p rmdev-vm-test -p rmdev
-	$(LAB) run -- $(CURDIR)/tools/demo
-
-# libvirt on two lab VMs at once (tools/demo-libvirt: save, restore and live
-# migration with rmdev's hook); not yet part of make demo.
-DEMO_SHARE := $(CURDIR)/build/demo-libvirt
-demo-libvirt: setup
 	rm -rf $(DEMO_SHARE)
 	RMDEV_SHARE=$(DEMO_SHARE) $(LAB) pair -- $(CURDIR)/tools/demo-libvirt
 

@@ -10,8 +10,7 @@
 # the same and another mdev of the same type, with the device state
 # compared and the times printed, and rmdev's hook on restore (an
 # incompatible mdev refused before QEMU starts, the same restore failing
-# inside QEMU without it). The hook's choice of another compatible mdev is
-# shown on migration (tests/vm/libvirt-pair; restore takes the same path).
+# inside QEMU without it, a missing mdev replaced by a compatible one).
 # make check runs it on host 1 of tools/lab pair (tests/vm/two-hosts),
 # which leaves libvirtd running, listening for host 2, for libvirt-pair.
 . "$(dirname "$0")/lib.sh"
@@ -238,7 +237,20 @@ note "  without the hook: $out"
 [ -s /var/log/libvirt/qemu/lv-sample.log ] || fail "QEMU never started (no log)"
 "${VIRSH[@]}" domstate lv-sample >/dev/null 2>&1 && fail "lv-sample exists after the failure"
 
+note "rmdev's hook: the named mdev absent, the restore lands on a compatible one the hook chooses"
 sysfs_write "/sys/bus/mdev/devices/$su/remove" 1
+unload_sample
+load_sample
+su3=$(new_uuid)
+sysfs_write "$SAMPLE_TYPES/rmdev_sample-4m/create" "$su3"
+hook_on
+"${VIRSH[@]}" restore "$LV_IMAGES/lv-sample.sav" >/dev/null
+expect_eq "lv-sample's state after the restore" "$("${VIRSH[@]}" domstate lv-sample)" running
+case "$("${VIRSH[@]}" dumpxml lv-sample)" in *"uuid='$su3'"*) ;; *) fail "lv-sample does not hold the mdev $su3 the hook chose" ;; esac
+"${VIRSH[@]}" destroy lv-sample >/dev/null
+expect_eq "the counter in $su3's memory" "$("$VM_TEST" region-read "$su3" 2 0)" 0x00000bb8
+hook_off
+sysfs_write "/sys/bus/mdev/devices/$su3/remove" 1
 
 trap - EXIT
 cleanup

@@ -80,7 +80,8 @@ pub enum Command {
     },
     /// Write this host's manifest: types and mdevs with their versions.
     Export {
-        /// Write it to FILE instead of standard output.
+        /// Write it to FILE instead of standard output (- for standard
+        /// output). FILE is replaced whole, never left half-written.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
@@ -592,10 +593,33 @@ fn export(sys: &Sysfs, output: Option<&Path>) -> Result<u8> {
     let m = Manifest::export(sys)?;
     let text = serde_json::to_string_pretty(&m).map_err(|e| Error::Usage(e.to_string()))? + "\n";
     match output {
-        Some(p) => std::fs::write(p, text).map_err(|e| Error::io(p, e))?,
-        None => print!("{text}"),
+        Some(p) if p != Path::new("-") => write_replacing(p, text.as_bytes())?,
+        _ => print!("{text}"),
     }
     Ok(EXIT_OK)
+}
+
+/// Writes `data` to `path` through a temporary file in the same directory
+/// renamed over it: a reader sees the old file or the whole new one.
+fn write_replacing(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map_or_else(
+        || std::ffi::OsString::from("rmdev"),
+        std::ffi::OsStr::to_os_string,
+    );
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(&name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let written = std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
 }
 
 fn match_cmd(sys: &Sysfs, from: &Path, offline: bool, json: bool) -> Result<u8> {

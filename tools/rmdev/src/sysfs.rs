@@ -190,6 +190,37 @@ pub fn is_uuid(s: &str) -> bool {
         })
 }
 
+/// `s` as the kernel names an mdev (lower-case 8-4-4-4-12 hex), from any
+/// spelling of a UUID mdevctl accepts: either case, with or without the
+/// hyphens, in braces, or as a `urn:uuid:` URN.
+pub fn canonical_uuid(s: &str) -> Option<String> {
+    let s = s.trim();
+    let s = match s.get(..9) {
+        Some(p) if p.eq_ignore_ascii_case("urn:uuid:") => &s[9..],
+        _ => s,
+    };
+    let s = s
+        .strip_prefix('{')
+        .and_then(|r| r.strip_suffix('}'))
+        .unwrap_or(s);
+    let hex: String = if is_uuid(s) {
+        s.chars().filter(|&c| c != '-').collect()
+    } else if s.len() == 32 && s.bytes().all(|c| c.is_ascii_hexdigit()) {
+        s.to_string()
+    } else {
+        return None;
+    };
+    let h = hex.to_ascii_lowercase();
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
+}
+
 /// A sysfs tree under a root directory.
 #[derive(Clone, Debug)]
 pub struct Sysfs {
@@ -306,13 +337,13 @@ impl Sysfs {
 
     /// The mdev `uuid`.
     pub fn mdev(&self, uuid: &str) -> Result<Mdev> {
-        if !is_uuid(uuid) {
+        let Some(uuid) = canonical_uuid(uuid) else {
             return Err(Error::Usage(format!("'{uuid}' is not a UUID")));
-        }
-        let link = self.devices_dir().join(uuid);
+        };
+        let link = self.devices_dir().join(&uuid);
         let path =
             fs::canonicalize(&link).map_err(|_| Error::NotFound(format!("no mdev {uuid}")))?;
-        self.mdev_at(uuid, &path)
+        self.mdev_at(&uuid, &path)
     }
 
     fn mdev_at(&self, uuid: &str, path: &Path) -> Result<Mdev> {
@@ -353,7 +384,7 @@ impl Sysfs {
     /// path (a type directory, an mdev directory, or either's
     /// `migration_version` file).
     pub fn resolve(&self, spec: &str) -> Result<Target> {
-        if is_uuid(spec) {
+        if canonical_uuid(spec).is_some() {
             return self.mdev(spec).map(Target::Mdev);
         }
         if spec.starts_with('/') || spec.starts_with('.') {
@@ -514,7 +545,35 @@ pub fn write_check(dir: &Path, version: &str) -> Result<WriteCheck> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
-    use super::is_uuid;
+    use super::{canonical_uuid, is_uuid};
+
+    #[test]
+    fn every_spelling_mdevctl_accepts() {
+        let want = Some("0f2b1c9e-1c2d-4e5f-8a9b-0c1d2e3f4a5b".to_string());
+        for s in [
+            "0f2b1c9e-1c2d-4e5f-8a9b-0c1d2e3f4a5b",
+            "0F2B1C9E-1C2D-4E5F-8A9B-0C1D2E3F4A5B",
+            "0f2b1c9e1c2d4e5f8a9b0c1d2e3f4a5b",
+            "0F2B1C9E1C2D4E5F8A9B0C1D2E3F4A5B",
+            "{0f2b1c9e-1c2d-4e5f-8a9b-0c1d2e3f4a5b}",
+            "urn:uuid:0f2b1c9e-1c2d-4e5f-8a9b-0c1d2e3f4a5b",
+            "URN:UUID:0F2B1C9E-1C2D-4E5F-8A9B-0C1D2E3F4A5B",
+        ] {
+            assert_eq!(canonical_uuid(s), want, "{s}");
+        }
+        for s in [
+            "",
+            "0f2b1c9e-1c2d-4e5f-8a9b-0c1d2e3f4a5",
+            "0f2b1c9e1c2d4e5f8a9b0c1d2e3f4a5",
+            "0f2b1c9e-1c2d4e5f-8a9b-0c1d2e3f4a5b",
+            "{0f2b1c9e-1c2d-4e5f-8a9b-0c1d2e3f4a5b",
+            "urn:uuid:",
+            "0f2b1c9e-1c2d-4e5f-8a9b-0c1d2e3f4a5g",
+            "rmdev_sample/rmdev_sample-4m",
+        ] {
+            assert_eq!(canonical_uuid(s), None, "{s}");
+        }
+    }
 
     #[test]
     fn uuids() {

@@ -10,7 +10,7 @@
 
 use std::fs;
 use std::os::unix::fs::symlink;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
@@ -159,9 +159,19 @@ fn version_by_every_name() {
         o.expect(0, "");
         assert_eq!(o.stdout, "vendor:4m:1.0\n", "{spec}");
     }
-    // sysfs names are lower case: an upper-case UUID is not found.
-    t.rmdev(&["version", &U2.to_uppercase()])
-        .expect(2, "no mdev");
+    // Every spelling of a UUID that mdevctl accepts names the same mdev
+    // (sysfs names it in lower case).
+    let u = U1.to_uppercase();
+    for spec in [
+        u.clone(),
+        U1.replace('-', ""),
+        format!("{{{U1}}}"),
+        format!("urn:uuid:{u}"),
+    ] {
+        let o = t.rmdev(&["version", &spec]);
+        o.expect(0, "");
+        assert_eq!(o.stdout, "vendor:4m:1.0\n", "{spec}");
+    }
     let o = t.rmdev(&["version", "vendor/vendor-16k"]);
     o.expect(0, "");
     assert_eq!(o.stdout, "vendor:16k:1.0\n");
@@ -339,6 +349,24 @@ fn export_manifest_schema() {
         .expect(0, "");
     let again: Value = serde_json::from_str(&fs::read_to_string(&f).unwrap()).unwrap();
     assert_eq!(again["types"], m["types"]);
+    // Replaced whole, and nothing else left in its directory.
+    fs::write(&f, "old content that is longer than nothing at all").unwrap();
+    t.rmdev(&["export", "-o", f.to_str().unwrap()])
+        .expect(0, "");
+    let again: Value = serde_json::from_str(&fs::read_to_string(&f).unwrap()).unwrap();
+    assert_eq!(again["types"], m["types"]);
+    let stray: Vec<_> = fs::read_dir(f.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+    // "-" is standard output, not a file named "-".
+    let o = t.rmdev(&["export", "-o", "-"]);
+    o.expect(0, "");
+    let out: Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(out["types"], m["types"]);
+    assert!(!Path::new("-").exists());
     t.rmdev(&["export", "-o", "/nonexistent/dir/m.json"])
         .expect(2, "/nonexistent/dir/m.json");
     // An attribute that exists but cannot be read fails the export rather
