@@ -11,27 +11,19 @@
 # compared and the times printed, and rmdev's hook on restore (an
 # incompatible mdev refused before QEMU starts, the same restore failing
 # inside QEMU without it, a missing mdev replaced by a compatible one).
-# make check runs it on host 1 of tools/lab pair (tests/vm/two-hosts),
-# which leaves libvirtd running, listening for host 2, for libvirt-pair.
+# Part of make check's in-VM suite.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/libvirt-lib.sh"
 
-# On host 1 of a pair, libvirtd listens for host 2 and outlives the test
-# (libvirt-pair goes on with it: one start less, each about 30 s).
-if [ "${RMDEV_HOST:-}" = 1 ]; then
-	libvirt_start=(start --pair) libvirt_keep=1
-else
-	libvirt_start=(start) libvirt_keep=0
-fi
 cleanup() {
-	[ "$libvirt_keep" = 1 ] || "$LAB_LIBVIRT" stop || true
+	"$LAB_LIBVIRT" stop || true
 	igbvf_release
 	unload_sample
 }
 trap cleanup EXIT
 [ -x "$VM_TEST" ] || fail "$VM_TEST not built"
 
-"$LAB_LIBVIRT" "${libvirt_start[@]}"
+"$LAB_LIBVIRT" start
 load_sample
 igbvf_bind_two
 udevadm settle --timeout=60 || true
@@ -252,5 +244,6 @@ expect_eq "the counter in $su3's memory" "$("$VM_TEST" region-read "$su3" 2 0)" 
 hook_off
 sysfs_write "/sys/bus/mdev/devices/$su3/remove" 1
 
+"$LAB_LIBVIRT" stop
 trap - EXIT
 cleanup
