@@ -2,7 +2,8 @@
 #
 # rmdev. The two commands that do everything (each installs what is missing):
 #
-#   make demo     boot the lab VM and run the end-to-end scenario
+#   make demo     boot the lab VM and run the end-to-end scenario, then
+#                 libvirt's part on two lab VMs (save, restore, migration)
 #   make check    every test: host tests, then the in-VM tests in a debug kernel
 #
 # Other targets:
@@ -10,8 +11,8 @@
 #   make bench    the benchmarks in the release kernel: a table of ratios
 #                 against references from the same boot (build/bench/)
 #   make fsm-table  print the migration FSM's next-step table (oracle format)
-#   make check-libvirt-pair  libvirt's live migration between two lab VMs
-#   make demo-libvirt  the libvirt demo on two lab VMs
+#   make check-libvirt-pair  only libvirt's live migration between two lab VMs
+#   make demo-libvirt  only the libvirt part of the demo
 #   make clean
 #
 # The kernel build itself is driven by Kbuild files; this Makefile only hands
@@ -51,17 +52,17 @@ build-check: setup
 	$(LAB) modules
 	tests/build/kconfig-check
 
-# One boot runs the in-VM suite; t-rmdev in it is also the first host of
-# the rmdev tool's two-host test and leaves its files in SHARE for the
-# second boot.
+# The in-VM tests in one run of two lab VMs (tests/vm/two-hosts): host 1
+# runs the whole suite, then asks for host 2 and runs the source side of
+# libvirt's live migration; host 2 is the target of the rmdev tool's
+# two-host test (the files t-rmdev left in SHARE) and of the migration.
 SHARE := $(CURDIR)/build/two-hosts
 vm-check:
 	rm -rf $(SHARE)
-	RMDEV_SHARE=$(SHARE) $(LAB) test
-	RMDEV_SHARE=$(SHARE) $(LAB) run -- $(CURDIR)/tests/vm/rmdev-host2
+	RMDEV_SHARE=$(SHARE) RMDEV_VM_TIMEOUT=5400 $(LAB) pair --host2-when boot-host2 -- $(CURDIR)/tests/vm/two-hosts
 
-# libvirt's live migration between two lab VMs at once (tests/vm/libvirt-pair;
-# not yet part of make check: see Documentation/libvirt.rst).
+# Only libvirt's live migration between two lab VMs (tests/vm/libvirt-pair,
+# also part of make check).
 PAIR_SHARE := $(CURDIR)/build/libvirt-pair
 check-libvirt-pair: setup
 	rm -rf $(PAIR_SHARE)
@@ -75,9 +76,10 @@ check: host-check build-check vm-check lab-selftest
 demo: setup
 	cargo build --quiet --release -p rmdev-vm-test -p rmdev
 	$(LAB) run -- $(CURDIR)/tools/demo
+	$(MAKE) --no-print-directory demo-libvirt
 
 # libvirt on two lab VMs at once (tools/demo-libvirt: save, restore and live
-# migration with rmdev's hook); not yet part of make demo.
+# migration with rmdev's hook); the second part of make demo.
 DEMO_SHARE := $(CURDIR)/build/demo-libvirt
 demo-libvirt: setup
 	rm -rf $(DEMO_SHARE)

@@ -44,6 +44,21 @@ sysfs_write() { bash -c 'echo "$2" > "$1"' _ "$1" "$2"; }
 
 new_uuid() { cat /proc/sys/kernel/random/uuid; }
 
+# nap SECONDS: sleeps without a process of its own (read's time limit on a
+# FIFO no one writes). A fork and exec cost about half a second of CPU
+# under TCG: a loop polling with sleep(1) would slow the other lab VM of
+# a pair, which shares the host's two cores.
+nap() {
+	if [ -z "${NAP_FD:-}" ]; then
+		local f
+		f=$(mktemp -u /tmp/nap.XXXXXX)
+		mkfifo "$f"
+		exec {NAP_FD}<>"$f"
+		rm -f "$f"
+	fi
+	read -r -t "$1" -u "$NAP_FD" _ || true
+}
+
 # create_again CMD...: CMD creates an mdev with a UUID whose device was just
 # removed. The mdev core forgets a UUID only when the old device is
 # released, which the lab's CONFIG_DEBUG_KOBJECT_RELEASE delays by up to

@@ -112,10 +112,11 @@ signal() { printf '%s\n' "${2:-}" >"$PAIR_DIR/.$1.tmp" && mv "$PAIR_DIR/.$1.tmp"
 # A host that fails leaves "failed" (cleanup), which ends the wait.
 await() {
 	local i
-	for i in $(seq $((${2:-600} * 5))); do
+	# One look a second, without a fork (nap): the other host is busy.
+	for i in $(seq "${2:-600}"); do
 		if [ -f "$PAIR_DIR/$1" ]; then cat "$PAIR_DIR/$1"; return 0; fi
 		[ -f "$PAIR_DIR/failed" ] && fail "the other host failed (waiting for $1)"
-		sleep 0.2
+		nap 1
 	done
 	fail "the other host did not say '$1' within ${2:-600} s"
 }
