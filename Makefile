@@ -11,6 +11,8 @@
 #   make bench    the benchmarks in the release kernel: a table of ratios
 #                 against references from the same boot (build/bench/)
 #   make fsm-table  print the migration FSM's next-step table (oracle format)
+#   make install  the rmdev tool, its manual pages (section 8) and shell
+#                 completions, under $(DESTDIR)$(PREFIX) (PREFIX=/usr/local)
 #   make check-libvirt-pair  only libvirt's live migration between two lab VMs
 #   make demo-libvirt  only the libvirt part of the demo
 #   make clean
@@ -25,7 +27,7 @@ export RMDEV_KDIR := $(KDIR)
 # clone rebuilds only the project's own crates.
 export CARGO_TARGET_DIR ?= $(or $(RMDEV_CACHE),$(HOME)/.cache/rmdev)/target
 
-.PHONY: all modules check host-check build-check vm-check check-libvirt-pair lab-selftest demo demo-libvirt bench fsm-table clean setup
+.PHONY: all modules check host-check build-check vm-check check-libvirt-pair lab-selftest demo demo-libvirt bench fsm-table install clean setup
 
 all: modules
 
@@ -36,12 +38,13 @@ setup:
 	@$(LAB) setup
 
 # Host tests need no kernel: formatting, lints, the logic's unit/property/fuzz
-# tests, and the FSM table against Linux 6.12's oracle.
+# tests, make install, and the FSM table against Linux 6.12's oracle.
 host-check: setup
 	cargo fmt --all --check
 	rustfmt --edition 2021 --check samples/sample.rs vendors/igbvf.rs  # and the core/ they mount
 	cargo clippy --quiet --all-targets -- -D warnings
 	RMDEV_FUZZ_SECONDS=$${RMDEV_FUZZ_SECONDS:-10} cargo test --quiet
+	tests/build/install-check
 	@$(MAKE) --no-print-directory -s fsm-table | diff -u <(grep '^0x' $(ORACLE)) - \
 		&& echo "fsm-table: identical to the Linux 6.12 oracle (256 rows)"
 
@@ -93,6 +96,22 @@ bench: setup
 	rm -rf $(BENCH_OUT)
 	RMDEV_SHARE=$(BENCH_OUT) $(LAB) --config release run --vfs 0 -- $(CURDIR)/tests/bench/run
 	$(CARGO_TARGET_DIR)/release/rmdev-bench report $(BENCH_OUT)/results.jsonl --json $(BENCH_OUT)/report.json
+
+# The operator's tool, as a distribution would lay it out (mdevctl's
+# too: the binary in sbin, its pages in section 8). Needs only cargo.
+PREFIX ?= /usr/local
+RMDEV_BIN := $(CARGO_TARGET_DIR)/release/rmdev
+install:
+	cargo build --quiet --release -p rmdev
+	install -D -m 0755 $(RMDEV_BIN) $(DESTDIR)$(PREFIX)/sbin/rmdev
+	install -d $(DESTDIR)$(PREFIX)/share/man/man8 \
+		$(DESTDIR)$(PREFIX)/share/bash-completion/completions \
+		$(DESTDIR)$(PREFIX)/share/zsh/site-functions \
+		$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	$(RMDEV_BIN) man --dir $(DESTDIR)$(PREFIX)/share/man/man8 >/dev/null
+	$(RMDEV_BIN) completions bash >$(DESTDIR)$(PREFIX)/share/bash-completion/completions/rmdev
+	$(RMDEV_BIN) completions zsh >$(DESTDIR)$(PREFIX)/share/zsh/site-functions/_rmdev
+	$(RMDEV_BIN) completions fish >$(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/rmdev.fish
 
 fsm-table:
 	@cargo run --quiet --bin fsm-table

@@ -173,7 +173,7 @@ kill -TERM $pid
 kill -CONT $pid
 rc=0; wait $pid || rc=$?
 pid=
-expect_eq "exit status of an interrupted save" "$rc" 2
+expect_eq "exit status of an interrupted save" "$rc" 130
 grep -q "interrupted by a signal; source RUNNING, no file written" "$work/big.out" ||
 	fail "interrupted save said: $(cat "$work/big.out")"
 [ ! -e "$work/big.bin" ] || fail "an interrupted save left $work/big.bin"

@@ -3,6 +3,7 @@
 //! The command line: arguments (clap), the commands, and their text and
 //! JSON output. The binary (`main.rs`) only calls [`run`].
 
+use std::fs;
 use std::io::{self, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -20,6 +21,7 @@ use crate::manifest::Manifest;
 use crate::migrate::{self, human_bytes, millis, Options, Progress, Summary};
 use crate::sysfs::{Sysfs, Target, VersionAttr};
 use crate::vfio::{self, Device};
+use crate::wholefile;
 
 /// Check mdev migration compatibility and drive migrations.
 ///
@@ -30,7 +32,7 @@ use crate::vfio::{self, Device};
 /// state through the VFIO migration uAPI.
 ///
 /// Exit status: 0 compatible or done, 1 incompatible, 2 usage or system
-/// error.
+/// error, 130 interrupted by a signal.
 #[derive(Debug, Parser)]
 #[command(name = "rmdev", version, max_term_width = 100)]
 pub struct Cli {
@@ -58,11 +60,28 @@ pub enum Command {
         /// use"; a process opening the group at that instant gets EBUSY).
         #[arg(long)]
         probe: bool,
+        /// Only the mdev with this UUID (mdevctl's -u); no parents or
+        /// types are listed then.
+        #[arg(short, long, value_name = "UUID")]
+        uuid: Option<String>,
+        /// Only this parent's types and mdevs (mdevctl's -p), e.g.
+        /// 0000:00:1b.0 or rmdev_sample.
+        #[arg(short, long, value_name = "PARENT")]
+        parent: Option<String>,
+        /// Only this type and its mdevs (mdevctl's -t), e.g.
+        /// rmdev_sample-4m.
+        #[arg(short = 't', long = "type", value_name = "TYPE")]
+        type_id: Option<String>,
     },
-    /// Print the migration_version of a type or an mdev.
-    Version {
-        /// An mdev UUID, PARENT/TYPE, or a sysfs path.
-        target: String,
+    /// Print the migration_version string of a type or an mdev.
+    ///
+    /// (rmdev --version prints the tool's own version. The old name of
+    /// this command, "version", is still accepted.)
+    #[command(name = "migration-version", alias = "version")]
+    MigrationVersion {
+        /// The type or mdev.
+        #[command(flatten)]
+        named: Named,
     },
     /// Check whether TARGET can load SOURCE's state.
     ///
@@ -117,11 +136,16 @@ pub enum Command {
     },
     /// Save an mdev's state to a file, for a load on another host.
     Save {
-        /// The mdev (UUID or sysfs path).
-        uuid: String,
+        /// The mdev.
+        #[command(flatten)]
+        mdev: MdevArg,
         /// The file to write (it appears only once whole and checked).
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
+        /// Replace FILE if it exists (without, an existing FILE is an
+        /// error, found before the device is touched).
+        #[arg(long)]
+        force: bool,
         /// The most pre-copy rounds.
         #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
         max_rounds: u32,
@@ -134,8 +158,9 @@ pub enum Command {
     /// The file's envelope is checked whole, and its version against the
     /// mdev's, before the device is touched.
     Load {
-        /// The mdev (UUID or sysfs path).
-        uuid: String,
+        /// The mdev.
+        #[command(flatten)]
+        mdev: MdevArg,
         /// The file written by rmdev save.
         #[arg(short, long, value_name = "FILE")]
         input: PathBuf,
@@ -155,13 +180,84 @@ pub enum Command {
     /// moves a hostdev to a compatible local mdev if needed.
     #[command(subcommand)]
     Libvirt(LibvirtCommand),
-    /// Print the manual page (roff) to standard output.
-    Man,
+    /// Print a manual page (roff), or write them all into a directory.
+    ///
+    /// The pages are in section 8, like mdevctl's: rmdev(8), and one per
+    /// subcommand, rmdev-list(8) to rmdev-libvirt-install-hook(8).
+    Man {
+        /// Write every page into DIR (as NAME.8) and list their paths,
+        /// instead of printing one.
+        #[arg(long, value_name = "DIR", conflicts_with = "subcommand")]
+        dir: Option<PathBuf>,
+        /// The subcommand whose page to print, e.g. "list" or "libvirt
+        /// hook" (default: rmdev(8) itself).
+        #[arg(value_name = "SUBCOMMAND")]
+        subcommand: Vec<String>,
+    },
     /// Print a shell completion script to standard output.
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// How a command names one type or mdev: in one word, or with mdevctl's
+/// options.
+#[derive(Debug, Args)]
+pub struct Named {
+    /// An mdev UUID, PARENT/TYPE, or a sysfs path.
+    #[arg(value_name = "TARGET", required_unless_present_any = ["uuid", "parent"])]
+    target: Option<String>,
+    /// An mdev, by UUID (mdevctl's -u).
+    #[arg(short, long, value_name = "UUID", conflicts_with_all = ["target", "parent"])]
+    uuid: Option<String>,
+    /// A type, by its parent (mdevctl's -p), with --type.
+    #[arg(
+        short,
+        long,
+        value_name = "PARENT",
+        requires = "type_id",
+        conflicts_with = "target"
+    )]
+    parent: Option<String>,
+    /// A type, by its id (mdevctl's -t), with --parent.
+    #[arg(short = 't', long = "type", value_name = "TYPE", requires = "parent")]
+    type_id: Option<String>,
+}
+
+impl Named {
+    fn resolve(&self, sys: &Sysfs) -> Result<Target> {
+        match (&self.target, &self.uuid, &self.parent, &self.type_id) {
+            (Some(t), ..) => sys.resolve(t),
+            (None, Some(u), ..) => sys.mdev(u).map(Target::Mdev),
+            (None, None, Some(p), Some(t)) => sys.mdev_type(p, t).map(Target::Type),
+            // clap's rules above leave no other case.
+            _ => Err(Error::Usage(
+                "name a type or an mdev: TARGET, -u UUID, or -p PARENT -t TYPE".into(),
+            )),
+        }
+    }
+}
+
+/// How a command names one mdev: in one word, or with mdevctl's -u.
+#[derive(Debug, Args)]
+pub struct MdevArg {
+    /// The mdev's UUID or sysfs path.
+    #[arg(value_name = "MDEV", required_unless_present = "uuid")]
+    mdev: Option<String>,
+    /// The mdev, by UUID (mdevctl's -u).
+    #[arg(short, long, value_name = "UUID", conflicts_with = "mdev")]
+    uuid: Option<String>,
+}
+
+impl MdevArg {
+    fn resolve(&self, sys: &Sysfs) -> Result<crate::sysfs::Mdev> {
+        match (&self.mdev, &self.uuid) {
+            (Some(m), _) => mdev_target(sys, m),
+            (None, Some(u)) => sys.mdev(u),
+            (None, None) => Err(Error::Usage("name an mdev: MDEV or -u UUID".into())),
+        }
+    }
 }
 
 /// How to run virsh (annotate, migrate).
@@ -267,7 +363,7 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> u8 {
                 return EXIT_OK;
             }
             if args.iter().any(|a| a == "--json") {
-                let msg = e.kind().to_string();
+                let msg = usage_message(&e);
                 println!("{}", serde_json::json!({ "error": msg, "exit_status": 2 }));
             }
             return crate::error::EXIT_ERROR;
@@ -277,15 +373,43 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> u8 {
     match execute(cli) {
         Ok(status) => status,
         Err(e) => {
+            // A failure that a signal caused has its own status.
+            let status = if migrate::interrupted() {
+                crate::error::EXIT_INTERRUPTED
+            } else {
+                e.exit_status()
+            };
             if json {
-                let v =
-                    serde_json::json!({ "error": e.to_string(), "exit_status": e.exit_status() });
+                let v = serde_json::json!({ "error": e.to_string(), "exit_status": status });
                 println!("{v}");
             }
             eprintln!("rmdev: {e}");
-            e.exit_status()
+            status
         }
     }
+}
+
+/// A usage error in one line, naming the argument it is about.
+fn usage_message(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let what = |k| match e.get(k) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        Some(ContextValue::Strings(v)) => Some(v.join(", ")),
+        _ => None,
+    };
+    let mut msg = e.kind().to_string();
+    if let Some(arg) = what(ContextKind::InvalidArg) {
+        msg.push_str(": ");
+        msg.push_str(&arg);
+    }
+    if let Some(v) = what(ContextKind::InvalidValue) {
+        msg.push_str(&format!(" ('{v}')"));
+    }
+    if let Some(sub) = what(ContextKind::InvalidSubcommand) {
+        msg.push_str(": ");
+        msg.push_str(&sub);
+    }
+    msg
 }
 
 /// Whether `sig`'s action is "ignore" (as a shell leaves SIGINT for a
@@ -326,8 +450,16 @@ fn execute(cli: Cli) -> Result<u8> {
     let sys = Sysfs::new(&cli.root);
     let json = cli.json;
     match cli.command {
-        Command::List { probe } => list(&sys, probe, json),
-        Command::Version { target } => version(&sys, &target, json),
+        Command::List {
+            probe,
+            uuid,
+            parent,
+            type_id,
+        } => {
+            let filter = ListFilter::new(uuid, parent, type_id)?;
+            list(&sys, probe, &filter, json)
+        }
+        Command::MigrationVersion { named } => version(&named.resolve(&sys)?, json),
         Command::Check {
             source,
             target,
@@ -351,33 +483,95 @@ fn execute(cli: Cli) -> Result<u8> {
             json,
         ),
         Command::Save {
-            uuid,
+            mdev,
             output,
+            force,
             max_rounds,
             no_progress,
-        } => save_cmd(&sys, &uuid, &output, max_rounds, no_progress || json, json),
+        } => {
+            let m = mdev.resolve(&sys)?;
+            let opts = Options { max_rounds };
+            save_cmd(&sys, &m, &output, force, opts, no_progress || json, json)
+        }
         Command::Load {
-            uuid,
+            mdev,
             input,
             force,
             no_progress,
-        } => load_cmd(&sys, &uuid, &input, force, no_progress || json, json),
-        Command::Libvirt(cmd) => libvirt_cmd(&sys, cmd, json),
-        Command::Man => {
-            let mut out = Vec::new();
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut out)
-                .map_err(|e| Error::io("stdout", e))?;
-            io::stdout()
-                .write_all(&out)
-                .map_err(|e| Error::io("stdout", e))?;
-            Ok(EXIT_OK)
+        } => {
+            let m = mdev.resolve(&sys)?;
+            load_cmd(&sys, &m, &input, force, no_progress || json, json)
         }
+        Command::Libvirt(cmd) => libvirt_cmd(&sys, cmd, json),
+        Command::Man { dir, subcommand } => man(dir.as_deref(), &subcommand),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "rmdev", &mut io::stdout());
             Ok(EXIT_OK)
         }
     }
+}
+
+/// The manual section of rmdev's pages (system administration tools,
+/// like mdevctl's).
+pub const MAN_SECTION: &str = "8";
+
+/// Every manual page, as (file name, roff): rmdev.8 and one per
+/// subcommand (rmdev-list.8, rmdev-libvirt-hook.8, ...), sorted by name.
+pub fn man_pages() -> Result<Vec<(String, Vec<u8>)>> {
+    fn walk(cmd: clap::Command, out: &mut Vec<(String, Vec<u8>)>) -> io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            walk(sub.clone(), out)?;
+        }
+        let man = clap_mangen::Man::new(cmd)
+            .section(MAN_SECTION)
+            .source(concat!("rmdev ", env!("CARGO_PKG_VERSION")));
+        let mut roff = Vec::new();
+        man.render(&mut roff)?;
+        out.push((man.get_filename(), roff));
+        Ok(())
+    }
+    // Built, the subcommands carry their page names (rmdev-list).
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let mut pages = Vec::new();
+    walk(cmd, &mut pages).map_err(|e| Error::io("manual pages", e))?;
+    // By page name: rmdev before rmdev-check, rmdev-libvirt before
+    // rmdev-libvirt-hook.
+    let stem = |f: &str| f.rsplit_once('.').map_or(f, |(n, _)| n).to_string();
+    pages.sort_by_key(|p| stem(&p.0));
+    Ok(pages)
+}
+
+fn man(dir: Option<&Path>, subcommand: &[String]) -> Result<u8> {
+    let pages = man_pages()?;
+    if let Some(dir) = dir {
+        for (name, roff) in &pages {
+            let path = dir.join(name);
+            wholefile::write(&path, roff, 0o644)?;
+            println!("{}", path.display());
+        }
+        return Ok(EXIT_OK);
+    }
+    let mut name = String::from("rmdev");
+    for s in subcommand {
+        name.push('-');
+        name.push_str(s);
+    }
+    let file = format!("{name}.{MAN_SECTION}");
+    let Some((_, roff)) = pages.iter().find(|(n, _)| *n == file) else {
+        let known: Vec<&str> = pages
+            .iter()
+            .filter_map(|(n, _)| n.strip_suffix(&format!(".{MAN_SECTION}")))
+            .collect();
+        return Err(Error::Usage(format!(
+            "no manual page {name}({MAN_SECTION}); the pages: {}",
+            known.join(", ")
+        )));
+    };
+    io::stdout()
+        .write_all(roff)
+        .map_err(|e| Error::io("stdout", e))?;
+    Ok(EXIT_OK)
 }
 
 fn version_text(v: &VersionAttr) -> String {
@@ -406,7 +600,41 @@ fn mdev_flags(sys: &Sysfs, uuid: &str) -> std::result::Result<u64, String> {
 /// What the flag set column says when `list` did not open the devices.
 pub const NOT_PROBED: &str = "not probed (use --probe)";
 
-fn list(sys: &Sysfs, probe: bool, json: bool) -> Result<u8> {
+/// What `list` shows: everything, or what mdevctl's -u, -p and -t keep.
+#[derive(Debug, Default)]
+pub struct ListFilter {
+    uuid: Option<String>,
+    parent: Option<String>,
+    type_id: Option<String>,
+}
+
+impl ListFilter {
+    fn new(uuid: Option<String>, parent: Option<String>, type_id: Option<String>) -> Result<Self> {
+        let uuid = match uuid {
+            Some(u) => Some(
+                crate::sysfs::canonical_uuid(&u)
+                    .ok_or_else(|| Error::Usage(format!("'{u}' is not a UUID")))?,
+            ),
+            None => None,
+        };
+        Ok(ListFilter {
+            uuid,
+            parent,
+            type_id,
+        })
+    }
+
+    fn keeps(&self, parent: &str, type_id: &str) -> bool {
+        self.parent.as_deref().is_none_or(|p| p == parent)
+            && self.type_id.as_deref().is_none_or(|t| t == type_id)
+    }
+
+    fn keeps_mdev(&self, m: &crate::sysfs::Mdev) -> bool {
+        self.uuid.as_deref().is_none_or(|u| u == m.uuid) && self.keeps(&m.parent, &m.type_id)
+    }
+}
+
+fn list(sys: &Sysfs, probe: bool, filter: &ListFilter, json: bool) -> Result<u8> {
     #[derive(Serialize)]
     struct MdevRow {
         #[serde(flatten)]
@@ -420,10 +648,27 @@ fn list(sys: &Sysfs, probe: bool, json: bool) -> Result<u8> {
         parents: Vec<crate::sysfs::Parent>,
         mdevs: Vec<MdevRow>,
     }
-    let parents = sys.parents()?;
+    let mut parents = Vec::new();
+    // -u names one mdev: its parent's types are not what was asked.
+    if filter.uuid.is_none() {
+        for mut p in sys.parents()? {
+            if filter.parent.as_deref().is_some_and(|x| x != p.name) {
+                continue;
+            }
+            // -t: the parents that have the type, with only that type.
+            if let Some(t) = &filter.type_id {
+                p.types.retain(|ty| ty.id == *t);
+                if p.types.is_empty() {
+                    continue;
+                }
+            }
+            parents.push(p);
+        }
+    }
     let mdevs: Vec<MdevRow> = sys
         .mdevs()?
         .into_iter()
+        .filter(|m| filter.keeps_mdev(m))
         .map(|m| {
             // Without --probe nothing is opened: opening a device's group,
             // even briefly, can make a QEMU starting at that instant fail
@@ -462,8 +707,15 @@ fn list(sys: &Sysfs, probe: bool, json: bool) -> Result<u8> {
             );
         }
     }
-    if parents.is_empty() {
-        println!("no mdev parents");
+    if parents.is_empty() && filter.uuid.is_none() {
+        if filter.parent.is_some() || filter.type_id.is_some() {
+            println!("no mdev parent or type matches");
+        } else {
+            println!("no mdev parents");
+        }
+    }
+    if mdevs.is_empty() && filter.uuid.is_some() {
+        println!("no mdev matches");
     }
     for m in &mdevs {
         let flags = match (&m.migration_flags_names, &m.migration_flags_error) {
@@ -483,9 +735,8 @@ fn list(sys: &Sysfs, probe: bool, json: bool) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-fn version(sys: &Sysfs, spec: &str, json: bool) -> Result<u8> {
-    let t = sys.resolve(spec)?;
-    let v = local_version(&t)?;
+fn version(t: &Target, json: bool) -> Result<u8> {
+    let v = local_version(t)?;
     if json {
         print_json(&serde_json::json!({
             "kind": t.kind(), "id": t.label(), "migration_version": v,
@@ -593,33 +844,10 @@ fn export(sys: &Sysfs, output: Option<&Path>) -> Result<u8> {
     let m = Manifest::export(sys)?;
     let text = serde_json::to_string_pretty(&m).map_err(|e| Error::Usage(e.to_string()))? + "\n";
     match output {
-        Some(p) if p != Path::new("-") => write_replacing(p, text.as_bytes())?,
+        Some(p) if p != Path::new("-") => wholefile::write(p, text.as_bytes(), 0o644)?,
         _ => print!("{text}"),
     }
     Ok(EXIT_OK)
-}
-
-/// Writes `data` to `path` through a temporary file in the same directory
-/// renamed over it: a reader sees the old file or the whole new one.
-fn write_replacing(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path.file_name().map_or_else(
-        || std::ffi::OsString::from("rmdev"),
-        std::ffi::OsStr::to_os_string,
-    );
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(&name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let written = std::fs::write(&tmp, data).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
 }
 
 fn match_cmd(sys: &Sysfs, from: &Path, offline: bool, json: bool) -> Result<u8> {
@@ -827,9 +1055,12 @@ fn print_summary(what: &str, s: &Summary, json: bool, extra: serde_json::Value) 
         if s.precopy_rounds == 1 { "" } else { "s" },
         human_bytes(s.stop_copy_bytes)
     );
+    let downtime = s
+        .downtime_s
+        .map(|d| format!("downtime {}, ", millis(d)))
+        .unwrap_or_default();
     println!(
-        "  downtime {}, total {}, throughput {}/s",
-        millis(s.downtime_s),
+        "  {downtime}total {}, throughput {}/s",
         millis(s.total_s),
         human_bytes(s.throughput_bps as u64)
     );
@@ -897,18 +1128,26 @@ fn migrate_cmd(
 
 fn save_cmd(
     sys: &Sysfs,
-    uuid: &str,
+    m: &crate::sysfs::Mdev,
     output: &Path,
-    max_rounds: u32,
+    replace: bool,
+    opts: Options,
     no_progress: bool,
     json: bool,
 ) -> Result<u8> {
     stop_on_signals();
-    let m = mdev_target(sys, uuid)?;
     local_version(&Target::Mdev(m.clone()))?;
-    let dev = open_mdev(sys, &m)?;
+    // Before the device is touched (the save itself renames without
+    // replacing, so a file that appears meanwhile is kept too).
+    if !replace && fs::symlink_metadata(output).is_ok() {
+        return Err(Error::Usage(format!(
+            "{} exists: the device was not touched (--force replaces it)",
+            output.display()
+        )));
+    }
+    let dev = open_mdev(sys, m)?;
     let s = with_progress(no_progress, |bar| {
-        migrate::save(&dev, output, Options { max_rounds }, bar)
+        migrate::save(&dev, output, replace, opts, bar)
     })?;
     print_summary(
         "saved",
@@ -921,14 +1160,13 @@ fn save_cmd(
 
 fn load_cmd(
     sys: &Sysfs,
-    uuid: &str,
+    m: &crate::sysfs::Mdev,
     input: &Path,
     force: bool,
     no_progress: bool,
     json: bool,
 ) -> Result<u8> {
     stop_on_signals();
-    let m = mdev_target(sys, uuid)?;
     let mut file = migrate::open_stream(input)?;
     let info = migrate::verify(&mut file).map_err(|e| {
         Error::BadStream(format!(
@@ -945,7 +1183,7 @@ fn load_cmd(
             m.uuid, info.source_version
         ),
     )?;
-    let dev = open_mdev(sys, &m)?;
+    let dev = open_mdev(sys, m)?;
     let s = with_progress(no_progress, |bar| migrate::load(&dev, &mut file, bar))?;
     print_summary(
         "loaded",

@@ -8,7 +8,9 @@
 //! - [`EXIT_INCOMPATIBLE`] (1): the target refused the source (a check, a
 //!   match that found no target, or a migration refused before it began);
 //! - [`EXIT_ERROR`] (2): a usage or system error (bad arguments, missing
-//!   devices or attributes, permissions, I/O, a failed migration).
+//!   devices or attributes, permissions, I/O, a failed migration);
+//! - [`EXIT_INTERRUPTED`] (130): a migration, save or load stopped by
+//!   SIGINT, SIGTERM or SIGHUP (devices put back, no file written).
 
 use std::io;
 use std::path::Path;
@@ -19,6 +21,8 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_INCOMPATIBLE: u8 = 1;
 /// Usage or system error.
 pub const EXIT_ERROR: u8 = 2;
+/// Interrupted by a signal (128 + SIGINT, as shells report a Ctrl-C).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// An error the tool reports.
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,7 @@
 //! Layers, each using only those above it:
 //!
 //! - [`error`]: errors and the exit statuses;
+//! - [`wholefile`]: files replaced whole (temporary file, rename);
 //! - [`sysfs`]: the mdev sysfs model under a root directory;
 //! - [`vfio`]: device FDs, migration features and data FDs;
 //! - [`compat`]: compatibility checks (write check, offline rule);
@@ -25,3 +26,4 @@ pub mod manifest;
 pub mod migrate;
 pub mod sysfs;
 pub mod vfio;
+pub mod wholefile;

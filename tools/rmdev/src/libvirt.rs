@@ -36,9 +36,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::ops::Range;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -48,6 +48,7 @@ use serde::Serialize;
 use crate::compat;
 use crate::error::{describe, Error, Result};
 use crate::sysfs::{is_uuid, Mdev, MdevType, Sysfs, Target, VersionAttr};
+use crate::wholefile;
 
 /// The metadata namespace URI (fixed; the schema's version is the
 /// `format` attribute).
@@ -1138,32 +1139,13 @@ pub fn install_hook(dir: &Path, binary: &Path) -> Result<HookInstall> {
         None => "installed",
     };
     if action != "unchanged" {
-        let tmp = dir.join(format!(".{HOOK_FILE}.tmp-{}", std::process::id()));
-        let r = write_script(&tmp, &text)
-            .and_then(|()| fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e)));
-        if r.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        r?;
+        wholefile::write(&path, text.as_bytes(), 0o755)?;
     }
     Ok(HookInstall {
         path,
         action,
         binary: Some(binary.to_path_buf()),
     })
-}
-
-fn write_script(tmp: &Path, text: &str) -> Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(tmp)
-        .map_err(|e| Error::io(tmp, e))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.set_permissions(fs::Permissions::from_mode(0o755)))
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Error::io(tmp, e))
 }
 
 /// Removes the hook script `dir/50-rmdev`, if rmdev wrote it. Idempotent.

@@ -21,7 +21,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -29,8 +29,9 @@ use rmdev_logic::envelope::{Parser, Sink, MAX_RECORD_PAYLOAD};
 use rmdev_logic::version::VersionError;
 use serde::Serialize;
 
-use crate::error::{describe, Error, Result};
+use crate::error::{describe, Error, Result, EXIT_INTERRUPTED};
 use crate::vfio::{self, state, Device};
+use crate::wholefile::WholeFile;
 
 /// The data FD read and write size (QEMU's buffer size).
 pub const CHUNK: usize = 1 << 20;
@@ -40,9 +41,18 @@ pub const CHUNK: usize = 1 << 20;
 /// the devices back and removes a half-written file.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// Asks a running migration, save or load to stop.
+/// Asks a running migration, save or load to stop; a second call ends the
+/// process at once (exit status [`EXIT_INTERRUPTED`]), for an operator who
+/// will not wait for the devices to be put back.
 pub fn interrupt() {
-    INTERRUPTED.store(true, Ordering::SeqCst);
+    if INTERRUPTED.swap(true, Ordering::SeqCst) {
+        std::process::exit(i32::from(EXIT_INTERRUPTED));
+    }
+}
+
+/// Whether [`interrupt`] was called.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
 }
 
 fn check_interrupt() -> std::result::Result<(), String> {
@@ -80,8 +90,9 @@ pub struct Summary {
     /// Bytes sent in stop-copy.
     pub stop_copy_bytes: u64,
     /// Time the source spent stopped until the target ran (migrate), or
-    /// stopped until its stream ended (save), in seconds.
-    pub downtime_s: f64,
+    /// stopped until its stream ended (save), in seconds; none for a load,
+    /// which has no source.
+    pub downtime_s: Option<f64>,
     /// The whole operation, in seconds.
     pub total_s: f64,
     /// Bytes per second over the whole operation.
@@ -329,7 +340,7 @@ pub fn migrate(
     };
     match run(&mut sum) {
         Ok(stopped) => {
-            sum.downtime_s = stopped.elapsed().as_secs_f64();
+            sum.downtime_s = Some(stopped.elapsed().as_secs_f64());
             // The source's state now lives in the target; stop the source
             // (closing it later returns it to RUNNING, the framework's rule).
             // It is already stopped (STOP_COPY): a failure here changes
@@ -347,76 +358,29 @@ pub fn migrate(
     }
 }
 
-/// A file being written: a hidden temporary name in the same directory,
-/// renamed to the final one only once the stream is whole and checked, and
-/// removed if dropped before that.
-struct PendingFile {
-    tmp: PathBuf,
-    file: Option<File>,
-    committed: bool,
-}
-
-impl PendingFile {
-    fn create(path: &Path) -> Result<PendingFile> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        let name = path
-            .file_name()
-            .ok_or_else(|| Error::Usage(format!("{}: not a file name", path.display())))?;
-        let tmp = dir.unwrap_or(Path::new(".")).join(format!(
-            ".{}.rmdev-partial-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        // Device state may hold guest memory: owner-only, like a core file.
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io(&tmp, e))?;
-        Ok(PendingFile {
-            tmp,
-            file: Some(file),
-            committed: false,
-        })
-    }
-
-    /// Flushes the file, renames it to `path` and flushes the directory.
-    fn commit(&mut self, path: &Path) -> Result<()> {
-        if let Some(f) = self.file.take() {
-            f.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
-        }
-        fs::rename(&self.tmp, path).map_err(|e| Error::io(path, e))?;
-        self.committed = true;
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        if let Ok(d) = File::open(dir.unwrap_or(Path::new("."))) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    }
-}
-
-impl Drop for PendingFile {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = fs::remove_file(&self.tmp);
-        }
-    }
-}
-
 /// Saves `src` into the file `path`. The file appears only when the whole
 /// stream was read and its envelope checked; on failure the source is put
 /// back to RUNNING and no file is left.
-pub fn save(src: &Device, path: &Path, opts: Options, progress: &dyn Progress) -> Result<Summary> {
+///
+/// An existing file at `path` is replaced if `replace`, and is otherwise
+/// an error (found at the end, by the rename: the caller checks first).
+pub fn save(
+    src: &Device,
+    path: &Path,
+    replace: bool,
+    opts: Options,
+    progress: &dyn Progress,
+) -> Result<Summary> {
     let flags = flags_of(src, "source")?;
-    let mut pending = PendingFile::create(path)?;
+    // Owner-only, like a core file: device state may hold guest memory.
+    let mut pending = WholeFile::create(path, 0o600)?;
     let start = Instant::now();
     let mut sum = Summary {
         flags,
         ..Default::default()
     };
     let result = (|| -> std::result::Result<Instant, String> {
-        let file = pending.file.as_mut().ok_or("file already closed")?;
+        let file = pending.file().map_err(|e| e.to_string())?;
         let stopped = save_into(src, flags, file, opts, progress, &mut sum)?;
         Ok(stopped)
     })();
@@ -429,17 +393,22 @@ pub fn save(src: &Device, path: &Path, opts: Options, progress: &dyn Progress) -
             )))
         }
     };
-    sum.downtime_s = stopped.elapsed().as_secs_f64();
+    sum.downtime_s = Some(stopped.elapsed().as_secs_f64());
     sum.bytes = sum.precopy_bytes + sum.stop_copy_bytes;
     // What the device produced must be a whole stream, or nobody should
     // ever be offered it.
-    if let Err(e) = verify_file(&pending.tmp) {
+    if let Err(e) = verify_file(pending.tmp_path()) {
         return Err(Error::BadStream(format!(
             "the source produced a stream that does not check ({e}); {}, no file written",
             recover_source(src)
         )));
     }
-    if let Err(e) = pending.commit(path) {
+    let committed = if replace {
+        pending.commit()
+    } else {
+        pending.commit_new()
+    };
+    if let Err(e) = committed {
         return Err(Error::Migration(format!(
             "save failed: {e}; {}, no file written",
             recover_source(src)
@@ -483,7 +452,13 @@ impl Sink for Collect {
 /// Opens a stream file for a load: a regular file (a pipe could not be
 /// read twice, once to check and once to load).
 pub fn open_stream(path: &Path) -> Result<File> {
-    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    // O_NONBLOCK: opening a FIFO would otherwise wait for a writer, and no
+    // signal ends a blocked open(2) (SA_RESTART). A regular file ignores it.
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
     let meta = f.metadata().map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
         return Err(Error::Usage(format!(
@@ -649,41 +624,6 @@ mod tests {
         trailing.push(0);
         fs::write(&p, &trailing).unwrap();
         assert!(verify_file(&p).unwrap_err().contains("after"), "trailing");
-    }
-
-    #[test]
-    fn pending_file_vanishes_unless_committed() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("out.bin");
-        {
-            let mut f = PendingFile::create(&p).unwrap();
-            f.file.as_mut().unwrap().write_all(b"half").unwrap();
-        }
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
-        let mut f = PendingFile::create(&p).unwrap();
-        f.file.as_mut().unwrap().write_all(b"whole").unwrap();
-        f.commit(&p).unwrap();
-        drop(f);
-        assert_eq!(fs::read(&p).unwrap(), b"whole");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        // A commit whose rename fails (onto a non-empty directory) leaves
-        // no temporary file behind.
-        let d = dir.path().join("d");
-        fs::create_dir_all(d.join("x")).unwrap();
-        let mut f = PendingFile::create(&d).unwrap();
-        assert!(f.commit(&d).is_err());
-        drop(f);
-        let left: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains("partial"))
-            .collect();
-        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]

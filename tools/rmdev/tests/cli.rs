@@ -183,6 +183,148 @@ fn version_by_every_name() {
     assert_eq!(j["migration_version"], "vendor:16k:1.0");
 }
 
+/// mdevctl's habits: -u for an mdev, -p and -t for a type, and a verb for
+/// a device's version string that is not the tool's --version.
+#[test]
+fn mdevctl_options_name_types_and_mdevs() {
+    let t = standard();
+    for args in [
+        vec!["migration-version", "-u", U1],
+        vec!["migration-version", "--uuid", &U1.to_uppercase()],
+        vec!["migration-version", U1],
+        // The command's old name still works.
+        vec!["version", "-u", U1],
+    ] {
+        let o = t.rmdev(&args);
+        o.expect(0, "");
+        assert_eq!(o.stdout, "vendor:4m:1.0\n", "{args:?}");
+    }
+    for args in [
+        vec!["migration-version", "-p", "vendor", "-t", "vendor-16k"],
+        vec![
+            "migration-version",
+            "--parent",
+            "vendor",
+            "--type",
+            "vendor-16k",
+        ],
+    ] {
+        let o = t.rmdev(&args);
+        o.expect(0, "");
+        assert_eq!(o.stdout, "vendor:16k:1.0\n", "{args:?}");
+    }
+    let j = t
+        .rmdev(&[
+            "--json",
+            "migration-version",
+            "-p",
+            "vendor",
+            "-t",
+            "vendor-16k",
+        ])
+        .json();
+    assert_eq!(j["kind"], "type");
+    assert_eq!(j["id"], "vendor/vendor-16k");
+    // -u takes only a UUID (a PARENT/TYPE or path is not one).
+    t.rmdev(&["migration-version", "-u", "vendor/vendor-16k"])
+        .expect(2, "'vendor/vendor-16k' is not a UUID");
+    t.rmdev(&["migration-version", "-p", "vendor"])
+        .expect(2, "--type");
+    t.rmdev(&["migration-version", "-t", "vendor-16k"])
+        .expect(2, "--parent");
+    t.rmdev(&["migration-version", "-p", "vendor", "-t", "nosuch"])
+        .expect(2, "parent 'vendor' has no mdev type 'nosuch'");
+    t.rmdev(&["migration-version", U1, "-u", U2])
+        .expect(2, "cannot be used with");
+    t.rmdev(&[
+        "migration-version",
+        "-u",
+        U1,
+        "-p",
+        "vendor",
+        "-t",
+        "vendor-4m",
+    ])
+    .expect(2, "cannot be used with");
+    // A usage error under --json names the argument.
+    let o = t.rmdev(&["--json", "migration-version"]);
+    o.expect(2, "TARGET");
+    let e = o.json()["error"].as_str().unwrap().to_string();
+    assert!(e.contains("TARGET"), "{e}");
+    // save and load take -u too (and get as far as opening the device,
+    // which a fake mdev cannot be).
+    let f = t.path("s.bin");
+    t.rmdev(&["save", "-u", U1, "-o", f.to_str().unwrap()])
+        .expect(2, &format!("open mdev {U1}"));
+    t.rmdev(&["save", "-o", f.to_str().unwrap()])
+        .expect(2, "MDEV");
+    t.rmdev(&["save", "-u", "vendor/vendor-4m", "-o", f.to_str().unwrap()])
+        .expect(2, "is not a UUID");
+    t.rmdev(&["load", "-u", U1, "-i", "/nonexistent"])
+        .expect(2, "/nonexistent");
+}
+
+/// mdevctl's list filters: -u one mdev, -p one parent, -t one type.
+#[test]
+fn list_filters() {
+    let t = standard();
+    let o = t.rmdev(&["list", "-u", &U2.to_uppercase()]);
+    o.expect(0, "");
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", o.stdout);
+    assert!(
+        lines[0].starts_with(&format!("{U2} vendor/vendor-4m")),
+        "{}",
+        o.stdout
+    );
+    let j = t.rmdev(&["--json", "list", "-u", U2]).json();
+    assert_eq!(j["parents"].as_array().unwrap().len(), 0);
+    let m = j["mdevs"].as_array().unwrap();
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0]["uuid"], U2);
+
+    let j = t.rmdev(&["--json", "list", "-p", "plain"]).json();
+    let p = j["parents"].as_array().unwrap();
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0]["name"], "plain");
+    let m = j["mdevs"].as_array().unwrap();
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0]["uuid"], U3);
+
+    let j = t.rmdev(&["--json", "list", "-t", "vendor-4m"]).json();
+    let p = j["parents"].as_array().unwrap();
+    assert_eq!(p.len(), 1);
+    let types: Vec<&str> = p[0]["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["vendor-4m"]);
+    let uuids: Vec<&str> = j["mdevs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["uuid"].as_str().unwrap())
+        .collect();
+    assert_eq!(uuids, [U1, U2]);
+
+    // The type of one parent only.
+    let j = t
+        .rmdev(&["--json", "list", "-p", "plain", "-t", "vendor-4m"])
+        .json();
+    assert_eq!(j["parents"].as_array().unwrap().len(), 0);
+    assert_eq!(j["mdevs"].as_array().unwrap().len(), 0);
+    let o = t.rmdev(&["list", "-p", "nosuch"]);
+    o.expect(0, "");
+    assert_eq!(o.stdout, "no mdev parent or type matches\n");
+    let o = t.rmdev(&["list", "-u", "99999999-2222-4333-8444-555555555555"]);
+    o.expect(0, "");
+    assert_eq!(o.stdout, "no mdev matches\n");
+    t.rmdev(&["list", "-u", "1234"])
+        .expect(2, "'1234' is not a UUID");
+}
+
 #[test]
 fn version_errors() {
     let t = standard();
@@ -648,6 +790,20 @@ fn migrate_save_load_refuse_before_touching_devices() {
     t.rmdev(&["migrate", "--max-rounds", "0", U1, U2])
         .expect(2, "max-rounds");
 
+    // A save onto an existing file is refused before the device is
+    // touched, unless --force (which here gets as far as opening it); the
+    // file is kept either way.
+    let kept = t.path("kept.bin");
+    fs::write(&kept, b"an earlier save").unwrap();
+    t.rmdev(&["save", U1, "-o", kept.to_str().unwrap()]).expect(
+        2,
+        "exists: the device was not touched (--force replaces it)",
+    );
+    t.rmdev(&["save", "--force", U1, "-o", kept.to_str().unwrap()])
+        .expect(2, "open mdev");
+    assert_eq!(fs::read(&kept).unwrap(), b"an earlier save");
+    fs::remove_file(&kept).unwrap();
+
     // A save that cannot open its device leaves no file.
     let f = t.path("state.bin");
     t.rmdev(&["save", U1, "-o", f.to_str().unwrap()])
@@ -686,6 +842,29 @@ fn migrate_save_load_refuse_before_touching_devices() {
     // A pipe or device could not be read twice (checked, then loaded).
     t.rmdev(&["load", U1, "-i", "/dev/null"])
         .expect(2, "not a regular file");
+    // A FIFO without a writer is refused at once: the open does not wait
+    // for a writer (which no signal would interrupt).
+    let fifo = t.path("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: A valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut child = spawn(
+        Command::new(env!("CARGO_BIN_EXE_rmdev"))
+            .arg("--root")
+            .arg(t.root())
+            .args(["load", U1, "-i", fifo.to_str().unwrap()]),
+    );
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("load -i FIFO still blocked after 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a regular file"));
 }
 
 #[test]
@@ -708,7 +887,22 @@ fn help_man_and_completions() {
         "{}",
         &o.stdout[..40.min(o.stdout.len())]
     );
-    assert!(o.stdout.contains(".TH rmdev"));
+    assert!(
+        o.stdout.contains(".TH rmdev 8"),
+        "section 8, like mdevctl's"
+    );
+    assert!(
+        o.stdout.contains("rmdev\\-list(8)"),
+        "the subcommands' pages are named"
+    );
+    let o = t.rmdev(&["man", "libvirt", "hook"]);
+    o.expect(0, "");
+    assert!(o.stdout.contains(".TH rmdev-libvirt-hook 8"));
+    assert!(o.stdout.contains("\\-\\-libvirt\\-run"));
+    t.rmdev(&["man", "nosuch"]).expect(
+        2,
+        "no manual page rmdev-nosuch(8); the pages: rmdev, rmdev-check",
+    );
     let o = t.rmdev(&["completions", "bash"]);
     o.expect(0, "");
     assert!(o.stdout.contains("_rmdev()"));
@@ -747,6 +941,51 @@ fn closed_pipe() {
             "{st:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+/// `rmdev man --dir` writes one section-8 page per command and
+/// subcommand, each with its own options, and nothing else.
+#[test]
+fn man_pages_one_per_subcommand() {
+    use clap::CommandFactory;
+    let t = Tree::new();
+    let dir = t.path("man8");
+    fs::create_dir(&dir).unwrap();
+    let o = t.rmdev(&["man", "--dir", dir.to_str().unwrap()]);
+    o.expect(0, "");
+    let mut want: Vec<(String, Vec<String>)> = Vec::new();
+    fn walk(name: &str, cmd: &clap::Command, want: &mut Vec<(String, Vec<String>)>) {
+        let longs = cmd
+            .get_arguments()
+            .filter(|a| !a.is_hide_set())
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .collect();
+        want.push((name.to_string(), longs));
+        for sub in cmd.get_subcommands() {
+            walk(&format!("{name}-{}", sub.get_name()), sub, want);
+        }
+    }
+    walk("rmdev", &rmdev::cli::Cli::command(), &mut want);
+    let mut files: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    let mut names: Vec<String> = want.iter().map(|(n, _)| format!("{n}.8")).collect();
+    names.sort();
+    assert_eq!(files, names);
+    assert!(names.contains(&"rmdev-libvirt-install-hook.8".to_string()));
+    // Each listed on standard output.
+    assert_eq!(o.stdout.lines().count(), names.len());
+    for (name, longs) in want {
+        let page = fs::read_to_string(dir.join(format!("{name}.8"))).unwrap();
+        let th = format!(".TH {name} 8");
+        assert!(page.contains(&th), "{name}: no '{th}'");
+        for l in longs {
+            let opt = format!("\\-\\-{}", l.replace('-', "\\-"));
+            assert!(page.contains(&opt), "{name}.8 lacks --{l}");
+        }
     }
 }
 
@@ -795,7 +1034,7 @@ fn manual_covers_every_command_and_option() {
             }
         }
     }
-    for status in ["``0``", "``1``", "``2``"] {
+    for status in ["``0``", "``1``", "``2``", "``130``"] {
         if !doc.contains(status) {
             missing.push(format!("exit status {status}"));
         }
