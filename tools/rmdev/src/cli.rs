@@ -96,6 +96,11 @@ pub enum Command {
         /// Look SOURCE up in this manifest (exported on the source host).
         #[arg(long, value_name = "FILE")]
         from: Option<PathBuf>,
+        /// Compare default-format strings with the default rule, without
+        /// writing to sysfs (no root needed; not authoritative: a vendor
+        /// rule may differ).
+        #[arg(long)]
+        offline: bool,
     },
     /// Write this host's manifest: types and mdevs with their versions.
     Export {
@@ -464,7 +469,8 @@ fn execute(cli: Cli) -> Result<u8> {
             source,
             target,
             from,
-        } => check(&sys, &source, &target, from.as_deref(), json),
+            offline,
+        } => check(&sys, &source, &target, from.as_deref(), offline, json),
         Command::Export { output } => export(&sys, output.as_deref()),
         Command::Match { from, offline } => match_cmd(&sys, &from, offline, json),
         Command::Migrate {
@@ -817,11 +823,31 @@ fn print_verdict(src: &Source, target: &str, v: &Verdict) {
     }
 }
 
-fn check(sys: &Sysfs, source: &str, target: &str, from: Option<&Path>, json: bool) -> Result<u8> {
+fn check(
+    sys: &Sysfs,
+    source: &str,
+    target: &str,
+    from: Option<&Path>,
+    offline: bool,
+    json: bool,
+) -> Result<u8> {
     let src = source_of(sys, source, from)?;
     let tgt = sys.resolve(target)?;
     let start = Instant::now();
-    let v = compat::check(&src.version, &tgt)?;
+    let v = if offline {
+        compat::validate(&src.version)?;
+        let tv = local_version(&tgt)?;
+        compat::offline(&tv, &src.version).ok_or_else(|| {
+            Error::Usage(format!(
+                "--offline: '{}' or '{tv}' is not in the default format: only {}'s own rule \
+                 (the write check, as root) can decide",
+                src.version,
+                tgt.label()
+            ))
+        })?
+    } else {
+        compat::check(&src.version, &tgt)?
+    };
     if json {
         print_json(&serde_json::json!({
             "source": { "id": src.label, "origin": src.origin, "migration_version": src.version },

@@ -36,6 +36,10 @@ pub enum Error {
     /// The device or type has no `migration_version`.
     #[error("{0}")]
     NotMigratable(String),
+    /// Not allowed: the message says what needs which privilege, and what
+    /// works without it.
+    #[error("{0}")]
+    Permission(String),
     /// A system call on a path failed.
     #[error("{path}: {source}")]
     Io {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{describe, Error, Result};
 
 /// The most bytes read from any attribute: sysfs attributes are at most a
 /// page.
@@ -529,6 +529,14 @@ pub fn write_check(dir: &Path, version: &str) -> Result<WriteCheck> {
     let mut f = match fs::OpenOptions::new().write(true).open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(WriteCheck::NoAttribute),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(Error::Permission(format!(
+                "{}: {}: the write check needs root (--offline compares \
+                 default-format strings without writing)",
+                path.display(),
+                describe(&e)
+            )))
+        }
         Err(e) => return Err(Error::io(&path, e)),
     };
     let line = format!("{version}\n");

@@ -399,6 +399,85 @@ fn check_writes_the_source_string() {
     assert_eq!(j["target"]["kind"], "mdev");
 }
 
+/// A non-root operator: list, export, match --offline and check --offline
+/// work; the write check (writing a root-only attribute) says it needs
+/// root and what works without. (As root, the tool runs as nobody here.)
+#[test]
+fn non_root_operator() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let t = standard();
+    let m = t.path("m.json");
+    t.rmdev(&["export", "-o", m.to_str().unwrap()])
+        .expect(0, "");
+    // Walkable by everyone; the attributes read-only for everyone but
+    // root, as sysfs has them.
+    fn open_up(p: &Path) {
+        let meta = fs::symlink_metadata(p).unwrap();
+        if meta.file_type().is_symlink() {
+            return;
+        }
+        if meta.is_dir() {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o755)).unwrap();
+            for e in fs::read_dir(p).unwrap() {
+                open_up(&e.unwrap().path());
+            }
+        } else {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o444)).unwrap();
+        }
+    }
+    open_up(t.root());
+    // A copy of the binary the user can run (the build directory may be
+    // in root's home).
+    let bin = t.path("bin");
+    fs::create_dir(&bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = bin.join("rmdev");
+    fs::copy(env!("CARGO_BIN_EXE_rmdev"), &exe).unwrap();
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    let user = |args: &[&str]| {
+        let mut c = Command::new(&exe);
+        c.arg("--root").arg(t.root()).args(args);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            c.uid(65534).gid(65534);
+        }
+        let o = spawn(&mut c).wait_with_output().unwrap();
+        Out {
+            status: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    };
+    user(&["list"]).expect(0, "");
+    let o = user(&["export"]);
+    o.expect(0, "");
+    assert!(o.json()["mdevs"].is_array());
+    user(&["match", "--from", m.to_str().unwrap(), "--offline"]).expect(0, "");
+    let o = user(&["check", U1, U2]);
+    o.expect(2, "the write check needs root (--offline compares");
+    assert!(o.stderr.contains("EACCES"), "{o:#?}");
+    let o = user(&["check", "--offline", U1, U2]);
+    o.expect(0, "");
+    assert!(o.stdout.starts_with("compatible:"), "{o:#?}");
+    let o = user(&["--json", "check", "--offline", U1, "vendor/vendor-16k"]);
+    o.expect(1, "");
+    let j = o.json();
+    assert_eq!(j["verdict"]["method"], "offline");
+    assert_eq!(j["verdict"]["compatible"], false);
+    assert_eq!(
+        j["verdict"]["detail"],
+        "type differs: source '4m', target '16k'"
+    );
+    user(&["check", "--offline", U3, U1]).expect(2, "does not migrate");
+    // Not the default format: only the target's own rule can tell.
+    let a = t.mdev_dir("vendor", U2).join("migration_version");
+    fs::set_permissions(&a, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&a, "vendor-own-format\n").unwrap();
+    fs::set_permissions(&a, fs::Permissions::from_mode(0o444)).unwrap();
+    user(&["check", "--offline", U1, U2]).expect(2, "is not in the default format");
+}
+
 #[test]
 fn check_refused_and_unusable_targets() {
     let t = standard();
