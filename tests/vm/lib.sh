@@ -38,11 +38,18 @@ expect_errno() {
 	esac
 }
 
-# sysfs_write FILE VALUE: write like `echo VALUE > FILE` does, in a subshell,
-# so a failing write returns non-zero with the errno text on stderr.
-sysfs_write() { bash -c 'echo "$2" > "$1"' _ "$1" "$2"; }
+# sysfs_write FILE VALUE: write like `echo VALUE > FILE` does (one write(2)
+# of VALUE and a newline); a failing write returns non-zero with the errno
+# text on stderr. The shell's own echo, not a new bash: each process
+# started costs about half a second of CPU in the lab's debug kernel
+# under TCG.
+sysfs_write() { echo "$2" >"$1"; }
 
-new_uuid() { cat /proc/sys/kernel/random/uuid; }
+new_uuid() {
+	local u
+	read -r u </proc/sys/kernel/random/uuid
+	printf '%s\n' "$u"
+}
 
 # nap SECONDS: sleeps without a process of its own (read's time limit on a
 # FIFO no one writes). A fork and exec cost about half a second of CPU

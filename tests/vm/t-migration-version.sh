@@ -23,17 +23,17 @@ a=$(new_uuid) b=$(new_uuid) c=$(new_uuid)
 sysfs_write $SAMPLE_TYPES/rmdev_sample-16k/create "$a"
 sysfs_write $SAMPLE_TYPES/rmdev_sample-16k/create "$b"
 sysfs_write $SAMPLE_TYPES/rmdev_sample-4m/create "$c"
-expect_eq "device string" "$(cat "$(mv_dev $a)")" "rmdev_sample:16k:3.0"
+expect_eq "device string" "$(<"$(mv_dev $a)")" "rmdev_sample:16k:3.0"
 expect_eq "device mode" "$(stat -c %a "$(mv_dev $a)")" 644
 
 # Compatible: same type, device to device, type to device, device to type.
-check_ok "$(mv_dev $b)" "$(cat "$(mv_dev $a)")"
-check_ok "$(mv_dev $b)" "$(cat "$(mv_type 16k)")"
-check_ok "$(mv_type 16k)" "$(cat "$(mv_dev $a)")"
+check_ok "$(mv_dev $b)" "$(<"$(mv_dev $a)")"
+check_ok "$(mv_dev $b)" "$(<"$(mv_type 16k)")"
+check_ok "$(mv_type 16k)" "$(<"$(mv_dev $a)")"
 check_ok "$(mv_type 16k)" "rmdev_sample:16k:3.0"            # without the newline
 # Incompatible: another type, another major, a newer minor, another vendor.
-expect_errno "Invalid argument" sysfs_write "$(mv_dev $c)" "$(cat "$(mv_dev $a)")"
-expect_errno "Invalid argument" sysfs_write "$(mv_type 4m)" "$(cat "$(mv_type 16k)")"
+expect_errno "Invalid argument" sysfs_write "$(mv_dev $c)" "$(<"$(mv_dev $a)")"
+expect_errno "Invalid argument" sysfs_write "$(mv_type 4m)" "$(<"$(mv_type 16k)")"
 expect_errno "Invalid argument" sysfs_write "$(mv_dev $a)" "rmdev_sample:16k:2.1"
 expect_errno "Invalid argument" sysfs_write "$(mv_dev $a)" "rmdev_sample:16k:3.1"
 expect_errno "Invalid argument" sysfs_write "$(mv_dev $a)" "rmdev_sample:16k:4.0"
@@ -71,11 +71,11 @@ sysfs_write "/sys/bus/mdev/devices/$b/remove" 1
 sysfs_write "/sys/bus/mdev/devices/$c/remove" 1
 
 # Across data format versions: a format-3 string and stream into format 4.
-old=$(cat "$(mv_type 16k)")
+old=$(<"$(mv_type 16k)")
 "$VM_TEST" --flags 7 save-stream rmdev_sample-16k /tmp/stream-v3 || fail "save-stream"
 unload_sample
 load_sample migration_flags=5 format_version=4
-expect_eq "format 4 string" "$(cat "$(mv_type 16k)")" "rmdev_sample:16k:4.0"
+expect_eq "format 4 string" "$(<"$(mv_type 16k)")" "rmdev_sample:16k:4.0"
 expect_errno "Invalid argument" sysfs_write "$(mv_type 16k)" "$old"
 out=$("$VM_TEST" --flags 5 load-stream rmdev_sample-16k /tmp/stream-v3 2>&1) && fail "format-3 stream loaded into format 4: $out"
 case "$out" in *"refused at write 1"*"Invalid argument"*) ;; *) fail "format-3 stream: $out" ;; esac
