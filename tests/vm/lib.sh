@@ -102,6 +102,20 @@ expect_status() {
 	out=$("$@" 2>&1) || rc=$?
 	[ "$rc" = "$want" ] || fail "'$*' exited $rc, want $want: $out"
 }
+# json_out STATUS NAME CMD...: like expect_status, with CMD's standard
+# output alone (its JSON) in $out, kept as $RMDEV_SHARE/json/NAME.json when
+# RMDEV_SHARE is set: make check validates each file against
+# Documentation/rmdev.schema.json on the host (tools/rmdev/tests/json_schema.rs).
+json_out() {
+	local want=$1 name=$2 rc=0
+	shift 2
+	out=$("$@" 2>/dev/null) || rc=$?
+	[ "$rc" = "$want" ] || fail "'$*' exited $rc, want $want: $out"
+	if [ -n "${RMDEV_SHARE:-}" ]; then
+		mkdir -p "$RMDEV_SHARE/json"
+		printf '%s\n' "$out" >"$RMDEV_SHARE/json/$name.json"
+	fi
+}
 # has TEXT: the last expect_status's output contains TEXT.
 has() { case "$out" in *"$1"*) ;; *) fail "output lacks '$1': $out" ;; esac; }
 # json_eval EXPR: EXPR (Python, the JSON on stdin as d) printed.

@@ -10,30 +10,20 @@
 # the same and another mdev of the same type, with the device state
 # compared and the times printed, and rmdev's hook on restore (an
 # incompatible mdev refused before QEMU starts, the same restore failing
-# inside QEMU without it). The hook's choice of another compatible mdev is
-# shown on migration (tests/vm/libvirt-pair; a restore takes the same path
-# through the hook). Part of make check's in-VM suite, on host 1 of the
-# lab pair (tests/vm/two-hosts), where it leaves libvirtd running and
-# listening for host 2: libvirt-pair goes on with it.
+# inside QEMU without it, a missing mdev replaced by a compatible one).
+# Part of make check's in-VM suite.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/libvirt-lib.sh"
 
-# On host 1 of a pair, libvirtd listens for host 2 and outlives the test
-# (one start less for libvirt-pair, each about 30 s under TCG).
-if [ "${RMDEV_HOST:-}" = 1 ]; then
-	libvirt_start=(start --pair) libvirt_keep=1
-else
-	libvirt_start=(start) libvirt_keep=0
-fi
 cleanup() {
-	[ "$libvirt_keep" = 1 ] || "$LAB_LIBVIRT" stop || true
+	"$LAB_LIBVIRT" stop || true
 	igbvf_release
 	unload_sample
 }
 trap cleanup EXIT
 [ -x "$VM_TEST" ] || fail "$VM_TEST not built"
 
-"$LAB_LIBVIRT" "${libvirt_start[@]}"
+"$LAB_LIBVIRT" start
 load_sample
 igbvf_bind_two
 udevadm settle --timeout=60 || true
@@ -239,7 +229,21 @@ note "  without the hook: $out"
 [ -s /var/log/libvirt/qemu/lv-sample.log ] || fail "QEMU never started (no log)"
 "${VIRSH[@]}" domstate lv-sample >/dev/null 2>&1 && fail "lv-sample exists after the failure"
 
+note "rmdev's hook: the named mdev absent, the restore lands on a compatible one the hook chooses"
 sysfs_write "/sys/bus/mdev/devices/$su/remove" 1
+unload_sample
+load_sample
+su3=$(new_uuid)
+sysfs_write "$SAMPLE_TYPES/rmdev_sample-4m/create" "$su3"
+hook_on
+"${VIRSH[@]}" restore "$LV_IMAGES/lv-sample.sav" >/dev/null
+expect_eq "lv-sample's state after the restore" "$("${VIRSH[@]}" domstate lv-sample)" running
+case "$("${VIRSH[@]}" dumpxml lv-sample)" in *"uuid='$su3'"*) ;; *) fail "lv-sample does not hold the mdev $su3 the hook chose" ;; esac
+"${VIRSH[@]}" destroy lv-sample >/dev/null
+expect_eq "the counter in $su3's memory" "$("$VM_TEST" region-read "$su3" 2 0)" 0x00000bb8
+hook_off
+sysfs_write "/sys/bus/mdev/devices/$su3/remove" 1
 
+"$LAB_LIBVIRT" stop
 trap - EXIT
 cleanup

@@ -42,7 +42,7 @@ has "$S rmdev_sample/rmdev_sample-4m  flags not probed (use --probe)  migration_
 note "list --probe: opens idle mdevs for their flag set"
 expect_status 0 "$RMDEV" list --probe
 has "$S rmdev_sample/rmdev_sample-4m  flags STOP_COPY|P2P|PRE_COPY  migration_version rmdev_sample:4m:1.0"
-expect_status 0 "$RMDEV" --json list --probe
+json_out 0 list-probe "$RMDEV" --json list --probe
 expect_eq "JSON flags of $E" "$(json_eval "[m['migration_flags'] for m in d['mdevs'] if m['uuid']=='$E'][0]" <<<"$out")" 7
 
 note "version: by UUID, PARENT/TYPE and path, against the attribute itself"
@@ -52,6 +52,10 @@ for spec in "$S" "/sys/bus/mdev/devices/$S"; do
 done
 expect_status 0 "$RMDEV" version $T4M
 expect_eq "version $T4M" "$out" "$(cat $SAMPLE_TYPES/rmdev_sample-4m/migration_version)"
+expect_status 0 "$RMDEV" migration-version -p rmdev_sample -t rmdev_sample-4m
+expect_eq "migration-version -p -t" "$out" "$(cat $SAMPLE_TYPES/rmdev_sample-4m/migration_version)"
+expect_status 0 "$RMDEV" migration-version -u "${S^^}"
+expect_eq "migration-version -u (upper case)" "$out" "$(cat /sys/bus/mdev/devices/$S/migration_version)"
 expect_status 2 "$RMDEV" version not-a-uuid
 has "'not-a-uuid' is not an mdev UUID, a PARENT/TYPE or a sysfs path"
 expect_status 2 "$RMDEV" version "$(new_uuid)"
@@ -64,7 +68,7 @@ expect_status 0 "$RMDEV" check "$S" $T4M
 expect_status 1 "$RMDEV" check "$S" "$E"
 has "EINVAL (Invalid argument)"
 has "detail: type differs: source '4m', target '16k'"
-expect_status 1 "$RMDEV" --json check "$E" $T4M
+json_out 1 check-refused "$RMDEV" --json check "$E" $T4M
 expect_eq "JSON errno" "$(json_eval "d['verdict']['errno_name']" <<<"$out")" EINVAL
 # A device of a newer data format (major 2) refuses the others.
 echo 2 >/sys/module/rmdev_sample/parameters/format_version
@@ -89,7 +93,7 @@ echo 1 >/sys/bus/mdev/devices/$N/remove
 note "migrate with pre-copy while the device keeps writing its memory"
 "$VM_TEST" fill "$S" 11
 "$VM_TEST" fill "$D" 12
-expect_status 0 "$RMDEV" --json migrate "$S" "$D"
+json_out 0 migrate "$RMDEV" --json migrate "$S" "$D"
 echo "$out" | sed 's/^/    /'
 rounds=$(json_eval "d['precopy_rounds']" <<<"$out")
 [ "$rounds" -eq 2 ] || fail "pre-copy rounds: $rounds, want 2 (the initial pass, then the 8 pages the device dirties each round, which stop shrinking)"
@@ -132,6 +136,12 @@ echo 0 >/sys/module/rmdev_sample/parameters/precopy_dirty_pages
 "$VM_TEST" fill "$D" 22
 expect_status 0 "$RMDEV" save "$S" -o "$work/s.bin"
 has "saved"
+# A save never replaces a file unless --force; in JSON, the summary.
+expect_status 2 "$RMDEV" save "$S" -o "$work/s.bin"
+has "exists: the device was not touched (--force replaces it)"
+json_out 0 save "$RMDEV" --json save --force "$S" -o "$work/s.bin"
+[ "$(json_eval "d['downtime_s'] is not None and d['bytes'] > 4194304" <<<"$out")" = True ] ||
+	fail "save's JSON summary: $out"
 python3 - "$work/s.bin" "$work/flip.bin" "$work/cut.bin" <<'EOF'
 import sys
 b = bytearray(open(sys.argv[1], 'rb').read())
@@ -147,10 +157,12 @@ for bad in flip cut foreign; do
 	"$VM_TEST" compare-pattern "$D" 22
 done
 "$VM_TEST" fill "$E" 23
-expect_status 1 "$RMDEV" load "$E" -i "$work/s.bin"
+json_out 1 load-refused "$RMDEV" --json load "$E" -i "$work/s.bin"
 has "refuses the file's source version rmdev_sample:4m:1.0"
+expect_eq "the refused load's verdict" "$(json_eval "d['verdict']['errno_name']" <<<"$out")" EINVAL
 "$VM_TEST" compare-pattern "$E" 23
-expect_status 0 "$RMDEV" load "$D" -i "$work/s.bin"
+json_out 0 load "$RMDEV" --json load -u "$D" -i "$work/s.bin"
+expect_eq "a load's downtime" "$(json_eval "d['downtime_s']" <<<"$out")" None
 "$VM_TEST" compare-pattern "$D" 21
 
 note "an interrupted save leaves no file"

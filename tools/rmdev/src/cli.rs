@@ -103,11 +103,19 @@ pub enum Command {
         offline: bool,
     },
     /// Write this host's manifest: types and mdevs with their versions.
+    ///
+    /// An entry a manifest's reader would refuse (a vendor's version
+    /// string that is not a valid one, a name that is not printable) is
+    /// left out, with a warning on standard error.
     Export {
         /// Write it to FILE instead of standard output (- for standard
         /// output). FILE is replaced whole, never left half-written.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// The host name to record (default: this host's, which must not
+        /// be empty).
+        #[arg(long, value_name = "NAME")]
+        host: Option<String>,
     },
     /// For each entry of a manifest, the local types and mdevs that accept it.
     ///
@@ -385,7 +393,10 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> u8 {
                 e.exit_status()
             };
             if json {
-                let v = serde_json::json!({ "error": e.to_string(), "exit_status": status });
+                let mut v = serde_json::json!({ "error": e.to_string(), "exit_status": status });
+                if let (Error::Refused { verdict, .. }, Some(o)) = (&e, v.as_object_mut()) {
+                    o.insert("verdict".into(), verdict.clone());
+                }
                 println!("{v}");
             }
             eprintln!("rmdev: {e}");
@@ -471,7 +482,7 @@ fn execute(cli: Cli) -> Result<u8> {
             from,
             offline,
         } => check(&sys, &source, &target, from.as_deref(), offline, json),
-        Command::Export { output } => export(&sys, output.as_deref()),
+        Command::Export { output, host } => export(&sys, output.as_deref(), host.as_deref()),
         Command::Match { from, offline } => match_cmd(&sys, &from, offline, json),
         Command::Migrate {
             src,
@@ -866,8 +877,12 @@ fn check(
     })
 }
 
-fn export(sys: &Sysfs, output: Option<&Path>) -> Result<u8> {
-    let m = Manifest::export(sys)?;
+fn export(sys: &Sysfs, output: Option<&Path>, host: Option<&str>) -> Result<u8> {
+    let mut skipped = Vec::new();
+    let m = Manifest::export(sys, host, &mut skipped)?;
+    for why in &skipped {
+        eprintln!("rmdev: warning: left out of the manifest: {why}");
+    }
     let text = serde_json::to_string_pretty(&m).map_err(|e| Error::Usage(e.to_string()))? + "\n";
     match output {
         Some(p) if p != Path::new("-") => wholefile::write(p, text.as_bytes(), 0o644)?,
@@ -1116,9 +1131,10 @@ fn refuse_unless_forced(verdict: &Verdict, force: bool, what: &str) -> Result<()
         eprintln!("rmdev: warning: {what}: {why}; going on (--force)");
         Ok(())
     } else {
-        Err(Error::Incompatible(format!(
-            "{what}: {why}; nothing was changed (--force to try anyway)"
-        )))
+        Err(Error::Refused {
+            message: format!("{what}: {why}; nothing was changed (--force to try anyway)"),
+            verdict: serde_json::to_value(verdict).unwrap_or_default(),
+        })
     }
 }
 

@@ -62,6 +62,15 @@ pub enum Error {
     /// The target refused the source: incompatible.
     #[error("{0}")]
     Incompatible(String),
+    /// A migration, save or load refused by its compatibility check before
+    /// anything changed; the check's verdict (for JSON output).
+    #[error("{message}")]
+    Refused {
+        /// What was refused and why.
+        message: String,
+        /// The verdict, as `check` prints it.
+        verdict: serde_json::Value,
+    },
     /// A migration step failed; the message says what state each device
     /// was left in.
     #[error("{0}")]
@@ -83,7 +92,7 @@ impl Error {
     /// The exit status this error gives.
     pub fn exit_status(&self) -> u8 {
         match self {
-            Error::Incompatible(_) => EXIT_INCOMPATIBLE,
+            Error::Incompatible(_) | Error::Refused { .. } => EXIT_INCOMPATIBLE,
             _ => EXIT_ERROR,
         }
     }

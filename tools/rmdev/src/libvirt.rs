@@ -311,19 +311,37 @@ fn metadata(
 
 // ------------------------------------------------------ annotate ---
 
-/// One mdev recorded by [`annotate`].
-#[derive(Clone, Debug, Serialize)]
+/// One mdev recorded by [`annotate`]. In JSON it is an mdev like every
+/// command's: `uuid`, `parent`, `type` (the type's directory name) and
+/// `migration_version`, with the hostdev's `alias`.
+#[derive(Clone, Debug)]
 pub struct Recorded {
     /// The mdev's UUID.
     pub uuid: String,
     /// The hostdev's alias.
     pub alias: Option<String>,
     /// `PARENT/TYPE`.
-    #[serde(rename = "type")]
     pub mdev_type: String,
     /// Its `migration_version`; `None`: it has none (not checked on the
     /// target).
     pub migration_version: Option<String>,
+}
+
+impl Serialize for Recorded {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let (parent, type_id) = self
+            .mdev_type
+            .split_once('/')
+            .unwrap_or(("", &self.mdev_type));
+        let mut st = s.serialize_struct("Recorded", 5)?;
+        st.serialize_field("uuid", &self.uuid)?;
+        st.serialize_field("alias", &self.alias)?;
+        st.serialize_field("parent", parent)?;
+        st.serialize_field("type", type_id)?;
+        st.serialize_field("migration_version", &self.migration_version)?;
+        st.end()
+    }
 }
 
 /// The metadata element [`annotate`] sets (without namespace: libvirt

@@ -115,10 +115,65 @@ pub(crate) fn hostname() -> String {
         .unwrap_or_default()
 }
 
+/// Names are printed and matched: printable ASCII, as sysfs has them.
+fn name_ok(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+impl TypeEntry {
+    /// What [`Manifest::parse`] requires of a type entry.
+    fn check(&self) -> std::result::Result<(), String> {
+        if !name_ok(&self.parent) || !name_ok(&self.type_id) || self.type_id.contains('/') {
+            return Err(format!(
+                "type {:?}/{:?}: bad parent or type name",
+                self.parent, self.type_id
+            ));
+        }
+        if self.name.as_deref().is_some_and(|n| !name_ok(n)) {
+            return Err(format!(
+                "type {}/{}: name not printable ASCII",
+                self.parent, self.type_id
+            ));
+        }
+        if let Some(v) = &self.migration_version {
+            validate(v).map_err(|e| format!("type {}/{}: {e}", self.parent, self.type_id))?;
+        }
+        Ok(())
+    }
+}
+
+impl MdevEntry {
+    /// What [`Manifest::parse`] requires of an mdev entry.
+    fn check(&self) -> std::result::Result<(), String> {
+        if !is_uuid(&self.uuid) {
+            return Err(format!("mdev {:?}: not a UUID", self.uuid));
+        }
+        if !name_ok(&self.parent) || !name_ok(&self.type_id) {
+            return Err(format!("mdev {}: bad parent or type name", self.uuid));
+        }
+        if let Some(v) = &self.migration_version {
+            validate(v).map_err(|e| format!("mdev {}: {e}", self.uuid))?;
+        }
+        Ok(())
+    }
+}
+
 impl Manifest {
-    /// This host's manifest. An attribute that exists but cannot be read
-    /// fails the export: writing `null` would say "does not migrate".
-    pub fn export(sys: &Sysfs) -> Result<Manifest> {
+    /// This host's manifest, under the host name `host` (this host's own
+    /// if `None`). An attribute that exists but cannot be read fails the
+    /// export: writing `null` would say "does not migrate". It holds only
+    /// what [`Manifest::parse`] accepts: an entry that it would refuse (a
+    /// vendor's version string that is not a valid one, a name that is not
+    /// printable) is left out and named in `skipped`, so that one odd
+    /// device never makes the whole manifest unreadable.
+    pub fn export(sys: &Sysfs, host: Option<&str>, skipped: &mut Vec<String>) -> Result<Manifest> {
+        let host = host.map_or_else(hostname, str::to_string);
+        if !name_ok(&host) {
+            return Err(Error::Usage(format!(
+                "host name {host:?} is empty, too long or not printable ASCII (a manifest's \
+                 reader refuses it): set the host's name, or give one with --host"
+            )));
+        }
         fn version(v: &VersionAttr, dir: &Path) -> Result<Option<String>> {
             match v {
                 VersionAttr::Present(s) => Ok(Some(s.clone())),
@@ -131,26 +186,34 @@ impl Manifest {
         }
         let mut types = Vec::new();
         for t in sys.parents()?.into_iter().flat_map(|p| p.types) {
-            types.push(TypeEntry {
+            let e = TypeEntry {
                 migration_version: version(&t.migration_version, &t.path)?,
                 parent: t.parent,
                 type_id: t.id,
                 name: t.name,
-            });
+            };
+            match e.check() {
+                Ok(()) => types.push(e),
+                Err(why) => skipped.push(why),
+            }
         }
         let mut mdevs = Vec::new();
         for m in sys.mdevs()? {
-            mdevs.push(MdevEntry {
+            let e = MdevEntry {
                 migration_version: version(&m.migration_version, &m.path)?,
                 uuid: m.uuid,
                 parent: m.parent,
                 type_id: m.type_id,
-            });
+            };
+            match e.check() {
+                Ok(()) => mdevs.push(e),
+                Err(why) => skipped.push(why),
+            }
         }
         Ok(Manifest {
             schema: SCHEMA.into(),
             schema_version: SCHEMA_VERSION,
-            host: hostname(),
+            host,
             rmdev_version: env!("CARGO_PKG_VERSION").into(),
             types,
             mdevs,
@@ -209,39 +272,16 @@ impl Manifest {
         if m.types.len() + m.mdevs.len() > MAX_ENTRIES {
             return Err(format!("more than {MAX_ENTRIES} entries"));
         }
-        // Names are printed and matched: printable ASCII, as sysfs has them.
-        let name_ok = |s: &str| {
-            !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| (0x20..0x7f).contains(&b))
-        };
         if !name_ok(&m.host) {
             return Err("\"host\": empty, too long or not printable ASCII".into());
         }
+        // A manifest is one host's word: an entry that does not check
+        // refuses the whole file (export never writes one).
         for t in &m.types {
-            if !name_ok(&t.parent) || !name_ok(&t.type_id) || t.type_id.contains('/') {
-                return Err(format!(
-                    "type {:?}/{:?}: bad parent or type name",
-                    t.parent, t.type_id
-                ));
-            }
-            if t.name.as_deref().is_some_and(|n| !name_ok(n)) {
-                return Err(format!(
-                    "type {}/{}: name not printable ASCII",
-                    t.parent, t.type_id
-                ));
-            }
+            t.check()?;
         }
         for d in &m.mdevs {
-            if !is_uuid(&d.uuid) {
-                return Err(format!("mdev {:?}: not a UUID", d.uuid));
-            }
-            if !name_ok(&d.parent) || !name_ok(&d.type_id) {
-                return Err(format!("mdev {}: bad parent or type name", d.uuid));
-            }
-        }
-        for e in m.entries() {
-            if let Some(v) = &e.migration_version {
-                validate(v).map_err(|err| format!("{} {}: {err}", e.kind, e.id))?;
-            }
+            d.check()?;
         }
         Ok(m)
     }

@@ -26,8 +26,13 @@ use crate::error::{describe, Error, Result};
 const ATTR_MAX: u64 = 4096;
 
 /// A `migration_version` attribute as found.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "status", content = "value", rename_all = "snake_case")]
+///
+/// In JSON it is the one shape every command uses for the concept (flatten
+/// it into its type's or mdev's object): `"migration_version"`, the string
+/// or `null` when the type or mdev does not migrate; and for an attribute
+/// that exists but could not be read, `null` with
+/// `"migration_version_error"`, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VersionAttr {
     /// No attribute: the type or mdev does not migrate (or its vendor is
     /// not an rmdev vendor).
@@ -36,6 +41,18 @@ pub enum VersionAttr {
     Present(String),
     /// The attribute exists but could not be read: the error.
     Unreadable(String),
+}
+
+impl Serialize for VersionAttr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("migration_version", &self.as_str())?;
+        if let VersionAttr::Unreadable(e) = self {
+            m.serialize_entry("migration_version_error", e)?;
+        }
+        m.end()
+    }
 }
 
 impl VersionAttr {
@@ -100,6 +117,7 @@ pub struct MdevType {
     /// `available_instances`, if present and a number.
     pub available_instances: Option<u64>,
     /// The `migration_version` attribute.
+    #[serde(flatten)]
     pub migration_version: VersionAttr,
     /// The type's sysfs directory.
     pub path: PathBuf,
@@ -127,6 +145,7 @@ pub struct Mdev {
     #[serde(rename = "type")]
     pub type_id: String,
     /// The `migration_version` attribute.
+    #[serde(flatten)]
     pub migration_version: VersionAttr,
     /// The mdev's sysfs directory.
     pub path: PathBuf,

@@ -800,8 +800,10 @@ fn annotate_records_versions_in_the_metadata() {
     assert_eq!(j["live"], true);
     assert_eq!(j["config"], false);
     assert_eq!(j["mdevs"][0]["uuid"], U1);
-    assert_eq!(j["mdevs"][0]["type"], "vendor/vendor-4m");
+    assert_eq!(j["mdevs"][0]["parent"], "vendor");
+    assert_eq!(j["mdevs"][0]["type"], "vendor-4m");
     assert!(j["mdevs"][1]["migration_version"].is_null());
+    valid("libvirt-annotate", &j);
     let c = calls(&t);
     assert_eq!(c[0][..2], ["--connect", "qemu:///system"]);
     assert_eq!(c[2].last().unwrap(), "--live");

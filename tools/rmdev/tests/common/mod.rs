@@ -240,3 +240,28 @@ pub(crate) fn has(v: &Value, key: &str, kind: &str) {
     });
     assert!(ok, "'{key}' should be {kind} in {v:#}");
 }
+
+/// `Documentation/rmdev.schema.json`, which every `--json` output follows.
+pub(crate) const SCHEMA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../Documentation/rmdev.schema.json"
+);
+
+/// Validates `v` against the schema's definition `def`, panicking with
+/// every error and the document.
+pub(crate) fn valid(def: &str, v: &Value) {
+    let mut schemas = boon::Schemas::new();
+    let mut compiler = boon::Compiler::new();
+    let doc: Value = serde_json::from_str(&fs::read_to_string(SCHEMA).unwrap()).unwrap();
+    assert!(
+        doc["$defs"].get(def).is_some(),
+        "the schema has no definition '{def}'"
+    );
+    compiler.add_resource("urn:rmdev:test-schema", doc).unwrap();
+    let idx = compiler
+        .compile(&format!("urn:rmdev:test-schema#/$defs/{def}"), &mut schemas)
+        .unwrap();
+    if let Err(e) = schemas.validate(v, idx) {
+        panic!("not a valid '{def}': {e:#}\n{v:#}");
+    }
+}
