@@ -108,28 +108,46 @@ impl Drop for WholeFile {
     }
 }
 
-/// `rename(2)` that fails with `EEXIST` instead of replacing `to`.
+/// `rename(2)` that fails with `EEXIST` instead of replacing `to`:
+/// `renameat2(RENAME_NOREPLACE)`; where the filesystem does not have that
+/// flag (9p, some network filesystems: `EINVAL`), a hard link, which fails
+/// with `EEXIST` too, and the temporary name's removal; where neither
+/// exists, a look just before a plain rename (which a file created in
+/// between would lose to).
 fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let c = |p: &Path| {
         CString::new(p.as_os_str().as_bytes())
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
     };
-    let (from, to) = (c(from)?, c(to)?);
+    let (cfrom, cto) = (c(from)?, c(to)?);
     // SAFETY: Both are valid NUL-terminated paths that outlive the call;
     // renameat2 only reads them.
     let r = unsafe {
         libc::renameat2(
             libc::AT_FDCWD,
-            from.as_ptr(),
+            cfrom.as_ptr(),
             libc::AT_FDCWD,
-            to.as_ptr(),
+            cto.as_ptr(),
             libc::RENAME_NOREPLACE,
         )
     };
     if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if !matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+    ) {
+        return Err(e);
+    }
+    match fs::hard_link(from, to) {
+        Ok(()) => fs::remove_file(from),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+        Err(_) if fs::symlink_metadata(to).is_ok() => {
+            Err(io::Error::from_raw_os_error(libc::EEXIST))
+        }
+        Err(_) => fs::rename(from, to),
     }
 }
 
