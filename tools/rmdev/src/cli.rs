@@ -641,9 +641,12 @@ impl ListFilter {
         })
     }
 
-    fn keeps(&self, parent: &str, type_id: &str) -> bool {
+    fn keeps_parent(&self, parent: &str) -> bool {
         self.parent.as_deref().is_none_or(|p| p == parent)
-            && self.type_id.as_deref().is_none_or(|t| t == type_id)
+    }
+
+    fn keeps(&self, parent: &str, type_id: &str) -> bool {
+        self.keeps_parent(parent) && self.type_id.as_deref().is_none_or(|t| t == type_id)
     }
 
     fn keeps_mdev(&self, m: &crate::sysfs::Mdev) -> bool {
@@ -669,17 +672,14 @@ fn list(sys: &Sysfs, probe: bool, filter: &ListFilter, json: bool) -> Result<u8>
     // -u names one mdev: its parent's types are not what was asked.
     if filter.uuid.is_none() {
         for mut p in sys.parents()? {
-            if filter.parent.as_deref().is_some_and(|x| x != p.name) {
+            if !filter.keeps_parent(&p.name) {
                 continue;
             }
-            // -t: the parents that have the type, with only that type.
-            if let Some(t) = &filter.type_id {
-                p.types.retain(|ty| ty.id == *t);
-                if p.types.is_empty() {
-                    continue;
-                }
+            p.types.retain(|ty| filter.keeps(&p.name, &ty.id));
+            // -t: only the parents that have the type.
+            if filter.type_id.is_none() || !p.types.is_empty() {
+                parents.push(p);
             }
-            parents.push(p);
         }
     }
     let mdevs: Vec<MdevRow> = sys
@@ -1341,7 +1341,7 @@ fn print_annotation(a: &libvirt::Annotation, out: &mut dyn Write) {
             "  {} mdev {} {} {v}",
             m.alias.as_deref().unwrap_or("(no alias)"),
             m.uuid,
-            m.mdev_type
+            m.type_label()
         );
     }
 }

@@ -314,33 +314,26 @@ fn metadata(
 /// One mdev recorded by [`annotate`]. In JSON it is an mdev like every
 /// command's: `uuid`, `parent`, `type` (the type's directory name) and
 /// `migration_version`, with the hostdev's `alias`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Recorded {
     /// The mdev's UUID.
     pub uuid: String,
     /// The hostdev's alias.
     pub alias: Option<String>,
-    /// `PARENT/TYPE`.
-    pub mdev_type: String,
+    /// Its parent's name.
+    pub parent: String,
+    /// Its type's directory name.
+    #[serde(rename = "type")]
+    pub type_id: String,
     /// Its `migration_version`; `None`: it has none (not checked on the
     /// target).
     pub migration_version: Option<String>,
 }
 
-impl Serialize for Recorded {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let (parent, type_id) = self
-            .mdev_type
-            .split_once('/')
-            .unwrap_or(("", &self.mdev_type));
-        let mut st = s.serialize_struct("Recorded", 5)?;
-        st.serialize_field("uuid", &self.uuid)?;
-        st.serialize_field("alias", &self.alias)?;
-        st.serialize_field("parent", parent)?;
-        st.serialize_field("type", type_id)?;
-        st.serialize_field("migration_version", &self.migration_version)?;
-        st.end()
+impl Recorded {
+    /// Its type as `PARENT/TYPE` (the metadata's `type` attribute).
+    pub fn type_label(&self) -> String {
+        format!("{}/{}", self.parent, self.type_id)
     }
 }
 
@@ -360,7 +353,7 @@ pub fn metadata_element(host: &str, mdevs: &[Recorded]) -> String {
         if let Some(a) = &m.alias {
             s += &format!(" alias=\"{}\"", escape(a));
         }
-        s += &format!(" type=\"{}\"", escape(&m.mdev_type));
+        s += &format!(" type=\"{}\"", escape(&m.type_label()));
         if let Some(v) = &m.migration_version {
             s += &format!(" migration_version=\"{}\"", escape(v));
         }
@@ -521,7 +514,8 @@ pub fn annotate(sys: &Sysfs, virsh: &Virsh, domain: &str) -> Result<Annotation> 
         mdevs.push(Recorded {
             uuid: h.uuid.clone(),
             alias: h.alias.clone(),
-            mdev_type: format!("{}/{}", m.parent, m.type_id),
+            parent: m.parent.clone(),
+            type_id: m.type_id.clone(),
             migration_version,
         });
     }
@@ -1194,13 +1188,15 @@ mod tests {
             Recorded {
                 uuid: "11111111-2222-4333-8444-555555555555".into(),
                 alias: Some("hostdev0".into()),
-                mdev_type: "p/t".into(),
+                parent: "p".into(),
+                type_id: "t".into(),
                 migration_version: Some("v:t:1.0:a=<&>".into()),
             },
             Recorded {
                 uuid: "66666666-7777-4888-9999-aaaaaaaaaaaa".into(),
                 alias: None,
-                mdev_type: "p/u".into(),
+                parent: "p".into(),
+                type_id: "u".into(),
                 migration_version: None,
             },
         ];
