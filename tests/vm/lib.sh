@@ -126,9 +126,30 @@ json_eval() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval(sy
 # driver_override; igbvf_release undoes it (for cleanups: never fails).
 IGBVF_KO=$RMDEV_MODULES/rmdev_igbvf.ko
 VFS=()
+
+# igb_pf: the sysfs directory of the lab's igb PF (8086:10c9).
+igb_pf() {
+	local d vendor device
+	for d in /sys/bus/pci/devices/*; do
+		read -r vendor <"$d/vendor" && read -r device <"$d/device" || continue
+		[ "$vendor:$device" = 0x8086:0x10c9 ] && { echo "$d"; return 0; }
+	done
+	fail "no igb PF (8086:10c9)"
+}
+
+# remove_all_mdevs: removes every mdev, of any vendor (for cleanups: never
+# fails; a removal the kernel refuses is left for the module unload).
+remove_all_mdevs() {
+	local d
+	for d in /sys/bus/mdev/devices/*; do
+		[ -e "$d/remove" ] && echo 1 >"$d/remove" 2>/dev/null
+	done
+	return 0
+}
+
 igbvf_bind_two() {
 	local pf vf
-	pf=$(dirname "$(grep -l 0x10c9 /sys/bus/pci/devices/*/device | head -n1)")
+	pf=$(igb_pf)
 	[ -e "$pf/virtfn1" ] || fail "no igb PF with two VFs"
 	VFS=("$(basename "$(readlink -f "$pf/virtfn0")")" "$(basename "$(readlink -f "$pf/virtfn1")")")
 	modprobe mdev
@@ -139,10 +160,8 @@ igbvf_bind_two() {
 	done
 }
 igbvf_release() {
-	local d vf
-	for d in /sys/bus/mdev/devices/*; do
-		[ -e "$d/remove" ] && echo 1 >"$d/remove" 2>/dev/null
-	done
+	local vf
+	remove_all_mdevs
 	for vf in "${VFS[@]}"; do
 		[ -e "/sys/bus/pci/drivers/rmdev_igbvf/$vf" ] && echo "$vf" >/sys/bus/pci/drivers/rmdev_igbvf/unbind
 		echo >"/sys/bus/pci/devices/$vf/driver_override"

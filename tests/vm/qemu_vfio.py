@@ -281,6 +281,12 @@ def attach(args):
     q = Qemu("attach", args.uuid, work)
     q.cmd("system_reset")
     time.sleep(1)
+    if args.during:
+        # While QEMU holds the mdev: what other users of it see.
+        done = subprocess.run(args.during, shell=True)
+        if done.returncode != 0:
+            q.quit()
+            fail(f"while QEMU held {args.uuid}: '{args.during}' exited {done.returncode}")
     status = q.cmd("query-status").get("status")
     q.quit()
     check_logs(q)
@@ -348,6 +354,7 @@ def main():
     r.add_argument("file")
     a = sub.add_parser("attach")
     a.add_argument("uuid")
+    a.add_argument("--during", help="a shell command run while QEMU holds the mdev")
     b = sub.add_parser("bench")
     g = b.add_mutually_exclusive_group(required=True)
     g.add_argument("--device", nargs=2, metavar=("SRC", "DST"))

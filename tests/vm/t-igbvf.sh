@@ -9,18 +9,10 @@
 # with and without a user holding an mdev in a migration session.
 . "$(dirname "$0")/lib.sh"
 
-IGBVF_KO=$RMDEV_MODULES/rmdev_igbvf.ko
 QV=(python3 "$(dirname "$0")/qemu_vfio.py")
 [ -x "$VM_TEST" ] || fail "$VM_TEST not built"
 
-pf_dev() {
-	local d
-	for d in /sys/bus/pci/devices/*; do
-		[ "$(cat $d/vendor)" = 0x8086 ] && [ "$(cat $d/device)" = 0x10c9 ] && { basename $d; return; }
-	done
-	fail "no igb PF"
-}
-PF=$(pf_dev)
+PF=$(basename "$(igb_pf)")
 vf_of() { basename "$(readlink -f /sys/bus/pci/devices/$PF/virtfn$1)"; }
 make_vfs() {
 	echo 0 >/sys/bus/pci/devices/$PF/sriov_drivers_autoprobe
@@ -59,9 +51,7 @@ cleanup() {
 	pkill -f qemu-system-x86_64 2>/dev/null || true
 	pkill -f "rmdev-vm-test hold" 2>/dev/null || true
 	sleep 1
-	for d in /sys/bus/mdev/devices/*; do
-		[ -e "$d/remove" ] && echo 1 >"$d/remove" 2>/dev/null || true
-	done
+	remove_all_mdevs
 	loaded rmdev_igbvf && rmmod rmdev_igbvf
 	unload_sample
 }

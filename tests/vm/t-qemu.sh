@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-2.0
 # QEMU 10 as a real VFIO client (tests/vm/qemu_vfio.py drives nested QEMU
 # processes over QMP): an rmdev_sample mdev attaches, resets and quits with
-# no vfio line in QEMU's log; live migrations between two QEMUs over TCP on
+# no vfio line in QEMU's log (and while QEMU holds it, the rmdev tool names
+# QEMU and opens nothing: tests/vm/rmdev-in-use); live migrations between two QEMUs over TCP on
 # 127.0.0.1 complete for the flag sets 7 (pre-copy), 3 and 1, with QEMU's
 # own figures printed and the target's memory equal to the source's (read
 # through VFIO after the QEMUs exit); a guest keeps writing the device
@@ -15,9 +16,7 @@ QV=(python3 "$(dirname "$0")/qemu_vfio.py")
 cleanup() {
 	pkill -f qemu-system-x86_64 2>/dev/null || true
 	sleep 1
-	for d in /sys/bus/mdev/devices/*; do
-		[ -e "$d/remove" ] && echo 1 >"$d/remove" 2>/dev/null || true
-	done
+	remove_all_mdevs
 	unload_sample
 }
 trap cleanup EXIT
@@ -39,7 +38,8 @@ for flags in 7 3 1; do
 	"$VM_TEST" fill "$src" 1
 	"$VM_TEST" fill "$dst" 2
 	if [ $flags = 7 ]; then
-		"${QV[@]}" attach "$src" || fail "attach"
+		# While QEMU holds it, the rmdev tool's view (tests/vm/rmdev-in-use).
+		"${QV[@]}" attach "$src" --during "$(dirname "$0")/rmdev-in-use $src $dst" || fail "attach"
 	fi
 	if [ $flags = 7 ]; then
 		note "flag set $flags: live migration over TCP, default parameters"

@@ -3,8 +3,10 @@
 # version, check (compatible, incompatible with the errno and the part that
 # differs), export and match, a pre-copy migration while the device keeps
 # changing its memory, a migration refused by the check and one forced into
-# a failure (both devices left usable), save and load with corrupted,
-# truncated and interrupted files, and the VF vendor's mdevs migrating
+# a failure (both devices left usable), --max-rounds reached, two
+# migrations at once, save and load with corrupted, truncated and
+# interrupted files, SIGINT during a migrate and a load (and a second
+# signal), a user other than root, and the VF vendor's mdevs migrating
 # their hardware registers. With RMDEV_SHARE set it also plays the source
 # host of the two-host test (tests/vm/rmdev-host2): it leaves a manifest
 # and saved files there, with the VF vendor at format_minor=1.
@@ -101,10 +103,34 @@ stop=$(json_eval "d['stop_copy_bytes']" <<<"$out")
 [ "$stop" -ge $((8 * 4096)) ] || fail "stop-copy bytes $stop: the 8 pages dirtied last must be in it"
 pre=$(json_eval "d['precopy_bytes']" <<<"$out")
 [ "$pre" -ge $((4 << 20)) ] || fail "pre-copy bytes $pre < the 4 MiB memory"
+expect_eq "why pre-copy ended" "$(json_eval "d['precopy_end']" <<<"$out")" stalled
 "$VM_TEST" compare "$S" "$D"
 expect_status 0 "$RMDEV" migrate --no-progress "$S" "$D"
 has "flags STOP_COPY|P2P|PRE_COPY"
+has "dirty data stopped shrinking"
 has "downtime"
+note "migrate --max-rounds 1: the device dirties faster than pre-copy ends it, the limit does"
+json_out 0 migrate-max-rounds "$RMDEV" --json migrate --max-rounds 1 "$S" "$D"
+expect_eq "pre-copy rounds with --max-rounds 1" "$(json_eval "d['precopy_rounds']" <<<"$out")" 1
+expect_eq "why pre-copy ended" "$(json_eval "d['precopy_end']" <<<"$out")" max_rounds
+stop=$(json_eval "d['stop_copy_bytes']" <<<"$out")
+[ "$stop" -ge $((8 * 4096)) ] || fail "stop-copy bytes $stop: the 8 pages dirtied after the round must be in it"
+"$VM_TEST" compare "$S" "$D"
+
+note "two migrations at once, on disjoint pairs"
+F=$(new_uuid)
+sysfs_write $SAMPLE_TYPES/rmdev_sample-16k/create "$F"
+"$VM_TEST" fill "$S" 15
+"$VM_TEST" fill "$E" 16
+"$RMDEV" migrate --no-progress "$S" "$D" >"$work/m1.out" 2>&1 &
+p1=$!
+"$RMDEV" migrate --no-progress "$E" "$F" >"$work/m2.out" 2>&1 &
+p2=$!
+wait $p1 || fail "the first of two migrations at once failed: $(cat "$work/m1.out")"
+wait $p2 || fail "the second of two migrations at once failed: $(cat "$work/m2.out")"
+"$VM_TEST" compare "$S" "$D"
+"$VM_TEST" compare "$E" "$F"
+echo 1 >/sys/bus/mdev/devices/$F/remove
 
 note "migrate refused by the check, and forced into a failure: both devices stay usable"
 expect_status 1 "$RMDEV" migrate "$E" "$S"
@@ -112,6 +138,12 @@ has "nothing was changed"
 "$VM_TEST" fill "$S" 13
 expect_status 2 "$RMDEV" migrate --force "$E" "$S"
 has "source RUNNING, target reset, RUNNING"
+"$VM_TEST" compare-pattern "$S" 13
+# In JSON: the failed step, its errno and each device's state, as types.
+json_out 2 migrate-failed "$RMDEV" --json migrate --force "$E" "$S"
+expect_eq "the failure in JSON" \
+	"$(json_eval "(d['failure']['cause'], d['failure']['errno_name'], d['failure']['source']['state'], d['failure']['target']['state'], d['failure']['target']['reset'])" <<<"$out")" \
+	"('step', 'EINVAL', 'RUNNING', 'RUNNING', True)"
 "$VM_TEST" compare-pattern "$S" 13
 # The source's next arc fails and loses its state (ERROR): the SET back to
 # RUNNING cannot work, the reset must.
@@ -195,7 +227,80 @@ expect_status 2 "$RMDEV" load "$B" -i "$work/half.bin"
 has "not a whole rmdev migration stream"
 # The device is free again and its memory intact.
 "$VM_TEST" compare-pattern "$B" 41
+
+note "SIGINT during a migrate and a load: the devices put back, exit status 130"
+# signal_mid_stream PID KIND SIGNAL...: once PID holds a migration data
+# file of KIND ([rmdev_save] or [rmdev_resume]: the operation is under
+# way), freezes it, sends the SIGNALs, thaws it. Its exit status is in rc.
+signal_mid_stream() {
+	local p=$1 kind=$2 seen=0
+	shift 2
+	for _ in $(seq 600); do
+		case "$(ls -l /proc/$p/fd 2>/dev/null)" in *"anon_inode:$kind"*) seen=1; break ;; esac
+		kill -0 "$p" 2>/dev/null || break
+		nap 0.1
+	done
+	[ $seen = 1 ] || fail "PID $p never held a $kind data file"
+	kill -STOP "$p"
+	for sig; do kill -"$sig" "$p"; done
+	kill -CONT "$p"
+	rc=0; wait "$p" || rc=$?
+}
+B2=$(new_uuid)
+sysfs_write $SAMPLE_TYPES/rmdev_sample-256m/create "$B2"
+"$VM_TEST" fill "$B2" 42
+"$RMDEV" migrate --no-progress "$B" "$B2" >"$work/mig.out" 2>&1 &
+pid=$!
+signal_mid_stream $pid "[rmdev_save]" INT
+pid=
+expect_eq "exit status of an interrupted migrate" "$rc" 130
+grep -q "migration failed: interrupted by a signal; source RUNNING, target reset, RUNNING" "$work/mig.out" ||
+	fail "interrupted migrate said: $(cat "$work/mig.out")"
+"$VM_TEST" compare-pattern "$B" 41
+expect_status 0 "$RMDEV" save --no-progress "$B" -o "$work/big.bin"
+"$RMDEV" load --no-progress "$B2" -i "$work/big.bin" >"$work/load.out" 2>&1 &
+pid=$!
+signal_mid_stream $pid "[rmdev_resume]" INT
+pid=
+expect_eq "exit status of an interrupted load" "$rc" 130
+grep -q "load failed: interrupted by a signal; target reset, RUNNING" "$work/load.out" ||
+	fail "interrupted load said: $(cat "$work/load.out")"
+# A second signal ends the run at once (the device is put back when the
+# kernel closes its files); the device is usable afterwards.
+"$RMDEV" load --no-progress "$B2" -i "$work/big.bin" >"$work/load2.out" 2>&1 &
+pid=$!
+signal_mid_stream $pid "[rmdev_resume]" INT TERM
+pid=
+expect_eq "exit status after two signals" "$rc" 130
+expect_status 0 "$RMDEV" load --no-progress "$B2" -i "$work/big.bin"
+"$VM_TEST" compare "$B" "$B2"
+rm -f "$work/big.bin"
 echo 1 >/sys/bus/mdev/devices/$B/remove
+echo 1 >/sys/bus/mdev/devices/$B2/remove
+
+note "a user other than root: list, export, match --offline and check --offline work; the rest explain"
+# What a user may read: the tool (its build directory may be in root's
+# home) and a manifest.
+cp "$RMDEV" "$work/rmdev-user"
+chmod 755 "$work" "$work/rmdev-user"
+"$RMDEV" export -o "$work/m-user.json"
+chmod 644 "$work/m-user.json" "$work/s.bin"
+as_user() { setpriv --reuid=65534 --regid=65534 --clear-groups -- "$work/rmdev-user" "$@"; }
+expect_status 0 as_user list
+has "$S rmdev_sample/rmdev_sample-4m"
+expect_status 0 as_user export
+expect_status 0 as_user match --offline --from "$work/m-user.json"
+expect_status 0 as_user check --offline "$S" "$D"
+has "compatible"
+expect_status 2 as_user check "$S" "$D"
+has "the write check needs root (--offline compares"
+expect_status 2 as_user save --no-progress "$S" -o /tmp/rmdev-user.bin
+has "opening an mdev's VFIO group needs root"
+has "list, export, match --offline and check --offline work without"
+expect_status 2 as_user migrate --no-progress "$S" "$D"
+has "needs root"
+expect_status 2 as_user load --no-progress "$D" -i "$work/s.bin"
+has "needs root"
 
 if [ -n "${RMDEV_SHARE:-}" ]; then
 	note "the source host of the two-host test: manifest and saved files in $RMDEV_SHARE"

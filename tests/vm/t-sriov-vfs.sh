@@ -3,11 +3,7 @@
 # exactly RMDEV_VFS of them, with no driver bound.
 . "$(dirname "$0")/lib.sh"
 
-pf=
-for d in /sys/bus/pci/devices/*; do
-	if [ "$(cat $d/vendor)" = 0x8086 ] && [ "$(cat $d/device)" = 0x10c9 ]; then pf=$d; fi
-done
-[ -n "$pf" ] || fail "no igb PF (8086:10c9)"
+pf=$(igb_pf)
 expect_eq "sriov_totalvfs" "$(cat $pf/sriov_totalvfs)" 7
 expect_eq "sriov_numvfs" "$(cat $pf/sriov_numvfs)" "$RMDEV_VFS"
 expect_eq "sriov_drivers_autoprobe" "$(cat $pf/sriov_drivers_autoprobe)" 0

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use rmdev::migrate::{self, NoProgress, Options, PrecopyEnd, StreamOut};
 use rmdev::vfio::{self, state, Device};
 use serde_json::{json, Value};
 
@@ -162,6 +163,12 @@ fn memory_size(dev: &Device) -> Result<usize> {
     Ok(size as usize)
 }
 
+/// The kernel's save and load at one read/write size (`chunk`), straight
+/// into and out of one buffer. This one drives the uAPI itself rather
+/// than through the tool's engine, on purpose: it measures the kernel's
+/// data path at each size with no copy of ours, where the engine moves
+/// fixed 1 MiB chunks through a sink (its cost is `rmdev`'s, not the
+/// framework's).
 pub(crate) fn save_load(src: &str, dst: &str, chunk: usize, reps: usize) -> Result {
     let (s, d) = (open(src)?, open(dst)?);
     let size = memory_size(&s)?;
@@ -324,19 +331,23 @@ pub(crate) fn create_remove(types: &[String], n: usize) -> Result {
     })
 }
 
-/// Reads `fd` to its end (stop-copy) or to `-ENOMSG` (pre-copy): the bytes.
-fn drain(fd: &OwnedFd, buf: &mut [u8]) -> Result<usize> {
-    let mut total = 0;
-    loop {
-        match vfio::read_fd(fd, buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => total += n,
-            Err(e) if e.raw_os_error() == Some(libc::ENOMSG) => return Ok(total),
-            Err(e) => return Err(format!("read the save stream: {e}")),
-        }
+/// A stream sink that keeps nothing: only the engine's counts matter.
+struct Discard;
+
+impl StreamOut for Discard {
+    fn what(&self) -> &'static str {
+        "discard the stream"
+    }
+    fn put(&mut self, _: &[u8]) -> io::Result<()> {
+        Ok(())
     }
 }
 
+/// What stop-copy sends after pre-copy, by the tool's engine (the sequence
+/// `rmdev save` and `rmdev migrate` run): the device dirties `pages` pages
+/// after each read that finds nothing left (`-ENOMSG`), so pre-copy stops
+/// once its rounds stop shrinking, and stop-copy should send those pages
+/// and little more.
 pub(crate) fn stopcopy(uuid: &str, pages: usize) -> Result {
     const PAGE: usize = 4096;
     ctx(
@@ -347,36 +358,19 @@ pub(crate) fn stopcopy(uuid: &str, pages: usize) -> Result {
         "set precopy_dirty_pages",
     )?;
     let dev = open(uuid)?;
-    let mut buf = touched(1 << 20, 0);
-    let fd = set(&dev, state::PRE_COPY)?.ok_or("PRE_COPY gave no data FD")?;
-    // Each read that finds nothing left (-ENOMSG) lets the engine write
-    // `pages` pages; pre-copy has converged when a round sends exactly
-    // those and nothing initial is left.
-    let mut rounds = 0;
-    let mut last = 0;
-    loop {
-        rounds += 1;
-        let sent = drain(&fd, &mut buf)?;
-        let (initial, dirty) = ctx(vfio::precopy_info(&fd), "PRECOPY_INFO")?;
-        if initial == 0 && rounds > 2 && sent == last && dirty as usize == pages * PAGE {
-            break;
-        }
-        if rounds > 50 {
-            return Err(format!(
-                "pre-copy did not converge: {sent} bytes in round {rounds}, {initial} initial and {dirty} dirty left"
-            ));
-        }
-        last = sent;
+    let sum = migrate::save_to(&dev, &mut Discard, &Options::default(), &NoProgress)
+        .map_err(|e| e.to_string())?;
+    if sum.precopy_end != Some(PrecopyEnd::Stalled) {
+        return Err(format!(
+            "pre-copy ended {:?} after {} rounds, not by the device's steady dirtying",
+            sum.precopy_end, sum.precopy_rounds
+        ));
     }
-    set(&dev, state::STOP_COPY)?;
-    let bytes = drain(&fd, &mut buf)?;
-    drop(fd);
-    set(&dev, state::STOP)?;
     set(&dev, state::RUNNING)?;
     emit(
         "stopcopy",
-        json!({"pages": pages, "dirtied": pages * PAGE, "bytes": bytes, "rounds": rounds,
-               "precopy_round_bytes": last}),
+        json!({"pages": pages, "dirtied": pages * PAGE, "bytes": sum.stop_copy_bytes,
+               "rounds": sum.precopy_rounds}),
     );
     Ok(())
 }

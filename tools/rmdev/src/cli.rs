@@ -15,10 +15,10 @@ use serde::Serialize;
 use rmdev_logic::version::Version;
 
 use crate::compat::{self, Verdict};
-use crate::error::{Error, Result, EXIT_INCOMPATIBLE, EXIT_OK};
+use crate::error::{Cause, Error, Failure, Left, Result, EXIT_INCOMPATIBLE, EXIT_OK};
 use crate::libvirt;
 use crate::manifest::Manifest;
-use crate::migrate::{self, human_bytes, millis, Options, Progress, Summary};
+use crate::migrate::{self, human_bytes, millis, Cancel, Options, Progress, Summary};
 use crate::sysfs::{Sysfs, Target, VersionAttr};
 use crate::vfio::{self, Device};
 use crate::wholefile;
@@ -387,15 +387,19 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> u8 {
         Ok(status) => status,
         Err(e) => {
             // A failure that a signal caused has its own status.
-            let status = if migrate::interrupted() {
-                crate::error::EXIT_INTERRUPTED
-            } else {
-                e.exit_status()
-            };
+            let status = e.exit_status();
             if json {
                 let mut v = serde_json::json!({ "error": e.to_string(), "exit_status": status });
-                if let (Error::Refused { verdict, .. }, Some(o)) = (&e, v.as_object_mut()) {
-                    o.insert("verdict".into(), verdict.clone());
+                if let Some(o) = v.as_object_mut() {
+                    match &e {
+                        Error::Refused { verdict, .. } => {
+                            o.insert("verdict".into(), verdict.clone());
+                        }
+                        Error::Migration(f) => {
+                            o.insert("failure".into(), failure_json(f));
+                        }
+                        _ => {}
+                    }
                 }
                 println!("{v}");
             }
@@ -438,22 +442,60 @@ fn ignored(sig: libc::c_int) -> bool {
     r == 0 && old.sa_sigaction == libc::SIG_IGN
 }
 
+/// A stopped migration, save or load in JSON: the operation, what
+/// stopped it (the step and its errno, or a broken uAPI rule, or a
+/// signal), and the state each device was left in.
+fn failure_json(f: &Failure) -> serde_json::Value {
+    let (cause, step) = match &f.cause {
+        Cause::Step { step, .. } => ("step", Some(step.clone())),
+        Cause::Protocol(_) => ("protocol", None),
+        Cause::Cancelled(_) => ("cancelled", None),
+    };
+    let left = |l: &Option<Left>| {
+        l.map(|l| {
+            serde_json::json!({
+                "state": l.state.ok().map(vfio::state_name),
+                "state_errno_name": l.state.err().map(crate::error::errno_name),
+                "reset": l.reset,
+            })
+        })
+    };
+    serde_json::json!({
+        "operation": f.op.name(),
+        "cause": cause,
+        "step": step,
+        "errno_name": f.errno().map(crate::error::errno_name),
+        "source": left(&f.source),
+        "target": left(&f.target),
+    })
+}
+
 /// For the commands that move device state: SIGINT, SIGTERM and SIGHUP
-/// stop them cleanly (devices put back, no partial file) at their next
-/// step instead of killing the process mid-stream. A signal the caller
-/// left ignored stays ignored.
-fn stop_on_signals() {
+/// cancel the operation (the returned token), which stops cleanly
+/// (devices put back, no partial file) at its next step instead of the
+/// process dying mid-stream; a second signal ends the process at once
+/// (exit status 130), for an operator who will not wait for the devices
+/// to be put back. A signal the caller left ignored stays ignored.
+fn stop_on_signals() -> Cancel {
+    let cancel = Cancel::new();
     let keep: Vec<libc::c_int> = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
         .into_iter()
         .filter(|&s| ignored(s))
         .collect();
-    if ctrlc::set_handler(migrate::interrupt).is_err() {
-        return;
+    let on_signal = cancel.clone();
+    let handler = move || {
+        if on_signal.cancel("interrupted by a signal") {
+            std::process::exit(i32::from(crate::error::EXIT_INTERRUPTED));
+        }
+    };
+    if ctrlc::set_handler(handler).is_err() {
+        return cancel;
     }
     for s in keep {
         // SAFETY: Setting a signal's action to SIG_IGN runs no code of ours.
         unsafe { libc::signal(s, libc::SIG_IGN) };
     }
+    cancel
 }
 
 fn print_json<T: Serialize>(v: &T) -> Result<()> {
@@ -507,7 +549,10 @@ fn execute(cli: Cli) -> Result<u8> {
             no_progress,
         } => {
             let m = mdev.resolve(&sys)?;
-            let opts = Options { max_rounds };
+            let opts = Options {
+                max_rounds,
+                ..Options::default()
+            };
             save_cmd(&sys, &m, &output, force, opts, no_progress || json, json)
         }
         Command::Load {
@@ -616,6 +661,8 @@ fn mdev_flags(sys: &Sysfs, uuid: &str) -> std::result::Result<u64, String> {
 
 /// What the flag set column says when `list` did not open the devices.
 pub const NOT_PROBED: &str = "not probed (use --probe)";
+/// What the flag set column says for an mdev another process holds.
+pub const IN_USE: &str = "not probed (in use)";
 
 /// What `list` shows: everything, or what mdevctl's -u, -p and -t keep.
 #[derive(Debug, Default)]
@@ -659,6 +706,7 @@ fn list(sys: &Sysfs, probe: bool, filter: &ListFilter, json: bool) -> Result<u8>
     struct MdevRow {
         #[serde(flatten)]
         mdev: crate::sysfs::Mdev,
+        in_use: Option<String>,
         migration_flags: Option<u64>,
         migration_flags_names: Option<String>,
         migration_flags_error: Option<String>,
@@ -682,6 +730,8 @@ fn list(sys: &Sysfs, probe: bool, filter: &ListFilter, json: bool) -> Result<u8>
             }
         }
     }
+    // Who holds which mdev, seen in /proc without opening anything.
+    let holders = crate::sysfs::Holders::scan(&sys.proc_dir());
     let mdevs: Vec<MdevRow> = sys
         .mdevs()?
         .into_iter()
@@ -689,15 +739,20 @@ fn list(sys: &Sysfs, probe: bool, filter: &ListFilter, json: bool) -> Result<u8>
         .map(|m| {
             // Without --probe nothing is opened: opening a device's group,
             // even briefly, can make a QEMU starting at that instant fail
-            // with EBUSY.
+            // with EBUSY. With it, an mdev a process holds is not opened
+            // either.
+            let in_use = holders.of(&m);
             let flags = if m.migration_version == VersionAttr::Absent {
                 Err("none".to_string())
+            } else if in_use.is_some() {
+                Err(IN_USE.to_string())
             } else if probe {
                 mdev_flags(sys, &m.uuid)
             } else {
                 Err(NOT_PROBED.to_string())
             };
             MdevRow {
+                in_use,
                 migration_flags: flags.as_ref().ok().copied(),
                 migration_flags_names: flags.as_ref().ok().map(|f| vfio::flags_name(*f)),
                 migration_flags_error: flags.err(),
@@ -748,6 +803,9 @@ fn list(sys: &Sysfs, probe: bool, filter: &ListFilter, json: bool) -> Result<u8>
             flags,
             version_text(&m.mdev.migration_version)
         );
+        if let Some(u) = &m.in_use {
+            println!("  {u}");
+        }
     }
     Ok(EXIT_OK)
 }
@@ -1064,17 +1122,31 @@ fn mdev_target(sys: &Sysfs, spec: &str) -> Result<crate::sysfs::Mdev> {
     }
 }
 
+/// Opens `m` for a command that moves its state. An mdev another process
+/// holds (EBUSY) names the holder; a user who may not open it (EACCES,
+/// EPERM) is told what needs root and what works without it.
 fn open_mdev(sys: &Sysfs, m: &crate::sysfs::Mdev) -> Result<Device> {
-    Device::open_in(&sys.devices_dir(), &m.uuid).map_err(|e| {
-        let hint = if e.raw_os_error() == Some(libc::EBUSY) {
-            " (in use by another process)"
-        } else {
-            ""
-        };
-        Error::Io {
-            path: format!("open mdev {}{hint}", m.uuid),
-            source: e,
+    Device::open_in(&sys.devices_dir(), &m.uuid).map_err(|e| match e.raw_os_error() {
+        Some(libc::EBUSY) => {
+            let who = crate::sysfs::Holders::scan(&sys.proc_dir())
+                .of(m)
+                .unwrap_or_else(|| "in use by another process".into());
+            Error::Io {
+                path: format!("open mdev {} ({who}; nothing was changed)", m.uuid),
+                source: e,
+            }
         }
+        Some(libc::EACCES | libc::EPERM) => Error::Permission(format!(
+            "open mdev {}: {}: opening an mdev's VFIO group needs root (or the \
+             ownership of its /dev/vfio node that libvirt gives QEMU); list, \
+             export, match --offline and check --offline work without",
+            m.uuid,
+            crate::error::describe(&e)
+        )),
+        _ => Error::Io {
+            path: format!("open mdev {}", m.uuid),
+            source: e,
+        },
     })
 }
 
@@ -1087,8 +1159,14 @@ fn print_summary(what: &str, s: &Summary, json: bool, extra: serde_json::Value) 
         return print_json(&v);
     }
     println!("{what}: {}", extra_text(&extra));
+    let why = match s.precopy_end {
+        Some(migrate::PrecopyEnd::Converged) => ", converged",
+        Some(migrate::PrecopyEnd::Stalled) => ", dirty data stopped shrinking",
+        Some(migrate::PrecopyEnd::MaxRounds) => ", round limit reached",
+        None => "",
+    };
     println!(
-        "  flags {}, {} moved ({} in {} pre-copy round{}, {} in stop-copy)",
+        "  flags {}, {} moved ({} in {} pre-copy round{}{why}, {} in stop-copy)",
         vfio::flags_name(s.flags),
         human_bytes(s.bytes),
         human_bytes(s.precopy_bytes),
@@ -1147,7 +1225,7 @@ fn migrate_cmd(
     no_progress: bool,
     json: bool,
 ) -> Result<u8> {
-    stop_on_signals();
+    let cancel = stop_on_signals();
     let (ms, md) = (mdev_target(sys, src)?, mdev_target(sys, dst)?);
     if ms.uuid == md.uuid {
         return Err(Error::Usage("source and target are the same mdev".into()));
@@ -1157,7 +1235,7 @@ fn migrate_cmd(
     refuse_unless_forced(&verdict, force, &format!("{} refuses {}", md.uuid, ms.uuid))?;
     let (ds, dd) = (open_mdev(sys, &ms)?, open_mdev(sys, &md)?);
     let s = with_progress(no_progress, |bar| {
-        migrate::migrate(&ds, &dd, Options { max_rounds }, bar)
+        migrate::migrate(&ds, &dd, &Options { max_rounds, cancel }, bar)
     })?;
     print_summary(
         "migrated",
@@ -1177,7 +1255,10 @@ fn save_cmd(
     no_progress: bool,
     json: bool,
 ) -> Result<u8> {
-    stop_on_signals();
+    let opts = Options {
+        cancel: stop_on_signals(),
+        ..opts
+    };
     local_version(&Target::Mdev(m.clone()))?;
     // Before the device is touched (the save itself renames without
     // replacing, so a file that appears meanwhile is kept too).
@@ -1189,7 +1270,7 @@ fn save_cmd(
     }
     let dev = open_mdev(sys, m)?;
     let s = with_progress(no_progress, |bar| {
-        migrate::save(&dev, output, replace, opts, bar)
+        migrate::save(&dev, output, replace, &opts, bar)
     })?;
     print_summary(
         "saved",
@@ -1208,7 +1289,10 @@ fn load_cmd(
     no_progress: bool,
     json: bool,
 ) -> Result<u8> {
-    stop_on_signals();
+    let opts = Options {
+        cancel: stop_on_signals(),
+        ..Options::default()
+    };
     let mut file = migrate::open_stream(input)?;
     let info = migrate::verify(&mut file).map_err(|e| {
         Error::BadStream(format!(
@@ -1226,7 +1310,9 @@ fn load_cmd(
         ),
     )?;
     let dev = open_mdev(sys, m)?;
-    let s = with_progress(no_progress, |bar| migrate::load(&dev, &mut file, bar))?;
+    let s = with_progress(no_progress, |bar| {
+        migrate::load(&dev, &mut file, &opts, bar)
+    })?;
     print_summary(
         "loaded",
         &s,

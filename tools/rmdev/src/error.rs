@@ -71,10 +71,161 @@ pub enum Error {
         /// The verdict, as `check` prints it.
         verdict: serde_json::Value,
     },
-    /// A migration step failed; the message says what state each device
-    /// was left in.
+    /// A migration, save or load that stopped (failed or cancelled) after
+    /// it began: what stopped it and how each device was left.
     #[error("{0}")]
-    Migration(String),
+    Migration(Box<Failure>),
+    /// The libvirt hook could not provide a target mdev it planned to use.
+    #[error("{0}")]
+    Libvirt(String),
+}
+
+/// The operation a [`Failure`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// A migration between two local mdevs.
+    Migrate,
+    /// A save into a file.
+    Save,
+    /// A load from a file.
+    Load,
+}
+
+impl Operation {
+    /// The name used in messages and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Migrate => "migration",
+            Operation::Save => "save",
+            Operation::Load => "load",
+        }
+    }
+}
+
+/// Why an operation stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// A call failed: the step, the errno when the kernel (or the file
+    /// system) gave one, and the error in words.
+    Step {
+        /// What was being done (`source to STOP_COPY`).
+        step: String,
+        /// The errno, if a system call failed.
+        errno: Option<i32>,
+        /// The error in words.
+        detail: String,
+    },
+    /// A device broke the uAPI's rules (no data FD where one is due, EOF in
+    /// pre-copy, `ENOMSG` in stop-copy, a second data FD).
+    Protocol(String),
+    /// The operation was cancelled (see [`crate::migrate::Cancel`]); why.
+    Cancelled(&'static str),
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::Step { step, detail, .. } => write!(f, "{step}: {detail}"),
+            Cause::Protocol(what) => f.write_str(what),
+            Cause::Cancelled(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Which device a [`Left`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The device whose state is saved.
+    Source,
+    /// The device the state is loaded into.
+    Target,
+}
+
+/// How a device was left after a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Left {
+    /// Which device.
+    pub role: Role,
+    /// Whether it was reset to get it back: `None` when no reset was
+    /// needed, `Some(false)` when the reset failed.
+    pub reset: Option<bool>,
+    /// The state read back afterwards (a `vfio::state` value), or the
+    /// errno of that read.
+    pub state: std::result::Result<u32, i32>,
+}
+
+impl std::fmt::Display for Left {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.role {
+            Role::Source => f.write_str("source")?,
+            Role::Target => f.write_str("target")?,
+        }
+        // A source is put back to RUNNING, by a reset only if the SET
+        // fails: what counts is the state it ended in. A target is always
+        // reset, and says so.
+        match (self.role, self.reset) {
+            (Role::Target, Some(true)) => f.write_str(" reset,")?,
+            (_, Some(false)) => f.write_str(" reset failed,")?,
+            _ => {}
+        }
+        match self.state {
+            Ok(s) => write!(f, " {}", crate::vfio::state_name(s)),
+            Err(errno) => write!(
+                f,
+                " state unknown ({})",
+                describe(&io::Error::from_raw_os_error(errno))
+            ),
+        }
+    }
+}
+
+/// A migration, save or load that stopped: the operation, why, and how
+/// each device was left (a device the operation had not touched yet is
+/// `None`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The operation.
+    pub op: Operation,
+    /// What stopped it.
+    pub cause: Cause,
+    /// How the source was left.
+    pub source: Option<Left>,
+    /// How the target was left.
+    pub target: Option<Left>,
+}
+
+impl Failure {
+    /// The errno of the failed call, if one failed.
+    pub fn errno(&self) -> Option<i32> {
+        match &self.cause {
+            Cause::Step { errno, .. } => *errno,
+            _ => None,
+        }
+    }
+
+    /// Whether the operation was cancelled rather than failed.
+    pub fn cancelled(&self) -> bool {
+        matches!(self.cause, Cause::Cancelled(_))
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} failed: {}", self.op.name(), self.cause)?;
+        let left: Vec<String> = [self.source, self.target]
+            .iter()
+            .flatten()
+            .map(ToString::to_string)
+            .collect();
+        if !left.is_empty() {
+            write!(f, "; {}", left.join(", "))?;
+        }
+        if self.op == Operation::Save {
+            f.write_str(if left.is_empty() { "; " } else { ", " })?;
+            f.write_str("no file written")?;
+        }
+        Ok(())
+    }
 }
 
 /// The tool's result type.
@@ -93,6 +244,7 @@ impl Error {
     pub fn exit_status(&self) -> u8 {
         match self {
             Error::Incompatible(_) | Error::Refused { .. } => EXIT_INCOMPATIBLE,
+            Error::Migration(f) if f.cancelled() => EXIT_INTERRUPTED,
             _ => EXIT_ERROR,
         }
     }
@@ -158,5 +310,59 @@ mod tests {
         assert_eq!(describe(&io::Error::other("x")), "x");
         assert_eq!(Error::Incompatible("x".into()).exit_status(), 1);
         assert_eq!(Error::Usage("x".into()).exit_status(), 2);
+    }
+
+    #[test]
+    fn failures_say_how_devices_were_left() {
+        let src = Left {
+            role: Role::Source,
+            reset: None,
+            state: Ok(crate::vfio::state::RUNNING),
+        };
+        let dst = Left {
+            role: Role::Target,
+            reset: Some(true),
+            state: Ok(crate::vfio::state::RUNNING),
+        };
+        let f = Failure {
+            op: Operation::Migrate,
+            cause: Cause::Step {
+                step: "source to PRE_COPY".into(),
+                errno: Some(libc::EIO),
+                detail: describe(&io::Error::from_raw_os_error(libc::EIO)),
+            },
+            source: Some(src),
+            target: Some(dst),
+        };
+        assert_eq!(
+            f.to_string(),
+            "migration failed: source to PRE_COPY: EIO (Input/output error); \
+             source RUNNING, target reset, RUNNING"
+        );
+        assert_eq!(f.errno(), Some(libc::EIO));
+        assert_eq!(Error::Migration(Box::new(f)).exit_status(), EXIT_ERROR);
+        let cancelled = Failure {
+            op: Operation::Save,
+            cause: Cause::Cancelled("interrupted by a signal"),
+            source: Some(src),
+            target: None,
+        };
+        assert_eq!(
+            cancelled.to_string(),
+            "save failed: interrupted by a signal; source RUNNING, no file written"
+        );
+        assert_eq!(
+            Error::Migration(Box::new(cancelled)).exit_status(),
+            EXIT_INTERRUPTED
+        );
+        let lost = Left {
+            role: Role::Target,
+            reset: Some(false),
+            state: Err(libc::ENODEV),
+        };
+        assert_eq!(
+            lost.to_string(),
+            "target reset failed, state unknown (ENODEV (No such device))"
+        );
     }
 }

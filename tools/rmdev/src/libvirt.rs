@@ -47,7 +47,7 @@ use serde::Serialize;
 
 use crate::compat;
 use crate::error::{describe, Error, Result};
-use crate::sysfs::{is_uuid, Mdev, MdevType, Sysfs, Target, VersionAttr};
+use crate::sysfs::{is_uuid, Holders, Mdev, MdevType, Sysfs, Target, VersionAttr};
 use crate::wholefile;
 
 /// The metadata namespace URI (fixed; the schema's version is the
@@ -577,8 +577,8 @@ pub struct HostView {
 /// Who uses which mdev: processes holding VFIO nodes open, and running
 /// domains naming mdevs. Read without opening any device.
 struct Users {
-    /// Device node → PIDs holding it open.
-    nodes: HashMap<String, Vec<u32>>,
+    /// The processes holding VFIO nodes open.
+    holders: Holders,
     /// Lower-case mdev UUID → the running domain naming it.
     domains: HashMap<String, String>,
 }
@@ -586,63 +586,19 @@ struct Users {
 impl Users {
     fn scan(view: &HostView, own: &str) -> Users {
         Users {
-            nodes: scan_fds(&view.proc_dir),
+            holders: Holders::scan(&view.proc_dir),
             domains: scan_domains(&view.run_dir, own),
         }
     }
 
     /// Why `m` is not free, if it is not.
-    fn busy(&self, view: &HostView, m: &Mdev) -> Option<String> {
-        for node in m.vfio_nodes() {
-            if let Some(pids) = self.nodes.get(&node) {
-                let pid = pids.first().copied().unwrap_or_default();
-                let comm = crate::sysfs::read_attr(&view.proc_dir.join(format!("{pid}/comm")))
-                    .unwrap_or_else(|_| "?".into());
-                let more = match pids.len() {
-                    0 | 1 => String::new(),
-                    n => format!(" and {} more", n - 1),
-                };
-                return Some(format!(
-                    "in use: {node} is held open by process {pid} ({comm}){more}"
-                ));
-            }
-        }
-        self.domains
-            .get(&m.uuid.to_ascii_lowercase())
-            .map(|d| format!("in use by running domain '{d}'"))
+    fn busy(&self, m: &Mdev) -> Option<String> {
+        self.holders.of(m).or_else(|| {
+            self.domains
+                .get(&m.uuid.to_ascii_lowercase())
+                .map(|d| format!("in use by running domain '{d}'"))
+        })
     }
-}
-
-/// Every `/dev/vfio/...` link of `/proc/*/fd/*` (as root all are
-/// readable; others' are skipped).
-fn scan_fds(proc_dir: &Path) -> HashMap<String, Vec<u32>> {
-    let mut map: HashMap<String, Vec<u32>> = HashMap::new();
-    let Ok(dir) = fs::read_dir(proc_dir) else {
-        return map;
-    };
-    let me = std::process::id();
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(fds) = fs::read_dir(e.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if let Ok(t) = fs::read_link(fd.path()) {
-                if let Some(t) = t.to_str().filter(|t| t.starts_with("/dev/vfio/")) {
-                    let pids = map.entry(t.to_string()).or_default();
-                    if !pids.contains(&pid) {
-                        pids.push(pid);
-                    }
-                }
-            }
-        }
-    }
-    map
 }
 
 /// The mdevs named by running domains' status XML (`<run_dir>/*.xml`),
@@ -882,7 +838,7 @@ pub fn hook(view: &HostView, name: &str, xml: &str) -> Result<HookResult> {
             Ok(m) => {
                 if let Some(other) = taken.get(&key) {
                     format!("mdev {} is also named by hostdev {other}", m.uuid)
-                } else if let Some(b) = users.busy(view, &m) {
+                } else if let Some(b) = users.busy(&m) {
                     format!("mdev {} is {b}", m.uuid)
                 } else if !api_fits(m.device_api().as_deref(), h.model.as_deref()) {
                     format!(
@@ -940,7 +896,7 @@ pub fn hook(view: &HostView, name: &str, xml: &str) -> Result<HookResult> {
             .collect();
         cands.sort_by_key(|m| (m.type_id != rt, m.parent != rp, m.uuid.clone()));
         let chosen = cands.into_iter().find(|m| {
-            users.busy(view, m).is_none()
+            users.busy(m).is_none()
                 && api_fits(m.device_api().as_deref(), h.model.as_deref())
                 && accepts(&version, &Target::Mdev((*m).clone())).is_ok()
         });
@@ -1008,7 +964,7 @@ pub fn hook(view: &HostView, name: &str, xml: &str) -> Result<HookResult> {
                 }
                 Err(e) => {
                     let undone = undo(view, &created);
-                    return Err(Error::Migration(format!(
+                    return Err(Error::Libvirt(format!(
                         "hostdev {} (mdev {}): {e}{undone}",
                         job.hostdev.label(),
                         job.hostdev.uuid

@@ -23,57 +23,145 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rmdev_logic::envelope::{Parser, Sink, MAX_RECORD_PAYLOAD};
 use rmdev_logic::version::VersionError;
 use serde::Serialize;
 
-use crate::error::{describe, Error, Result, EXIT_INTERRUPTED};
+use crate::error::{describe, Cause, Error, Failure, Left, Operation, Result, Role};
 use crate::vfio::{self, state, Device};
 use crate::wholefile::WholeFile;
 
 /// The data FD read and write size (QEMU's buffer size).
 pub const CHUNK: usize = 1 << 20;
 
-/// Set by [`interrupt`] (the CLI's SIGINT/SIGTERM/SIGHUP handler): the data
-/// loops stop at their next chunk and take the failure path, which puts
-/// the devices back and removes a half-written file.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// What the engine needs of a device: the uAPI's migration calls. The
+/// VFIO [`Device`] is one; the host tests drive the engine with a fake.
+pub trait MigrationDevice {
+    /// The device's migration data file.
+    type DataFd: DataFd;
+    /// `VFIO_DEVICE_FEATURE_MIGRATION`: the flag set.
+    fn migration_flags(&self) -> io::Result<u64>;
+    /// GET of the device state.
+    fn state(&self) -> io::Result<u32>;
+    /// SET of the device state: the data file, if the arc opens one.
+    fn set_state(&self, state: u32) -> io::Result<Option<Self::DataFd>>;
+    /// `VFIO_DEVICE_RESET`.
+    fn reset(&self) -> io::Result<()>;
+    /// `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE`.
+    fn data_size(&self) -> io::Result<u64>;
+}
 
-/// Asks a running migration, save or load to stop; a second call ends the
-/// process at once (exit status [`EXIT_INTERRUPTED`]), for an operator who
-/// will not wait for the devices to be put back.
-pub fn interrupt() {
-    if INTERRUPTED.swap(true, Ordering::SeqCst) {
-        std::process::exit(i32::from(EXIT_INTERRUPTED));
+/// A migration data file.
+pub trait DataFd {
+    /// One `read(2)`.
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// One `write(2)`.
+    fn write(&self, data: &[u8]) -> io::Result<usize>;
+    /// `VFIO_MIG_GET_PRECOPY_INFO`: (initial bytes, dirty bytes).
+    fn precopy_info(&self) -> io::Result<(u64, u64)>;
+}
+
+impl MigrationDevice for Device {
+    type DataFd = OwnedFd;
+    fn migration_flags(&self) -> io::Result<u64> {
+        Device::migration_flags(self)
+    }
+    fn state(&self) -> io::Result<u32> {
+        Device::state(self)
+    }
+    fn set_state(&self, state: u32) -> io::Result<Option<OwnedFd>> {
+        Device::set_state(self, state)
+    }
+    fn reset(&self) -> io::Result<()> {
+        Device::reset(self)
+    }
+    fn data_size(&self) -> io::Result<u64> {
+        Device::data_size(self)
     }
 }
 
-/// Whether [`interrupt`] was called.
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
-
-fn check_interrupt() -> std::result::Result<(), String> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        Err("interrupted by a signal".into())
-    } else {
-        Ok(())
+impl DataFd for OwnedFd {
+    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        vfio::read_fd(self, buf)
+    }
+    fn write(&self, data: &[u8]) -> io::Result<usize> {
+        vfio::write_fd(self, data)
+    }
+    fn precopy_info(&self) -> io::Result<(u64, u64)> {
+        vfio::precopy_info(self)
     }
 }
 
-/// How a migration runs.
-#[derive(Clone, Copy, Debug)]
+/// Cancels one migration, save or load: the engine stops at its next step
+/// (at the latest after one more chunk of data) and takes the failure
+/// path, which puts the devices back and leaves no file. Clones share the
+/// request, so a signal handler or another thread can hold one.
+#[derive(Clone, Debug, Default)]
+pub struct Cancel {
+    requested: Arc<AtomicBool>,
+    why: Arc<OnceLock<&'static str>>,
+}
+
+impl Cancel {
+    /// A token nobody has cancelled yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the operation to stop; `why` becomes the failure's cause (the
+    /// first reason given wins). Whether it was already cancelled.
+    pub fn cancel(&self, why: &'static str) -> bool {
+        let _ = self.why.set(why);
+        self.requested.swap(true, Ordering::SeqCst)
+    }
+
+    /// Whether the operation was asked to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    fn check(&self) -> std::result::Result<(), Cause> {
+        if self.is_cancelled() {
+            Err(Cause::Cancelled(
+                self.why.get().copied().unwrap_or("cancelled"),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// How a migration, save or load runs.
+#[derive(Clone, Debug)]
 pub struct Options {
     /// The most pre-copy rounds.
     pub max_rounds: u32,
+    /// Stops the operation when cancelled.
+    pub cancel: Cancel,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { max_rounds: 8 }
+        Self {
+            max_rounds: 8,
+            cancel: Cancel::new(),
+        }
     }
+}
+
+/// Why pre-copy ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrecopyEnd {
+    /// Nothing initial left and nothing dirty.
+    Converged,
+    /// Nothing initial left, and the dirty bytes stopped shrinking.
+    Stalled,
+    /// The round limit ([`Options::max_rounds`]) was reached.
+    MaxRounds,
 }
 
 /// What a migration, save or load did.
@@ -85,6 +173,8 @@ pub struct Summary {
     pub bytes: u64,
     /// Pre-copy rounds.
     pub precopy_rounds: u32,
+    /// Why pre-copy ended; none without pre-copy (or for a load).
+    pub precopy_end: Option<PrecopyEnd>,
     /// Bytes sent in pre-copy.
     pub precopy_bytes: u64,
     /// Bytes sent in stop-copy.
@@ -123,27 +213,66 @@ impl Progress for NoProgress {
     fn bytes(&self, _: u64) {}
 }
 
-fn step<T>(r: io::Result<T>, what: &str) -> std::result::Result<T, String> {
-    r.map_err(|e| format!("{what}: {}", describe(&e)))
+/// A failed call as a [`Cause`].
+fn step<T>(r: io::Result<T>, what: &str) -> std::result::Result<T, Cause> {
+    r.map_err(|e| Cause::Step {
+        step: what.to_string(),
+        errno: e.raw_os_error(),
+        detail: describe(&e),
+    })
 }
 
-/// Where saved bytes go.
-trait Out {
-    fn put(&mut self, data: &[u8]) -> std::result::Result<(), String>;
+/// Writes all of `data` to a data file, retrying short writes.
+fn write_all<F: DataFd + ?Sized>(fd: &F, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match fd.write(data) {
+            Ok(0) => return Err(io::Error::from_raw_os_error(libc::EIO)),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
-impl Out for OwnedFd {
-    fn put(&mut self, data: &[u8]) -> std::result::Result<(), String> {
-        step(
-            vfio::write_all_fd(self, data),
-            "write to the target's data FD",
-        )
+/// Where saved bytes go: a file, memory, a target's data file.
+pub trait StreamOut {
+    /// What a failed [`StreamOut::put`] was doing, for the error.
+    fn what(&self) -> &'static str;
+    /// Takes all of `data`.
+    fn put(&mut self, data: &[u8]) -> io::Result<()>;
+}
+
+impl StreamOut for File {
+    fn what(&self) -> &'static str {
+        "write to the file"
+    }
+    fn put(&mut self, data: &[u8]) -> io::Result<()> {
+        self.write_all(data)
     }
 }
 
-impl Out for File {
-    fn put(&mut self, data: &[u8]) -> std::result::Result<(), String> {
-        step(self.write_all(data), "write to the file")
+impl StreamOut for Vec<u8> {
+    fn what(&self) -> &'static str {
+        "keep the stream in memory"
+    }
+    fn put(&mut self, data: &[u8]) -> io::Result<()> {
+        self.try_reserve(data.len())
+            .map_err(|_| io::Error::from_raw_os_error(libc::ENOMEM))?;
+        self.extend_from_slice(data);
+        Ok(())
+    }
+}
+
+/// A target's data file as a [`StreamOut`].
+struct TargetOut<'a, F: DataFd>(&'a F);
+
+impl<F: DataFd> StreamOut for TargetOut<'_, F> {
+    fn what(&self) -> &'static str {
+        "write to the target's data FD"
+    }
+    fn put(&mut self, data: &[u8]) -> io::Result<()> {
+        write_all(self.0, data)
     }
 }
 
@@ -162,65 +291,80 @@ enum PumpEnd {
 /// `budget` bytes, passing every byte to `out`. The budget bounds a
 /// pre-copy round against a device that dirties data as fast as it is
 /// read and so never answers `ENOMSG`.
-fn pump(
-    fd: &OwnedFd,
-    out: &mut dyn Out,
+fn pump<F: DataFd>(
+    fd: &F,
+    out: &mut dyn StreamOut,
     buf: &mut [u8],
     budget: u64,
+    opts: &Options,
     progress: &dyn Progress,
-) -> std::result::Result<(u64, PumpEnd), String> {
+) -> std::result::Result<(u64, PumpEnd), Cause> {
     let mut moved = 0u64;
     loop {
-        check_interrupt()?;
+        opts.cancel.check()?;
         if moved >= budget {
             return Ok((moved, PumpEnd::Budget));
         }
-        match vfio::read_fd(fd, buf) {
+        match fd.read(buf) {
             Ok(0) => return Ok((moved, PumpEnd::Eof)),
             Ok(n) => {
-                out.put(&buf[..n])?;
+                let what = out.what();
+                step(out.put(&buf[..n]), what)?;
                 moved += n as u64;
                 progress.bytes(n as u64);
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOMSG) => {
                 return Ok((moved, PumpEnd::NoMore))
             }
-            Err(e) => return Err(format!("read from the source's data FD: {}", describe(&e))),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return step(Err(e), "read from the source's data FD"),
         }
     }
 }
 
-/// The source's flag set; a device without migration is an error.
-fn flags_of(dev: &Device, who: &str) -> Result<u64> {
+/// The device's flag set; a device without migration is an error.
+fn flags_of<D: MigrationDevice>(dev: &D, op: Operation, role: Role) -> Result<u64> {
+    let who = match role {
+        Role::Source => "source",
+        Role::Target => "target",
+    };
     dev.migration_flags().map_err(|e| {
         if e.raw_os_error() == Some(libc::ENOTTY) {
             Error::NotMigratable(format!("the {who} does not support migration (ENOTTY)"))
         } else {
-            Error::Migration(format!(
-                "{who}: VFIO_DEVICE_FEATURE_MIGRATION: {}",
-                describe(&e)
-            ))
+            Error::Migration(Box::new(Failure {
+                op,
+                cause: Cause::Step {
+                    step: format!("{who}: VFIO_DEVICE_FEATURE_MIGRATION"),
+                    errno: e.raw_os_error(),
+                    detail: describe(&e),
+                },
+                source: None,
+                target: None,
+            }))
         }
     })
 }
 
 /// Saves `src`'s state into `out`: pre-copy rounds if offered, then
-/// stop-copy to the end. Leaves the source in STOP_COPY.
-fn save_into(
-    src: &Device,
+/// stop-copy to the end. Leaves the source in STOP_COPY; returns when it
+/// stopped running.
+fn save_into<S: MigrationDevice>(
+    src: &S,
     flags: u64,
-    out: &mut dyn Out,
-    opts: Options,
+    out: &mut dyn StreamOut,
+    opts: &Options,
     progress: &dyn Progress,
     sum: &mut Summary,
-) -> std::result::Result<Instant, String> {
+) -> std::result::Result<Instant, Cause> {
     let mut buf = vec![0u8; CHUNK];
     if flags & vfio::MIGRATION_PRE_COPY != 0 {
-        let fd = step(src.set_state(state::PRE_COPY), "source to PRE_COPY")?
-            .ok_or("source to PRE_COPY returned no data FD")?;
+        let fd = step(src.set_state(state::PRE_COPY), "source to PRE_COPY")?.ok_or(
+            Cause::Protocol("source to PRE_COPY returned no data FD".into()),
+        )?;
         let mut last_dirty = u64::MAX;
         loop {
-            let (initial, dirty) = step(vfio::precopy_info(&fd), "VFIO_MIG_GET_PRECOPY_INFO")?;
+            let (initial, dirty) = step(fd.precopy_info(), "VFIO_MIG_GET_PRECOPY_INFO")?;
             let expected = initial.saturating_add(dirty);
             progress.phase(
                 &format!("pre-copy round {}", sum.precopy_rounds + 1),
@@ -229,17 +373,26 @@ fn save_into(
             // Twice what the device announced (its estimate leaves out the
             // stream's own framing), and at least one chunk.
             let budget = expected.saturating_mul(2).max(CHUNK as u64);
-            let (n, end) = pump(&fd, out, &mut buf, budget, progress)?;
+            let (n, end) = pump(&fd, out, &mut buf, budget, opts, progress)?;
             if end == PumpEnd::Eof {
-                return Err("the source's data FD ended in pre-copy".into());
+                return Err(Cause::Protocol(
+                    "the source's data FD ended in pre-copy".into(),
+                ));
             }
             sum.precopy_rounds += 1;
             sum.precopy_bytes += n;
-            let (initial, dirty) = step(vfio::precopy_info(&fd), "VFIO_MIG_GET_PRECOPY_INFO")?;
-            // Converged: nothing dirty, no progress, or enough rounds.
-            if (initial == 0 && (dirty == 0 || dirty >= last_dirty))
-                || sum.precopy_rounds >= opts.max_rounds
-            {
+            let (initial, dirty) = step(fd.precopy_info(), "VFIO_MIG_GET_PRECOPY_INFO")?;
+            let end = if initial == 0 && dirty == 0 {
+                Some(PrecopyEnd::Converged)
+            } else if initial == 0 && dirty >= last_dirty {
+                Some(PrecopyEnd::Stalled)
+            } else if sum.precopy_rounds >= opts.max_rounds {
+                Some(PrecopyEnd::MaxRounds)
+            } else {
+                None
+            };
+            if end.is_some() {
+                sum.precopy_end = end;
                 break;
             }
             last_dirty = dirty;
@@ -247,42 +400,49 @@ fn save_into(
         if flags & vfio::MIGRATION_P2P != 0 {
             step(src.set_state(state::PRE_COPY_P2P), "source to PRE_COPY_P2P")?;
         }
-        check_interrupt()?;
+        opts.cancel.check()?;
         let stopped = Instant::now();
         let again = step(src.set_state(state::STOP_COPY), "source to STOP_COPY")?;
         if again.is_some() {
-            return Err("source to STOP_COPY returned a second data FD".into());
+            return Err(Cause::Protocol(
+                "source to STOP_COPY returned a second data FD".into(),
+            ));
         }
         progress.phase("stop-copy", src.data_size().ok());
-        sum.stop_copy_bytes = pump_to_eof(&fd, out, &mut buf, progress)?;
+        sum.stop_copy_bytes = pump_to_eof(&fd, out, &mut buf, opts, progress)?;
         Ok(stopped)
     } else {
+        opts.cancel.check()?;
         let stopped = Instant::now();
-        let fd = step(src.set_state(state::STOP_COPY), "source to STOP_COPY")?
-            .ok_or("source to STOP_COPY returned no data FD")?;
+        let fd = step(src.set_state(state::STOP_COPY), "source to STOP_COPY")?.ok_or(
+            Cause::Protocol("source to STOP_COPY returned no data FD".into()),
+        )?;
         progress.phase("stop-copy", src.data_size().ok());
-        sum.stop_copy_bytes = pump_to_eof(&fd, out, &mut buf, progress)?;
+        sum.stop_copy_bytes = pump_to_eof(&fd, out, &mut buf, opts, progress)?;
         Ok(stopped)
     }
 }
 
 /// Reads a stop-copy data FD to its end; `ENOMSG` there breaks the uAPI.
-fn pump_to_eof(
-    fd: &OwnedFd,
-    out: &mut dyn Out,
+fn pump_to_eof<F: DataFd>(
+    fd: &F,
+    out: &mut dyn StreamOut,
     buf: &mut [u8],
+    opts: &Options,
     progress: &dyn Progress,
-) -> std::result::Result<u64, String> {
-    match pump(fd, out, buf, u64::MAX, progress)? {
+) -> std::result::Result<u64, Cause> {
+    match pump(fd, out, buf, u64::MAX, opts, progress)? {
         (n, PumpEnd::Eof) => Ok(n),
-        (_, _) => Err("the source's data FD answered ENOMSG in STOP_COPY".into()),
+        (_, _) => Err(Cause::Protocol(
+            "the source's data FD answered ENOMSG in STOP_COPY".into(),
+        )),
     }
 }
 
 /// Ends a target's RESUMING once the whole stream is written: STOP (where
 /// the framework checks the stream is whole), then RUNNING.
-fn finish_resume(dst: &Device) -> std::result::Result<(), String> {
-    check_interrupt()?;
+fn finish_resume<T: MigrationDevice>(dst: &T, opts: &Options) -> std::result::Result<(), Cause> {
+    opts.cancel.check()?;
     step(
         dst.set_state(state::STOP),
         "target to STOP (end of the stream)",
@@ -291,51 +451,70 @@ fn finish_resume(dst: &Device) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Puts the source back to RUNNING: a SET, or a reset if that fails. The
-/// state it ended in, in words.
-fn recover_source(src: &Device) -> String {
-    if src.set_state(state::RUNNING).is_err() {
-        let _ = src.reset();
-    }
-    match src.state() {
-        Ok(s) => format!("source {}", vfio::state_name(s)),
-        Err(e) => format!("source state unknown ({})", describe(&e)),
-    }
+/// The state `dev` is in now, or the errno of the GET.
+fn state_now<D: MigrationDevice>(dev: &D) -> std::result::Result<u32, i32> {
+    dev.state()
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-/// Resets the target (RUNNING, data FD disabled). The state it ended in.
-fn recover_target(dst: &Device) -> String {
-    let how = match dst.reset() {
-        Ok(()) => "target reset",
-        Err(_) => "target reset failed",
+/// Puts the source back to RUNNING: a SET, or a reset if that fails.
+fn recover_source<S: MigrationDevice>(src: &S) -> Left {
+    let reset = if src.set_state(state::RUNNING).is_err() {
+        Some(src.reset().is_ok())
+    } else {
+        None
     };
-    match dst.state() {
-        Ok(s) => format!("{how}, {}", vfio::state_name(s)),
-        Err(e) => format!("{how}, state unknown ({})", describe(&e)),
+    Left {
+        role: Role::Source,
+        reset,
+        state: state_now(src),
     }
 }
 
-/// Migrates `src` into `dst` (both open). On failure both are recovered and
-/// the error says how they were left.
-pub fn migrate(
-    src: &Device,
-    dst: &Device,
-    opts: Options,
+/// Resets the target (RUNNING, data FD disabled).
+fn recover_target<T: MigrationDevice>(dst: &T) -> Left {
+    let reset = Some(dst.reset().is_ok());
+    Left {
+        role: Role::Target,
+        reset,
+        state: state_now(dst),
+    }
+}
+
+fn failed(op: Operation, cause: Cause, source: Option<Left>, target: Option<Left>) -> Error {
+    Error::Migration(Box::new(Failure {
+        op,
+        cause,
+        source,
+        target,
+    }))
+}
+
+/// Migrates `src` into `dst` (both open). On failure or cancellation both
+/// are recovered and the error says how they were left.
+pub fn migrate<S: MigrationDevice, T: MigrationDevice>(
+    src: &S,
+    dst: &T,
+    opts: &Options,
     progress: &dyn Progress,
 ) -> Result<Summary> {
-    let flags = flags_of(src, "source")?;
-    flags_of(dst, "target")?;
+    let flags = flags_of(src, Operation::Migrate, Role::Source)?;
+    flags_of(dst, Operation::Migrate, Role::Target)?;
+    opts.cancel
+        .check()
+        .map_err(|c| failed(Operation::Migrate, c, None, None))?;
     let start = Instant::now();
     let mut sum = Summary {
         flags,
         ..Default::default()
     };
-    let run = |sum: &mut Summary| -> std::result::Result<Instant, String> {
-        let mut dst_fd = step(dst.set_state(state::RESUMING), "target to RESUMING")?
-            .ok_or("target to RESUMING returned no data FD")?;
-        let stopped = save_into(src, flags, &mut dst_fd, opts, progress, sum)?;
+    let run = |sum: &mut Summary| -> std::result::Result<Instant, Cause> {
+        let dst_fd = step(dst.set_state(state::RESUMING), "target to RESUMING")?.ok_or(
+            Cause::Protocol("target to RESUMING returned no data FD".into()),
+        )?;
+        let stopped = save_into(src, flags, &mut TargetOut(&dst_fd), opts, progress, sum)?;
         progress.phase("resume", None);
-        finish_resume(dst)?;
+        finish_resume(dst, opts)?;
         Ok(stopped)
     };
     match run(&mut sum) {
@@ -350,11 +529,48 @@ pub fn migrate(
             sum.finish(start);
             Ok(sum)
         }
-        Err(e) => Err(Error::Migration(format!(
-            "migration failed: {e}; {}, {}",
-            recover_source(src),
-            recover_target(dst)
-        ))),
+        Err(cause) => Err(failed(
+            Operation::Migrate,
+            cause,
+            Some(recover_source(src)),
+            Some(recover_target(dst)),
+        )),
+    }
+}
+
+/// Saves `src` into `out` (any [`StreamOut`]: memory, a file, a pipe).
+/// The source stays stopped afterwards (closing it returns it to RUNNING);
+/// on failure or cancellation it is put back to RUNNING. What `out` holds
+/// after a failure is a partial stream: dropping it is the caller's part.
+pub fn save_to<S: MigrationDevice>(
+    src: &S,
+    out: &mut dyn StreamOut,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Summary> {
+    let flags = flags_of(src, Operation::Save, Role::Source)?;
+    opts.cancel
+        .check()
+        .map_err(|c| failed(Operation::Save, c, None, None))?;
+    let start = Instant::now();
+    let mut sum = Summary {
+        flags,
+        ..Default::default()
+    };
+    match save_into(src, flags, out, opts, progress, &mut sum) {
+        Ok(stopped) => {
+            sum.downtime_s = Some(stopped.elapsed().as_secs_f64());
+            sum.bytes = sum.precopy_bytes + sum.stop_copy_bytes;
+            let _ = src.set_state(state::STOP);
+            sum.finish(start);
+            Ok(sum)
+        }
+        Err(cause) => Err(failed(
+            Operation::Save,
+            cause,
+            Some(recover_source(src)),
+            None,
+        )),
     }
 }
 
@@ -364,37 +580,20 @@ pub fn migrate(
 ///
 /// An existing file at `path` is replaced if `replace`, and is otherwise
 /// an error (found at the end, by the rename: the caller checks first).
-pub fn save(
-    src: &Device,
+pub fn save<S: MigrationDevice>(
+    src: &S,
     path: &Path,
     replace: bool,
-    opts: Options,
+    opts: &Options,
     progress: &dyn Progress,
 ) -> Result<Summary> {
-    let flags = flags_of(src, "source")?;
+    flags_of(src, Operation::Save, Role::Source)?;
     // Owner-only, like a core file: device state may hold guest memory.
     let mut pending = WholeFile::create(path, 0o600)?;
-    let start = Instant::now();
-    let mut sum = Summary {
-        flags,
-        ..Default::default()
+    let sum = {
+        let file = pending.file()?;
+        save_to(src, file, opts, progress)?
     };
-    let result = (|| -> std::result::Result<Instant, String> {
-        let file = pending.file().map_err(|e| e.to_string())?;
-        let stopped = save_into(src, flags, file, opts, progress, &mut sum)?;
-        Ok(stopped)
-    })();
-    let stopped = match result {
-        Ok(s) => s,
-        Err(e) => {
-            return Err(Error::Migration(format!(
-                "save failed: {e}; {}, no file written",
-                recover_source(src)
-            )))
-        }
-    };
-    sum.downtime_s = Some(stopped.elapsed().as_secs_f64());
-    sum.bytes = sum.precopy_bytes + sum.stop_copy_bytes;
     // What the device produced must be a whole stream, or nobody should
     // ever be offered it.
     if let Err(e) = verify_file(pending.tmp_path()) {
@@ -409,15 +608,19 @@ pub fn save(
         pending.commit_new()
     };
     if let Err(e) = committed {
-        return Err(Error::Migration(format!(
-            "save failed: {e}; {}, no file written",
-            recover_source(src)
-        )));
+        return Err(failed(
+            Operation::Save,
+            Cause::Step {
+                step: format!("keep the file {}", path.display()),
+                errno: None,
+                detail: e.to_string(),
+            },
+            Some(recover_source(src)),
+            None,
+        ));
     }
     // Saved: the source stays stopped until it is closed (the framework
     // then returns it to RUNNING), as after a migration.
-    let _ = src.set_state(state::STOP);
-    sum.finish(start);
     Ok(sum)
 }
 
@@ -509,38 +712,62 @@ pub fn verify(f: &mut File) -> std::result::Result<StreamInfo, String> {
 }
 
 /// Loads the stream file `f`, already checked with [`verify`], into `dst`
-/// from its start (RESUMING, the file in 1 MiB writes, STOP, RUNNING). The
-/// same open file is checked and loaded, so what is loaded is what was
-/// checked. On failure the target is reset.
-pub fn load(dst: &Device, f: &mut File, progress: &dyn Progress) -> Result<Summary> {
-    let flags = flags_of(dst, "target")?;
+/// from its start (see [`load_from`]). The same open file is checked and
+/// loaded, so what is loaded is what was checked.
+pub fn load<T: MigrationDevice>(
+    dst: &T,
+    f: &mut File,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Summary> {
+    flags_of(dst, Operation::Load, Role::Target)?;
+    step(f.rewind(), "rewind the file").map_err(|c| failed(Operation::Load, c, None, None))?;
+    let len = f.metadata().map(|m| m.len()).ok();
+    load_from(dst, f, len, opts, progress)
+}
+
+/// Loads the stream `input` into `dst`: RESUMING, the stream in 1 MiB
+/// writes, STOP (where the framework checks the stream is whole), RUNNING.
+/// `len` is the stream's size, if known (for progress). On failure or
+/// cancellation the target is reset.
+pub fn load_from<T: MigrationDevice>(
+    dst: &T,
+    input: &mut dyn Read,
+    len: Option<u64>,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Summary> {
+    let flags = flags_of(dst, Operation::Load, Role::Target)?;
+    opts.cancel
+        .check()
+        .map_err(|c| failed(Operation::Load, c, None, None))?;
     let start = Instant::now();
     let mut sum = Summary {
         flags,
         ..Default::default()
     };
-    f.rewind()
-        .map_err(|e| Error::Migration(format!("rewind the file: {e}")))?;
-    let len = f.metadata().map(|m| m.len()).ok();
-    let mut run = |sum: &mut Summary| -> std::result::Result<(), String> {
-        let fd = step(dst.set_state(state::RESUMING), "target to RESUMING")?
-            .ok_or("target to RESUMING returned no data FD")?;
+    let mut run = |sum: &mut Summary| -> std::result::Result<(), Cause> {
+        let fd = step(dst.set_state(state::RESUMING), "target to RESUMING")?.ok_or(
+            Cause::Protocol("target to RESUMING returned no data FD".into()),
+        )?;
         progress.phase("load", len);
         let mut buf = vec![0u8; CHUNK];
         loop {
-            check_interrupt()?;
-            let n = step(f.read(&mut buf), "read the file")?;
-            if n == 0 {
-                break;
-            }
+            opts.cancel.check()?;
+            let n = match input.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return step(Err(e), "read the stream"),
+            };
             step(
-                vfio::write_all_fd(&fd, &buf[..n]),
+                write_all(&fd, &buf[..n]),
                 &format!("write to the target's data FD at byte {}", sum.bytes),
             )?;
             sum.bytes += n as u64;
             progress.bytes(n as u64);
         }
-        finish_resume(dst)?;
+        finish_resume(dst, opts)?;
         Ok(())
     };
     match run(&mut sum) {
@@ -549,10 +776,12 @@ pub fn load(dst: &Device, f: &mut File, progress: &dyn Progress) -> Result<Summa
             sum.finish(start);
             Ok(sum)
         }
-        Err(e) => Err(Error::Migration(format!(
-            "load failed: {e}; {}",
-            recover_target(dst)
-        ))),
+        Err(cause) => Err(failed(
+            Operation::Load,
+            cause,
+            None,
+            Some(recover_target(dst)),
+        )),
     }
 }
 

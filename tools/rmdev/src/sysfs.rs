@@ -12,6 +12,7 @@
 //! - `sys/bus/mdev/devices/<uuid>`: the mdevs (links), each with an
 //!   `mdev_type` link to its type directory and a `migration_version`.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -283,6 +284,12 @@ impl Sysfs {
         self.root.join("sys/bus/mdev/devices")
     }
 
+    /// The process directory under the same root (`/proc`), where
+    /// [`Holders`] looks.
+    pub fn proc_dir(&self) -> PathBuf {
+        self.root.join("proc")
+    }
+
     /// The names of every parent. A host without the mdev module has none.
     pub fn parent_names(&self) -> Result<Vec<String>> {
         match dir_names(&self.bus_class()) {
@@ -525,6 +532,69 @@ impl Mdev {
     /// Its type's `device_api` (`vfio-pci`), if readable.
     pub fn device_api(&self) -> Option<String> {
         read_opt(&self.path.join("mdev_type").join("device_api"))
+    }
+}
+
+/// Who holds which VFIO device node open, from `<proc>/*/fd`: found
+/// without opening any device (as root every process is seen; other users
+/// see only their own processes).
+#[derive(Debug, Default)]
+pub struct Holders {
+    proc_dir: PathBuf,
+    /// Device node → the PIDs holding it open.
+    nodes: HashMap<String, Vec<u32>>,
+}
+
+impl Holders {
+    /// Every `/dev/vfio/...` link of `<proc_dir>/*/fd/*`, this process's
+    /// own left out.
+    pub fn scan(proc_dir: &Path) -> Holders {
+        let mut nodes: HashMap<String, Vec<u32>> = HashMap::new();
+        let me = std::process::id();
+        for e in fs::read_dir(proc_dir).into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let Ok(fds) = fs::read_dir(e.path().join("fd")) else {
+                continue;
+            };
+            for fd in fds.flatten() {
+                let Ok(t) = fs::read_link(fd.path()) else {
+                    continue;
+                };
+                if let Some(t) = t.to_str().filter(|t| t.starts_with("/dev/vfio/")) {
+                    let pids = nodes.entry(t.to_string()).or_default();
+                    if !pids.contains(&pid) {
+                        pids.push(pid);
+                    }
+                }
+            }
+        }
+        Holders {
+            proc_dir: proc_dir.to_path_buf(),
+            nodes,
+        }
+    }
+
+    /// Why `m` is in use, if a process holds one of its VFIO nodes open:
+    /// `in use: /dev/vfio/N is held open by process PID (COMM)`.
+    pub fn of(&self, m: &Mdev) -> Option<String> {
+        m.vfio_nodes().into_iter().find_map(|node| {
+            let pids = self.nodes.get(&node)?;
+            let pid = pids.first().copied().unwrap_or_default();
+            let comm = read_attr(&self.proc_dir.join(format!("{pid}/comm")))
+                .unwrap_or_else(|_| "?".into());
+            let more = match pids.len() {
+                0 | 1 => String::new(),
+                n => format!(" and {} more", n - 1),
+            };
+            Some(format!(
+                "in use: {node} is held open by process {pid} ({comm}){more}"
+            ))
+        })
     }
 }
 

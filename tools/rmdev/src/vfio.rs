@@ -10,6 +10,7 @@
 //! call returns the kernel's errno as an `io::Error`, so callers (and the
 //! in-VM tests) see exact error codes.
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, OpenOptions};
 use std::io;
@@ -17,6 +18,7 @@ use std::mem::size_of;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Mutex;
 
 use vfio_bindings::bindings::vfio as uapi;
 
@@ -192,6 +194,9 @@ pub struct Device {
     /// The device FD.
     pub fd: OwnedFd,
     _keep: Vec<OwnedFd>,
+    /// Region index → its offset in the device FD, as the kernel's region
+    /// info gives it (asked once per region, on first use).
+    offsets: Mutex<BTreeMap<u32, u64>>,
 }
 
 fn open_rw(path: &str) -> io::Result<OwnedFd> {
@@ -264,6 +269,7 @@ impl Device {
             // SAFETY: The kernel returned a new descriptor we now own.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             _keep: vec![group, container],
+            offsets: Mutex::default(),
         })
     }
 
@@ -301,6 +307,7 @@ impl Device {
         Ok(Device {
             fd,
             _keep: vec![iommufd],
+            offsets: Mutex::default(),
         })
     }
 
@@ -387,16 +394,41 @@ impl Device {
         std::mem::ManuallyDrop::new(unsafe { fs::File::from_raw_fd(self.raw()) })
     }
 
+    /// Where `offset` of region `index` is in the device FD: the region's
+    /// offset from the kernel's region info (vfio-pci's layout is the
+    /// driver's choice, not the uAPI's), plus `offset`. A region the
+    /// kernel does not know fails with its errno.
+    pub fn region_offset(&self, index: u32, offset: u64) -> io::Result<u64> {
+        let known = self
+            .offsets
+            .lock()
+            .map_err(|_| io::Error::other("region offsets lock poisoned"))?
+            .get(&index)
+            .copied();
+        let base = match known {
+            Some(base) => base,
+            None => {
+                let (_, _, base) = self.region(index)?;
+                if let Ok(mut map) = self.offsets.lock() {
+                    map.insert(index, base);
+                }
+                base
+            }
+        };
+        base.checked_add(offset)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+    }
+
     /// Reads region `index` at `offset`.
     pub fn read_at(&self, index: u32, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.file()
-            .read_exact_at(buf, (u64::from(index) << 40) + offset)
+        let at = self.region_offset(index, offset)?;
+        self.file().read_exact_at(buf, at)
     }
 
     /// Writes region `index` at `offset`.
     pub fn write_at(&self, index: u32, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.file()
-            .write_all_at(data, (u64::from(index) << 40) + offset)
+        let at = self.region_offset(index, offset)?;
+        self.file().write_all_at(data, at)
     }
 
     /// A 32-bit read of BAR0.
@@ -490,7 +522,8 @@ pub fn precopy_info(fd: &OwnedFd) -> io::Result<(u64, u64)> {
 
 /// One `pwrite(2)` into region `index` at `offset`: the count written.
 pub fn pwrite(dev: &Device, index: u32, offset: u64, data: &[u8]) -> io::Result<usize> {
-    dev.file().write_at(data, (u64::from(index) << 40) + offset)
+    let at = dev.region_offset(index, offset)?;
+    dev.file().write_at(data, at)
 }
 
 /// One `read(2)` on a data FD.

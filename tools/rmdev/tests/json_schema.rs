@@ -41,7 +41,8 @@ fn the_schema_is_json_schema() {
     let mut bad: Value = serde_json::json!({"parents": [], "mdevs": [{
         "uuid": U1, "parent": "p", "type": "t", "path": "/x",
         "migration_version": {"status": "present", "value": "v:t:1.0"},
-        "migration_flags": null, "migration_flags_names": null, "migration_flags_error": "x"}]});
+        "in_use": null, "migration_flags": null, "migration_flags_names": null,
+        "migration_flags_error": "x"}]});
     let r = std::panic::catch_unwind(|| valid("list", &bad));
     assert!(
         r.is_err(),
@@ -49,6 +50,23 @@ fn the_schema_is_json_schema() {
     );
     bad["mdevs"][0]["migration_version"] = "v:t:1.0".into();
     valid("list", &bad);
+    // A stopped migration's error, as the CLI prints it (the lab's
+    // t-rmdev checks a real one).
+    let failed = serde_json::json!({
+        "error": "migration failed: ...", "exit_status": 2,
+        "failure": {"operation": "migration", "cause": "step",
+                    "step": "target to STOP (end of the stream)", "errno_name": "EINVAL",
+                    "source": {"state": "RUNNING", "state_errno_name": null, "reset": null},
+                    "target": {"state": "RUNNING", "state_errno_name": null, "reset": true}}});
+    valid("error", &failed);
+    let mut lost = failed.clone();
+    lost["failure"]["target"] = serde_json::json!(
+        {"state": null, "state_errno_name": "ENODEV", "reset": false});
+    lost["failure"]["source"] = Value::Null;
+    valid("error", &lost);
+    let mut wrong = failed;
+    wrong["failure"]["cause"] = "signal".into();
+    assert!(std::panic::catch_unwind(|| valid("error", &wrong)).is_err());
 }
 
 #[test]

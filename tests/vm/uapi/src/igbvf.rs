@@ -3,16 +3,18 @@
 //! Tools for the rmdev_igbvf tests (`tests/vm/t-igbvf.sh`): 32-bit accesses
 //! to a VF's own BAR0 through its sysfs `resource0` (the hardware, seen
 //! around the mdev), region accesses through an mdev's VFIO device, a whole
-//! migration between two mdevs through the uAPI, and a user that holds an
-//! mdev open (with a migration session) until the kernel asks for it back.
+//! migration between two mdevs by the tool's engine, a load that says
+//! where a stream was refused, and a user that holds an mdev open (with a
+//! migration session) until the kernel asks for it back.
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 
-use rmdev_logic::fsm::{FlagSet, State};
+use rmdev_logic::fsm::State;
 
-use super::{ctx, load_into, new_eventfd, read_to_eof, resume, TestResult};
+use super::{ctx, load_into, new_eventfd, TestResult};
+use rmdev::migrate::{self, NoProgress, Options};
 use rmdev::vfio::{self, Device};
 
 fn parse_u64(s: &str) -> Result<u64, String> {
@@ -126,39 +128,21 @@ pub(crate) fn region_write(uuid: &str, index: &str, offset: &str, value: &str) -
     )
 }
 
-fn flags_of(dev: &Device) -> Result<FlagSet, String> {
-    let bits = ctx(dev.migration_flags(), "GET MIGRATION")?;
-    FlagSet::from_bits(bits as u32).map_err(|e| format!("flag set {bits:#x}: {e}"))
-}
-
-/// `migrate-mdev SRC DST`: a stop-copy migration between two mdevs through
-/// the uAPI (source stopped and saved, target resumed and running, source
-/// back to running). Prints the stream size.
+/// `migrate-mdev SRC DST`: a migration between two mdevs by the tool's
+/// engine (`rmdev::migrate`), the sequence `rmdev migrate` runs; the
+/// source back to RUNNING afterwards. Prints the stream size.
 pub(crate) fn migrate_mdev(src: &str, dst: &str) -> TestResult {
     let s = ctx(Device::open(src), &format!("open {src}"))?;
     let d = ctx(Device::open(dst), &format!("open {dst}"))?;
-    let flags = flags_of(&s)?;
-    if flags.supports(State::RunningP2p) {
-        ctx(s.set_state(State::RunningP2p.raw()), "SET RUNNING_P2P")?;
-    }
-    let fd = ctx(s.set_state(State::StopCopy.raw()), "SET STOP_COPY")?.ok_or("no save FD")?;
-    let mut stream = Vec::new();
-    read_to_eof(&fd, &mut stream)?;
-    drop(fd);
-    ctx(s.set_state(State::Stop.raw()), "SET STOP (source)")?;
-    resume(&d, &stream, 1 << 20)?;
-    ctx(s.set_state(State::Running.raw()), "SET RUNNING (source)")?;
-    println!("{} stream bytes ({flags})", stream.len());
+    let sum =
+        migrate::migrate(&s, &d, &Options::default(), &NoProgress).map_err(|e| e.to_string())?;
+    ctx(s.set_state(vfio::state::RUNNING), "SET RUNNING (source)")?;
+    println!(
+        "{} stream bytes ({})",
+        sum.bytes,
+        vfio::flags_name(sum.flags)
+    );
     Ok(())
-}
-
-/// `save-mdev UUID FILE`: the mdev's stop-copy stream into FILE.
-pub(crate) fn save_mdev(uuid: &str, file: &str) -> TestResult {
-    let dev = ctx(Device::open(uuid), &format!("open {uuid}"))?;
-    let fd = ctx(dev.set_state(State::StopCopy.raw()), "SET STOP_COPY")?.ok_or("no save FD")?;
-    let mut stream = Vec::new();
-    read_to_eof(&fd, &mut stream)?;
-    ctx(std::fs::write(file, &stream), "write file")
 }
 
 /// `load-mdev UUID FILE`: loads FILE into the mdev, saying at which write

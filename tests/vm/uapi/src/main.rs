@@ -7,6 +7,14 @@
 //! from Linux 6.12 (`core/logic/tests/data/fsm-oracle.txt`), not from the
 //! state machine code the kernel module runs.
 //!
+//! Its save, resume and load sequences are an independent uAPI client on
+//! purpose: they are the conformance tests of the kernel side, checking
+//! every step's errno and `PRECOPY_INFO` between steps, and writing the
+//! device between pre-copy rounds; a bug shared with the tool's engine
+//! (`rmdev::migrate`) must not hide here. The engine itself is tested on
+//! the host against fake devices (`tools/rmdev/tests/engine.rs`) and in the
+//! lab by `t-rmdev` and by `migrate-mdev` (the VF vendor's migrations).
+//!
 //! Usage: `rmdev-vm-test <test>... [--flags N]`; `rmdev-vm-test list`.
 
 mod igbvf;
@@ -2061,7 +2069,6 @@ fn main() {
         ["region-read", uuid, idx, off] => Some(igbvf::region_read(uuid, idx, off)),
         ["region-write", uuid, idx, off, v] => Some(igbvf::region_write(uuid, idx, off, v)),
         ["migrate-mdev", src, dst] => Some(igbvf::migrate_mdev(src, dst)),
-        ["save-mdev", uuid, file] => Some(igbvf::save_mdev(uuid, file)),
         ["load-mdev", uuid, file] => Some(igbvf::load_mdev(uuid, file)),
         ["hold", uuid, state] => Some(igbvf::hold(uuid, state)),
         _ => None,
