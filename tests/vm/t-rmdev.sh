@@ -232,6 +232,11 @@ note "SIGINT during a migrate and a load: the devices put back, exit status 130"
 # signal_mid_stream PID KIND SIGNAL...: once PID holds a migration data
 # file of KIND ([rmdev_save] or [rmdev_resume]: the operation is under
 # way), freezes it, sends the SIGNALs, thaws it. Its exit status is in rc.
+# (A script's background commands start with SIGINT ignored, and rmdev
+# keeps an ignored signal ignored: WITH_SIGINT runs a command, in the same
+# process, with SIGINT's default action, as a terminal's foreground
+# command has it.)
+WITH_SIGINT=(python3 -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])')
 signal_mid_stream() {
 	local p=$1 kind=$2 seen=0
 	shift 2
@@ -246,37 +251,41 @@ signal_mid_stream() {
 	kill -CONT "$p"
 	rc=0; wait "$p" || rc=$?
 }
-B2=$(new_uuid)
-sysfs_write $SAMPLE_TYPES/rmdev_sample-256m/create "$B2"
-"$VM_TEST" fill "$B2" 42
-"$RMDEV" migrate --no-progress "$B" "$B2" >"$work/mig.out" 2>&1 &
+echo 1 >/sys/bus/mdev/devices/$B/remove
+# 64 MiB devices: a migrate or load lasts seconds, long enough to be caught.
+C1=$(new_uuid) C2=$(new_uuid)
+sysfs_write $SAMPLE_TYPES/rmdev_sample-64m/create "$C1"
+sysfs_write $SAMPLE_TYPES/rmdev_sample-64m/create "$C2"
+"$VM_TEST" fill "$C1" 43
+"$VM_TEST" fill "$C2" 44
+"${WITH_SIGINT[@]}" "$RMDEV" migrate --no-progress "$C1" "$C2" >"$work/mig.out" 2>&1 &
 pid=$!
 signal_mid_stream $pid "[rmdev_save]" INT
 pid=
 expect_eq "exit status of an interrupted migrate" "$rc" 130
 grep -q "migration failed: interrupted by a signal; source RUNNING, target reset, RUNNING" "$work/mig.out" ||
 	fail "interrupted migrate said: $(cat "$work/mig.out")"
-"$VM_TEST" compare-pattern "$B" 41
-expect_status 0 "$RMDEV" save --no-progress "$B" -o "$work/big.bin"
-"$RMDEV" load --no-progress "$B2" -i "$work/big.bin" >"$work/load.out" 2>&1 &
-pid=$!
-signal_mid_stream $pid "[rmdev_resume]" INT
-pid=
-expect_eq "exit status of an interrupted load" "$rc" 130
+"$VM_TEST" compare-pattern "$C1" 43
+expect_status 0 "$RMDEV" save --no-progress "$C1" -o "$work/c1.bin"
+# interrupted_load SIGNAL...: a load of c1.bin into C2, sent SIGNAL... mid-stream.
+interrupted_load() {
+	"${WITH_SIGINT[@]}" "$RMDEV" load --no-progress "$C2" -i "$work/c1.bin" >"$work/load.out" 2>&1 &
+	pid=$!
+	signal_mid_stream $pid "[rmdev_resume]" "$@"
+	pid=
+	expect_eq "exit status of a load sent $*" "$rc" 130
+}
+interrupted_load INT
 grep -q "load failed: interrupted by a signal; target reset, RUNNING" "$work/load.out" ||
 	fail "interrupted load said: $(cat "$work/load.out")"
 # A second signal ends the run at once (the device is put back when the
 # kernel closes its files); the device is usable afterwards.
-"$RMDEV" load --no-progress "$B2" -i "$work/big.bin" >"$work/load2.out" 2>&1 &
-pid=$!
-signal_mid_stream $pid "[rmdev_resume]" INT TERM
-pid=
-expect_eq "exit status after two signals" "$rc" 130
-expect_status 0 "$RMDEV" load --no-progress "$B2" -i "$work/big.bin"
-"$VM_TEST" compare "$B" "$B2"
-rm -f "$work/big.bin"
-echo 1 >/sys/bus/mdev/devices/$B/remove
-echo 1 >/sys/bus/mdev/devices/$B2/remove
+interrupted_load INT TERM
+expect_status 0 "$RMDEV" load --no-progress "$C2" -i "$work/c1.bin"
+"$VM_TEST" compare-pattern "$C2" 43
+rm -f "$work/c1.bin"
+echo 1 >/sys/bus/mdev/devices/$C1/remove
+echo 1 >/sys/bus/mdev/devices/$C2/remove
 
 note "a user other than root: list, export, match --offline and check --offline work; the rest explain"
 # What a user may read: the tool (its build directory may be in root's

@@ -12,10 +12,17 @@
 //! RUNNING. Downtime is the time from the source leaving its running
 //! states to the target reaching RUNNING.
 //!
-//! On any failure both devices are put back in a defined state before the
-//! error is returned: the source to RUNNING (by SET, or by a device reset if
-//! the SET fails), the target reset (RUNNING, its data FD disabled). The
-//! error says which state each ended in.
+//! On any failure, and when the operation's [`Cancel`] token is cancelled
+//! (checked before every state change and every chunk of data), both
+//! devices are put back in a defined state before the error is returned:
+//! the source to RUNNING (by SET, or by a device reset if the SET fails),
+//! the target reset (RUNNING, its data FD disabled). The error is typed
+//! ([`Failure`]): what stopped the operation, with the errno, and the state
+//! each device ended in.
+//!
+//! The engine is written once, over the [`MigrationDevice`] and [`DataFd`]
+//! traits: `rmdev` and the lab's VF tests drive real VFIO devices with it,
+//! the host tests (`tests/engine.rs`) fake devices.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, Write};
@@ -490,6 +497,26 @@ fn failed(op: Operation, cause: Cause, source: Option<Left>, target: Option<Left
     }))
 }
 
+/// The start of an operation on `dev`: its flag set (a device without
+/// migration is an error), a cancellation already requested (nothing
+/// touched), the clock, an empty summary.
+fn begin<D: MigrationDevice>(
+    dev: &D,
+    op: Operation,
+    role: Role,
+    opts: &Options,
+) -> Result<(Instant, Summary)> {
+    let flags = flags_of(dev, op, role)?;
+    opts.cancel.check().map_err(|c| failed(op, c, None, None))?;
+    Ok((
+        Instant::now(),
+        Summary {
+            flags,
+            ..Default::default()
+        },
+    ))
+}
+
 /// Migrates `src` into `dst` (both open). On failure or cancellation both
 /// are recovered and the error says how they were left.
 pub fn migrate<S: MigrationDevice, T: MigrationDevice>(
@@ -498,16 +525,9 @@ pub fn migrate<S: MigrationDevice, T: MigrationDevice>(
     opts: &Options,
     progress: &dyn Progress,
 ) -> Result<Summary> {
-    let flags = flags_of(src, Operation::Migrate, Role::Source)?;
+    let (start, mut sum) = begin(src, Operation::Migrate, Role::Source, opts)?;
     flags_of(dst, Operation::Migrate, Role::Target)?;
-    opts.cancel
-        .check()
-        .map_err(|c| failed(Operation::Migrate, c, None, None))?;
-    let start = Instant::now();
-    let mut sum = Summary {
-        flags,
-        ..Default::default()
-    };
+    let flags = sum.flags;
     let run = |sum: &mut Summary| -> std::result::Result<Instant, Cause> {
         let dst_fd = step(dst.set_state(state::RESUMING), "target to RESUMING")?.ok_or(
             Cause::Protocol("target to RESUMING returned no data FD".into()),
@@ -548,15 +568,8 @@ pub fn save_to<S: MigrationDevice>(
     opts: &Options,
     progress: &dyn Progress,
 ) -> Result<Summary> {
-    let flags = flags_of(src, Operation::Save, Role::Source)?;
-    opts.cancel
-        .check()
-        .map_err(|c| failed(Operation::Save, c, None, None))?;
-    let start = Instant::now();
-    let mut sum = Summary {
-        flags,
-        ..Default::default()
-    };
+    let (start, mut sum) = begin(src, Operation::Save, Role::Source, opts)?;
+    let flags = sum.flags;
     match save_into(src, flags, out, opts, progress, &mut sum) {
         Ok(stopped) => {
             sum.downtime_s = Some(stopped.elapsed().as_secs_f64());
@@ -737,15 +750,7 @@ pub fn load_from<T: MigrationDevice>(
     opts: &Options,
     progress: &dyn Progress,
 ) -> Result<Summary> {
-    let flags = flags_of(dst, Operation::Load, Role::Target)?;
-    opts.cancel
-        .check()
-        .map_err(|c| failed(Operation::Load, c, None, None))?;
-    let start = Instant::now();
-    let mut sum = Summary {
-        flags,
-        ..Default::default()
-    };
+    let (start, mut sum) = begin(dst, Operation::Load, Role::Target, opts)?;
     let mut run = |sum: &mut Summary| -> std::result::Result<(), Cause> {
         let fd = step(dst.set_state(state::RESUMING), "target to RESUMING")?.ok_or(
             Cause::Protocol("target to RESUMING returned no data FD".into()),

@@ -658,8 +658,9 @@ fn a_cancelled_load_resets_the_target() {
     assert_eq!((dst.resets.get(), dst.state.get()), (1, state::RUNNING));
 }
 
-#[test]
-fn a_cancelled_save_puts_the_source_back() {
+/// A 4 MiB source whose second data read cancels the operation, and the
+/// options holding that token.
+fn cancelling_source() -> (Fake, Options) {
     let cancel = Cancel::new();
     let src = source(Behaviour {
         initial: 4 * CHUNK,
@@ -671,6 +672,12 @@ fn a_cancelled_save_puts_the_source_back() {
         cancel,
         ..Options::default()
     };
+    (src, o)
+}
+
+#[test]
+fn a_cancelled_save_puts_the_source_back() {
+    let (src, o) = cancelling_source();
     let mut out = Vec::new();
     let f = failure(migrate::save_to(&src, &mut out, &o, &NoProgress).unwrap_err());
     assert_eq!(
@@ -684,17 +691,7 @@ fn a_cancelled_save_puts_the_source_back() {
 fn a_file_save_leaves_no_file_when_cancelled() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.bin");
-    let cancel = Cancel::new();
-    let src = source(Behaviour {
-        initial: 4 * CHUNK,
-        dirty: vec![0],
-        cancel_at_read: Some((2, cancel.clone())),
-        ..Behaviour::default()
-    });
-    let o = Options {
-        cancel,
-        ..Options::default()
-    };
+    let (src, o) = cancelling_source();
     let e = migrate::save(&src, &path, false, &o, &NoProgress).unwrap_err();
     assert_eq!(e.exit_status(), EXIT_INTERRUPTED);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
