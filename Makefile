@@ -55,15 +55,16 @@ build-check: setup
 	$(LAB) modules
 	tests/build/kconfig-check
 
-# One boot runs the in-VM suite; t-rmdev in it is also the first host of
-# the rmdev tool's two-host test and leaves its files in SHARE for the
-# second boot (and its JSON from the real devices, checked against the
-# tool's schema afterwards).
+# One boot runs the in-VM suite, every tests/vm/t-*.sh, then
+# tests/vm/rmdev-host2: t-rmdev is the source host of the rmdev tool's
+# two-host test and leaves its files in SHARE, rmdev-host2 the target host
+# (the modules reloaded with other parameters). t-rmdev's JSON from the
+# real devices is checked against the tool's schema afterwards.
 SHARE := $(CURDIR)/build/two-hosts
+VM_TESTS := $(sort $(notdir $(wildcard $(CURDIR)/tests/vm/t-*.sh)))
 vm-check:
 	rm -rf $(SHARE)
-	RMDEV_SHARE=$(SHARE) $(LAB) test
-	RMDEV_SHARE=$(SHARE) $(LAB) run -- $(CURDIR)/tests/vm/rmdev-host2
+	RMDEV_SHARE=$(SHARE) $(LAB) test $(VM_TESTS) rmdev-host2
 	RMDEV_JSON_DIR=$(SHARE)/json cargo test --quiet -p rmdev --test json_schema lab_outputs
 
 # libvirt's live migration between two lab VMs at once (tests/vm/libvirt-pair;
