@@ -15,8 +15,10 @@
 //! pages, and stop-copy sends what is left plus the registers. The flag set
 //! comes from the `migration_flags` module parameter (any of the four the
 //! uAPI defines, or 0 for none), the data format's major version from
-//! `format_version` (read at load time for the types, and again at each
-//! mdev's creation: an mdev created after it changed has its own version).
+//! `format_version`. Both are read at load time for the types, and again at
+//! each mdev's creation: an mdev created after a change has the new flag set
+//! or its own version string (whether mdevs migrate at all is fixed at load;
+//! `sample_params.c` refuses a write that would change it).
 //!
 //! For tests of pre-copy, the `precopy_dirty_pages` parameter (0, the
 //! default, turns it off) simulates an engine that keeps writing the device
@@ -127,6 +129,13 @@ mod params {
         unsafe { rmdev_sample_migration_flags() }
     }
 
+    /// For `sample_params.c`, which refuses a write of `migration_flags`
+    /// that is not a flag set the uAPI defines.
+    #[no_mangle]
+    extern "C" fn rmdev_sample_flag_set_valid(bits: u32) -> bool {
+        super::FlagSet::from_bits(bits).is_ok()
+    }
+
     /// The `format_version` parameter.
     pub(crate) fn format_version() -> u32 {
         // SAFETY: Reads a module parameter; no precondition.
@@ -143,11 +152,24 @@ mod params {
 /// The memory sizes of the types, in the order of [`Sample::TYPES`].
 const SIZES: [usize; 4] = [16 << 10, 4 << 20, 64 << 20, 256 << 20];
 
-/// The parent: the module's settings, shared by every mdev it creates.
+/// The parent: the settings the module was loaded with, which its types
+/// keep (an mdev reads the parameters again when it is created).
 struct Sample {
     flags: Option<FlagSet>,
     format: u16,
-    max_record: usize,
+}
+
+impl Sample {
+    /// The flag set of an mdev created now: the `migration_flags` parameter
+    /// as it is, which `sample_params.c` keeps a flag set exactly when the
+    /// module was loaded with one (checked again here all the same).
+    fn flag_set(&self) -> Result<Option<FlagSet>> {
+        match (params::migration_flags(), self.flags) {
+            (0, None) => Ok(None),
+            (bits, Some(_)) => FlagSet::from_bits(bits).map(Some).map_err(|_| EINVAL),
+            (_, None) => Err(EINVAL),
+        }
+    }
 }
 
 impl mdev::Driver for Sample {
@@ -184,8 +206,8 @@ impl mdev::Driver for Sample {
     fn create(&self, type_index: usize, irqs: Interrupts) -> impl PinInit<SampleDevice, Error> {
         let size = SIZES[type_index];
         let memory = Memory::new(size);
-        let flags = self.flags;
-        let max_record = self.max_record;
+        let flags = self.flag_set();
+        let max_record = params::max_record() as usize;
         // The format of new mdevs follows the `format_version` parameter,
         // which may have changed since the module was loaded (for tests of
         // incompatible targets); the device then has its own version string.
@@ -209,7 +231,7 @@ impl mdev::Driver for Sample {
             size,
             max_record,
             irqs,
-            flags,
+            flags: flags?,
             format: format?,
             version: version?,
             next_arc: AtomicU8::new(ArcFault::None as u8),
@@ -894,16 +916,8 @@ impl kernel::Module for SampleModule {
                 EINVAL
             })?;
         let driver = Registration::<Sample>::new(module)?;
-        let max_record = params::max_record() as usize;
-        let parent = Parent::new_virtual(
-            &driver,
-            c_str!("rmdev_sample"),
-            Sample {
-                flags,
-                format,
-                max_record,
-            },
-        )?;
+        let parent =
+            Parent::new_virtual(&driver, c_str!("rmdev_sample"), Sample { flags, format })?;
         pr_info!(
             "ready: migration flags {:#x}, data format {}\n",
             flags.map_or(0, |f| f.bits()),

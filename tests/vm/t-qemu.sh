@@ -32,8 +32,12 @@ new_mdev() {
 }
 remove_mdev() { sysfs_write "/sys/bus/mdev/devices/$1/remove" 1; }
 
+# One load of the sample: a new flag set applies to the mdevs created after
+# it (each unload waits seconds for the kobject releases the debug kernel
+# delays).
+load_sample migration_flags=7
 for flags in 7 3 1; do
-	load_sample migration_flags=$flags
+	sysfs_write /sys/module/rmdev_sample/parameters/migration_flags $flags
 	src=$(new_mdev 4m) dst=$(new_mdev 4m)
 	"$VM_TEST" fill "$src" 1
 	"$VM_TEST" fill "$dst" 2
@@ -90,6 +94,9 @@ for flags in 7 3 1; do
 		"${QV[@]}" migrate "$src" "$other" --expect-failure || fail "refused migration"
 		"$VM_TEST" compare-pattern "$src" 5 || fail "source memory after the refused migration"
 	fi
-	cleanup
+	pkill -f qemu-system-x86_64 2>/dev/null || true
+	sleep 1
+	remove_all_mdevs
 done
+cleanup
 trap - EXIT
