@@ -14,6 +14,22 @@
  * to the word after it in one page after another of the first PAGES, until
  * COUNT writes (0: forever); then "rmdev-guest: done N" with the last value.
  *
+ * Pacing. COUNT writes follow each other with a short busy delay, so that
+ * the tests waiting for "done" wait little. Forever, the guest does one
+ * round of writes per tick of the local APIC timer (TICK_NS, 20 ms: 50
+ * rounds a second, enough for the tests to see the device change during a
+ * migration) and sleeps in hlt between ticks: a busy loop takes a whole
+ * vCPU of the lab VM, which has two, for as long as the guest runs
+ * (minutes in tests/vm/libvirt-pair), and slows everything else there.
+ * Each tick (a wake-up, the writes, the interrupt) costs the nested QEMU
+ * under TCG 4 to 6 ms of the lab VM's CPU (measured 2026-12-03, QEMU's CPU
+ * time over 20 s with a sample mdev: busy loop 102% of a vCPU; ticks of
+ * 1 ms 94 to 118%, 10 ms 44%, 20 ms 28%, 50 ms 17%; halted 7%).
+ * QEMU's local APIC timer counts at 1 GHz with the divider at 1 (hw/intc/
+ * apic.c: one count per nanosecond of the virtual clock), as KVM's does,
+ * so TICK_NS is the initial count. The virtual clock stops with the VM, so
+ * a paused or migrated guest resumes its ticks where it was.
+ *
  * Built with gcc -m32 -ffreestanding -nostdlib and these -D settings:
  *   BAR_REG   config offset of the BAR (0x10 BAR0, 0x18 BAR2)
  *   BAR_64    1 if the BAR is 64-bit
@@ -21,6 +37,7 @@
  *   STEP      what each write adds to the counter
  *   PAGES     how many pages get the stride writes (0: none)
  *   COUNT     how many writes (0: forever)
+ *   TICK_NS   forever: the time from one round of writes to the next
  */
 
 #ifndef SLOT
@@ -44,10 +61,22 @@
 #ifndef COUNT
 #define COUNT 0
 #endif
+#ifndef TICK_NS
+#define TICK_NS 20000000
+#endif
 #define MB_MAGIC 0x1BADB002u
 #define BAR_ADDR 0xD0000000u
 #define DELAY 2000
 #define COM1 0x3f8
+/* The local APIC (no paging: its registers are where they are). */
+#define LAPIC 0xFEE00000u
+#define LAPIC_EOI 0xB0
+#define LAPIC_SVR 0xF0
+#define LAPIC_LVT_TIMER 0x320
+#define LAPIC_TIMER_INIT 0x380
+#define LAPIC_TIMER_DIV 0x3E0
+#define LVT_PERIODIC (1u << 17)
+#define TIMER_VECTOR 0x30
 
 /* The multiboot header: magic, flags (none: the loader reads the ELF). */
 __attribute__((section(".multiboot"), used, aligned(4)))
@@ -121,6 +150,71 @@ static void report(const char *what, unsigned int v)
 	puts_serial("\n");
 }
 
+static void lapic_write(unsigned int reg, unsigned int value)
+{
+	*(volatile unsigned int *)(LAPIC + reg) = value;
+}
+
+static unsigned int lapic_read(unsigned int reg)
+{
+	return *(volatile unsigned int *)(LAPIC + reg);
+}
+
+/* 32-bit interrupt gates, and what lidt loads. */
+static unsigned int idt[256][2];
+static struct {
+	unsigned short limit;
+	unsigned int base;
+} __attribute__((packed)) idtr;
+
+/* The handler of every vector (below, next to start). */
+void tick(void);
+
+/*
+ * Forever mode's timer: the local APIC interrupts every TICK_NS, and every
+ * vector ends in tick, which only acknowledges it: the ticks just end the
+ * main loop's hlt. Every vector, not just the timer's: the BIOS left the
+ * 8259s at vectors 8 to 15, among the exceptions, and an interrupt already
+ * on its way when they are masked arrives as one of those (or as the local
+ * APIC's spurious vector), which must return like a tick does.
+ */
+static void timer_start(void)
+{
+	unsigned int handler = (unsigned int)tick;
+	unsigned int cs, n;
+
+	/* Mask both 8259s: the BIOS started the PIT on IRQ 0. */
+	outb(0x21, 0xff);
+	outb(0xa1, 0xff);
+	/* Multiboot promises a flat code segment, not its selector. */
+	__asm__ volatile("mov %%cs, %0" : "=r"(cs));
+	for (n = 0; n < 256; n++) {
+		idt[n][0] = (cs << 16) | (handler & 0xffff);
+		/* Present, ring 0, 32-bit interrupt gate (IF off inside). */
+		idt[n][1] = (handler & 0xffff0000) | 0x8e00;
+	}
+	idtr.limit = sizeof(idt) - 1;
+	idtr.base = (unsigned int)idt;
+	__asm__ volatile("lidt %0" : : "m"(idtr));
+	/* Software enable, spurious vector 0xff. */
+	lapic_write(LAPIC_SVR, lapic_read(LAPIC_SVR) | 0x1ff);
+	/* Divide by 1: one count per nanosecond in QEMU (see the top). */
+	lapic_write(LAPIC_TIMER_DIV, 0xb);
+	lapic_write(LAPIC_LVT_TIMER, LVT_PERIODIC | TIMER_VECTOR);
+	/* The initial count starts the timer. */
+	lapic_write(LAPIC_TIMER_INIT, TICK_NS);
+}
+
+/*
+ * Sleeps until the next tick. Interrupts are on only here: sti lets the
+ * next instruction run before any interrupt, so a tick cannot come
+ * between them and leave hlt waiting for the one after.
+ */
+static void wait_tick(void)
+{
+	__asm__ volatile("sti\n\thlt\n\tcli" : : : "memory");
+}
+
 void guest_main(void);
 
 void guest_main(void)
@@ -137,6 +231,8 @@ void guest_main(void)
 	config_write(0x04, 0x0002);
 	report("bar ", bar[WORD / 4]);
 	puts_serial("rmdev-guest: writing\n");
+	if (COUNT == 0)
+		timer_start();
 	for (i = 1; COUNT == 0 || i <= COUNT; i++) {
 		volatile unsigned int d;
 
@@ -144,8 +240,11 @@ void guest_main(void)
 		bar[WORD / 4] = v;
 		if (PAGES)
 			bar[(i % (PAGES ? PAGES : 1)) * 1024 + WORD / 4 + 1] = v;
-		for (d = 0; d < DELAY; d++)
-			;
+		if (COUNT == 0)
+			wait_tick();
+		else
+			for (d = 0; d < DELAY; d++)
+				;
 	}
 	report("done ", v);
 }
@@ -157,4 +256,10 @@ __asm__(".globl start\n"
 	"	call guest_main\n"
 	"1:	cli\n"
 	"	hlt\n"
-	"	jmp 1b\n");
+	"	jmp 1b\n"
+	"\n"
+	/* Any interrupt (timer_start): acknowledge it, return. */
+	".globl tick\n"
+	"tick:\n"
+	"	movl $0, 0xfee000b0\n"
+	"	iret\n");
