@@ -1116,11 +1116,7 @@ fn man_pages_one_per_subcommand() {
 #[test]
 fn manual_covers_every_command_and_option() {
     use clap::CommandFactory;
-    let doc = fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../Documentation/rmdev.rst"
-    ))
-    .unwrap();
+    let doc = fs::read_to_string(common::repo_file("Documentation/rmdev.rst")).unwrap();
     let cli = rmdev::cli::Cli::command();
     let mut missing = Vec::new();
     for a in cli.get_arguments() {

@@ -241,18 +241,26 @@ pub(crate) fn has(v: &Value, key: &str, kind: &str) {
     assert!(ok, "'{key}' should be {kind} in {v:#}");
 }
 
+/// A file of the repository, by its path from the top. The directory comes
+/// from cargo when the test runs, not when it was built: the build cache is
+/// shared between checkouts, and a test binary built in another one would
+/// read that checkout's files.
+pub(crate) fn repo_file(path: &str) -> std::path::PathBuf {
+    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("run the tests with cargo test");
+    std::path::Path::new(&dir).join("../..").join(path)
+}
+
 /// `Documentation/rmdev.schema.json`, which every `--json` output follows.
-pub(crate) const SCHEMA: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../Documentation/rmdev.schema.json"
-);
+pub(crate) fn schema() -> std::path::PathBuf {
+    repo_file("Documentation/rmdev.schema.json")
+}
 
 /// Validates `v` against the schema's definition `def`, panicking with
 /// every error and the document.
 pub(crate) fn valid(def: &str, v: &Value) {
     let mut schemas = boon::Schemas::new();
     let mut compiler = boon::Compiler::new();
-    let doc: Value = serde_json::from_str(&fs::read_to_string(SCHEMA).unwrap()).unwrap();
+    let doc: Value = serde_json::from_str(&fs::read_to_string(schema()).unwrap()).unwrap();
     assert!(
         doc["$defs"].get(def).is_some(),
         "the schema has no definition '{def}'"
