@@ -45,7 +45,7 @@ domain_xml() {
 	    <emulator>/usr/bin/qemu-system-x86_64</emulator>
 	    <controller type='usb' model='none'/>
 	    <serial type='file'>
-	      <source path='/var/log/libvirt/qemu/$name-serial.log'/>
+	      <source path='$(serial_log "$name")'/>
 	    </serial>
 	XML
 	for u in "$@"; do
@@ -65,14 +65,17 @@ domain_xml() {
 }
 
 # serial NAME: what the domain's guest wrote to its serial port so far.
-serial() { cat "/var/log/libvirt/qemu/$1-serial.log" 2>/dev/null || true; }
+# serial_log NAME: the file the domain's serial port writes to.
+serial_log() { printf '%s\n' "/var/log/libvirt/qemu/$1-serial.log"; }
+serial() { cat "$(serial_log "$1")" 2>/dev/null || true; }
 
 # wait_serial NAME TEXT [SECONDS]: the guest's serial output shows TEXT.
 # Each look reads the file with a builtin and waits with nap: no process
 # of its own (a fork and exec cost about half a second of CPU here, which
 # a look five times a second would take from the domain it waits for).
 wait_serial() {
-	local i text f=/var/log/libvirt/qemu/$1-serial.log
+	local i text f
+	f=$(serial_log "$1")
 	for i in $(seq $((${3:-60} * 5))); do
 		text=
 		if [ -f "$f" ]; then IFS= read -r -d '' text <"$f" || true; fi

@@ -11,28 +11,19 @@
 # compared and the times printed, and rmdev's hook on restore (an
 # incompatible mdev refused before QEMU starts, the same restore failing
 # inside QEMU without it, a missing mdev replaced by a compatible one).
-# Part of make check's in-VM suite, on host 1 of the lab pair
-# (tests/vm/two-hosts), where it leaves libvirtd running and listening for
-# host 2: libvirt-pair goes on with it.
+# Part of make check's in-VM suite.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/libvirt-lib.sh"
 
-# On host 1 of a pair, libvirtd listens for host 2 and outlives the test
-# (one start less for libvirt-pair, each about 30 s under TCG).
-if [ "${RMDEV_HOST:-}" = 1 ]; then
-	libvirt_start=(start --pair) libvirt_keep=1
-else
-	libvirt_start=(start) libvirt_keep=0
-fi
 cleanup() {
-	[ "$libvirt_keep" = 1 ] || "$LAB_LIBVIRT" stop || true
+	"$LAB_LIBVIRT" stop || true
 	igbvf_release
 	unload_sample
 }
 trap cleanup EXIT
 [ -x "$VM_TEST" ] || fail "$VM_TEST not built"
 
-"$LAB_LIBVIRT" "${libvirt_start[@]}"
+"$LAB_LIBVIRT" start
 load_sample
 igbvf_bind_two
 udevadm settle --timeout=60 || true
@@ -97,7 +88,7 @@ guest_image sample-count "${GUEST_SAMPLE[@]}" -DCOUNT=3000
 guest_image vf-count "${GUEST_VF[@]}" -DCOUNT=2000
 # has_line NAME LINE: the domain's guest wrote LINE on its serial port.
 has_line() {
-	grep -qxF "$2" "/var/log/libvirt/qemu/$1-serial.log" ||
+	grep -qxF "$2" "$(serial_log "$1")" ||
 		fail "domain $1: no line '$2' on its serial port: $(serial "$1" | tr '\n' '|')"
 }
 
@@ -243,7 +234,7 @@ sysfs_write "/sys/bus/mdev/devices/$su/remove" 1
 # An mdev of format 1.0 beside the types of format 2.0: the parameter
 # applies to the mdevs created after it changes (no reload, which waits
 # seconds for the debug kernel's delayed kobject releases).
-echo 1 >/sys/module/rmdev_sample/parameters/format_version
+sysfs_write /sys/module/rmdev_sample/parameters/format_version 1
 su3=$(new_uuid)
 sysfs_write "$SAMPLE_TYPES/rmdev_sample-4m/create" "$su3"
 hook_on

@@ -13,10 +13,14 @@
 . "$(dirname "$0")/lib.sh"
 
 QV=(python3 "$(dirname "$0")/qemu_vfio.py")
-cleanup() {
+# end_round: no QEMU and no mdev left (the sample stays loaded).
+end_round() {
 	pkill -f qemu-system-x86_64 2>/dev/null || true
 	sleep 1
 	remove_all_mdevs
+}
+cleanup() {
+	end_round
 	unload_sample
 }
 trap cleanup EXIT
@@ -94,9 +98,7 @@ for flags in 7 3 1; do
 		"${QV[@]}" migrate "$src" "$other" --expect-failure || fail "refused migration"
 		"$VM_TEST" compare-pattern "$src" 5 || fail "source memory after the refused migration"
 	fi
-	pkill -f qemu-system-x86_64 2>/dev/null || true
-	sleep 1
-	remove_all_mdevs
+	end_round
 done
 cleanup
 trap - EXIT
