@@ -45,6 +45,15 @@ expect_errno() {
 # under TCG.
 sysfs_write() { echo "$2" >"$1"; }
 
+# klog_mark: remembers where the kernel log ends now. klog_has TEXT and
+# klog_count TEXT look only at the lines logged after the mark, so a check
+# cannot be satisfied by an earlier step's message. (A log that wrapped in
+# between shows fewer lines: a check then fails, it does not pass.)
+klog_mark() { KLOG_MARK=$(dmesg | wc -l); }
+klog_since() { dmesg | tail -n +$((${KLOG_MARK:?klog_mark first} + 1)); }
+klog_has() { grep -qF -- "$1" <<<"$(klog_since)"; }
+klog_count() { grep -cF -- "$1" <<<"$(klog_since)" || true; }
+
 new_uuid() {
 	local u
 	read -r u </proc/sys/kernel/random/uuid

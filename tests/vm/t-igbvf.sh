@@ -88,8 +88,8 @@ expect_eq "available_instances after create" "$(cat $t/available_instances)" 0
 expect_errno "Too many users" sysfs_write "$t/create" "$(new_uuid)"
 M1=$(new_uuid)
 mdevctl start -u "$M1" -p "$VF1" -t $TYPE || fail "mdevctl start on $VF1"
-mdevctl list | grep -q "$M1 $VF1 $TYPE" || fail "mdevctl list: $(mdevctl list)"
-mdevctl types -p "$VF1" | grep -q "$TYPE" || fail "mdevctl types -p $VF1"
+grep -qF -- "$M1 $VF1 $TYPE" <<<"$(mdevctl list)" || fail "mdevctl list: $(mdevctl list)"
+grep -qF -- "$TYPE" <<<"$(mdevctl types -p "$VF1")" || fail "mdevctl types -p $VF1"
 
 note "migration_version: VF0 and VF1 are compatible both ways, type and device"
 v0=$(cat /sys/bus/mdev/devices/$M0/migration_version)

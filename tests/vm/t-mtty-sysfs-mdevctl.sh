@@ -17,8 +17,8 @@ for t in mtty-1 mtty-2; do
 	done
 	expect_eq "$t device_api" "$(cat $types/$t/device_api)" vfio-pci
 done
-mdevctl types | grep -q 'mtty-1' || fail "mdevctl types does not list mtty-1"
-mdevctl types | grep -q 'mtty-2' || fail "mdevctl types does not list mtty-2"
+grep -qF -- 'mtty-1' <<<"$(mdevctl types)" || fail "mdevctl types does not list mtty-1"
+grep -qF -- 'mtty-2' <<<"$(mdevctl types)" || fail "mdevctl types does not list mtty-2"
 
 # Create through sysfs.
 before=$(cat $types/mtty-2/available_instances)
@@ -28,7 +28,7 @@ sysfs_write $types/mtty-2/create "$u"
 expect_eq "mdev_type link" "$(basename "$(readlink /sys/bus/mdev/devices/$u/mdev_type)")" mtty-2
 [ -e /sys/bus/mdev/devices/$u/iommu_group ] || fail "no iommu_group link"
 expect_eq "available_instances after create" "$(cat $types/mtty-2/available_instances)" $((before - 1))
-mdevctl list | grep -q "$u mtty mtty-2" || fail "mdevctl list does not show $u: $(mdevctl list)"
+grep -qF -- "$u mtty mtty-2" <<<"$(mdevctl list)" || fail "mdevctl list does not show $u: $(mdevctl list)"
 # The same UUID twice is refused, and so is a malformed one.
 expect_errno "File exists" sysfs_write $types/mtty-2/create "$u"
 expect_errno "Invalid argument" sysfs_write $types/mtty-2/create "not-a-uuid"
@@ -37,13 +37,14 @@ sysfs_write /sys/bus/mdev/devices/$u/remove 1
 [ ! -e /sys/bus/mdev/devices/$u ] || fail "mdev $u still there after remove"
 # mtty returns its ports in the VFIO device's release, which the lab delays.
 expect_eventually "available_instances after remove" $types/mtty-2/available_instances "$before"
-mdevctl list | grep -q "$u" && fail "mdevctl list still shows $u"
+listed=$(mdevctl list) # its own step: a failing mdevctl fails the test
+grep -qF -- "$u" <<<"$listed" && fail "mdevctl list still shows $u"
 
 # Create and remove through mdevctl.
 u=$(new_uuid)
 mdevctl start -u "$u" -p mtty -t mtty-1
 [ -d /sys/bus/mdev/devices/$u ] || fail "mdevctl start did not create $u"
-mdevctl list | grep -q "$u mtty mtty-1" || fail "mdevctl list does not show $u"
+grep -qF -- "$u mtty mtty-1" <<<"$(mdevctl list)" || fail "mdevctl list does not show $u"
 mdevctl stop -u "$u"
 [ ! -e /sys/bus/mdev/devices/$u ] || fail "mdevctl stop did not remove $u"
 note "mtty types listed, mdevs created/listed/removed via sysfs and mdevctl"

@@ -17,12 +17,16 @@ modprobe mdev
 # same check refuses every other value at runtime below, and the host tests
 # go through all of them).
 for bad in 2 9; do
+	klog_mark
 	expect_errno "Invalid parameters" insmod "$SAMPLE_KO" migration_flags=$bad
-	dmesg | grep -q "migration_flags=$(printf '%#x' $bad) refused" || fail "no message for migration_flags=$bad"
+	klog_has "migration_flags=$(printf '%#x' $bad) refused" || fail "no message for migration_flags=$bad"
 done
+klog_mark
 expect_errno "Invalid parameters" insmod "$SAMPLE_KO" format_version=0
+klog_has "format_version=0 refused" || fail "no message for format_version=0"
+klog_mark
 expect_errno "Invalid parameters" insmod "$SAMPLE_KO" format_version=70000
-dmesg | grep -q "format_version=0 refused" || fail "no message for format_version=0"
+klog_has "format_version=70000 refused" || fail "no message for format_version=70000"
 FLAGS=/sys/module/rmdev_sample/parameters/migration_flags
 # flags_of UUID: the flag set the rmdev tool reads from the mdev.
 flags_of() {

@@ -15,7 +15,7 @@ for t in 16k:8 4m:4 64m:2 256m:2; do
 	expect_eq "$d/available_instances" "$(cat $d/available_instances)" "${t#*:}"
 	grep -q "rmdev sample device with" $d/description || fail "$d/description: $(cat $d/description)"
 done
-mdevctl types | grep -q 'rmdev_sample-256m' || fail "mdevctl types: $(mdevctl types)"
+grep -qF -- 'rmdev_sample-256m' <<<"$(mdevctl types)" || fail "mdevctl types: $(mdevctl types)"
 
 # Create through sysfs, watching uevents as udev does.
 udevadm monitor --kernel --subsystem-match=mdev >/tmp/uevents 2>&1 &
@@ -35,7 +35,7 @@ grep -q "add .*/$u (mdev)" /tmp/uevents || fail "no add uevent for $u: $(cat /tm
 expect_errno "File exists" sysfs_write $t/create "$u"
 expect_errno "Invalid argument" sysfs_write $t/create "not-a-uuid"
 expect_errno "Invalid argument" sysfs_write $t/create "$(printf 'x%.0s' $(seq 5000))"
-mdevctl list | grep -q "$u rmdev_sample rmdev_sample-4m" || fail "mdevctl list: $(mdevctl list)"
+grep -qF -- "$u rmdev_sample rmdev_sample-4m" <<<"$(mdevctl list)" || fail "mdevctl list: $(mdevctl list)"
 
 # The budget: 2 of the 256 MiB type, then EUSERS.
 big=$SAMPLE_TYPES/rmdev_sample-256m
@@ -58,7 +58,7 @@ grep -q "remove .*/$u (mdev)" /tmp/uevents || fail "no remove uevent for $u"
 u=$(new_uuid)
 mdevctl start -u "$u" -p rmdev_sample -t rmdev_sample-16k
 [ -d /sys/bus/mdev/devices/$u ] || fail "mdevctl start did not create $u"
-mdevctl list | grep -q "$u rmdev_sample rmdev_sample-16k" || fail "mdevctl list: $(mdevctl list)"
+grep -qF -- "$u rmdev_sample rmdev_sample-16k" <<<"$(mdevctl list)" || fail "mdevctl list: $(mdevctl list)"
 mdevctl stop -u "$u"
 [ ! -e /sys/bus/mdev/devices/$u ] || fail "mdevctl stop did not remove $u"
 

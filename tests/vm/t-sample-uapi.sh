@@ -39,19 +39,19 @@ done
 # device is refused at creation, saying why.
 MAX_RECORD=/sys/module/rmdev_sample/parameters/max_record
 sysfs_write $MAX_RECORD 4
+klog_mark
 expect_errno "Invalid argument" sysfs_write $SAMPLE_TYPES/rmdev_sample-16k/create "$(new_uuid)"
-dmesg | grep -q "largest record is 4 bytes; it must be 8 to" || fail "no message for max_record=4"
+klog_has "largest record is 4 bytes; it must be 8 to" || fail "no message for max_record=4"
 sysfs_write $MAX_RECORD 4104
 "$VM_TEST" --flags 7 small-records || fail "max_record=4104"
 sysfs_write $MAX_RECORD 0
 
 # 200 refused streams: the kernel's default rate limit (a burst of 10 per
 # 5 s) holds the messages down.
-before=$(dmesg | grep -c 'migration stream refused' || true)
+klog_mark
 start=$SECONDS
 "$VM_TEST" --flags 7 refuse-many 200 || fail "refuse-many"
-after=$(dmesg | grep -c 'migration stream refused' || true)
-n=$((after - before)) limit=$((10 * ((SECONDS - start) / 5 + 1)))
+n=$(klog_count 'migration stream refused') limit=$((10 * ((SECONDS - start) / 5 + 1)))
 note "200 refused streams in $((SECONDS - start)) s: $n messages (limit $limit)"
 [ "$n" -ge 1 ] && [ "$n" -le "$limit" ] || fail "$n messages for 200 refused streams (limit $limit)"
 unload_sample

@@ -15,7 +15,9 @@
 //! the host against fake devices (`tools/rmdev/tests/engine.rs`) and in the
 //! lab by `t-rmdev` and by `migrate-mdev` (the VF vendor's migrations).
 //!
-//! Usage: `rmdev-vm-test <test>... [--flags N]`; `rmdev-vm-test list`.
+//! Usage: `rmdev-vm-test [--flags N] <test>...`; `rmdev-vm-test list`. An
+//! unknown test or option exits with status 2; a test that does not apply
+//! to the flag set prints `skip`.
 
 mod igbvf;
 
@@ -162,6 +164,26 @@ fn oracle_next(flags: u32, cur: &str, target: &str) -> Result<Option<&'static st
     } else {
         NAMES.iter().copied().find(|n| *n == result)
     })
+}
+
+/// How many SETs `t_fsm` must check for `flags`, counted in the oracle
+/// alone: every state the oracle lets the flag set be in (a current state
+/// with no `WARN+EINVAL` line; ERROR is never driven to) times every target.
+fn oracle_set_count(flags: u32) -> usize {
+    let prefix = format!("{flags:#x} ");
+    let supported = NAMES
+        .iter()
+        .filter(|cur| **cur != "ERROR")
+        .filter(|cur| {
+            let mut lines = ORACLE
+                .lines()
+                .filter(|l| l.starts_with(&prefix))
+                .filter(|l| l[prefix.len()..].split(' ').next() == Some(**cur))
+                .peekable();
+            lines.peek().is_some() && lines.all(|l| !l.contains("WARN"))
+        })
+        .count();
+    supported * TARGETS.len()
 }
 
 /// What the kernel should do for SET `target` from `cur`, by walking the
@@ -315,6 +337,11 @@ fn t_fsm(flags: FlagSet) -> TestResult {
             checked += 1;
         }
     }
+    let want = oracle_set_count(flags.bits());
+    ensure!(
+        checked == want,
+        "{flags}: {checked} SETs checked, the oracle has {want}"
+    );
     println!("  {checked} SETs match the oracle");
     ctx(dev.reset(), "reset")?;
     Ok(())
@@ -1722,9 +1749,6 @@ fn t_interrupts(flags: FlagSet) -> TestResult {
 /// what changed since, the final records and the end are left, and the
 /// stop-copy stream that follows fits the figure.
 fn t_precopy_data_size(flags: FlagSet) -> TestResult {
-    if !flags.supports(State::PreCopy) {
-        return Ok(());
-    }
     let m = Mdev::create(TYPES[1].0)?;
     let dev = m.open()?;
     let fd = ctx(dev.set_state(State::PreCopy.raw()), "SET PRE_COPY")?.ok_or("no FD")?;
@@ -1995,31 +2019,55 @@ fn t_direct_fault(flags: FlagSet) -> TestResult {
 
 type Test = fn(FlagSet) -> TestResult;
 
-const TESTS: &[(&str, Test)] = &[
-    ("features", t_features),
-    ("fsm", t_fsm),
-    ("data-files", t_data_files),
-    ("migrate", t_migrate),
-    ("migrate-largest", t_migrate_largest),
-    ("bad-streams", t_bad_streams),
-    ("reset", t_reset),
-    ("close-mid-session", t_close_mid_session),
-    ("remove-in-use", t_remove_in_use),
-    ("bad-ioctls", t_bad_ioctls),
-    ("incompatible-stream", t_incompatible_stream),
-    ("session-ends", t_session_ends),
-    ("resume-finish", t_resume_finish),
-    ("data-size", t_data_size),
-    ("oversize-record", t_oversize_record),
-    ("small-records", t_small_records),
-    ("direct-and-buffered", t_direct_and_buffered),
-    ("direct-fault", t_direct_fault),
-    ("cdev", t_cdev),
-    ("rmmod-in-use", t_rmmod_in_use),
-    ("config", t_config),
-    ("interrupts", t_interrupts),
-    ("precopy-data-size", t_precopy_data_size),
+/// The tests: name, function, and the state a flag set must support for the
+/// test to apply (it is reported "skip" under the other flag sets).
+const TESTS: &[(&str, Test, Option<State>)] = &[
+    ("features", t_features, None),
+    ("fsm", t_fsm, None),
+    ("data-files", t_data_files, None),
+    ("migrate", t_migrate, None),
+    ("migrate-largest", t_migrate_largest, None),
+    ("bad-streams", t_bad_streams, None),
+    ("reset", t_reset, None),
+    ("close-mid-session", t_close_mid_session, None),
+    ("remove-in-use", t_remove_in_use, None),
+    ("bad-ioctls", t_bad_ioctls, None),
+    ("incompatible-stream", t_incompatible_stream, None),
+    ("session-ends", t_session_ends, None),
+    ("resume-finish", t_resume_finish, None),
+    ("data-size", t_data_size, None),
+    ("oversize-record", t_oversize_record, None),
+    ("small-records", t_small_records, None),
+    ("direct-and-buffered", t_direct_and_buffered, None),
+    ("direct-fault", t_direct_fault, None),
+    ("cdev", t_cdev, None),
+    ("rmmod-in-use", t_rmmod_in_use, None),
+    ("config", t_config, None),
+    ("interrupts", t_interrupts, None),
+    (
+        "precopy-data-size",
+        t_precopy_data_size,
+        Some(State::PreCopy),
+    ),
 ];
+
+/// The helper commands that take arguments, as `usage()` lists them.
+const TOOLS: &str = "save-stream TYPE FILE | load-stream TYPE FILE | fill UUID SEED | \
+compare UUID UUID | compare-pattern UUID SEED | digest UUID | refuse-many N | \
+vf-read PCI OFF | vf-write PCI OFF VALUE | region-read UUID INDEX OFF | \
+region-write UUID INDEX OFF VALUE | migrate-mdev UUID UUID | load-mdev UUID FILE | \
+hold UUID STATE";
+
+/// Wrong arguments: what was wrong, the usage, and exit status 2 (a test
+/// script that misspells a test name fails instead of running nothing).
+fn usage(why: &str) -> ! {
+    eprintln!("rmdev-vm-test: {why}");
+    eprintln!("usage: rmdev-vm-test [--flags N] TEST...   (N: 1, 3, 5 or 7; default 7)");
+    eprintln!("       rmdev-vm-test --flags 0 no-migration");
+    eprintln!("       rmdev-vm-test [--flags N] {TOOLS}");
+    eprintln!("       rmdev-vm-test list");
+    std::process::exit(2);
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -2028,18 +2076,26 @@ fn main() {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         if a == "--flags" {
-            bits = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            bits = match it.next().map(|v| v.parse()) {
+                Some(Ok(b)) => b,
+                Some(Err(_)) | None => usage("--flags needs a number"),
+            };
+        } else if a.starts_with('-') {
+            usage(&format!("unknown option {a}"));
         } else {
             names.push(a.as_str());
         }
     }
     if names == ["list"] {
-        for (n, _) in TESTS {
+        for (n, _, _) in TESTS {
             println!("{n}");
         }
         return;
     }
     if bits == 0 {
+        if names != ["no-migration"] {
+            usage("--flags 0 runs only no-migration");
+        }
         match t_no_migration() {
             Ok(()) => println!("ok   no-migration"),
             Err(e) => {
@@ -2051,10 +2107,7 @@ fn main() {
     }
     let flags = match flag_set(bits) {
         Ok(f) => f,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
+        Err(e) => usage(&e),
     };
     let tool = match names.as_slice() {
         ["save-stream", ty, file] => Some(save_stream(flags, ty, file)),
@@ -2080,9 +2133,16 @@ fn main() {
         }
         return;
     }
+    if let Some(bad) = names.iter().find(|n| !TESTS.iter().any(|t| t.0 == **n)) {
+        usage(&format!("no test or command '{bad}' with these arguments"));
+    }
     let mut failed = 0;
-    for (name, test) in TESTS {
+    for (name, test, needs) in TESTS {
         if !names.is_empty() && !names.contains(name) {
+            continue;
+        }
+        if let Some(state) = needs.filter(|s| !flags.supports(*s)) {
+            println!("skip {name} [{flags}]: needs {state}");
             continue;
         }
         let start = Instant::now();
