@@ -18,6 +18,16 @@ trap unload_sample EXIT
 # kobject releases the debug kernel delays). The tests that do not depend
 # on the flag set run once, after the loop.
 load_sample migration_flags=7
+# The test program itself: a misspelt test or option is an error (status
+# 2), not a run of nothing; a test that does not apply says skip.
+for args in "no-such-test" "--flags" "--flags x fsm" "--flags 2 fsm" "--flags 0 fsm" "--flag 7 fsm"; do
+	rc=0
+	"$VM_TEST" $args 2>/dev/null || rc=$?
+	expect_eq "exit status of rmdev-vm-test $args" $rc 2
+done
+sysfs_write /sys/module/rmdev_sample/parameters/migration_flags 3
+expect_eq "precopy-data-size under flag set 3" "$("$VM_TEST" --flags 3 precopy-data-size)" \
+	"skip precopy-data-size [STOP_COPY|P2P]: needs PRE_COPY"
 for flags in 1 3 5 7; do
 	sysfs_write /sys/module/rmdev_sample/parameters/migration_flags $flags
 	"$VM_TEST" --flags $flags features fsm data-files migrate bad-streams reset \
