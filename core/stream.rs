@@ -601,13 +601,19 @@ impl SaveStream {
         // Dropped outside the lock: it may drop the last device reference.
         let session = self.inner.lock().take();
         drop(session);
-        self.wake();
+        // With EPOLLHUP in the key: an epoll waiter that asked for no event
+        // (EPOLLHUP is always reported) is woken too, not only readers.
+        self.wake_with(bindings::RMDEV_EPOLLIN | bindings::RMDEV_EPOLLHUP);
     }
 
     /// Wakes pollers: there may be new data.
     pub(crate) fn wake(&self) {
+        self.wake_with(bindings::RMDEV_EPOLLIN);
+    }
+
+    fn wake_with(&self, key: c_uint) {
         // SAFETY: `wq` was initialised by `open` and lives as long as `self`.
-        unsafe { bindings::rmdev_wake_up_poll(self.wq.get(), bindings::RMDEV_EPOLLIN) };
+        unsafe { bindings::rmdev_wake_up_poll(self.wq.get(), key) };
     }
 
     fn read(&self, buf: usize, count: usize) -> Result<usize> {

@@ -851,6 +851,44 @@ fn t_close_mid_session(flags: FlagSet) -> TestResult {
     Ok(())
 }
 
+/// Ending a save session wakes an epoll waiter that asked for no event at
+/// all: EPOLLHUP is always reported, so the wake-up must carry it (one that
+/// carries only EPOLLIN is filtered out by epoll and the waiter sleeps on).
+fn t_hup_wakeup(flags: FlagSet) -> TestResult {
+    let m = Mdev::create(TYPES[0].0)?;
+    let dev = m.open()?;
+    ctx(dev.set_state(State::Stop.raw()), "SET STOP")?;
+    let fd = ctx(dev.set_state(State::StopCopy.raw()), "SET STOP_COPY")?.ok_or("no FD")?;
+    // SAFETY: epoll_create1 with valid flags; the result is checked.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    ensure!(ep >= 0, "epoll_create1: {}", io::Error::last_os_error());
+    // SAFETY: `ep` was just created and is owned from here on.
+    let ep = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(ep) };
+    let mut ev = libc::epoll_event { events: 0, u64: 7 };
+    // SAFETY: both descriptors are valid; `ev` is a valid epoll_event.
+    let r =
+        unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd.as_raw_fd(), &mut ev) };
+    ensure!(r == 0, "EPOLL_CTL_ADD: {}", io::Error::last_os_error());
+    let wait = |what: &str| -> Result<Option<u32>, String> {
+        let mut out = [libc::epoll_event { events: 0, u64: 0 }];
+        // SAFETY: `out` has room for the one event asked for.
+        let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), out.as_mut_ptr(), 1, 0) };
+        ensure!(n >= 0, "epoll_wait {what}: {}", io::Error::last_os_error());
+        Ok((n == 1).then_some(out[0].events))
+    };
+    ensure!(
+        wait("in STOP_COPY")?.is_none(),
+        "an event before the session ended"
+    );
+    ctx(dev.set_state(State::Stop.raw()), "SET STOP")?;
+    let got = wait("after SET STOP")?;
+    ensure!(
+        got.is_some_and(|e| e & libc::EPOLLHUP as u32 != 0),
+        "{flags}: ending the session reported {got:?} to an epoll waiter, expected EPOLLHUP"
+    );
+    Ok(())
+}
+
 /// Removing an mdev a user holds: the user is asked (request eventfd) and
 /// the removal completes when it closes. Data files stay safe.
 fn t_remove_in_use(flags: FlagSet) -> TestResult {
@@ -2030,6 +2068,7 @@ const TESTS: &[(&str, Test, Option<State>)] = &[
     ("bad-streams", t_bad_streams, None),
     ("reset", t_reset, None),
     ("close-mid-session", t_close_mid_session, None),
+    ("hup-wakeup", t_hup_wakeup, None),
     ("remove-in-use", t_remove_in_use, None),
     ("bad-ioctls", t_bad_ioctls, None),
     ("incompatible-stream", t_incompatible_stream, None),
