@@ -29,6 +29,7 @@ use core::mem::MaybeUninit;
 use core::ptr;
 use kernel::ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void};
 
+use kernel::alloc::flags::GFP_KERNEL_ACCOUNT;
 use kernel::error::from_err_ptr;
 use kernel::prelude::*;
 use kernel::static_lock_class;
@@ -73,7 +74,7 @@ pub(crate) fn version_errno(e: VersionError) -> Error {
 /// Makes a `KBox<dyn Trait>` from a value (6.12's `KBox` does not coerce).
 macro_rules! box_dyn {
     ($value:expr, $tr:path) => {{
-        let b = KBox::new($value, GFP_KERNEL)?;
+        let b = KBox::new($value, GFP_KERNEL_ACCOUNT)?;
         let raw = KBox::into_raw(b);
         let raw: *mut dyn $tr = raw;
         // SAFETY: `raw` comes from `KBox::into_raw` just above; only its
@@ -537,7 +538,9 @@ impl SaveStream {
     ) -> Result<(Arc<Self>, *mut bindings::file)> {
         let (enc, header) = Encoder::new(core.version()).map_err(|_| EINVAL)?;
         let cap = (RECORD_OVERHEAD + max_record).max(HEADER_MAX);
-        let mut buf = KVVec::from_elem(0u8, cap, GFP_KERNEL)?;
+        // Charged to the user's memory cgroup, like everything below that a
+        // data session allocates: a user opening sessions pays for them.
+        let mut buf = KVVec::from_elem(0u8, cap, GFP_KERNEL_ACCOUNT)?;
         let hdr = header.as_bytes();
         buf[..hdr.len()].copy_from_slice(hdr);
         let state = core.dev.save_open()?;
@@ -571,7 +574,7 @@ impl SaveStream {
                 inner <- Mutex::new(Some(session), lock_name!("save"), static_lock_class!()),
                 wq <- init_wait_queue(),
             }),
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )?;
         let file = new_file(
             kernel::c_str!("[rmdev_save]"),
@@ -832,7 +835,8 @@ impl ResumeStream {
         } else {
             max_record
         };
-        let record_buf = KVVec::from_elem(0u8, room, GFP_KERNEL)?;
+        // Charged to the user's memory cgroup, as in `SaveStream::open`.
+        let record_buf = KVVec::from_elem(0u8, room, GFP_KERNEL_ACCOUNT)?;
         let state = core.dev.load_open()?;
         let target = box_dyn!(
             DeviceLoadTarget {
@@ -851,7 +855,7 @@ impl ResumeStream {
             pin_init!(Self {
                 inner <- Mutex::new(Some(session), lock_name!("resume"), static_lock_class!()),
             }),
-            GFP_KERNEL,
+            GFP_KERNEL_ACCOUNT,
         )?;
         let file = new_file(
             kernel::c_str!("[rmdev_resume]"),

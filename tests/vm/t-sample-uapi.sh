@@ -55,6 +55,23 @@ expect_errno "Invalid argument" sysfs_write $SAMPLE_TYPES/rmdev_sample-16k/creat
 klog_has "largest record is 4 bytes; it must be 8 to" || fail "no message for max_record=4"
 sysfs_write $MAX_RECORD 4104
 "$VM_TEST" --flags 7 small-records || fail "max_record=4104"
+
+# The data sessions' buffers are charged to the memory cgroup of the user
+# who opens them (a cgroup of its own, with records of 1 MiB: see
+# rmdev-vm-test's session-memcg). The lab leaves the root cgroup as it was.
+CG=/sys/fs/cgroup cg_mounted=
+mountpoint -q $CG || { mount -t cgroup2 none $CG && cg_mounted=1; }
+grep -qw memory $CG/cgroup.controllers || fail "no memory controller in $CG: $(cat $CG/cgroup.controllers)"
+sysfs_write $CG/cgroup.subtree_control +memory
+mkdir $CG/rmdev-sessions
+sysfs_write $MAX_RECORD 1048576
+(
+	sysfs_write $CG/rmdev-sessions/cgroup.procs $BASHPID
+	exec "$VM_TEST" --flags 7 session-memcg $CG/rmdev-sessions
+) || fail "session memory charged to the user's cgroup"
+rmdir $CG/rmdev-sessions
+sysfs_write $CG/cgroup.subtree_control -memory
+[ -z "$cg_mounted" ] || umount $CG
 sysfs_write $MAX_RECORD 0
 
 # 200 refused streams: the kernel's default rate limit (a burst of 10 per

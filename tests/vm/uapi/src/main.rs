@@ -889,6 +889,69 @@ fn t_hup_wakeup(flags: FlagSet) -> TestResult {
     Ok(())
 }
 
+/// `memory.current` of the cgroup directory `cg`.
+fn memcg_current(cg: &str) -> Result<u64, String> {
+    let path = format!("{cg}/memory.current");
+    let text = ctx(fs::read_to_string(&path), &path)?;
+    text.trim()
+        .parse()
+        .map_err(|e| format!("{path}: '{}': {e}", text.trim()))
+}
+
+/// The data sessions' buffers are charged to the memory cgroup of the user
+/// who opens them. Run inside the cgroup `cg` (the caller moved this
+/// process there) with the sample's `max_record` raised, so that each
+/// session's buffer (at least `max_record` bytes: a save session buffers
+/// one whole record, a resume session receives one) dwarfs the rest.
+fn session_memcg(cg: &str) -> TestResult {
+    const DEVICES: usize = 4;
+    let param = "/sys/module/rmdev_sample/parameters/max_record";
+    let max_record: u64 = ctx(fs::read_to_string(param), param)?
+        .trim()
+        .parse()
+        .map_err(|e| format!("{param}: {e}"))?;
+    ensure!(
+        max_record >= 1 << 20,
+        "max_record is {max_record}: raise it first"
+    );
+    let mdevs = (0..DEVICES)
+        .map(|_| Mdev::create(TYPES[0].0))
+        .collect::<Result<Vec<_>, _>>()?;
+    let devs = mdevs
+        .iter()
+        .map(Mdev::open)
+        .collect::<Result<Vec<_>, _>>()?;
+    let want = DEVICES as u64 * max_record;
+    for (state, what) in [(State::StopCopy, "save"), (State::Resuming, "resume")] {
+        let before = memcg_current(cg)?;
+        let mut fds = Vec::new();
+        for dev in &devs {
+            fds.push(ctx(dev.set_state(state.raw()), &format!("SET {state}"))?.ok_or("no FD")?);
+        }
+        let open = memcg_current(cg)?;
+        drop(fds);
+        for dev in &devs {
+            ctx(dev.reset(), "reset")?;
+        }
+        let after = memcg_current(cg)?;
+        println!(
+            "  {DEVICES} {what} sessions: memory.current {before} -> {open} -> {after} \
+             (at least {want} expected while open)"
+        );
+        ensure!(
+            open >= before + want,
+            "{DEVICES} open {what} sessions charged {} bytes to the user's cgroup, expected at least {want}",
+            open.saturating_sub(before)
+        );
+        ensure!(
+            open - after >= want,
+            "closing {DEVICES} {what} sessions gave back {} bytes, expected at least {want}",
+            open.saturating_sub(after)
+        );
+    }
+    Ok(())
+}
+
 /// Removing an mdev a user holds: the user is asked (request eventfd) and
 /// the removal completes when it closes. Data files stay safe.
 fn t_remove_in_use(flags: FlagSet) -> TestResult {
@@ -2095,7 +2158,7 @@ const TOOLS: &str = "save-stream TYPE FILE | load-stream TYPE FILE | fill UUID S
 compare UUID UUID | compare-pattern UUID SEED | digest UUID | refuse-many N | \
 vf-read PCI OFF | vf-write PCI OFF VALUE | region-read UUID INDEX OFF | \
 region-write UUID INDEX OFF VALUE | migrate-mdev UUID UUID | load-mdev UUID FILE | \
-hold UUID STATE";
+hold UUID STATE | session-memcg CGROUP-DIR";
 
 /// Wrong arguments: what was wrong, the usage, and exit status 2 (a test
 /// script that misspells a test name fails instead of running nothing).
@@ -2163,6 +2226,7 @@ fn main() {
         ["migrate-mdev", src, dst] => Some(igbvf::migrate_mdev(src, dst)),
         ["load-mdev", uuid, file] => Some(igbvf::load_mdev(uuid, file)),
         ["hold", uuid, state] => Some(igbvf::hold(uuid, state)),
+        ["session-memcg", cg] => Some(session_memcg(cg)),
         _ => None,
     };
     if let Some(res) = tool {
