@@ -400,13 +400,20 @@ impl<D: Device> Core<D> {
     fn config_rw(&self, buf: usize, count: usize, offset: u64, write: bool) -> Result<usize> {
         let mut bytes = [0u8; CONFIG_SIZE];
         let bytes = &mut bytes[..count];
-        let mut config = self.config.lock();
-        let config = config.as_mut().ok_or(EINVAL)?;
+        // The user's buffer is copied outside the lock: a copy can wait on a
+        // page fault the user controls (userfaultfd), and reset and the
+        // migration's config record take this lock.
         if write {
             UserSlice::new(buf, count).reader().read_slice(bytes)?;
+            let mut config = self.config.lock();
+            let config = config.as_mut().ok_or(EINVAL)?;
             config.write(offset, bytes).map_err(|_| EINVAL)?;
         } else {
-            config.read(offset, bytes).map_err(|_| EINVAL)?;
+            {
+                let mut config = self.config.lock();
+                let config = config.as_mut().ok_or(EINVAL)?;
+                config.read(offset, bytes).map_err(|_| EINVAL)?;
+            }
             UserSlice::new(buf, count).writer().write_slice(bytes)?;
         }
         Ok(count)

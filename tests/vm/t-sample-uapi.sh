@@ -5,7 +5,8 @@
 # the data files it leaves, migrations, broken and unloadable streams,
 # MIG_DATA_SIZE against the real stream, resets, close while in use, the
 # iommufd cdev path, the emulated config space. Once (they do not depend on
-# the flag set): the wake-up a session's end gives epoll, removal and
+# the flag set): the wake-up a session's end gives epoll, a config space
+# access whose user page faults not holding up reset, removal and
 # unloading while in use, bad ioctls, a record longer than announced,
 # interrupts; the 256 MiB migration. Then the
 # envelope's bounds on the vendor's record size, the rate limit of the
@@ -36,7 +37,7 @@ for flags in 1 3 5 7; do
 		precopy-data-size ||
 		fail "flag set $flags"
 done
-"$VM_TEST" --flags 7 hup-wakeup remove-in-use bad-ioctls oversize-record rmmod-in-use interrupts ||
+"$VM_TEST" --flags 7 hup-wakeup config-fault remove-in-use bad-ioctls oversize-record rmmod-in-use interrupts ||
 	fail "the tests independent of the flag set"
 "$VM_TEST" --flags 7 migrate-largest direct-and-buffered direct-fault || fail "256 MiB migration, direct and buffered saves"
 # Lock classes carry the vendor module's name, so a lockdep report says

@@ -952,6 +952,206 @@ fn session_memcg(cg: &str) -> TestResult {
     Ok(())
 }
 
+/// userfaultfd(2)'s ABI, what `FaultPage` needs of it (the libc crate does
+/// not have it): `<linux/userfaultfd.h>`.
+mod uffd {
+    pub(crate) const API: u64 = 0xaa;
+    /// `_IOWR(0xaa, 0x3f, struct uffdio_api)`.
+    pub(crate) const IOC_API: u64 = 0xc018_aa3f;
+    /// `_IOWR(0xaa, 0x00, struct uffdio_register)`.
+    pub(crate) const IOC_REGISTER: u64 = 0xc020_aa00;
+    /// `_IOWR(0xaa, 0x04, struct uffdio_zeropage)`.
+    pub(crate) const IOC_ZEROPAGE: u64 = 0xc020_aa04;
+    pub(crate) const REGISTER_MODE_MISSING: u64 = 1;
+    pub(crate) const EVENT_PAGEFAULT: u8 = 0x12;
+    /// `struct uffd_msg`.
+    pub(crate) const MSG_SIZE: usize = 32;
+
+    #[repr(C)]
+    pub(crate) struct Api {
+        pub(crate) api: u64,
+        pub(crate) features: u64,
+        pub(crate) ioctls: u64,
+    }
+    #[repr(C)]
+    pub(crate) struct Range {
+        pub(crate) start: u64,
+        pub(crate) len: u64,
+    }
+    #[repr(C)]
+    pub(crate) struct Register {
+        pub(crate) range: Range,
+        pub(crate) mode: u64,
+        pub(crate) ioctls: u64,
+    }
+    #[repr(C)]
+    pub(crate) struct Zeropage {
+        pub(crate) range: Range,
+        pub(crate) mode: u64,
+        pub(crate) zeropage: i64,
+    }
+}
+
+/// A page of this process whose first touch, by this process or by the
+/// kernel copying to or from it, waits until `resolve` (userfaultfd in
+/// missing mode): a user copy the user holds up for as long as it likes.
+struct FaultPage {
+    uffd: OwnedFd,
+    addr: usize,
+}
+
+impl FaultPage {
+    fn new() -> Result<FaultPage, String> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: userfaultfd(2) with valid flags; the result is checked.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
+        ensure!(fd >= 0, "userfaultfd: {}", io::Error::last_os_error());
+        // SAFETY: `fd` was just created and is owned from here on.
+        let uffd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let mut api = uffd::Api {
+            api: uffd::API,
+            features: 0,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_API with a valid `struct uffdio_api`.
+        let r = unsafe { libc::ioctl(uffd.as_raw_fd(), uffd::IOC_API, &mut api) };
+        ensure!(r == 0, "UFFDIO_API: {}", io::Error::last_os_error());
+        // SAFETY: An anonymous private mapping of one page; checked below.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        ensure!(
+            addr != libc::MAP_FAILED,
+            "mmap: {}",
+            io::Error::last_os_error()
+        );
+        let page = FaultPage {
+            uffd,
+            addr: addr as usize,
+        };
+        let mut reg = uffd::Register {
+            range: uffd::Range {
+                start: page.addr as u64,
+                len: PAGE as u64,
+            },
+            mode: uffd::REGISTER_MODE_MISSING,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_REGISTER of our own mapping.
+        let r = unsafe { libc::ioctl(page.uffd.as_raw_fd(), uffd::IOC_REGISTER, &mut reg) };
+        ensure!(r == 0, "UFFDIO_REGISTER: {}", io::Error::last_os_error());
+        Ok(page)
+    }
+
+    /// Waits (up to 30 s) until something faults on the page.
+    fn wait_fault(&self) -> TestResult {
+        let ready = ctx(
+            vfio::poll_fd(self.uffd.as_raw_fd(), libc::POLLIN, 30_000),
+            "poll userfaultfd",
+        )?;
+        ensure!(
+            ready & libc::POLLIN != 0,
+            "no fault on the page within 30 s"
+        );
+        let mut msg = [0u8; uffd::MSG_SIZE];
+        // SAFETY: `msg` has room for one `struct uffd_msg`.
+        let n = unsafe { libc::read(self.uffd.as_raw_fd(), msg.as_mut_ptr().cast(), msg.len()) };
+        ensure!(
+            n == msg.len() as isize && msg[0] == uffd::EVENT_PAGEFAULT,
+            "userfaultfd read {n}, event {:#x}",
+            msg[0]
+        );
+        Ok(())
+    }
+
+    /// Maps the zero page there: whoever waits on the fault goes on.
+    fn resolve(&self) -> TestResult {
+        let mut z = uffd::Zeropage {
+            range: uffd::Range {
+                start: self.addr as u64,
+                len: PAGE as u64,
+            },
+            mode: 0,
+            zeropage: 0,
+        };
+        // SAFETY: UFFDIO_ZEROPAGE on our own registered range.
+        let r = unsafe { libc::ioctl(self.uffd.as_raw_fd(), uffd::IOC_ZEROPAGE, &mut z) };
+        ensure!(r == 0, "UFFDIO_ZEROPAGE: {}", io::Error::last_os_error());
+        Ok(())
+    }
+}
+
+impl Drop for FaultPage {
+    fn drop(&mut self) {
+        // SAFETY: The mapping `new` made, no longer used.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, PAGE) };
+    }
+}
+
+/// A write to (and a read of) the emulated configuration space whose user
+/// buffer waits on a page fault does not hold up VFIO_DEVICE_RESET, which
+/// takes the configuration space's lock: the kernel copies the user's
+/// bytes outside it.
+fn t_config_fault(flags: FlagSet) -> TestResult {
+    let m = Mdev::create(TYPES[0].0)?;
+    let dev = m.open()?;
+    // The interrupt line: a writable byte.
+    let at = ctx(dev.region_offset(vfio::CONFIG, 0x3c), "config offset")?;
+    for write in [true, false] {
+        let what = if write { "write from" } else { "read into" };
+        let page = FaultPage::new()?;
+        let (dev, addr) = (&dev, page.addr);
+        std::thread::scope(|s| -> TestResult {
+            let copier = s.spawn(move || {
+                let off = at as libc::off_t;
+                // SAFETY: `addr` is a page of this process, alive until the
+                // scope ends; one byte is read or written there.
+                unsafe {
+                    if write {
+                        libc::pwrite(dev.raw(), addr as *const libc::c_void, 1, off)
+                    } else {
+                        libc::pread(dev.raw(), addr as *mut libc::c_void, 1, off)
+                    }
+                }
+            });
+            let faulted = page.wait_fault();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let resetter = s.spawn(move || {
+                let r = dev.reset();
+                let _ = tx.send(());
+                r
+            });
+            let waited = rx.recv_timeout(Duration::from_secs(30));
+            // Always, so that no thread stays blocked whatever failed.
+            let resolved = page.resolve();
+            let reset = resetter.join().map_err(|_| "reset thread panicked")?;
+            let n = copier.join().map_err(|_| "copy thread panicked")?;
+            faulted?;
+            resolved?;
+            ensure!(
+                waited.is_ok(),
+                "{flags}: a config space {what} a faulting user page held up \
+                 VFIO_DEVICE_RESET for 30 s"
+            );
+            ctx(reset, "reset")?;
+            ensure!(
+                n == 1,
+                "config space {what} the page: {n} ({})",
+                io::Error::last_os_error()
+            );
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
 /// Removing an mdev a user holds: the user is asked (request eventfd) and
 /// the removal completes when it closes. Data files stay safe.
 fn t_remove_in_use(flags: FlagSet) -> TestResult {
@@ -2132,6 +2332,7 @@ const TESTS: &[(&str, Test, Option<State>)] = &[
     ("reset", t_reset, None),
     ("close-mid-session", t_close_mid_session, None),
     ("hup-wakeup", t_hup_wakeup, None),
+    ("config-fault", t_config_fault, None),
     ("remove-in-use", t_remove_in_use, None),
     ("bad-ioctls", t_bad_ioctls, None),
     ("incompatible-stream", t_incompatible_stream, None),
