@@ -644,10 +644,14 @@ impl SaveStream {
             return Err(EINVAL);
         }
         // The state lock comes first: take the device out of the session
-        // without holding the stream lock.
+        // without holding the stream lock. A session ended with the device
+        // leaving PRE_COPY*, where upstream drivers check the state first
+        // and answer EINVAL; so does this file. (They answer ENODEV on an
+        // old file while a newer pre-copy session runs; this file no longer
+        // holds the device to tell, and answers EINVAL there too.)
         let owner = match self.inner.lock().as_ref() {
             Some(s) => s.owner.clone(),
-            None => return Err(ENODEV),
+            None => return Err(EINVAL),
         };
         let mut got = None;
         let in_precopy = owner.with_precopy(self, &mut || {
