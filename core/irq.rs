@@ -11,7 +11,11 @@
 //!   and auto-masked. When the device raises it and it is unmasked, the
 //!   eventfd is signalled and the line masks itself until the user unmasks
 //!   it (`VFIO_IRQ_SET_ACTION_UNMASK`, after the guest handled it); raised
-//!   while masked, it stays pending and fires at the unmask.
+//!   while masked, it stays pending and fires at the unmask. The unmask can
+//!   also come through an eventfd the user registers (KVM's resampling
+//!   irqfd signals it at the guest's end of interrupt), through vfio's own
+//!   `virqfd` as on vfio-pci; masking through an eventfd is `-ETIMEDOUT`,
+//!   as there.
 //! - MSI (index 1, as many vectors as the device declares): each vector has
 //!   its own eventfd. INTx and MSI exclude each other: enabling one while
 //!   the other is enabled is `-EINVAL`, as on vfio-pci.
@@ -25,9 +29,14 @@
 //! changes nothing, where vfio-pci disables the vectors it had set. The
 //! error index (3) does not exist on a conventional PCI function.
 
+use core::ptr;
+
+use kernel::error::to_result;
+use kernel::ffi::c_void;
 use kernel::prelude::*;
 use kernel::static_lock_class;
 use kernel::sync::{Arc, Mutex};
+use kernel::types::Opaque;
 use kernel::uaccess::UserSlice;
 
 use super::bindings;
@@ -119,10 +128,47 @@ impl Irqs {
 
 /// The interrupt state of one device, shared by the framework's device and
 /// the vendor's [`Interrupts`] handle.
-#[pin_data]
+#[pin_data(PinnedDrop)]
 pub(crate) struct IrqState {
+    /// Serialises `VFIO_DEVICE_SET_IRQS` and the release (vfio-pci's
+    /// `igate`); taken before `inner`. The unmask eventfd's thread takes
+    /// only `inner`, so its virqfd is enabled and disabled (which waits for
+    /// the thread) under this lock with `inner` released.
+    #[pin]
+    gate: Mutex<()>,
     #[pin]
     inner: Mutex<Irqs>,
+    /// vfio's virqfd of the INTx unmask eventfd, or null: vfio's
+    /// `vfio_virqfd_enable()` and `vfio_virqfd_disable()` set and clear it
+    /// under their own lock, and nothing else touches it.
+    #[pin]
+    unmask: Opaque<*mut bindings::virqfd>,
+}
+
+#[pinned_drop]
+impl PinnedDrop for IrqState {
+    fn drop(self: Pin<&mut Self>) {
+        // Normally done already by `release_all`: no virqfd may outlive
+        // the state its thread uses.
+        self.unmask_fd_disable();
+    }
+}
+
+/// The INTx unmask eventfd was signalled (vfio's virqfd thread, in process
+/// context).
+///
+/// # Safety
+///
+/// `opaque` is the `IrqState` that enabled the virqfd; it disables the
+/// virqfd, which waits for this function to return, before it is dropped.
+unsafe extern "C" fn unmask_thread(opaque: *mut c_void, _data: *mut c_void) {
+    // SAFETY: By the function's contract, `opaque` points to a live
+    // `IrqState`, only used here through shared references.
+    let state = unsafe { &*opaque.cast::<IrqState>() };
+    let mut irqs = state.inner.lock();
+    if irqs.mode == Mode::Intx {
+        irqs.intx_unmask();
+    }
 }
 
 /// A device's interrupts, for its vendor to raise. The framework hands one
@@ -160,6 +206,8 @@ impl IrqState {
     pub(crate) fn new() -> Result<Arc<Self>> {
         Arc::pin_init(
             pin_init!(Self {
+                gate <- Mutex::new((), lock_name!("irq_gate"), static_lock_class!()),
+                unmask: Opaque::new(ptr::null_mut()),
                 inner <- Mutex::new(
                     Irqs {
                         has_intx: false,
@@ -193,10 +241,43 @@ impl IrqState {
 
     /// The last user closed the device: every interrupt is released.
     pub(crate) fn release_all(&self) {
-        let mut irqs = self.inner.lock();
-        irqs.disable_intx();
-        irqs.disable_msi();
-        irqs.req = None;
+        let _gate = self.gate.lock();
+        {
+            let mut irqs = self.inner.lock();
+            irqs.disable_intx();
+            irqs.disable_msi();
+            irqs.req = None;
+        }
+        self.unmask_fd_disable();
+    }
+
+    /// Has vfio call [`unmask_thread`] whenever the eventfd `fd` is
+    /// signalled (`-EBUSY` if one is registered already). Called under
+    /// `gate`.
+    fn unmask_fd_enable(&self, fd: i32) -> Result {
+        // SAFETY: `self` is pinned in its `Arc` and disables the virqfd
+        // before it is dropped (`PinnedDrop`), which is `unmask_thread`'s
+        // contract; `unmask` is only used by vfio's virqfd functions; `fd`
+        // is checked by vfio.
+        let ret = unsafe {
+            bindings::vfio_virqfd_enable(
+                ptr::from_ref(self).cast_mut().cast(),
+                None,
+                Some(unmask_thread),
+                ptr::null_mut(),
+                self.unmask.get(),
+                fd,
+            )
+        };
+        to_result(ret)
+    }
+
+    /// Unregisters the unmask eventfd, if any, and waits for its thread to
+    /// finish. Never called with `inner` held: the thread takes it.
+    fn unmask_fd_disable(&self) {
+        // SAFETY: `unmask` is a virqfd pointer slot only vfio's functions
+        // use (null when there is none, which is a no-op for them).
+        unsafe { bindings::vfio_virqfd_disable(self.unmask.get()) };
     }
 
     /// `VFIO_DEVICE_GET_IRQ_INFO`: (flags, count) as vfio-pci answers for a
@@ -269,6 +350,7 @@ impl IrqState {
             payload,
         };
         let action = hdr.flags & bindings::VFIO_IRQ_SET_ACTION_TYPE_MASK;
+        let _gate = self.gate.lock();
         match (hdr.index, action) {
             (INTX, bindings::VFIO_IRQ_SET_ACTION_MASK) => self.intx_mask(&set, true),
             (INTX, bindings::VFIO_IRQ_SET_ACTION_UNMASK) => self.intx_mask(&set, false),
@@ -289,11 +371,21 @@ impl IrqState {
         let act = match set.data {
             bindings::VFIO_IRQ_SET_DATA_NONE => true,
             bindings::VFIO_IRQ_SET_DATA_BOOL => set.payload[0] != 0,
-            // Masking and unmasking through an eventfd (KVM's resample
-            // irqfd) are not offered: vfio-pci answers `-ETIMEDOUT` to the
-            // first; QEMU falls back to unmasking by ioctl.
+            // Masking through an eventfd: vfio-pci answers `-ETIMEDOUT`
+            // (not implemented there either).
             _ if mask => return Err(bindings::error(bindings::ETIMEDOUT)),
-            _ => return Err(EINVAL),
+            // Unmasking through an eventfd (KVM's resampling irqfd): a
+            // negative number unregisters it. Under `gate`, without
+            // `inner`, which the virqfd's thread takes.
+            _ => {
+                drop(irqs);
+                let fd = set.fd(0);
+                if fd >= 0 {
+                    return self.unmask_fd_enable(fd);
+                }
+                self.unmask_fd_disable();
+                return Ok(());
+            }
         };
         if act {
             if mask {
@@ -310,7 +402,10 @@ impl IrqState {
         let mut irqs = self.inner.lock();
         if irqs.mode == Mode::Intx && set.count == 0 && set.data == bindings::VFIO_IRQ_SET_DATA_NONE
         {
+            // `vfio_intx_disable()`: the unmask eventfd goes too.
             irqs.disable_intx();
+            drop(irqs);
+            self.unmask_fd_disable();
             return Ok(());
         }
         if !matches!(irqs.mode, Mode::Intx | Mode::None) || set.start != 0 || set.count != 1 {

@@ -31,6 +31,9 @@ endif
 ifeq ($(CONFIG_X86_64),)
 $(error rmdev: 32-bit x86 is not supported (x86-64 only))
 endif
+ifeq ($(CONFIG_VFIO_VIRQFD),)
+$(error rmdev: the kernel has no CONFIG_VFIO_VIRQFD (vfio's virqfd, which rmdev's Kconfig selects and VFIO_PCI_CORE does too))
+endif
 rmdev-objs := rmdev_helpers.o
 rmdev-bindings := $(obj)/rmdev_bindings_generated.rs
 

@@ -1999,6 +1999,69 @@ fn t_interrupts(flags: FlagSet) -> TestResult {
         libc::ETIMEDOUT,
         "mask through an eventfd"
     );
+    // Unmasking through an eventfd (KVM's resampling irqfd): signalling it
+    // unmasks, and an INTx raised while masked fires then. One at a time;
+    // -1 unregisters it.
+    let unmask = new_eventfd()?;
+    let unmask_fd = unmask.as_raw_fd().to_ne_bytes();
+    ctx(
+        dev.set_irqs(INTX, EFD | UNMASK, 0, 1, &unmask_fd),
+        "register an unmask eventfd",
+    )?;
+    expect_errno!(
+        dev.set_irqs(INTX, EFD | UNMASK, 0, 1, &unmask_fd),
+        libc::EBUSY,
+        "a second unmask eventfd"
+    );
+    let fires_after_unmask_eventfd = |what: &str| -> TestResult {
+        checksum()?;
+        ensure!(eventfd_take(&intx)? == 0, "{what}: INTx fired while masked");
+        ctx(
+            vfio::write_fd(&unmask, &1u64.to_ne_bytes()),
+            "signal the unmask eventfd",
+        )?;
+        // vfio's virqfd unmasks from a work item: wait for it.
+        let revents = ctx(
+            vfio::poll_fd(intx.as_raw_fd(), libc::POLLIN, 20_000),
+            "poll INTx",
+        )?;
+        ensure!(
+            revents & libc::POLLIN != 0 && eventfd_take(&intx)? == 1,
+            "{what}: signalling the unmask eventfd did not unmask INTx (20 s)"
+        );
+        Ok(())
+    };
+    // INTx is masked here (the last unmask fired the pending one).
+    fires_after_unmask_eventfd("first")?;
+    fires_after_unmask_eventfd("second")?;
+    ctx(
+        dev.set_irqs(INTX, EFD | UNMASK, 0, 1, &(-1i32).to_ne_bytes()),
+        "unregister the unmask eventfd",
+    )?;
+    checksum()?;
+    ctx(
+        vfio::write_fd(&unmask, &1u64.to_ne_bytes()),
+        "signal the unmask eventfd",
+    )?;
+    let revents = ctx(
+        vfio::poll_fd(intx.as_raw_fd(), libc::POLLIN, 1_000),
+        "poll INTx",
+    )?;
+    ensure!(
+        revents & libc::POLLIN == 0,
+        "the unregistered unmask eventfd still unmasks"
+    );
+    ctx(dev.set_irqs(INTX, NONE | UNMASK, 0, 1, &[]), "unmask")?;
+    ensure!(
+        eventfd_take(&intx)? == 1,
+        "INTx raised while masked is lost"
+    );
+    // Registered again: disabling INTx below unregisters it (and closing
+    // the device would too).
+    ctx(
+        dev.set_irqs(INTX, EFD | UNMASK, 0, 1, &unmask_fd),
+        "register the unmask eventfd again",
+    )?;
     // INTx and MSI exclude each other.
     expect_errno!(
         dev.set_irqs(MSI, EFD | TRIG, 0, 1, &msi.as_raw_fd().to_ne_bytes()),
