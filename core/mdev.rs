@@ -138,13 +138,11 @@ struct Drain {
 ///
 /// `drv` is a `struct mdev_driver` whose callbacks are this module's
 /// trampolines for `T`, registered until [`Registration`] is dropped.
-/// `parents` counts the live [`Parent`]s.
 #[pin_data(PinnedDrop)]
 struct DriverInner<T: Driver> {
     #[pin]
     drv: Opaque<RawDriver>,
     drain: Arc<Drain>,
-    parents: AtomicUsize,
     _t: PhantomData<T>,
 }
 
@@ -185,9 +183,9 @@ impl<T: Driver> DriverInner<T> {
 
 /// The registration of a [`Driver`] with the mdev core.
 ///
-/// Create it once in the module's `init`, before any [`Parent`]; drop it
-/// after every parent (declare the `Parent` fields first in the module's
-/// structure, so that they drop first).
+/// Create it once in the module's `init`, in an [`Arc`], before any
+/// [`Parent`]. Each parent holds a reference, so the registration is dropped
+/// after the last parent whatever order the module drops its fields in.
 ///
 /// Dropping it unregisters the driver, then waits until the C side has
 /// released every object of the driver (parents, types, mdevs and their VFIO
@@ -253,7 +251,6 @@ impl<T: Driver> Registration<T> {
             try_pin_init!(DriverInner {
                 drv <- drv,
                 drain: inner_drain,
-                parents: AtomicUsize::new(0),
                 _t: PhantomData,
             }),
             GFP_KERNEL,
@@ -389,16 +386,9 @@ impl<T: Driver> Registration<T> {
 impl<T: Driver> Drop for Registration<T> {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
-            let parents = inner.parents.load(Ordering::Acquire);
-            if parents != 0 {
-                // A vendor bug the type system does not catch: the wait
-                // below lasts until those parents are dropped.
-                pr_err!(
-                    "{}: driver registration dropped before its {} parent(s); drop the parents first\n",
-                    T::NAME.to_str().unwrap_or("?"),
-                    parents
-                );
-            }
+            // No parent is left: each holds the registration
+            // (`Parent::_registration`), so this runs after the last one's
+            // teardown.
             // SAFETY: Registered by `new` (type invariant), unregistered only
             // here. No parent is left, so no mdev is bound and none can be
             // created; this runs in the module's exit, holding no lock.
@@ -515,6 +505,10 @@ unsafe extern "C" fn release_parent<T: Driver>(dev: *mut bindings::device) {
 /// whether `device_add()` and `mdev_register_parent()` succeeded on it.
 pub struct Parent<T: Driver> {
     inner: NonNull<ParentInner<T>>,
+    /// The driver's registration, dropped only after this parent's
+    /// teardown (fields drop after `Drop::drop`): a vendor cannot drop the
+    /// registration before its parents, whose wait would then never end.
+    _registration: Arc<Registration<T>>,
     added: bool,
     registered: bool,
     /// Whether `mdev_supported_types` was linked into the parent device's
@@ -531,7 +525,7 @@ impl<T: Driver> Parent<T> {
     /// Registers a parent that is a virtual device,
     /// `/sys/devices/virtual/<Driver::NAME>/<name>` (for software-only
     /// vendors), offering [`Driver::TYPES`].
-    pub fn new_virtual(driver: &Registration<T>, name: &CStr, data: T) -> Result<Self> {
+    pub fn new_virtual(driver: &Arc<Registration<T>>, name: &CStr, data: T) -> Result<Self> {
         Self::new(driver, name, ptr::null_mut(), data)
     }
 
@@ -545,7 +539,7 @@ impl<T: Driver> Parent<T> {
     /// [`super::pci::Driver::probe`] returns): that removes the function's
     /// mdevs before the framework unmaps its BARs.
     pub fn new_pci(
-        driver: &Registration<T>,
+        driver: &Arc<Registration<T>>,
         binding: &super::pci::Binding,
         data: T,
     ) -> Result<Self> {
@@ -555,13 +549,13 @@ impl<T: Driver> Parent<T> {
     /// Registers a parent device named `name`, a child of `parent_dev` (or
     /// virtual, if null), in the driver's class.
     fn new(
-        driver: &Registration<T>,
+        registration: &Arc<Registration<T>>,
         name: &CStr,
         parent_dev: *mut bindings::device,
         data: T,
     ) -> Result<Self> {
-        let class = driver.class;
-        let driver = driver.inner()?;
+        let class = registration.class;
+        let driver = registration.inner()?;
         let mut types = KVec::with_capacity(T::TYPES.len(), GFP_KERNEL)?;
         let mut type_ptrs = KVec::with_capacity(T::TYPES.len(), GFP_KERNEL)?;
         for index in 0..T::TYPES.len() {
@@ -641,11 +635,11 @@ impl<T: Driver> Parent<T> {
         // whatever was set up.
         let mut this = Self {
             inner,
+            _registration: registration.clone(),
             added: false,
             registered: false,
             linked: false,
         };
-        this.inner().driver.parents.fetch_add(1, Ordering::AcqRel);
         let dev = this.dev();
         // SAFETY: `dev` is initialised; the format is a literal `%s` with one
         // NUL-terminated string argument, which is copied.
@@ -758,7 +752,6 @@ impl<T: Driver> Drop for Parent<T> {
             }
         }
         let dev = self.dev();
-        let driver = inner.driver.clone();
         if self.linked {
             // SAFETY: `dev` is added (the link exists only then) and its
             // parent is the PCI function the link was made in, still bound
@@ -793,6 +786,5 @@ impl<T: Driver> Drop for Parent<T> {
         // SAFETY: This handle's reference (type invariant). The memory goes
         // in `release_parent`, now or after the mdev core's last reference.
         unsafe { bindings::put_device(dev) };
-        driver.parents.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -891,10 +891,11 @@ impl Device for SampleDevice {
 }
 
 struct SampleModule {
-    // Dropped first: removes the mdevs and types. The registration drops
-    // last and waits until the C side released everything of the driver.
+    // Dropping the parent removes the mdevs and types. The parent holds the
+    // registration too, which drops after it and waits until the C side
+    // released everything of the driver.
     _parent: Parent<Sample>,
-    _driver: Registration<Sample>,
+    _driver: Arc<Registration<Sample>>,
 }
 
 impl kernel::Module for SampleModule {
@@ -915,7 +916,7 @@ impl kernel::Module for SampleModule {
                 pr_err!("format_version={} refused: must be 1 to 65535\n", format);
                 EINVAL
             })?;
-        let driver = Registration::<Sample>::new(module)?;
+        let driver = Arc::new(Registration::<Sample>::new(module)?, GFP_KERNEL)?;
         let parent =
             Parent::new_virtual(&driver, c_str!("rmdev_sample"), Sample { flags, format })?;
         pr_info!(
