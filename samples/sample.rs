@@ -36,7 +36,7 @@ pub mod rmdev;
 
 use core::sync::atomic::{AtomicU8, Ordering};
 use kernel::prelude::*;
-use kernel::sync::Mutex;
+use kernel::sync::{Arc, Mutex};
 use kernel::{c_str, new_mutex};
 
 use rmdev::device::{
