@@ -1,0 +1,574 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The hostile-stream campaign against the sample's resume data files:
+//! `rmdev-vm-test stream-campaign SEED COUNT`. Seeded (the seed is printed,
+//! and the same seed replays the same cases), bounded by COUNT.
+//!
+//! Each case is a valid stop-copy stream of a `rmdev_sample-16k` device
+//! changed one way, written into a resume data file in random pieces:
+//!
+//! - damaged streams, whose checksums no longer hold (bit flips,
+//!   truncations, splices with another type's stream, duplicated and
+//!   swapped records, length fields rewritten, random bytes): every one
+//!   must be refused;
+//! - forged streams, re-encoded here with valid checksums but hostile
+//!   contents (another type's header, header fields the format does not
+//!   define, records of unknown kinds, unknown vendor and framework tags,
+//!   memory offsets and lengths past the device, a configuration space
+//!   record of another function, empty and oversized records, an END that
+//!   lies, records after the END): every one must be refused too;
+//! - forged streams the sample must load (its memory records reordered or
+//!   rewritten): the device's memory must then be what this file's own
+//!   model of the sample's format says, not what the code under test says.
+//!
+//! After each case the device is reset and must be in RUNNING; at the end a
+//! valid stream loads and the memory equals the source's. A refusal must
+//! be one of the errnos a refused stream gets; any other outcome fails with
+//! the seed and the case number.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rmdev::vfio::{self, Device};
+use rmdev_logic::crc32c::Crc32c;
+use rmdev_logic::envelope::{FRAMEWORK_TAGS, MAX_RECORD_PAYLOAD, TAG_PCI_CONFIG};
+use rmdev_logic::fsm::State;
+
+use super::{ctx, read_memory, Mdev, TestResult, TYPES};
+
+/// The sample's record tags (samples/sample.rs, its stream format).
+const TAG_MEM: u16 = 1;
+const TAG_REGS: u16 = 2;
+const KIND_DATA: u16 = 1;
+const KIND_END: u16 = 2;
+
+/// The errnos a refused stream may get from a write or from RESUMING to
+/// STOP: a failed checksum (EBADMSG), anything else (EINVAL).
+const REFUSALS: [i32; 2] = [libc::EINVAL, libc::EBADMSG];
+
+/// The largest record the sample takes with its `max_record` parameter at
+/// 0: an offset and 16 pages.
+const SAMPLE_MAX_RECORD: usize = 8 + 16 * 4096;
+
+fn errno_short(e: i32) -> &'static str {
+    match e {
+        libc::EINVAL => "EINVAL",
+        libc::EBADMSG => "EBADMSG",
+        _ => "other",
+    }
+}
+
+/// A stream taken apart: the header's version string and the records
+/// before the END, as (kind, tag, payload).
+struct Parsed {
+    version: Vec<u8>,
+    records: Vec<(u16, u16, Vec<u8>)>,
+    /// Where each record starts and ends in the raw stream (END included).
+    spans: Vec<(usize, usize)>,
+}
+
+fn parse(s: &[u8]) -> Result<Parsed, String> {
+    let u16_at = |p: usize| u16::from_le_bytes([s[p], s[p + 1]]);
+    let hlen = u16_at(10) as usize;
+    let vlen = u16_at(16) as usize;
+    let version = s.get(20..20 + vlen).ok_or("short header")?.to_vec();
+    let (mut at, mut records, mut spans) = (hlen, Vec::new(), Vec::new());
+    while at < s.len() {
+        let head = s.get(at..at + 8).ok_or("short record head")?;
+        let kind = u16::from_le_bytes([head[0], head[1]]);
+        let tag = u16::from_le_bytes([head[2], head[3]]);
+        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        let payload = s.get(at + 8..at + 8 + len).ok_or("short payload")?.to_vec();
+        spans.push((at, at + 12 + len));
+        at += 12 + len;
+        if kind == KIND_END {
+            break;
+        }
+        records.push((kind, tag, payload));
+    }
+    Ok(Parsed {
+        version,
+        records,
+        spans,
+    })
+}
+
+/// Writes streams with valid checksums whatever they say: the envelope's
+/// chained CRC-32C computed here, independently of the encoder.
+struct Forge {
+    crc: Crc32c,
+    out: Vec<u8>,
+}
+
+impl Forge {
+    /// A header carrying `version`, with the given envelope version and
+    /// flags, and a declared length `hlen_delta` off the true one.
+    fn header(version: &[u8], envelope: u16, flags: u32, reserved: u16, hlen_delta: i32) -> Forge {
+        let mut b = Vec::new();
+        b.extend_from_slice(b"RMDEVMIG");
+        b.extend_from_slice(&envelope.to_le_bytes());
+        let hlen = (24 + version.len()) as i32 + hlen_delta;
+        b.extend_from_slice(&(hlen as u16).to_le_bytes());
+        b.extend_from_slice(&flags.to_le_bytes());
+        b.extend_from_slice(&(version.len() as u16).to_le_bytes());
+        b.extend_from_slice(&reserved.to_le_bytes());
+        b.extend_from_slice(version);
+        let crc = Crc32c::new().update(&b);
+        b.extend_from_slice(&crc.value().to_le_bytes());
+        Forge { crc, out: b }
+    }
+
+    fn valid(version: &[u8]) -> Forge {
+        Forge::header(version, 1, 0, 0, 0)
+    }
+
+    /// A record whose length field says `len` (true or not).
+    fn record_len(&mut self, kind: u16, tag: u16, len: u32, payload: &[u8]) {
+        let mut head = [0u8; 8];
+        head[..2].copy_from_slice(&kind.to_le_bytes());
+        head[2..4].copy_from_slice(&tag.to_le_bytes());
+        head[4..].copy_from_slice(&len.to_le_bytes());
+        self.crc = self.crc.update(&head).update(payload);
+        self.out.extend_from_slice(&head);
+        self.out.extend_from_slice(payload);
+        self.out.extend_from_slice(&self.crc.value().to_le_bytes());
+    }
+
+    fn record(&mut self, kind: u16, tag: u16, payload: &[u8]) {
+        self.record_len(kind, tag, payload.len() as u32, payload);
+    }
+
+    fn records(&mut self, records: &[(u16, u16, Vec<u8>)]) -> u64 {
+        let mut total = 0;
+        for (kind, tag, payload) in records {
+            self.record(*kind, *tag, payload);
+            total += payload.len() as u64;
+        }
+        total
+    }
+
+    fn end(&mut self, total: u64) {
+        self.record(KIND_END, 0, &total.to_le_bytes());
+    }
+}
+
+/// How a case must end.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Refused,
+    /// Loaded, with the memory the model computed.
+    Loads,
+}
+
+/// One case: its class name, the bytes, what must happen, and for a
+/// stream that loads, the memory records it carries (offset, bytes).
+struct Case {
+    class: &'static str,
+    bytes: Vec<u8>,
+    expect: Expect,
+    mem: Vec<(usize, Vec<u8>)>,
+}
+
+fn refused(class: &'static str, bytes: Vec<u8>) -> Case {
+    Case {
+        class,
+        bytes,
+        expect: Expect::Refused,
+        mem: Vec::new(),
+    }
+}
+
+fn mem_record(offset: u64, data: &[u8]) -> (u16, u16, Vec<u8>) {
+    let mut p = offset.to_le_bytes().to_vec();
+    p.extend_from_slice(data);
+    (KIND_DATA, TAG_MEM, p)
+}
+
+/// The memory records of a parsed stream, as (offset, bytes).
+fn mem_of(records: &[(u16, u16, Vec<u8>)]) -> Vec<(usize, Vec<u8>)> {
+    records
+        .iter()
+        .filter(|r| r.1 == TAG_MEM)
+        .map(|r| {
+            let off = u64::from_le_bytes(r.2[..8].try_into().unwrap_or([0; 8]));
+            (off as usize, r.2[8..].to_vec())
+        })
+        .collect()
+}
+
+/// A case of a random class, from the valid stream `good` (parsed as `p`)
+/// and another type's valid stream `foreign`.
+fn make_case(rng: &mut StdRng, good: &[u8], p: &Parsed, foreign: &[u8], size: usize) -> Case {
+    let n = p.records.len();
+    let pick = |rng: &mut StdRng| rng.gen_range(0..n);
+    match rng.gen_range(0..20) {
+        0 => {
+            let mut b = good.to_vec();
+            for _ in 0..rng.gen_range(1..=4) {
+                let at = rng.gen_range(0..b.len());
+                b[at] ^= 1 << rng.gen_range(0..8);
+            }
+            // Flips that cancel out leave the stream valid: flip one more.
+            if b == good {
+                b[0] ^= 1;
+            }
+            refused("bit flips", b)
+        }
+        1 => refused("truncated", good[..rng.gen_range(0..good.len())].to_vec()),
+        2 => {
+            let mut b = good[..rng.gen_range(0..good.len())].to_vec();
+            b.extend_from_slice(&foreign[rng.gen_range(0..foreign.len())..]);
+            refused("spliced with another type's stream", b)
+        }
+        3 => {
+            let (a, e) = p.spans[pick(rng)];
+            let mut b = good[..e].to_vec();
+            b.extend_from_slice(&good[a..]);
+            refused("a record repeated", b)
+        }
+        4 => {
+            let (i, j) = (pick(rng), pick(rng));
+            let (i, j) = (i.min(j), i.max(j));
+            if i == j {
+                return refused("truncated", good[..good.len() - 1].to_vec());
+            }
+            let (si, sj) = (p.spans[i], p.spans[j]);
+            let mut b = good[..si.0].to_vec();
+            b.extend_from_slice(&good[sj.0..sj.1]);
+            b.extend_from_slice(&good[si.1..sj.0]);
+            b.extend_from_slice(&good[si.0..si.1]);
+            b.extend_from_slice(&good[sj.1..]);
+            refused("two records swapped", b)
+        }
+        5 => {
+            let (a, _) = p.spans[pick(rng)];
+            let old = u32::from_le_bytes(good[a + 4..a + 8].try_into().unwrap_or([0; 4]));
+            let lens = [
+                0,
+                1,
+                old.wrapping_add(1),
+                old.wrapping_sub(1),
+                MAX_RECORD_PAYLOAD as u32 + 1,
+                u32::MAX,
+            ];
+            let mut b = good.to_vec();
+            b[a + 4..a + 8].copy_from_slice(&lens[rng.gen_range(0..lens.len())].to_le_bytes());
+            refused("a length field rewritten", b)
+        }
+        6 => {
+            let mut b: Vec<u8> = (0..rng.gen_range(0..2 * good.len()))
+                .map(|_| rng.gen())
+                .collect();
+            if rng.gen_bool(0.5) {
+                let h = p.spans[0].0.min(b.len());
+                b[..h].copy_from_slice(&good[..h]);
+            }
+            refused("random bytes", b)
+        }
+        7 => {
+            let fp = parse(foreign).map(|f| f.version).unwrap_or_default();
+            let mut f = Forge::valid(&fp);
+            let total = f.records(&p.records);
+            f.end(total);
+            refused("another type's header", f.out)
+        }
+        8 => {
+            let fields = rng.gen_range(0..4);
+            let mut f = match fields {
+                0 => Forge::header(&p.version, 2, 0, 0, 0),
+                1 => Forge::header(&p.version, 1, 1 << rng.gen_range(0..32), 0, 0),
+                2 => Forge::header(&p.version, 1, 0, rng.gen_range(1..=u16::MAX), 0),
+                _ => Forge::header(&p.version, 1, 0, 0, if rng.gen_bool(0.5) { 1 } else { -1 }),
+            };
+            let total = f.records(&p.records);
+            f.end(total);
+            refused("header fields not in the format", f.out)
+        }
+        9 => {
+            let mut recs = p.records.clone();
+            let kind = [0u16, 3, 7, 0xffff][rng.gen_range(0..4)];
+            recs.insert(rng.gen_range(0..=n), (kind, TAG_MEM, vec![0; 16]));
+            let mut f = Forge::valid(&p.version);
+            let total = f.records(&recs);
+            f.end(total);
+            refused("a record of an unknown kind", f.out)
+        }
+        10 => {
+            let mut recs = p.records.clone();
+            let tag = rng.gen_range(3..FRAMEWORK_TAGS);
+            recs.insert(
+                rng.gen_range(0..=n),
+                (KIND_DATA, tag, vec![1; rng.gen_range(1..64)]),
+            );
+            let mut f = Forge::valid(&p.version);
+            let total = f.records(&recs);
+            f.end(total);
+            refused("an unknown vendor tag", f.out)
+        }
+        11 => {
+            let mut recs = p.records.clone();
+            let tag = rng.gen_range(TAG_PCI_CONFIG + 1..=u16::MAX);
+            recs.insert(rng.gen_range(0..=n), (KIND_DATA, tag, vec![0; 256]));
+            let mut f = Forge::valid(&p.version);
+            let total = f.records(&recs);
+            f.end(total);
+            refused("an unknown framework tag", f.out)
+        }
+        12 => {
+            // The configuration space record of another function: a
+            // read-only identity byte (vendor, device, class, header type)
+            // changed, or the wrong size.
+            let mut recs = p.records.clone();
+            let Some(i) = recs.iter().position(|r| r.1 == TAG_PCI_CONFIG) else {
+                return refused("truncated", good[..1].to_vec());
+            };
+            let cfg = &mut recs[i].2;
+            match rng.gen_range(0..3) {
+                0 => cfg[[0, 1, 2, 3, 0x09, 0x0a, 0x0b, 0x0e][rng.gen_range(0..8)]] ^= 0x5a,
+                1 => cfg.truncate(rng.gen_range(0..cfg.len())),
+                _ => cfg.push(0),
+            }
+            if cfg.is_empty() {
+                cfg.push(0);
+            }
+            let mut f = Forge::valid(&p.version);
+            let total = f.records(&recs);
+            f.end(total);
+            refused("another function's config space", f.out)
+        }
+        13 => {
+            let mut recs = p.records.clone();
+            let data = vec![0xa5u8; rng.gen_range(1..64)];
+            let at = match rng.gen_range(0..4) {
+                0 => size as u64,
+                1 => (size - data.len() + 1) as u64,
+                2 => u64::MAX - rng.gen_range(0..64),
+                _ => rng.gen_range(size as u64..u64::MAX),
+            };
+            recs.insert(rng.gen_range(0..n), mem_record(at, &data));
+            let mut f = Forge::valid(&p.version);
+            let total = f.records(&recs);
+            f.end(total);
+            refused("memory past the device", f.out)
+        }
+        14 => {
+            // Empty records, and one longer than the largest the device
+            // takes (its real payload with it).
+            let mut f = Forge::valid(&p.version);
+            let at = rng.gen_range(0..n);
+            let mut total = f.records(&p.records[..at]);
+            if rng.gen_bool(0.5) {
+                f.record(KIND_DATA, TAG_MEM, &[]);
+            } else {
+                let big = vec![0u8; SAMPLE_MAX_RECORD + rng.gen_range(1..4096)];
+                f.record(KIND_DATA, TAG_MEM, &big);
+                total += big.len() as u64;
+            }
+            total += f.records(&p.records[at..]);
+            f.end(total);
+            refused("an empty or oversized record", f.out)
+        }
+        15 => {
+            let mut f = Forge::valid(&p.version);
+            let total = f.records(&p.records);
+            let lie = match rng.gen_range(0..3) {
+                0 => total + 1,
+                1 => total - 1,
+                _ => rng.gen(),
+            };
+            f.end(if lie == total { total + 1 } else { lie });
+            refused("an END that lies", f.out)
+        }
+        16 => {
+            let mut f = Forge::valid(&p.version);
+            let total = f.records(&p.records);
+            f.end(total);
+            match rng.gen_range(0..3) {
+                0 => f.record(KIND_DATA, TAG_MEM, &[0; 16]),
+                1 => f.end(0),
+                _ => f.out.push(rng.gen()),
+            }
+            refused("records after the END", f.out)
+        }
+        17 => {
+            // The registers before memory: the sample takes no memory after
+            // its registers.
+            let mut recs = p.records.clone();
+            if let Some(i) = recs.iter().position(|r| r.1 == TAG_REGS) {
+                let regs = recs.remove(i);
+                recs.insert(0, regs);
+            }
+            let mut f = Forge::valid(&p.version);
+            let total = f.records(&recs);
+            f.end(total);
+            refused("registers before memory", f.out)
+        }
+        18 => {
+            // The memory records in another order: same memory.
+            let mut recs = p.records.clone();
+            let mems: Vec<usize> = (0..n).filter(|&i| recs[i].1 == TAG_MEM).collect();
+            for k in (1..mems.len()).rev() {
+                let j = rng.gen_range(0..=k);
+                recs.swap(mems[k], mems[j]);
+            }
+            let mut f = Forge::valid(&p.version);
+            let total = f.records(&recs);
+            f.end(total);
+            Case {
+                class: "memory records reordered",
+                bytes: f.out,
+                expect: Expect::Loads,
+                mem: mem_of(&recs),
+            }
+        }
+        _ => {
+            // Memory records rewritten: other bytes at other in-range
+            // offsets, some overlapping.
+            let mut recs: Vec<_> = p
+                .records
+                .iter()
+                .filter(|r| r.1 != TAG_MEM)
+                .cloned()
+                .collect();
+            let mut mems = Vec::new();
+            for _ in 0..rng.gen_range(1..6) {
+                let len = rng.gen_range(1..=1024);
+                let at = rng.gen_range(0..=size - len);
+                let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+                mems.push(mem_record(at as u64, &data));
+            }
+            let regs = recs
+                .iter()
+                .position(|r| r.1 == TAG_REGS)
+                .unwrap_or(recs.len());
+            for (k, m) in mems.iter().enumerate() {
+                recs.insert(regs + k, m.clone());
+            }
+            let mut f = Forge::valid(&p.version);
+            let total = f.records(&recs);
+            f.end(total);
+            Case {
+                class: "memory records rewritten",
+                bytes: f.out,
+                expect: Expect::Loads,
+                mem: mem_of(&mems),
+            }
+        }
+    }
+}
+
+/// Writes `bytes` into a new resume session of `dev` in random pieces and
+/// asks for STOP: `Ok(())` if it loaded, else the errno of the refusal.
+fn run_case(rng: &mut StdRng, dev: &Device, bytes: &[u8]) -> Result<Result<(), i32>, String> {
+    let fd = ctx(dev.set_state(State::Resuming.raw()), "SET RESUMING")?.ok_or("no resume FD")?;
+    let mut at = 0;
+    while at < bytes.len() {
+        let n = rng.gen_range(1..=8192).min(bytes.len() - at);
+        match vfio::write_fd(&fd, &bytes[at..at + n]) {
+            Ok(0) => return Err("a write took nothing".into()),
+            Ok(k) => at += k,
+            Err(e) => return Ok(Err(e.raw_os_error().unwrap_or(0))),
+        }
+    }
+    Ok(dev
+        .set_state(State::Stop.raw())
+        .map(|_| ())
+        .map_err(|e| e.raw_os_error().unwrap_or(0)))
+}
+
+/// `stream-campaign SEED COUNT`.
+pub(crate) fn stream_campaign(seed: &str, count: &str) -> TestResult {
+    let seed: u64 = seed.parse().map_err(|e| format!("seed: {e}"))?;
+    let count: usize = count.parse().map_err(|e| format!("count: {e}"))?;
+    let start = Instant::now();
+    let param = "/sys/module/rmdev_sample/parameters/max_record";
+    let max_record = ctx(std::fs::read_to_string(param), param)?;
+    if max_record.trim() != "0" {
+        return Err(format!(
+            "{param} is {}: the campaign needs 0",
+            max_record.trim()
+        ));
+    }
+    let (ty, size) = TYPES[0];
+    let (ms, mt, mo) = (
+        Mdev::create(ty)?,
+        Mdev::create(ty)?,
+        Mdev::create(TYPES[1].0)?,
+    );
+    let (src, dst, other) = (ms.open()?, mt.open()?, mo.open()?);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let fill: Vec<u8> = (0..size).map(|_| rng.gen()).collect();
+    ctx(src.write_at(vfio::BAR2, 0, &fill), "fill the source")?;
+    let save = |dev: &Device| -> Result<Vec<u8>, String> {
+        let fd = ctx(dev.set_state(State::StopCopy.raw()), "SET STOP_COPY")?.ok_or("no save FD")?;
+        let mut out = Vec::new();
+        super::read_to_eof(&fd, &mut out)?;
+        ctx(dev.set_state(State::Running.raw()), "SET RUNNING")?;
+        Ok(out)
+    };
+    let good = save(&src)?;
+    let foreign = save(&other)?;
+    let parsed = parse(&good)?;
+    let mut tally: BTreeMap<&'static str, (usize, BTreeMap<i32, usize>)> = BTreeMap::new();
+    for i in 0..count {
+        let case = make_case(&mut rng, &good, &parsed, &foreign, size);
+        let fail = |what: String| format!("seed {seed} case {i} ({}): {what}", case.class);
+        let mut model = match case.expect {
+            Expect::Loads => read_memory(&dst, size).map_err(fail)?,
+            Expect::Refused => Vec::new(),
+        };
+        let outcome = run_case(&mut rng, &dst, &case.bytes).map_err(fail)?;
+        let entry = tally.entry(case.class).or_default();
+        entry.0 += 1;
+        match (case.expect, outcome) {
+            (Expect::Refused, Err(errno)) if REFUSALS.contains(&errno) => {
+                *entry.1.entry(errno).or_default() += 1;
+            }
+            (_, Err(errno)) => {
+                return Err(fail(format!("refused with {}", super::errno_name(errno))))
+            }
+            (Expect::Refused, Ok(())) => return Err(fail("loaded".into())),
+            (Expect::Loads, Ok(())) => {
+                for (off, data) in &case.mem {
+                    model[*off..*off + data.len()].copy_from_slice(data);
+                }
+                let got = read_memory(&dst, size).map_err(fail)?;
+                if got != model {
+                    let at = got
+                        .iter()
+                        .zip(&model)
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(0);
+                    return Err(fail(format!(
+                        "memory differs from the stream's at byte {at}"
+                    )));
+                }
+            }
+        }
+        ctx(dst.reset(), "reset").map_err(fail)?;
+        let state = ctx(dst.state(), "GET").map_err(fail)?;
+        if state != State::Running.raw() {
+            return Err(fail(format!("state {state} after reset, not RUNNING")));
+        }
+    }
+    // Usable afterwards: the valid stream loads and the memory is the
+    // source's.
+    super::resume(&dst, &good, 65536)?;
+    if read_memory(&dst, size)? != fill {
+        return Err(format!(
+            "seed {seed}: the valid stream after the campaign: memory differs"
+        ));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!("  stream campaign: seed {seed}, {count} streams in {secs:.1} s");
+    for (class, (n, errnos)) in &tally {
+        let errnos: Vec<String> = errnos
+            .iter()
+            .map(|(e, k)| format!("{}x{k}", errno_short(*e)))
+            .collect();
+        println!("    {n:5} {class} {}", errnos.join(" "));
+    }
+    Ok(())
+}
