@@ -8,7 +8,8 @@
 # the flag set): the wake-up a session's end gives epoll, a config space
 # access whose user page faults not holding up reset, removal and
 # unloading while in use, bad ioctls, a record longer than announced,
-# interrupts; the 256 MiB migration; 10,000 hostile streams. Then the
+# interrupts; the 256 MiB migration; 10,000 hostile streams and 20,000
+# random ioctls. Then the
 # envelope's bounds on the vendor's record size, the rate limit of the
 # messages a user can trigger at will, and a device without migration.
 . "$(dirname "$0")/lib.sh"
@@ -41,12 +42,15 @@ done
 	fail "the tests independent of the flag set"
 "$VM_TEST" --flags 7 migrate-largest direct-and-buffered direct-fault || fail "256 MiB migration, direct and buffered saves"
 
-# The hostile-stream campaign (tests/vm/uapi/src/campaign.rs): 10,000
-# damaged and forged streams into resume data files. Replay a failure with
+# The campaigns (tests/vm/uapi/src/campaign.rs): 10,000 damaged and forged
+# streams into resume data files. Replay a failure with
 # RMDEV_SEED=<seed> tools/lab test t-sample-uapi.
 seed=${RMDEV_SEED:-$(date +%s%N)}
 note "stream campaign seed $seed (replay: RMDEV_SEED=$seed tools/lab test t-sample-uapi)"
 "$VM_TEST" --flags 7 stream-campaign "$seed" 10000 || fail "stream campaign, seed $seed"
+# And random ioctls, reads and writes on device and data FDs, from 4
+# threads at once (5,000 each).
+"$VM_TEST" --flags 7 ioctl-campaign "$seed" 5000 || fail "ioctl campaign, seed $seed"
 # Lock classes carry the vendor module's name, so a lockdep report says
 # which vendor it is about (the classes go with the module: check before
 # unloading, after a migration used them all).

@@ -572,3 +572,249 @@ pub(crate) fn stream_campaign(seed: &str, count: &str) -> TestResult {
     }
     Ok(())
 }
+
+/// The random argument of one ioctl: `buf` (random bytes, its first word
+/// an `argsz` near the interesting sizes), or a pointer that is not the
+/// caller's memory.
+fn random_arg(rng: &mut StdRng, buf: &mut [u8]) -> libc::c_ulong {
+    rng.fill(buf);
+    let argsz: u32 = match rng.gen_range(0..8) {
+        0 => 0,
+        1 => rng.gen_range(1..32),
+        2 => 8,
+        3 => 16,
+        4 => 32,
+        5 => buf.len() as u32,
+        6 => u32::MAX,
+        _ => rng.gen(),
+    };
+    buf[..4].copy_from_slice(&argsz.to_le_bytes());
+    match rng.gen_range(0..40) {
+        0 => 0,
+        1 => 1,
+        2 => u64::MAX as libc::c_ulong,
+        _ => buf.as_mut_ptr() as libc::c_ulong,
+    }
+}
+
+/// One random call by a thread of the ioctl campaign: on the device FD, or
+/// on one of the data FDs the campaign got so far. Returns the errno (0 for
+/// success).
+fn random_call(
+    rng: &mut StdRng,
+    dev: &Device,
+    efds: &[i32],
+    data: &std::sync::Mutex<Vec<std::os::fd::OwnedFd>>,
+) -> i32 {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut buf = vec![0u8; 4096];
+    let errno = |r: std::io::Result<i32>| r.err().and_then(|e| e.raw_os_error()).unwrap_or(0);
+    if rng.gen_range(0..4) == 0 {
+        // A data FD: the lock is held through the call, so no other thread
+        // closes it (and no number is reused) meanwhile.
+        let mut fds = data.lock().unwrap_or_else(|e| e.into_inner());
+        if fds.is_empty() {
+            return 0;
+        }
+        let i = rng.gen_range(0..fds.len());
+        let fd = fds[i].as_raw_fd();
+        let r = match rng.gen_range(0..6) {
+            0 => {
+                let arg = random_arg(rng, &mut buf);
+                // SAFETY: The argument is this thread's buffer or an address
+                // the kernel must refuse.
+                errno(unsafe { vfio::ioctl(fd, vfio::MIG_GET_PRECOPY_INFO, arg) })
+            }
+            1 => {
+                let arg = random_arg(rng, &mut buf);
+                let req = (u64::from(b';') << 8) | rng.gen_range(0..32);
+                // SAFETY: As above.
+                errno(unsafe { vfio::ioctl(fd, req, arg) })
+            }
+            2 => {
+                let n = rng.gen_range(0..buf.len());
+                // SAFETY: `buf` has room for `n` bytes.
+                let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), n) };
+                if r < 0 {
+                    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+                } else {
+                    0
+                }
+            }
+            3 => {
+                let n = rng.gen_range(0..buf.len());
+                rng.fill(&mut buf[..n]);
+                // SAFETY: `buf` holds `n` bytes.
+                let r = unsafe { libc::write(fd, buf.as_ptr().cast(), n) };
+                if r < 0 {
+                    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+                } else {
+                    0
+                }
+            }
+            4 => errno(vfio::poll_fd(fd, libc::POLLIN | libc::POLLOUT, 0).map(i32::from)),
+            _ => {
+                drop(fds.swap_remove(i));
+                0
+            }
+        };
+        return r;
+    }
+    let req = match rng.gen_range(0..10) {
+        0 => vfio::DEVICE_GET_INFO,
+        1 => vfio::DEVICE_GET_REGION_INFO,
+        2 => vfio::DEVICE_GET_IRQ_INFO,
+        3 | 4 => vfio::DEVICE_SET_IRQS,
+        5 => vfio::DEVICE_RESET,
+        6..=8 => vfio::DEVICE_FEATURE,
+        _ => (u64::from(b';') << 8) | rng.gen_range(0..32),
+    };
+    let arg = random_arg(rng, &mut buf);
+    let own = arg == buf.as_mut_ptr() as libc::c_ulong;
+    let mut mig_state = false;
+    if own && req == vfio::DEVICE_SET_IRQS && rng.gen_bool(0.7) {
+        // Plausible headers: small indexes, counts and starts, real
+        // eventfds (and -1, and numbers that are not eventfds).
+        let flags = (1u32 << rng.gen_range(0..3)) | (1u32 << rng.gen_range(3..6));
+        let words = [
+            flags,
+            rng.gen_range(0..6),
+            rng.gen_range(0..3),
+            rng.gen_range(0..3),
+        ];
+        for (k, w) in words.iter().enumerate() {
+            buf[4 + 4 * k..8 + 4 * k].copy_from_slice(&w.to_le_bytes());
+        }
+        for k in 0..4 {
+            let fd = match rng.gen_range(0..4) {
+                0 => -1,
+                1 => rng.gen_range(0..64),
+                _ => efds[rng.gen_range(0..efds.len())],
+            };
+            buf[20 + 4 * k..24 + 4 * k].copy_from_slice(&fd.to_le_bytes());
+        }
+    }
+    if own && req == vfio::DEVICE_FEATURE && rng.gen_bool(0.7) {
+        let feature = match rng.gen_range(0..4) {
+            0 => vfio::FEATURE_MIGRATION,
+            1 => vfio::FEATURE_MIG_DATA_SIZE,
+            2 => vfio::FEATURE_MIG_DEVICE_STATE,
+            _ => rng.gen_range(0..16),
+        };
+        let op = [vfio::FEATURE_GET, vfio::FEATURE_SET, vfio::FEATURE_PROBE][rng.gen_range(0..3)];
+        let op = if rng.gen_bool(0.1) {
+            op | vfio::FEATURE_SET
+        } else {
+            op
+        };
+        buf[4..8].copy_from_slice(&(feature | op).to_le_bytes());
+        if feature == vfio::FEATURE_MIG_DEVICE_STATE {
+            buf[..4].copy_from_slice(&16u32.to_le_bytes());
+            buf[8..12].copy_from_slice(&rng.gen_range(0u32..10).to_le_bytes());
+            buf[12..16].copy_from_slice(&(-1i32).to_le_bytes());
+            mig_state = op & vfio::FEATURE_SET != 0;
+        }
+    }
+    // SAFETY: The argument is this thread's buffer or an address the kernel
+    // must refuse; `buf` lives until the call returns.
+    let r = errno(unsafe { vfio::ioctl(dev.raw(), req, arg) });
+    if r == 0 && mig_state {
+        let fd = i32::from_le_bytes([buf[12], buf[13], buf[14], buf[15]]);
+        if fd >= 0 {
+            // SAFETY: A SET that succeeded returned a new data FD, ours.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            let mut fds = data.lock().unwrap_or_else(|e| e.into_inner());
+            fds.push(fd);
+            if fds.len() > 8 {
+                drop(fds.remove(0));
+            }
+        }
+    }
+    r
+}
+
+/// `ioctl-campaign SEED COUNT`: COUNT random ioctls, reads and writes from
+/// each of 4 threads at once on one device FD and on the data FDs they
+/// open. Every call must answer (an errno or success); afterwards the
+/// device must reset to RUNNING, keep its memory (no call may write it)
+/// and migrate.
+pub(crate) fn ioctl_campaign(seed: &str, count: &str) -> TestResult {
+    use std::os::fd::AsRawFd;
+    const THREADS: u64 = 4;
+    let seed: u64 = seed.parse().map_err(|e| format!("seed: {e}"))?;
+    let count: usize = count.parse().map_err(|e| format!("count: {e}"))?;
+    let start = Instant::now();
+    let (ty, size) = TYPES[0];
+    let (ms, mt) = (Mdev::create(ty)?, Mdev::create(ty)?);
+    let (dev, dst) = (ms.open()?, mt.open()?);
+    let fill: Vec<u8> = (0..size).map(|i| (i * 7 + seed as usize) as u8).collect();
+    ctx(dev.write_at(vfio::BAR2, 0, &fill), "fill")?;
+    let efds = (0..3)
+        .map(|_| super::new_eventfd())
+        .collect::<Result<Vec<_>, _>>()?;
+    let efd_nums: Vec<i32> = efds.iter().map(|e| e.as_raw_fd()).collect();
+    let data = std::sync::Mutex::new(Vec::new());
+    let tallies = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (dev, efd_nums, data) = (&dev, &efd_nums, &data);
+                s.spawn(move || {
+                    let mut rng = StdRng::seed_from_u64(seed ^ (t << 56));
+                    let mut tally: BTreeMap<i32, usize> = BTreeMap::new();
+                    for _ in 0..count {
+                        *tally
+                            .entry(random_call(&mut rng, dev, efd_nums, data))
+                            .or_default() += 1;
+                    }
+                    tally
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .map_err(|_| "a campaign thread panicked".to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    drop(data);
+    let fail = |what: String| format!("seed {seed}: after the ioctl campaign: {what}");
+    ctx(dev.reset(), "reset").map_err(fail)?;
+    let state = ctx(dev.state(), "GET").map_err(fail)?;
+    if state != State::Running.raw() {
+        return Err(fail(format!("state {state}, not RUNNING")));
+    }
+    if read_memory(&dev, size).map_err(fail)? != fill {
+        return Err(fail("the device memory changed".into()));
+    }
+    let stream = super::save(&dev, super::flag_set(7)?, size).map_err(fail)?;
+    super::resume(&dst, &stream, 65536).map_err(fail)?;
+    if read_memory(&dst, size).map_err(fail)? != fill {
+        return Err(fail(
+            "a migration afterwards: the target's memory differs".into(),
+        ));
+    }
+    let mut total: BTreeMap<i32, usize> = BTreeMap::new();
+    for t in tallies {
+        for (e, n) in t {
+            *total.entry(e).or_default() += n;
+        }
+    }
+    let calls: usize = total.values().sum();
+    let secs = start.elapsed().as_secs_f64();
+    let answers: Vec<String> = total
+        .iter()
+        .map(|(e, n)| {
+            let name = if *e == 0 {
+                "ok".to_string()
+            } else {
+                super::errno_name(*e)
+            };
+            format!("{name}: {n}")
+        })
+        .collect();
+    println!("  ioctl campaign: seed {seed}, {calls} calls from {THREADS} threads in {secs:.1} s");
+    println!("    {}", answers.join("; "));
+    Ok(())
+}
