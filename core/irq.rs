@@ -145,6 +145,12 @@ pub(crate) struct IrqState {
     unmask: Opaque<*mut bindings::virqfd>,
 }
 
+// SAFETY: The locks are made for use from any thread; `unmask` is only
+// used by vfio's virqfd functions, which serialise on their own lock.
+unsafe impl Send for IrqState {}
+// SAFETY: As above.
+unsafe impl Sync for IrqState {}
+
 #[pinned_drop]
 impl PinnedDrop for IrqState {
     fn drop(self: Pin<&mut Self>) {
