@@ -1006,7 +1006,9 @@ impl FaultPage {
     fn new() -> Result<FaultPage, String> {
         use std::os::fd::FromRawFd;
         // SAFETY: userfaultfd(2) with valid flags; the result is checked.
-        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
+        // Non-blocking: poll(2) on a blocking one answers only POLLERR.
+        let fd =
+            unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
         ensure!(fd >= 0, "userfaultfd: {}", io::Error::last_os_error());
         // SAFETY: `fd` was just created and is owned from here on.
         let uffd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
