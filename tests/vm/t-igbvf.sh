@@ -215,6 +215,13 @@ hold_then() {
 	grep -q "released on request" $log || fail "holder not asked: $(cat $log)"
 }
 
+note "resources: 100 create/open/migrate/close/remove cycles VF0 -> VF1"
+sysfs_write /sys/bus/mdev/devices/$M0/remove 1
+sysfs_write /sys/bus/mdev/devices/$M1/remove 1
+"$VM_TEST" cycles "$(types_of $VF0)" "$(types_of $VF1)" 100 || fail "resource cycles"
+M0=$(new_vf_mdev $VF0)
+M1=$(new_vf_mdev $VF1)
+
 note "teardown: unbinding a VF with an idle mdev, then with a user in a session"
 echo "$VF1" >/sys/bus/pci/drivers/rmdev_igbvf/unbind
 gone "$M1"

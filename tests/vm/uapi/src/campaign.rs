@@ -818,3 +818,82 @@ pub(crate) fn ioctl_campaign(seed: &str, count: &str) -> TestResult {
     println!("    {}", answers.join("; "));
     Ok(())
 }
+
+/// `Slab` and `VmallocUsed` of /proc/meminfo, in KiB.
+fn kernel_memory() -> Result<(u64, u64), String> {
+    let text = ctx(std::fs::read_to_string("/proc/meminfo"), "/proc/meminfo")?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("/proc/meminfo has no {name}"))
+    };
+    Ok((field("Slab:")?, field("VmallocUsed:")?))
+}
+
+/// One cycle: an mdev of each of the types at `dirs` created, both
+/// opened, the first migrated into the second (the rmdev tool's engine) if
+/// it migrates, closed and removed.
+fn cycle(dirs: [&str; 2]) -> TestResult {
+    let uuids = [super::new_uuid(), super::new_uuid()];
+    for (u, dir) in uuids.iter().zip(dirs) {
+        ctx(
+            std::fs::write(format!("{dir}/create"), u),
+            &format!("create in {dir}"),
+        )?;
+    }
+    let result = (|| -> TestResult {
+        let s = ctx(Device::open(&uuids[0]), "open")?;
+        let d = ctx(Device::open(&uuids[1]), "open")?;
+        if s.migration_flags().is_ok() {
+            rmdev::migrate::migrate(
+                &s,
+                &d,
+                &rmdev::migrate::Options::default(),
+                &rmdev::migrate::NoProgress,
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })();
+    for u in &uuids {
+        ctx(
+            std::fs::write(format!("/sys/bus/mdev/devices/{u}/remove"), "1"),
+            &format!("remove {u}"),
+        )?;
+    }
+    result
+}
+
+/// `cycles SRC-TYPE-DIR DST-TYPE-DIR N`: N cycles (`cycle`) after 5 to
+/// warm the caches up.
+/// Prints the kernel's slab and vmalloc use before and after (once the
+/// releases the debug kernel delays by up to 4 s ran); more than 4 MiB of
+/// growth fails (kmemleak, which every lab run checks, catches smaller
+/// leaks exactly).
+pub(crate) fn cycles(src: &str, dst: &str, n: &str) -> TestResult {
+    let dirs = [src, dst];
+    let n: usize = n.parse().map_err(|e| format!("count: {e}"))?;
+    let start = Instant::now();
+    for _ in 0..5 {
+        cycle(dirs)?;
+    }
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let before = kernel_memory()?;
+    for i in 0..n {
+        cycle(dirs).map_err(|e| format!("cycle {i}: {e}"))?;
+    }
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let after = kernel_memory()?;
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "  {n} create/open/migrate/close/remove cycles ({src} to {dst}) in {secs:.1} s: \
+         slab {} -> {} KiB, vmalloc {} -> {} KiB",
+        before.0, after.0, before.1, after.1
+    );
+    let grew = (after.0 + after.1).saturating_sub(before.0 + before.1);
+    if grew > 4096 {
+        return Err(format!("kernel memory grew by {grew} KiB over {n} cycles"));
+    }
+    Ok(())
+}
