@@ -821,8 +821,10 @@ pub(crate) fn ioctl_campaign(seed: &str, count: &str) -> TestResult {
     Ok(())
 }
 
-/// `Slab` and `VmallocUsed` of /proc/meminfo, in KiB.
+/// `Slab` and `VmallocUsed` of /proc/meminfo, in KiB, after the releases
+/// the debug kernel delays by up to 4 s ran.
 fn kernel_memory() -> Result<(u64, u64), String> {
+    std::thread::sleep(std::time::Duration::from_secs(6));
     let text = ctx(std::fs::read_to_string("/proc/meminfo"), "/proc/meminfo")?;
     let field = |name: &str| {
         text.lines()
@@ -869,10 +871,12 @@ fn cycle(dirs: [&str; 2]) -> TestResult {
 
 /// `cycles SRC-TYPE-DIR DST-TYPE-DIR N`: N cycles (`cycle`) after 5 to
 /// warm the caches up.
-/// Prints the kernel's slab and vmalloc use before and after (once the
-/// releases the debug kernel delays by up to 4 s ran); more than 4 MiB of
-/// growth fails (kmemleak, which every lab run checks, catches smaller
-/// leaks exactly).
+/// Prints the kernel's slab and vmalloc use before and after
+/// (`kernel_memory`). Vmalloc growing by more than 256 KiB fails. Slab is
+/// only printed: in the lab's KASAN kernel it includes the freed objects
+/// KASAN keeps in quarantine (up to 1/32 of the memory, 128 MiB in the lab
+/// VM), so it grows with any activity until that fills. Leaks are
+/// kmemleak's to find, exactly, at the end of every lab run.
 pub(crate) fn cycles(src: &str, dst: &str, n: &str) -> TestResult {
     let dirs = [src, dst];
     let n: usize = n.parse().map_err(|e| format!("count: {e}"))?;
@@ -880,12 +884,10 @@ pub(crate) fn cycles(src: &str, dst: &str, n: &str) -> TestResult {
     for _ in 0..5 {
         cycle(dirs)?;
     }
-    std::thread::sleep(std::time::Duration::from_secs(6));
     let before = kernel_memory()?;
     for i in 0..n {
         cycle(dirs).map_err(|e| format!("cycle {i}: {e}"))?;
     }
-    std::thread::sleep(std::time::Duration::from_secs(6));
     let after = kernel_memory()?;
     let secs = start.elapsed().as_secs_f64();
     println!(
@@ -893,9 +895,9 @@ pub(crate) fn cycles(src: &str, dst: &str, n: &str) -> TestResult {
          slab {} -> {} KiB, vmalloc {} -> {} KiB",
         before.0, after.0, before.1, after.1
     );
-    let grew = (after.0 + after.1).saturating_sub(before.0 + before.1);
-    if grew > 4096 {
-        return Err(format!("kernel memory grew by {grew} KiB over {n} cycles"));
+    let grew = after.1.saturating_sub(before.1);
+    if grew > 256 {
+        return Err(format!("vmalloc use grew by {grew} KiB over {n} cycles"));
     }
     Ok(())
 }
