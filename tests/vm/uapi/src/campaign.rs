@@ -597,9 +597,12 @@ fn random_arg(rng: &mut StdRng, buf: &mut [u8]) -> libc::c_ulong {
     }
 }
 
+/// What `random_call` returns when it chose a data FD and there was none.
+const NO_CALL: i32 = -1;
+
 /// One random call by a thread of the ioctl campaign: on the device FD, or
 /// on one of the data FDs the campaign got so far. Returns the errno (0 for
-/// success).
+/// success; closing a data FD counts as one).
 fn random_call(
     rng: &mut StdRng,
     dev: &Device,
@@ -614,7 +617,7 @@ fn random_call(
         // closes it (and no number is reused) meanwhile.
         let mut fds = data.lock().unwrap_or_else(|e| e.into_inner());
         if fds.is_empty() {
-            return 0;
+            return NO_CALL;
         }
         let i = rng.gen_range(0..fds.len());
         let fd = fds[i].as_raw_fd();
@@ -761,10 +764,13 @@ pub(crate) fn ioctl_campaign(seed: &str, count: &str) -> TestResult {
                 s.spawn(move || {
                     let mut rng = StdRng::seed_from_u64(seed ^ (t << 56));
                     let mut tally: BTreeMap<i32, usize> = BTreeMap::new();
-                    for _ in 0..count {
-                        *tally
-                            .entry(random_call(&mut rng, dev, efd_nums, data))
-                            .or_default() += 1;
+                    let mut calls = 0;
+                    while calls < count {
+                        let r = random_call(&mut rng, dev, efd_nums, data);
+                        if r != NO_CALL {
+                            *tally.entry(r).or_default() += 1;
+                            calls += 1;
+                        }
                     }
                     tally
                 })
