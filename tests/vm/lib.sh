@@ -45,12 +45,16 @@ expect_errno() {
 # under TCG.
 sysfs_write() { echo "$2" >"$1"; }
 
-# klog_mark: remembers where the kernel log ends now. klog_has TEXT and
-# klog_count TEXT look only at the lines logged after the mark, so a check
-# cannot be satisfied by an earlier step's message. (A log that wrapped in
-# between shows fewer lines: a check then fails, it does not pass.)
-klog_mark() { KLOG_MARK=$(dmesg | wc -l); }
-klog_since() { dmesg | tail -n +$((${KLOG_MARK:?klog_mark first} + 1)); }
+# klog_mark: writes a marker line of its own into the kernel log (through
+# /dev/kmsg). klog_has TEXT and klog_count TEXT look only at the lines
+# logged after the marker, so a check cannot be satisfied by an earlier
+# step's message; a log full enough to have dropped the marker shows no
+# lines, and the check fails rather than passes.
+klog_mark() {
+	KLOG_MARK="rmdev-test-mark-$$-$RANDOM-$SECONDS"
+	echo "$KLOG_MARK" >/dev/kmsg
+}
+klog_since() { dmesg | awk -v m="${KLOG_MARK:?klog_mark first}" 'seen; index($0, m) { seen = 1 }'; }
 klog_has() { grep -qF -- "$1" <<<"$(klog_since)"; }
 klog_count() { grep -cF -- "$1" <<<"$(klog_since)" || true; }
 
