@@ -5,7 +5,8 @@
 # (read around the mdev through the VF's own resource0), the allow-list
 # keeping DMA enables, doorbells and other registers away from the hardware,
 # a migration VF0 -> VF1 through the uAPI and between two QEMUs over TCP,
-# and every teardown (unbind, sriov_numvfs=0, rmmod igb, rmmod rmdev_igbvf)
+# 10,000 hostile streams that never reach a denied bit or a doorbell, 100
+# create-to-remove cycles, and every teardown (unbind, sriov_numvfs=0, rmmod igb, rmmod rmdev_igbvf)
 # with and without a user holding an mdev in a migration session.
 . "$(dirname "$0")/lib.sh"
 
@@ -191,6 +192,13 @@ done
 for r in 0x2828 0x3828 0x3838 0x1700; do
 	expect_eq "VF1 hardware $r equals VF0's" "$(hw $VF1 $r)" "$(hw $VF0 $r)"
 done
+
+# The stream campaign (tests/vm/uapi/src/campaign.rs) against this vendor:
+# 10,000 damaged and forged streams from VF0's into the VF1 mdev; after
+# each, VF1's own BAR0 has no denied bit set and its doorbells untouched.
+seed=${RMDEV_SEED:-$(date +%s%N)}
+note "VF stream campaign seed $seed (replay: RMDEV_SEED=$seed tools/lab test t-igbvf)"
+"$VM_TEST" vf-stream-campaign "$M0" "$M1" "$VF1" "$seed" 10000 || fail "VF stream campaign, seed $seed"
 
 note "QEMU: VF0 mdev live-migrated over TCP to a QEMU holding the VF1 mdev"
 before=""

@@ -41,18 +41,18 @@ use super::{ctx, read_memory, Mdev, TestResult, TYPES};
 /// The sample's record tags (samples/sample.rs, its stream format).
 const TAG_MEM: u16 = 1;
 const TAG_REGS: u16 = 2;
-const KIND_DATA: u16 = 1;
-const KIND_END: u16 = 2;
+pub(crate) const KIND_DATA: u16 = 1;
+pub(crate) const KIND_END: u16 = 2;
 
 /// The errnos a refused stream may get from a write or from RESUMING to
 /// STOP: a failed checksum (EBADMSG), anything else (EINVAL).
-const REFUSALS: [i32; 2] = [libc::EINVAL, libc::EBADMSG];
+pub(crate) const REFUSALS: [i32; 2] = [libc::EINVAL, libc::EBADMSG];
 
 /// The largest record the sample takes with its `max_record` parameter at
 /// 0: an offset and 16 pages.
 const SAMPLE_MAX_RECORD: usize = 8 + 16 * 4096;
 
-fn errno_short(e: i32) -> &'static str {
+pub(crate) fn errno_short(e: i32) -> &'static str {
     match e {
         libc::EINVAL => "EINVAL",
         libc::EBADMSG => "EBADMSG",
@@ -62,14 +62,14 @@ fn errno_short(e: i32) -> &'static str {
 
 /// A stream taken apart: the header's version string and the records
 /// before the END, as (kind, tag, payload).
-struct Parsed {
-    version: Vec<u8>,
-    records: Vec<(u16, u16, Vec<u8>)>,
+pub(crate) struct Parsed {
+    pub(crate) version: Vec<u8>,
+    pub(crate) records: Vec<(u16, u16, Vec<u8>)>,
     /// Where each record starts and ends in the raw stream (END included).
-    spans: Vec<(usize, usize)>,
+    pub(crate) spans: Vec<(usize, usize)>,
 }
 
-fn parse(s: &[u8]) -> Result<Parsed, String> {
+pub(crate) fn parse(s: &[u8]) -> Result<Parsed, String> {
     let u16_at = |p: usize| u16::from_le_bytes([s[p], s[p + 1]]);
     let hlen = u16_at(10) as usize;
     let vlen = u16_at(16) as usize;
@@ -97,15 +97,21 @@ fn parse(s: &[u8]) -> Result<Parsed, String> {
 
 /// Writes streams with valid checksums whatever they say: the envelope's
 /// chained CRC-32C computed here, independently of the encoder.
-struct Forge {
+pub(crate) struct Forge {
     crc: Crc32c,
-    out: Vec<u8>,
+    pub(crate) out: Vec<u8>,
 }
 
 impl Forge {
     /// A header carrying `version`, with the given envelope version and
     /// flags, and a declared length `hlen_delta` off the true one.
-    fn header(version: &[u8], envelope: u16, flags: u32, reserved: u16, hlen_delta: i32) -> Forge {
+    pub(crate) fn header(
+        version: &[u8],
+        envelope: u16,
+        flags: u32,
+        reserved: u16,
+        hlen_delta: i32,
+    ) -> Forge {
         let mut b = Vec::new();
         b.extend_from_slice(b"RMDEVMIG");
         b.extend_from_slice(&envelope.to_le_bytes());
@@ -120,12 +126,12 @@ impl Forge {
         Forge { crc, out: b }
     }
 
-    fn valid(version: &[u8]) -> Forge {
+    pub(crate) fn valid(version: &[u8]) -> Forge {
         Forge::header(version, 1, 0, 0, 0)
     }
 
     /// A record whose length field says `len` (true or not).
-    fn record_len(&mut self, kind: u16, tag: u16, len: u32, payload: &[u8]) {
+    pub(crate) fn record_len(&mut self, kind: u16, tag: u16, len: u32, payload: &[u8]) {
         let mut head = [0u8; 8];
         head[..2].copy_from_slice(&kind.to_le_bytes());
         head[2..4].copy_from_slice(&tag.to_le_bytes());
@@ -136,11 +142,11 @@ impl Forge {
         self.out.extend_from_slice(&self.crc.value().to_le_bytes());
     }
 
-    fn record(&mut self, kind: u16, tag: u16, payload: &[u8]) {
+    pub(crate) fn record(&mut self, kind: u16, tag: u16, payload: &[u8]) {
         self.record_len(kind, tag, payload.len() as u32, payload);
     }
 
-    fn records(&mut self, records: &[(u16, u16, Vec<u8>)]) -> u64 {
+    pub(crate) fn records(&mut self, records: &[(u16, u16, Vec<u8>)]) -> u64 {
         let mut total = 0;
         for (kind, tag, payload) in records {
             self.record(*kind, *tag, payload);
@@ -149,9 +155,16 @@ impl Forge {
         total
     }
 
-    fn end(&mut self, total: u64) {
+    pub(crate) fn end(&mut self, total: u64) {
         self.record(KIND_END, 0, &total.to_le_bytes());
     }
+}
+
+/// Whose streams a campaign forges.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Vendor {
+    Sample,
+    Vf,
 }
 
 /// How a case must end.
@@ -200,10 +213,21 @@ fn mem_of(records: &[(u16, u16, Vec<u8>)]) -> Vec<(usize, Vec<u8>)> {
 
 /// A case of a random class, from the valid stream `good` (parsed as `p`)
 /// and another type's valid stream `foreign`.
-fn make_case(rng: &mut StdRng, good: &[u8], p: &Parsed, foreign: &[u8], size: usize) -> Case {
+fn make_case(
+    rng: &mut StdRng,
+    vendor: Vendor,
+    good: &[u8],
+    p: &Parsed,
+    foreign: &[u8],
+    size: usize,
+) -> Case {
     let n = p.records.len();
     let pick = |rng: &mut StdRng| rng.gen_range(0..n);
-    match rng.gen_range(0..20) {
+    let class = rng.gen_range(0..20);
+    if vendor == Vendor::Vf && matches!(class, 13 | 14 | 17..) {
+        return vf_case(rng, class, p);
+    }
+    match class {
         0 => {
             let mut b = good.to_vec();
             for _ in 0..rng.gen_range(1..=4) {
@@ -461,7 +485,11 @@ fn make_case(rng: &mut StdRng, good: &[u8], p: &Parsed, foreign: &[u8], size: us
 
 /// Writes `bytes` into a new resume session of `dev` in random pieces and
 /// asks for STOP: `Ok(())` if it loaded, else the errno of the refusal.
-fn run_case(rng: &mut StdRng, dev: &Device, bytes: &[u8]) -> Result<Result<(), i32>, String> {
+pub(crate) fn run_case(
+    rng: &mut StdRng,
+    dev: &Device,
+    bytes: &[u8],
+) -> Result<Result<(), i32>, String> {
     let fd = ctx(dev.set_state(State::Resuming.raw()), "SET RESUMING")?.ok_or("no resume FD")?;
     let mut at = 0;
     while at < bytes.len() {
@@ -513,7 +541,7 @@ pub(crate) fn stream_campaign(seed: &str, count: &str) -> TestResult {
     let parsed = parse(&good)?;
     let mut tally: BTreeMap<&'static str, (usize, BTreeMap<i32, usize>)> = BTreeMap::new();
     for i in 0..count {
-        let case = make_case(&mut rng, &good, &parsed, &foreign, size);
+        let case = make_case(&mut rng, Vendor::Sample, &good, &parsed, &foreign, size);
         let fail = |what: String| format!("seed {seed} case {i} ({}): {what}", case.class);
         let mut model = match case.expect {
             Expect::Loads => read_memory(&dst, size).map_err(fail)?,
@@ -904,6 +932,221 @@ pub(crate) fn cycles(src: &str, dst: &str, n: &str) -> TestResult {
     let grew = after.1.saturating_sub(before.1);
     if grew > 256 {
         return Err(format!("vmalloc use grew by {grew} KiB over {n} cycles"));
+    }
+    Ok(())
+}
+
+/// rmdev_igbvf's record (vendors/igbvf.rs, its stream format): tag 1, a
+/// `u32` count, then (offset, value) pairs of `u32`, in the vendor's order.
+const VF_TAG_REGS: u16 = 1;
+/// The VF's largest record (the framework's default `max_record`).
+const VF_MAX_RECORD: usize = 4096;
+/// Registers the VF vendor must never write: the queue tails (doorbells)
+/// of both queues, from the 82576 datasheet.
+const VF_TAILS: [u64; 4] = [0x2818, 0x2918, 0x3818, 0x3918];
+/// Bits the VF vendor must never set in the hardware, from the 82576
+/// datasheet: RXDCTL/TXDCTL queue enable (bit 25), TDWBAL head write-back
+/// enable (bit 0), the IVAR valid bits.
+const VF_DENIED: [(u64, u32); 8] = [
+    (0x2828, 1 << 25),
+    (0x2928, 1 << 25),
+    (0x3828, 1 << 25),
+    (0x3928, 1 << 25),
+    (0x3838, 1),
+    (0x3938, 1),
+    (0x1700, 0x8080_8080),
+    (0x1740, 0x80),
+];
+
+/// The VF vendor's register record with `values` at the good stream's
+/// offsets (`regs`, its payload).
+fn vf_regs(regs: &[u8], mut values: impl FnMut(usize) -> u32) -> Vec<u8> {
+    let mut out = regs.to_vec();
+    for (i, pair) in out[4..].chunks_exact_mut(8).enumerate() {
+        pair[4..].copy_from_slice(&values(i).to_le_bytes());
+    }
+    out
+}
+
+/// The VF-specific classes of `make_case`.
+fn vf_case(rng: &mut StdRng, class: usize, p: &Parsed) -> Case {
+    let Some(ri) = p.records.iter().position(|r| r.1 == VF_TAG_REGS) else {
+        return refused("truncated", Vec::new());
+    };
+    let regs = p.records[ri].2.clone();
+    let pairs = (regs.len() - 4) / 8;
+    let forge = |recs: &[(u16, u16, Vec<u8>)]| {
+        let mut f = Forge::valid(&p.version);
+        let total = f.records(recs);
+        f.end(total);
+        f.out
+    };
+    let with = |payload: Vec<u8>| {
+        let mut recs = p.records.clone();
+        recs[ri].2 = payload;
+        recs
+    };
+    match class {
+        13 => {
+            // An offset the vendor does not forward: a doorbell, the
+            // device control register, the mailbox, or any.
+            let mut bad = regs.clone();
+            let i = rng.gen_range(0..pairs);
+            let off: u32 =
+                [0x2818, 0x3818, 0x0000, 0x0c40, rng.gen::<u32>() & !3][rng.gen_range(0..5)];
+            bad[4 + 8 * i..8 + 8 * i].copy_from_slice(&off.to_le_bytes());
+            if bad == regs {
+                bad[4] ^= 4;
+            }
+            Case {
+                class: "a register not forwarded",
+                bytes: forge(&with(bad)),
+                expect: Expect::Refused,
+                mem: Vec::new(),
+            }
+        }
+        14 => {
+            let payload = if rng.gen_bool(0.5) {
+                Vec::new()
+            } else {
+                vec![0u8; VF_MAX_RECORD + rng.gen_range(1..4096)]
+            };
+            let mut recs = p.records.clone();
+            recs.insert(
+                rng.gen_range(0..=recs.len()),
+                (KIND_DATA, VF_TAG_REGS, payload),
+            );
+            refused("an empty or oversized record", forge(&recs))
+        }
+        17 => {
+            let recs = match rng.gen_range(0..4) {
+                // A count that is not the vendor's.
+                0 => {
+                    let mut bad = regs.clone();
+                    let c = pairs as u32 + rng.gen_range(1..4);
+                    bad[..4].copy_from_slice(&c.to_le_bytes());
+                    with(bad)
+                }
+                // A record one pair short, or one pair long.
+                1 => with(regs[..regs.len() - 8].to_vec()),
+                2 => {
+                    let mut long = regs.clone();
+                    long.extend_from_slice(&regs[4..12]);
+                    with(long)
+                }
+                // The registers twice, or not at all.
+                _ => {
+                    let mut recs = p.records.clone();
+                    if rng.gen_bool(0.5) {
+                        recs.insert(ri, recs[ri].clone());
+                    } else {
+                        recs.remove(ri);
+                    }
+                    recs
+                }
+            };
+            refused("a register record of the wrong shape", forge(&recs))
+        }
+        18 => Case {
+            class: "registers of random values",
+            bytes: forge(&with(vf_regs(&regs, |_| rng.gen()))),
+            expect: Expect::Loads,
+            mem: Vec::new(),
+        },
+        _ => Case {
+            class: "registers all ones",
+            bytes: forge(&with(vf_regs(&regs, |_| u32::MAX))),
+            expect: Expect::Loads,
+            mem: Vec::new(),
+        },
+    }
+}
+
+/// `vf-stream-campaign SRC-UUID DST-UUID DST-PCI SEED COUNT`: the stream
+/// campaign against rmdev_igbvf: COUNT cases built from SRC's stream into
+/// DST, whose VF (DST-PCI) is read from its own BAR0 after each case: no
+/// denied bit may be set and no doorbell written, whatever the stream
+/// said, loaded or refused.
+pub(crate) fn vf_stream_campaign(
+    src: &str,
+    dst: &str,
+    pci: &str,
+    seed: &str,
+    count: &str,
+) -> TestResult {
+    let seed: u64 = seed.parse().map_err(|e| format!("seed: {e}"))?;
+    let count: usize = count.parse().map_err(|e| format!("count: {e}"))?;
+    let start = Instant::now();
+    let s = ctx(Device::open(src), &format!("open {src}"))?;
+    let d = ctx(Device::open(dst), &format!("open {dst}"))?;
+    let hw = super::igbvf::HwBar::map(pci)?;
+    let fd = ctx(s.set_state(State::StopCopy.raw()), "SET STOP_COPY")?.ok_or("no save FD")?;
+    let mut good = Vec::new();
+    super::read_to_eof(&fd, &mut good)?;
+    drop(fd);
+    ctx(s.set_state(State::Running.raw()), "SET RUNNING")?;
+    let parsed = parse(&good)?;
+    // Another vendor's stream, forged: the sample's header on these records.
+    let foreign = {
+        let mut f = Forge::valid(b"rmdev_sample:16k:1.0");
+        let total = f.records(&parsed.records);
+        f.end(total);
+        f.out
+    };
+    let tails = VF_TAILS
+        .iter()
+        .map(|&t| hw.read(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut tally: BTreeMap<&'static str, (usize, BTreeMap<i32, usize>)> = BTreeMap::new();
+    for i in 0..count {
+        let case = make_case(&mut rng, Vendor::Vf, &good, &parsed, &foreign, 0);
+        let fail = |what: String| format!("seed {seed} case {i} ({}): {what}", case.class);
+        let outcome = run_case(&mut rng, &d, &case.bytes).map_err(fail)?;
+        let entry = tally.entry(case.class).or_default();
+        entry.0 += 1;
+        match (case.expect, outcome) {
+            (Expect::Refused, Err(errno)) if REFUSALS.contains(&errno) => {
+                *entry.1.entry(errno).or_default() += 1;
+            }
+            (_, Err(errno)) => {
+                return Err(fail(format!("refused with {}", super::errno_name(errno))))
+            }
+            (Expect::Refused, Ok(())) => return Err(fail("loaded".into())),
+            (Expect::Loads, Ok(())) => {}
+        }
+        for &(off, deny) in &VF_DENIED {
+            let v = hw.read(off).map_err(fail)?;
+            if v & deny != 0 {
+                return Err(fail(format!(
+                    "the VF's register {off:#x} is {v:#010x}: denied bits {deny:#x} set"
+                )));
+            }
+        }
+        for (&t, &was) in VF_TAILS.iter().zip(&tails) {
+            let v = hw.read(t).map_err(fail)?;
+            if v != was {
+                return Err(fail(format!(
+                    "the VF's doorbell {t:#x} went from {was:#010x} to {v:#010x}"
+                )));
+            }
+        }
+        ctx(d.reset(), "reset").map_err(fail)?;
+        let state = ctx(d.state(), "GET").map_err(fail)?;
+        if state != State::Running.raw() {
+            return Err(fail(format!("state {state} after reset, not RUNNING")));
+        }
+    }
+    // Usable afterwards: the valid stream loads.
+    super::load_into(&d, &good)?;
+    let secs = start.elapsed().as_secs_f64();
+    println!("  VF stream campaign: seed {seed}, {count} streams in {secs:.1} s");
+    for (class, (n, errnos)) in &tally {
+        let errnos: Vec<String> = errnos
+            .iter()
+            .map(|(e, k)| format!("{}x{k}", errno_short(*e)))
+            .collect();
+        println!("    {n:5} {class} {}", errnos.join(" "));
     }
     Ok(())
 }

@@ -30,13 +30,13 @@ fn parse_u32(s: &str) -> Result<u32, String> {
 }
 
 /// A VF's BAR0, mapped from `/sys/bus/pci/devices/<pci>/resource0`.
-struct HwBar {
+pub(crate) struct HwBar {
     ptr: *mut u8,
     len: usize,
 }
 
 impl HwBar {
-    fn map(pci: &str) -> Result<HwBar, String> {
+    pub(crate) fn map(pci: &str) -> Result<HwBar, String> {
         let path = format!("/sys/bus/pci/devices/{pci}/resource0");
         let f = ctx(OpenOptions::new().read(true).write(true).open(&path), &path)?;
         let len = ctx(f.metadata(), "stat resource0")?.len() as usize;
@@ -72,7 +72,7 @@ impl HwBar {
         Ok(unsafe { self.ptr.add(off) }.cast())
     }
 
-    fn read(&self, offset: u64) -> Result<u32, String> {
+    pub(crate) fn read(&self, offset: u64) -> Result<u32, String> {
         // SAFETY: A mapped, aligned register (`at`); volatile: device memory.
         Ok(unsafe { self.at(offset)?.read_volatile() })
     }
