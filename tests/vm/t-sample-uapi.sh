@@ -9,7 +9,7 @@
 # access whose user page faults not holding up reset, removal and
 # unloading while in use, bad ioctls, a record longer than announced,
 # interrupts; the 256 MiB migration; 10,000 hostile streams, 20,000
-# random ioctls and 100 create-to-remove cycles. Then the
+# random ioctls, 50 rounds of races and 100 create-to-remove cycles. Then the
 # envelope's bounds on the vendor's record size, the rate limit of the
 # messages a user can trigger at will, and a device without migration.
 . "$(dirname "$0")/lib.sh"
@@ -51,6 +51,9 @@ note "stream campaign seed $seed (replay: RMDEV_SEED=$seed tools/lab test t-samp
 # And random ioctls, reads and writes on device and data FDs, from 4
 # threads at once (5,000 each).
 "$VM_TEST" --flags 7 ioctl-campaign "$seed" 5000 || fail "ioctl campaign, seed $seed"
+# Races: data FD calls from 3 threads against SET, RESET, MIG_DATA_SIZE
+# and the device's close, 50 rounds.
+"$VM_TEST" --flags 7 race-campaign "$seed" 50 || fail "race campaign, seed $seed"
 # 100 create/open/migrate/close/remove cycles: kernel memory measured.
 "$VM_TEST" cycles $SAMPLE_TYPES/rmdev_sample-16k $SAMPLE_TYPES/rmdev_sample-16k 100 ||
 	fail "resource cycles"

@@ -1150,3 +1150,125 @@ pub(crate) fn vf_stream_campaign(
     }
     Ok(())
 }
+
+/// `race-campaign SEED ROUNDS`: each round, 3 threads hammer the data FDs
+/// (reads, writes, `PRECOPY_INFO`, polls, on their own duplicates of them)
+/// while this thread drives the device (SET to random states, RESET,
+/// `MIG_DATA_SIZE`, GET) and then closes it under them. Every call must
+/// answer; after each round the reopened device must be in RUNNING with
+/// its memory unchanged (no data FD write may load anything: the bytes are
+/// random).
+pub(crate) fn race_campaign(seed: &str, rounds: &str) -> TestResult {
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    const WORKERS: u64 = 3;
+    let seed: u64 = seed.parse().map_err(|e| format!("seed: {e}"))?;
+    let rounds: usize = rounds.parse().map_err(|e| format!("rounds: {e}"))?;
+    let start = Instant::now();
+    let (ty, size) = TYPES[0];
+    let m = Mdev::create(ty)?;
+    let fill: Vec<u8> = (0..size).map(|i| (i * 13 + seed as usize) as u8).collect();
+    ctx(m.open()?.write_at(vfio::BAR2, 0, &fill), "fill")?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (calls, sets) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    for round in 0..rounds {
+        let fail = |what: String| format!("seed {seed} round {round}: {what}");
+        let data: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
+        let stop = AtomicBool::new(false);
+        let dev = m.open().map_err(fail)?;
+        std::thread::scope(|s| {
+            for w in 0..WORKERS {
+                let (data, stop, calls) = (&data, &stop, &calls);
+                s.spawn(move || {
+                    let mut rng = StdRng::seed_from_u64(seed ^ ((round as u64) << 8) ^ (w << 56));
+                    let mut buf = vec![0u8; 8192];
+                    while !stop.load(Ordering::Relaxed) {
+                        // A duplicate of a data FD, ours to use and close:
+                        // no other thread's close can reuse its number.
+                        let fd = {
+                            let fds = data.lock().unwrap_or_else(|e| e.into_inner());
+                            if fds.is_empty() {
+                                None
+                            } else {
+                                fds[rng.gen_range(0..fds.len())]
+                                    .as_fd()
+                                    .try_clone_to_owned()
+                                    .ok()
+                            }
+                        };
+                        let Some(fd) = fd else {
+                            std::thread::yield_now();
+                            continue;
+                        };
+                        let n = rng.gen_range(0..buf.len());
+                        match rng.gen_range(0..4) {
+                            0 => {
+                                let _ = vfio::read_fd(&fd, &mut buf[..n]);
+                            }
+                            1 => {
+                                rng.fill(&mut buf[..n]);
+                                let _ = vfio::write_fd(&fd, &buf[..n]);
+                            }
+                            2 => {
+                                let _ = vfio::precopy_info(&fd);
+                            }
+                            _ => {
+                                let _ = vfio::poll_fd(
+                                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                                    libc::POLLIN | libc::POLLOUT,
+                                    0,
+                                );
+                            }
+                        }
+                        calls.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            for _ in 0..rng.gen_range(20..60) {
+                match rng.gen_range(0..6) {
+                    0..=2 => {
+                        if let Ok(Some(fd)) = dev.set_state(rng.gen_range(1..8)) {
+                            let mut fds = data.lock().unwrap_or_else(|e| e.into_inner());
+                            fds.push(fd);
+                            if fds.len() > 4 {
+                                drop(fds.remove(0));
+                            }
+                        }
+                        sets.fetch_add(1, Ordering::Relaxed);
+                    }
+                    3 => {
+                        let _ = dev.reset();
+                    }
+                    4 => {
+                        let _ = dev.data_size();
+                    }
+                    _ => {
+                        let _ = dev.state();
+                    }
+                }
+            }
+            // The device closes under the workers, who go on with the data
+            // FDs a little while.
+            drop(dev);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            stop.store(true, Ordering::Relaxed);
+        });
+        drop(data);
+        let dev = m.open().map_err(fail)?;
+        let state = ctx(dev.state(), "GET").map_err(fail)?;
+        if state != State::Running.raw() {
+            return Err(fail(format!("reopened in state {state}, not RUNNING")));
+        }
+        if read_memory(&dev, size).map_err(fail)? != fill {
+            return Err(fail("the device memory changed".into()));
+        }
+    }
+    println!(
+        "  race campaign: seed {seed}, {rounds} rounds, {} SETs against {} data FD calls from {WORKERS} threads and a close each round, in {:.1} s",
+        sets.load(Ordering::Relaxed),
+        calls.load(Ordering::Relaxed),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

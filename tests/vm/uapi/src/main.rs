@@ -2426,7 +2426,9 @@ const TOOLS: &str = "save-stream TYPE FILE | load-stream TYPE FILE | fill UUID S
 compare UUID UUID | compare-pattern UUID SEED | digest UUID | refuse-many N | \
 vf-read PCI OFF | vf-write PCI OFF VALUE | region-read UUID INDEX OFF | \
 region-write UUID INDEX OFF VALUE | migrate-mdev UUID UUID | load-mdev UUID FILE | \
-hold UUID STATE | session-memcg CGROUP-DIR | stream-campaign SEED COUNT | ioctl-campaign SEED COUNT | cycles SRC-TYPE-DIR DST-TYPE-DIR COUNT | \
+hold UUID STATE | session-memcg CGROUP-DIR | stream-campaign SEED COUNT | \
+ioctl-campaign SEED COUNT | race-campaign SEED ROUNDS | \
+cycles SRC-TYPE-DIR DST-TYPE-DIR COUNT | \
 vf-stream-campaign SRC-UUID DST-UUID DST-PCI SEED COUNT";
 
 /// Wrong arguments: what was wrong, the usage, and exit status 2 (a test
@@ -2498,6 +2500,7 @@ fn main() {
         ["session-memcg", cg] => Some(session_memcg(cg)),
         ["stream-campaign", seed, count] => Some(campaign::stream_campaign(seed, count)),
         ["ioctl-campaign", seed, count] => Some(campaign::ioctl_campaign(seed, count)),
+        ["race-campaign", seed, rounds] => Some(campaign::race_campaign(seed, rounds)),
         ["cycles", src, dst, count] => Some(campaign::cycles(src, dst, count)),
         ["vf-stream-campaign", src, dst, pci, seed, count] => {
             Some(campaign::vf_stream_campaign(src, dst, pci, seed, count))
