@@ -158,6 +158,13 @@ impl Forge {
     pub(crate) fn end(&mut self, total: u64) {
         self.record(KIND_END, 0, &total.to_le_bytes());
     }
+
+    /// The stream: `records` and an END that tells their true total.
+    pub(crate) fn finish(mut self, records: &[(u16, u16, Vec<u8>)]) -> Vec<u8> {
+        let total = self.records(records);
+        self.end(total);
+        self.out
+    }
 }
 
 /// Whose streams a campaign forges.
@@ -293,31 +300,29 @@ fn make_case(
         }
         7 => {
             let fp = parse(foreign).map(|f| f.version).unwrap_or_default();
-            let mut f = Forge::valid(&fp);
-            let total = f.records(&p.records);
-            f.end(total);
-            refused("another type's header", f.out)
+            refused(
+                "another type's header",
+                Forge::valid(&fp).finish(&p.records),
+            )
         }
         8 => {
             let fields = rng.gen_range(0..4);
-            let mut f = match fields {
+            let f = match fields {
                 0 => Forge::header(&p.version, 2, 0, 0, 0),
                 1 => Forge::header(&p.version, 1, 1 << rng.gen_range(0..32), 0, 0),
                 2 => Forge::header(&p.version, 1, 0, rng.gen_range(1..=u16::MAX), 0),
                 _ => Forge::header(&p.version, 1, 0, 0, if rng.gen_bool(0.5) { 1 } else { -1 }),
             };
-            let total = f.records(&p.records);
-            f.end(total);
-            refused("header fields not in the format", f.out)
+            refused("header fields not in the format", f.finish(&p.records))
         }
         9 => {
             let mut recs = p.records.clone();
             let kind = [0u16, 3, 7, 0xffff][rng.gen_range(0..4)];
             recs.insert(rng.gen_range(0..=n), (kind, TAG_MEM, vec![0; 16]));
-            let mut f = Forge::valid(&p.version);
-            let total = f.records(&recs);
-            f.end(total);
-            refused("a record of an unknown kind", f.out)
+            refused(
+                "a record of an unknown kind",
+                Forge::valid(&p.version).finish(&recs),
+            )
         }
         10 => {
             let mut recs = p.records.clone();
@@ -326,19 +331,19 @@ fn make_case(
                 rng.gen_range(0..=n),
                 (KIND_DATA, tag, vec![1; rng.gen_range(1..64)]),
             );
-            let mut f = Forge::valid(&p.version);
-            let total = f.records(&recs);
-            f.end(total);
-            refused("an unknown vendor tag", f.out)
+            refused(
+                "an unknown vendor tag",
+                Forge::valid(&p.version).finish(&recs),
+            )
         }
         11 => {
             let mut recs = p.records.clone();
             let tag = rng.gen_range(TAG_PCI_CONFIG + 1..=u16::MAX);
             recs.insert(rng.gen_range(0..=n), (KIND_DATA, tag, vec![0; 256]));
-            let mut f = Forge::valid(&p.version);
-            let total = f.records(&recs);
-            f.end(total);
-            refused("an unknown framework tag", f.out)
+            refused(
+                "an unknown framework tag",
+                Forge::valid(&p.version).finish(&recs),
+            )
         }
         12 => {
             // The configuration space record of another function: a
@@ -357,10 +362,10 @@ fn make_case(
             if cfg.is_empty() {
                 cfg.push(0);
             }
-            let mut f = Forge::valid(&p.version);
-            let total = f.records(&recs);
-            f.end(total);
-            refused("another function's config space", f.out)
+            refused(
+                "another function's config space",
+                Forge::valid(&p.version).finish(&recs),
+            )
         }
         13 => {
             let mut recs = p.records.clone();
@@ -372,10 +377,10 @@ fn make_case(
                 _ => rng.gen_range(size as u64..u64::MAX),
             };
             recs.insert(rng.gen_range(0..n), mem_record(at, &data));
-            let mut f = Forge::valid(&p.version);
-            let total = f.records(&recs);
-            f.end(total);
-            refused("memory past the device", f.out)
+            refused(
+                "memory past the device",
+                Forge::valid(&p.version).finish(&recs),
+            )
         }
         14 => {
             // Empty records, and one longer than the largest the device
@@ -424,10 +429,10 @@ fn make_case(
                 let regs = recs.remove(i);
                 recs.insert(0, regs);
             }
-            let mut f = Forge::valid(&p.version);
-            let total = f.records(&recs);
-            f.end(total);
-            refused("registers before memory", f.out)
+            refused(
+                "registers before memory",
+                Forge::valid(&p.version).finish(&recs),
+            )
         }
         18 => {
             // The memory records in another order: same memory.
@@ -437,12 +442,10 @@ fn make_case(
                 let j = rng.gen_range(0..=k);
                 recs.swap(mems[k], mems[j]);
             }
-            let mut f = Forge::valid(&p.version);
-            let total = f.records(&recs);
-            f.end(total);
+            let bytes = Forge::valid(&p.version).finish(&recs);
             Case {
                 class: "memory records reordered",
-                bytes: f.out,
+                bytes,
                 expect: Expect::Loads,
                 mem: mem_of(&recs),
             }
@@ -470,17 +473,59 @@ fn make_case(
             for (k, m) in mems.iter().enumerate() {
                 recs.insert(regs + k, m.clone());
             }
-            let mut f = Forge::valid(&p.version);
-            let total = f.records(&recs);
-            f.end(total);
+            let bytes = Forge::valid(&p.version).finish(&recs);
             Case {
                 class: "memory records rewritten",
-                bytes: f.out,
+                bytes,
                 expect: Expect::Loads,
                 mem: mem_of(&mems),
             }
         }
     }
+}
+
+/// What the cases of a stream campaign came to: per class, how many ran
+/// and the errnos of their refusals.
+#[derive(Default)]
+struct Tally(BTreeMap<&'static str, (usize, BTreeMap<i32, usize>)>);
+
+impl Tally {
+    /// Counts `case`'s outcome: an error if it is not what the case
+    /// expects (a refusal with one of [`REFUSALS`], or a load).
+    fn record(&mut self, case: &Case, outcome: Result<(), i32>) -> TestResult {
+        let entry = self.0.entry(case.class).or_default();
+        entry.0 += 1;
+        match (case.expect, outcome) {
+            (Expect::Refused, Err(errno)) if REFUSALS.contains(&errno) => {
+                *entry.1.entry(errno).or_default() += 1;
+                Ok(())
+            }
+            (_, Err(errno)) => Err(format!("refused with {}", super::errno_name(errno))),
+            (Expect::Refused, Ok(())) => Err("loaded".into()),
+            (Expect::Loads, Ok(())) => Ok(()),
+        }
+    }
+
+    /// Prints a line per class: its count and its refusals' errnos.
+    fn print(&self) {
+        for (class, (n, errnos)) in &self.0 {
+            let errnos: Vec<String> = errnos
+                .iter()
+                .map(|(e, k)| format!("{}x{k}", errno_short(*e)))
+                .collect();
+            println!("    {n:5} {class} {}", errnos.join(" "));
+        }
+    }
+}
+
+/// Resets `dev`, which must then be in RUNNING.
+fn reset_to_running(dev: &Device) -> TestResult {
+    ctx(dev.reset(), "reset")?;
+    let state = ctx(dev.state(), "GET")?;
+    if state != State::Running.raw() {
+        return Err(format!("state {state} after reset, not RUNNING"));
+    }
+    Ok(())
 }
 
 /// Writes `bytes` into a new resume session of `dev` in random pieces and
@@ -539,7 +584,7 @@ pub(crate) fn stream_campaign(seed: &str, count: &str) -> TestResult {
     let good = save(&src)?;
     let foreign = save(&other)?;
     let parsed = parse(&good)?;
-    let mut tally: BTreeMap<&'static str, (usize, BTreeMap<i32, usize>)> = BTreeMap::new();
+    let mut tally = Tally::default();
     for i in 0..count {
         let case = make_case(&mut rng, Vendor::Sample, &good, &parsed, &foreign, size);
         let fail = |what: String| format!("seed {seed} case {i} ({}): {what}", case.class);
@@ -548,38 +593,24 @@ pub(crate) fn stream_campaign(seed: &str, count: &str) -> TestResult {
             Expect::Refused => Vec::new(),
         };
         let outcome = run_case(&mut rng, &dst, &case.bytes).map_err(fail)?;
-        let entry = tally.entry(case.class).or_default();
-        entry.0 += 1;
-        match (case.expect, outcome) {
-            (Expect::Refused, Err(errno)) if REFUSALS.contains(&errno) => {
-                *entry.1.entry(errno).or_default() += 1;
+        tally.record(&case, outcome).map_err(fail)?;
+        if case.expect == Expect::Loads {
+            for (off, data) in &case.mem {
+                model[*off..*off + data.len()].copy_from_slice(data);
             }
-            (_, Err(errno)) => {
-                return Err(fail(format!("refused with {}", super::errno_name(errno))))
-            }
-            (Expect::Refused, Ok(())) => return Err(fail("loaded".into())),
-            (Expect::Loads, Ok(())) => {
-                for (off, data) in &case.mem {
-                    model[*off..*off + data.len()].copy_from_slice(data);
-                }
-                let got = read_memory(&dst, size).map_err(fail)?;
-                if got != model {
-                    let at = got
-                        .iter()
-                        .zip(&model)
-                        .position(|(a, b)| a != b)
-                        .unwrap_or(0);
-                    return Err(fail(format!(
-                        "memory differs from the stream's at byte {at}"
-                    )));
-                }
+            let got = read_memory(&dst, size).map_err(fail)?;
+            if got != model {
+                let at = got
+                    .iter()
+                    .zip(&model)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
+                return Err(fail(format!(
+                    "memory differs from the stream's at byte {at}"
+                )));
             }
         }
-        ctx(dst.reset(), "reset").map_err(fail)?;
-        let state = ctx(dst.state(), "GET").map_err(fail)?;
-        if state != State::Running.raw() {
-            return Err(fail(format!("state {state} after reset, not RUNNING")));
-        }
+        reset_to_running(&dst).map_err(fail)?;
     }
     // Usable afterwards: the valid stream loads and the memory is the
     // source's.
@@ -591,13 +622,7 @@ pub(crate) fn stream_campaign(seed: &str, count: &str) -> TestResult {
     }
     let secs = start.elapsed().as_secs_f64();
     println!("  stream campaign: seed {seed}, {count} streams in {secs:.1} s");
-    for (class, (n, errnos)) in &tally {
-        let errnos: Vec<String> = errnos
-            .iter()
-            .map(|(e, k)| format!("{}x{k}", errno_short(*e)))
-            .collect();
-        println!("    {n:5} {class} {}", errnos.join(" "));
-    }
+    tally.print();
     Ok(())
 }
 
@@ -814,11 +839,7 @@ pub(crate) fn ioctl_campaign(seed: &str, count: &str) -> TestResult {
     })?;
     drop(data);
     let fail = |what: String| format!("seed {seed}: after the ioctl campaign: {what}");
-    ctx(dev.reset(), "reset").map_err(fail)?;
-    let state = ctx(dev.state(), "GET").map_err(fail)?;
-    if state != State::Running.raw() {
-        return Err(fail(format!("state {state}, not RUNNING")));
-    }
+    reset_to_running(&dev).map_err(fail)?;
     if read_memory(&dev, size).map_err(fail)? != fill {
         return Err(fail("the device memory changed".into()));
     }
@@ -975,12 +996,7 @@ fn vf_case(rng: &mut StdRng, class: usize, p: &Parsed) -> Case {
     };
     let regs = p.records[ri].2.clone();
     let pairs = (regs.len() - 4) / 8;
-    let forge = |recs: &[(u16, u16, Vec<u8>)]| {
-        let mut f = Forge::valid(&p.version);
-        let total = f.records(recs);
-        f.end(total);
-        f.out
-    };
+    let forge = |recs: &[(u16, u16, Vec<u8>)]| Forge::valid(&p.version).finish(recs);
     let with = |payload: Vec<u8>| {
         let mut recs = p.records.clone();
         recs[ri].2 = payload;
@@ -1087,34 +1103,18 @@ pub(crate) fn vf_stream_campaign(
     ctx(s.set_state(State::Running.raw()), "SET RUNNING")?;
     let parsed = parse(&good)?;
     // Another vendor's stream, forged: the sample's header on these records.
-    let foreign = {
-        let mut f = Forge::valid(b"rmdev_sample:16k:1.0");
-        let total = f.records(&parsed.records);
-        f.end(total);
-        f.out
-    };
+    let foreign = Forge::valid(b"rmdev_sample:16k:1.0").finish(&parsed.records);
     let tails = VF_TAILS
         .iter()
         .map(|&t| hw.read(t))
         .collect::<Result<Vec<_>, _>>()?;
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut tally: BTreeMap<&'static str, (usize, BTreeMap<i32, usize>)> = BTreeMap::new();
+    let mut tally = Tally::default();
     for i in 0..count {
         let case = make_case(&mut rng, Vendor::Vf, &good, &parsed, &foreign, 0);
         let fail = |what: String| format!("seed {seed} case {i} ({}): {what}", case.class);
         let outcome = run_case(&mut rng, &d, &case.bytes).map_err(fail)?;
-        let entry = tally.entry(case.class).or_default();
-        entry.0 += 1;
-        match (case.expect, outcome) {
-            (Expect::Refused, Err(errno)) if REFUSALS.contains(&errno) => {
-                *entry.1.entry(errno).or_default() += 1;
-            }
-            (_, Err(errno)) => {
-                return Err(fail(format!("refused with {}", super::errno_name(errno))))
-            }
-            (Expect::Refused, Ok(())) => return Err(fail("loaded".into())),
-            (Expect::Loads, Ok(())) => {}
-        }
+        tally.record(&case, outcome).map_err(fail)?;
         for &(off, deny) in &VF_DENIED {
             let v = hw.read(off).map_err(fail)?;
             if v & deny != 0 {
@@ -1131,23 +1131,13 @@ pub(crate) fn vf_stream_campaign(
                 )));
             }
         }
-        ctx(d.reset(), "reset").map_err(fail)?;
-        let state = ctx(d.state(), "GET").map_err(fail)?;
-        if state != State::Running.raw() {
-            return Err(fail(format!("state {state} after reset, not RUNNING")));
-        }
+        reset_to_running(&d).map_err(fail)?;
     }
     // Usable afterwards: the valid stream loads.
     super::load_into(&d, &good)?;
     let secs = start.elapsed().as_secs_f64();
     println!("  VF stream campaign: seed {seed}, {count} streams in {secs:.1} s");
-    for (class, (n, errnos)) in &tally {
-        let errnos: Vec<String> = errnos
-            .iter()
-            .map(|(e, k)| format!("{}x{k}", errno_short(*e)))
-            .collect();
-        println!("    {n:5} {class} {}", errnos.join(" "));
-    }
+    tally.print();
     Ok(())
 }
 
