@@ -12,10 +12,12 @@
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/mdev.h>
+#include <linux/pagemap.h>
 #include <linux/pci.h>
 #include <linux/io.h>
 #include <linux/poll.h>
 #include <linux/sysfs.h>
+#include <linux/uaccess.h>
 #include <linux/uuid.h>
 #include <linux/vfio.h>
 #include <linux/wait.h>

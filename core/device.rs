@@ -35,8 +35,8 @@ pub use super::irq::Interrupts;
 use super::irq::{self, IrqState};
 use super::mdev::Anchor;
 use super::migration::{self, MigState};
+use super::pci_config::{command, ConfigSpace, CONFIG_SIZE, NUM_BARS};
 pub use super::pci_config::{BarKind, Capability, Identity};
-use super::pci_config::{ConfigSpace, CONFIG_SIZE, NUM_BARS};
 pub use super::stream::RecordOut;
 use super::stream::SaveStream;
 use super::user;
@@ -262,10 +262,11 @@ pub trait Device: Send + Sync + Sized + 'static {
     /// The framework checksums it on its way into the reader's buffer, so
     /// the payload is copied once instead of twice. `None` (the default)
     /// means "use `save`". The framework calls it only when the reader has
-    /// room for a whole record; `send` copies to user memory and may fault
-    /// its pages in, so the device must not hold a lock its own page-fault
-    /// handlers take (an mmap of the same memory, say). A record returned
-    /// as [`Saved::Record`] must have been sent, with that tag and length,
+    /// room for a whole record; `send` copies to user memory with page
+    /// faults disabled (it never sleeps: on a missing page the framework
+    /// keeps the record, faults the page in with no lock held, then copies
+    /// the record), so any lock may be held across it. A record
+    /// returned as [`Saved::Record`] must have been sent, with that tag and length,
     /// and what was sent must not change until `send` returned (hold the
     /// lock the device's writers take). `save` is still needed: reads too
     /// short for a whole record use it.
@@ -362,14 +363,27 @@ impl<D: Device> Core<D> {
     fn reset(&self) {
         let mut mig = self.mig.lock();
         migration::back_to_running(self, &mut mig);
-        // Under the state lock, so no arc runs during the reset. This is the
-        // only lock the reset takes: VFIO_DEVICE_RESET on an mdev comes from
-        // our own ioctl, not from a PCI reset holding other locks, so the
-        // deferred-reset dance of vfio-pci drivers is not needed.
+        // Under the state lock, so no arc runs during the reset; then the
+        // configuration space's lock and the interrupts' lock, as any
+        // configuration write takes them. VFIO_DEVICE_RESET on an mdev
+        // comes from our own ioctl, not from a PCI reset holding other
+        // locks, so the deferred-reset dance of vfio-pci drivers is not
+        // needed. The pin drops first: nothing raised before the reset
+        // fires when the reset clears INTx-disable.
+        self.irqs.reset_line();
         if let Some(c) = self.config.lock().as_mut() {
             c.reset();
+            self.config_changed(c);
         }
         self.dev.reset();
+    }
+
+    /// The emulated configuration space changed (its lock is held, taken
+    /// before the interrupts' lock): the INTx pin follows the command
+    /// register's INTx-disable bit.
+    pub(crate) fn config_changed(&self, config: &ConfigSpace) {
+        self.irqs
+            .set_intx_disabled(config.command() & command::INTX_DISABLE != 0);
     }
 
     /// Wakes pollers of an open pre-copy session: the device changed.
@@ -408,10 +422,13 @@ impl<D: Device> Core<D> {
             let mut config = self.config.lock();
             let config = config.as_mut().ok_or(EINVAL)?;
             config.write(offset, bytes).map_err(|_| EINVAL)?;
+            self.config_changed(config);
         } else {
             {
                 let mut config = self.config.lock();
                 let config = config.as_mut().ok_or(EINVAL)?;
+                // The status register's interrupt bit is the pin's.
+                config.set_interrupt_status(self.irqs.intx_asserted());
                 config.read(offset, bytes).map_err(|_| EINVAL)?;
             }
             UserSlice::new(buf, count).writer().write_slice(bytes)?;

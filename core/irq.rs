@@ -71,10 +71,16 @@ struct Irqs {
     msi_vectors: u32,
     mode: Mode,
     /// INTx: the eventfd (`None`: enabled but not signalling), masked, and
-    /// raised while masked.
+    /// raised while masked or disabled.
     intx: Option<EventFd>,
     intx_masked: bool,
     intx_pending: bool,
+    /// The emulated command register's INTx-disable bit: the function does
+    /// not assert its pin (what is raised meanwhile waits).
+    intx_disabled: bool,
+    /// The pin as the status register's interrupt bit shows it: raised and
+    /// not yet serviced (the user's unmask), whether delivered or not.
+    intx_asserted: bool,
     /// MSI: one eventfd per vector.
     msi: [Option<EventFd>; MAX_MSI_VECTORS],
     /// The request channel's eventfd.
@@ -91,9 +97,11 @@ impl Irqs {
         }
     }
 
-    /// INTx fires: signal and auto-mask, or stay pending while masked.
+    /// INTx fires: signal and auto-mask, or stay pending while masked or
+    /// disabled by the command register.
     fn fire_intx(&mut self) {
-        if self.intx_masked {
+        self.intx_asserted = true;
+        if self.intx_masked || self.intx_disabled {
             self.intx_pending = true;
             return;
         }
@@ -104,10 +112,14 @@ impl Irqs {
         self.intx_pending = false;
     }
 
+    /// The user serviced the interrupt: what was raised meanwhile fires,
+    /// else the pin is no longer asserted.
     fn intx_unmask(&mut self) {
         self.intx_masked = false;
         if self.intx_pending {
             self.fire_intx();
+        } else {
+            self.intx_asserted = false;
         }
     }
 
@@ -116,6 +128,7 @@ impl Irqs {
         self.intx = None;
         self.intx_masked = false;
         self.intx_pending = false;
+        self.intx_asserted = false;
     }
 
     fn disable_msi(&mut self) {
@@ -222,6 +235,8 @@ impl IrqState {
                         intx: None,
                         intx_masked: false,
                         intx_pending: false,
+                        intx_disabled: false,
+                        intx_asserted: false,
                         msi: [const { None }; MAX_MSI_VECTORS],
                         req: None,
                     },
@@ -243,6 +258,31 @@ impl IrqState {
         let mut irqs = self.inner.lock();
         irqs.has_intx = has_intx;
         irqs.msi_vectors = msi_vectors.min(MAX_MSI_VECTORS as u32);
+    }
+
+    /// The emulated command register's INTx-disable bit is now `disabled`
+    /// (a configuration write, a reset, a loaded state). Clearing it lets
+    /// what was raised meanwhile fire, as a function asserts its pin again.
+    pub(crate) fn set_intx_disabled(&self, disabled: bool) {
+        let mut irqs = self.inner.lock();
+        irqs.intx_disabled = disabled;
+        if !disabled && irqs.mode == Mode::Intx && irqs.intx_pending && !irqs.intx_masked {
+            irqs.fire_intx();
+        }
+    }
+
+    /// A function reset: the pin is no longer asserted and what was raised
+    /// and not delivered is dropped (the user's eventfds and mask stay).
+    pub(crate) fn reset_line(&self) {
+        let mut irqs = self.inner.lock();
+        irqs.intx_pending = false;
+        irqs.intx_asserted = false;
+    }
+
+    /// Whether the INTx pin is asserted, for the status register's
+    /// interrupt bit.
+    pub(crate) fn intx_asserted(&self) -> bool {
+        self.inner.lock().intx_asserted
     }
 
     /// The last user closed the device: every interrupt is released.

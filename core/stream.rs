@@ -35,7 +35,6 @@ use kernel::prelude::*;
 use kernel::static_lock_class;
 use kernel::sync::{Arc, ArcBorrow, Mutex};
 use kernel::types::{ForeignOwnable, Opaque};
-use kernel::uaccess::{UserSlice, UserSliceReader, UserSliceWriter};
 
 use super::bindings;
 use super::device::{Core, Device, PrecopyInfo, SavePhase, Saved, StopCopySize};
@@ -44,6 +43,7 @@ use super::envelope::{
     RECORD_OVERHEAD, TAG_PCI_CONFIG,
 };
 use super::pci_config::CONFIG_SIZE;
+use super::user::{UserIn, UserOut};
 
 /// The stream bytes of the configuration space record.
 pub(crate) const CONFIG_RECORD: usize = RECORD_OVERHEAD + CONFIG_SIZE;
@@ -192,9 +192,10 @@ enum Refill {
 /// record: straight into the reader's buffer, checksummed on the way.
 pub struct RecordOut<'a> {
     enc: &'a mut Encoder,
-    w: &'a mut UserSliceWriter,
-    /// Where the record is kept if the reader's buffer faults, for the next
-    /// read: nothing is lost.
+    w: &'a mut UserOut,
+    /// Where the record is kept if the reader's buffer faults (its pages
+    /// are not there: the copy runs with page faults disabled), for the
+    /// read to copy once they are: nothing is lost.
     spill: &'a mut [u8],
     max: usize,
     sent: Option<Sent>,
@@ -242,13 +243,18 @@ impl RecordOut<'_> {
             self.enc.payload(p).map_err(|_| EIO)?;
         }
         let crc = self.enc.end_record().map_err(|_| EIO)?;
-        let mut delivered = self.w.write_slice(&head);
+        // The reader's buffer moves on only once the whole record is in it.
+        let mut w = *self.w;
+        let mut delivered = w.write_nofault(&head);
         for p in parts {
-            delivered = delivered.and_then(|()| self.w.write_slice(p));
+            delivered = delivered.and_then(|()| w.write_nofault(p));
         }
-        delivered = delivered.and_then(|()| self.w.write_slice(&crc));
+        delivered = delivered.and_then(|()| w.write_nofault(&crc));
         self.sent = Some(match delivered {
-            Ok(()) => Sent::Delivered { tag, len },
+            Ok(()) => {
+                *self.w = w;
+                Sent::Delivered { tag, len }
+            }
             Err(_) => {
                 // The caller's buffer holds a whole record: so does this.
                 let bytes = RECORD_OVERHEAD + len;
@@ -271,10 +277,10 @@ impl RecordOut<'_> {
 enum Direct {
     /// The device has no `save_to`.
     Unsupported,
-    /// A record of this many stream bytes is in the reader's buffer.
-    Sent(usize),
+    /// The record is in the reader's buffer.
+    Sent,
     /// The reader's buffer faulted: the record waits in the session's.
-    Faulted,
+    Spilled,
     /// No record from the device: as [`SaveSession::refill`] would say.
     Refilled(Refill),
 }
@@ -362,7 +368,7 @@ impl SaveSession {
 
     /// Sends the vendor's next record straight into the reader's buffer,
     /// which has room for it (the device's `save_to`).
-    fn send_direct(&mut self, w: &mut UserSliceWriter) -> Result<Direct> {
+    fn send_direct(&mut self, w: &mut UserOut) -> Result<Direct> {
         if self.no_save_to {
             return Ok(Direct::Unsupported);
         }
@@ -383,7 +389,7 @@ impl SaveSession {
             (Ok(Saved::Record { tag, len }), Some(Sent::Delivered { tag: t, len: l }))
                 if (t, l) == (tag, len) =>
             {
-                Ok(Direct::Sent(RECORD_OVERHEAD + len))
+                Ok(Direct::Sent)
             }
             (
                 Ok(Saved::Record { tag, len }),
@@ -396,7 +402,7 @@ impl SaveSession {
                 self.head = 0;
                 self.tail = bytes;
                 self.buffered_initial = initial;
-                Ok(Direct::Faulted)
+                Ok(Direct::Spilled)
             }
             (Ok(next @ (Saved::Later | Saved::Done)), None) => {
                 self.after_vendor(next, initial).map(Direct::Refilled)
@@ -417,60 +423,69 @@ impl SaveSession {
         }
     }
 
-    fn read(&mut self, w: &mut UserSliceWriter, count: usize) -> Result<usize> {
-        let mut done = 0;
-        while done < count {
+    /// Copies the stream's next bytes into `out`, with page faults
+    /// disabled: the session's lock is held. `Ok(None)` when the read is
+    /// over (`out` is full, or the stream has nothing more for now);
+    /// `Ok(Some(n))` when `out`'s next `n` bytes must be faulted in, with
+    /// the lock dropped, before the read goes on (the bytes stay buffered).
+    fn read(&mut self, out: &mut UserOut) -> Result<Option<usize>> {
+        while out.remaining() > 0 {
             if self.buffered() == 0 {
                 if self.ended {
                     break;
                 }
                 if let Some(e) = self.failed {
-                    return if done > 0 { Ok(done) } else { Err(e) };
+                    return if out.written() > 0 { Ok(None) } else { Err(e) };
                 }
                 // Room for a whole record: the device may send it straight
                 // into the reader's buffer, one copy instead of two.
                 let direct =
-                    if !self.vendor_done && count - done >= RECORD_OVERHEAD + self.max_record {
-                        self.send_direct(w)
+                    if !self.vendor_done && out.remaining() >= RECORD_OVERHEAD + self.max_record {
+                        self.send_direct(out)
                     } else {
                         Ok(Direct::Unsupported)
                     };
                 let refilled = match direct {
-                    Ok(Direct::Sent(n)) => {
-                        done += n;
-                        continue;
-                    }
-                    Ok(Direct::Faulted) => {
-                        return if done > 0 { Ok(done) } else { Err(EFAULT) };
-                    }
+                    Ok(Direct::Sent) => continue,
+                    // Copied from the session's buffer below, once the
+                    // reader's pages are there.
+                    Ok(Direct::Spilled) => Ok(Refill::Data),
                     Ok(Direct::Refilled(r)) => Ok(r),
                     Ok(Direct::Unsupported) => self.refill(),
                     Err(e) => Err(e),
                 };
                 match refilled {
                     Ok(Refill::Data) => {}
-                    Ok(Refill::Later) if done > 0 => break,
+                    Ok(Refill::Later) if out.written() > 0 => break,
                     Ok(Refill::Later) => return Err(bindings::error(bindings::ENOMSG)),
                     Err(e) => {
                         // Report the bytes copied first; the error is sticky.
                         self.failed = Some(e);
-                        if done > 0 {
+                        if out.written() > 0 {
                             break;
                         }
                         return Err(e);
                     }
                 }
             }
-            let n = (count - done).min(self.buffered());
-            if let Err(e) = w.write_slice(&self.buf[self.head..self.head + n]) {
-                // A fault in the reader's buffer: what was read stays read,
-                // the rest stays buffered.
-                return if done > 0 { Ok(done) } else { Err(e) };
+            // All at once; else up to the end of the user's page, which
+            // is the most a fault-in must bring in before the next try.
+            let mut n = out.remaining().min(self.buffered());
+            if out
+                .write_nofault(&self.buf[self.head..self.head + n])
+                .is_err()
+            {
+                n = n.min(out.page_left());
+                if out
+                    .write_nofault(&self.buf[self.head..self.head + n])
+                    .is_err()
+                {
+                    return Ok(Some(n));
+                }
             }
             self.head += n;
-            done += n;
         }
-        Ok(done)
+        Ok(None)
     }
 
     fn readable(&self) -> bool {
@@ -515,6 +530,11 @@ impl SaveSession {
 /// A save session's file state.
 #[pin_data]
 pub(crate) struct SaveStream {
+    /// Serialises the file's reads, faults in their buffers included: a
+    /// read is one contiguous piece of the stream. Only reads take it,
+    /// before `inner`.
+    #[pin]
+    io: Mutex<()>,
     #[pin]
     inner: Mutex<Option<SaveSession>>,
     #[pin]
@@ -571,6 +591,7 @@ impl SaveStream {
         };
         let stream = Arc::pin_init(
             pin_init!(Self {
+                io <- Mutex::new((), lock_name!("save_io"), static_lock_class!()),
                 inner <- Mutex::new(Some(session), lock_name!("save"), static_lock_class!()),
                 wq <- init_wait_queue(),
             }),
@@ -620,10 +641,29 @@ impl SaveStream {
     }
 
     fn read(&self, buf: usize, count: usize) -> Result<usize> {
-        let mut w = UserSlice::new(buf, count).writer();
-        let mut guard = self.inner.lock();
-        let s = guard.as_mut().ok_or(ENODEV)?;
-        s.read(&mut w, count)
+        let _io = self.io.lock();
+        let mut out = UserOut::new(buf, count);
+        let mut tries = FaultTries::default();
+        loop {
+            let step = match self.inner.lock().as_mut() {
+                Some(s) => s.read(&mut out),
+                None => Err(ENODEV),
+            };
+            let fault = match step {
+                Ok(None) => return Ok(out.written()),
+                Ok(Some(n)) => tries.next(out.written()).and_then(|()| out.fault_in(n)),
+                Err(e) => Err(e),
+            };
+            // Outside the lock: a fault the user holds up holds up only
+            // this read. What was read stays read, the rest stays buffered.
+            if let Err(e) = fault {
+                return if out.written() > 0 {
+                    Ok(out.written())
+                } else {
+                    Err(e)
+                };
+            }
+        }
     }
 
     fn poll(&self, file: *mut bindings::file, pt: *mut bindings::poll_table) -> c_uint {
@@ -699,7 +739,11 @@ impl<D: Device> LoadTarget for DeviceLoadTarget<D> {
             // configuration space cannot take one.
             let mut config = self.core.config.lock();
             return match (tag, config.as_mut()) {
-                (TAG_PCI_CONFIG, Some(c)) => c.restore(payload).map_err(|_| EINVAL),
+                (TAG_PCI_CONFIG, Some(c)) => {
+                    c.restore(payload).map_err(|_| EINVAL)?;
+                    self.core.config_changed(c);
+                    Ok(())
+                }
                 _ => Err(EINVAL),
             };
         }
@@ -743,21 +787,28 @@ struct ResumeSession {
 }
 
 impl ResumeSession {
-    fn write(&mut self, r: &mut UserSliceReader, count: usize) -> Result<usize> {
+    /// Parses the next bytes of `input`, copied with page faults disabled:
+    /// the session's lock is held. `Ok(None)` when all of them are parsed;
+    /// `Ok(Some(n))` when `input`'s next `n` bytes must be faulted in, with
+    /// the lock dropped, before the write goes on.
+    fn write(&mut self, input: &mut UserIn) -> Result<Option<usize>> {
         if let Some(e) = self.failed {
             return Err(e);
         }
-        let mut done = 0;
-        while done < count {
+        while input.remaining() > 0 {
             // Straight from the user into the parser's record buffer (or
             // header, or record head): the stream's one copy before the
             // vendor's. Once the stream ended the window is empty and the
             // commit reports the trailing data.
+            // All at once; else up to the end of the user's page, which
+            // is the most a fault-in must bring in before the next try.
             let window = self.parser.window();
-            let n = (count - done).min(window.len());
-            if let Err(e) = r.read_slice(&mut window[..n]) {
-                // A fault in the user's buffer: what was taken stays taken.
-                return if done > 0 { Ok(done) } else { Err(e) };
+            let mut n = input.remaining().min(window.len());
+            if input.read_nofault(&mut window[..n]).is_err() {
+                n = n.min(input.page_left());
+                if input.read_nofault(&mut window[..n]).is_err() {
+                    return Ok(Some(n));
+                }
             }
             let at = self.parser.offset();
             let res = self.parser.commit(n, &mut ParserSink(&mut *self.target));
@@ -785,9 +836,8 @@ impl ResumeSession {
                 self.failed = Some(errno);
                 return Err(errno);
             }
-            done += n;
         }
-        Ok(done)
+        Ok(None)
     }
 
     /// The stream must be complete (recoverable if not: the user may write
@@ -822,6 +872,11 @@ impl ResumeSession {
 /// A resume session's file state.
 #[pin_data]
 pub(crate) struct ResumeStream {
+    /// Serialises the file's writes, faults in their buffers included: a
+    /// write is one contiguous piece of the stream. Only writes take it,
+    /// before `inner`.
+    #[pin]
+    io: Mutex<()>,
     #[pin]
     inner: Mutex<Option<ResumeSession>>,
 }
@@ -857,6 +912,7 @@ impl ResumeStream {
         };
         let stream = Arc::pin_init(
             pin_init!(Self {
+                io <- Mutex::new((), lock_name!("resume_io"), static_lock_class!()),
                 inner <- Mutex::new(Some(session), lock_name!("resume"), static_lock_class!()),
             }),
             GFP_KERNEL_ACCOUNT,
@@ -885,10 +941,58 @@ impl ResumeStream {
     }
 
     fn write(&self, buf: usize, count: usize) -> Result<usize> {
-        let mut r = UserSlice::new(buf, count).reader();
-        let mut guard = self.inner.lock();
-        let s = guard.as_mut().ok_or(ENODEV)?;
-        s.write(&mut r, count)
+        let _io = self.io.lock();
+        let mut input = UserIn::new(buf, count);
+        let mut tries = FaultTries::default();
+        loop {
+            let step = match self.inner.lock().as_mut() {
+                Some(s) => s.write(&mut input),
+                None if input.read() > 0 => return Ok(input.read()),
+                None => return Err(ENODEV),
+            };
+            // Outside the lock: a fault the user holds up holds up only
+            // this write. What was taken stays taken.
+            let n = match step? {
+                None => return Ok(input.read()),
+                Some(n) => n,
+            };
+            if let Err(e) = tries.next(input.read()).and_then(|()| input.fault_in(n)) {
+                return if input.read() > 0 {
+                    Ok(input.read())
+                } else {
+                    Err(e)
+                };
+            }
+        }
+    }
+}
+
+/// Bounds a data file copy's rounds of faulting a page of the user's buffer
+/// in and copying again. The copy after a fault-in can fail again if the
+/// page went away meanwhile (unmapped or protected by another of the
+/// user's threads, reclaimed, migrated): after [`Self::MAX`] rounds in a
+/// row with no byte copied, the copy gives up with `EFAULT` instead of
+/// spinning for as long as that goes on.
+#[derive(Default)]
+struct FaultTries {
+    at: usize,
+    rounds: u32,
+}
+
+impl FaultTries {
+    const MAX: u32 = 64;
+
+    /// Another round, with `done` bytes copied so far.
+    fn next(&mut self, done: usize) -> Result {
+        if done != self.at {
+            self.at = done;
+            self.rounds = 0;
+        }
+        self.rounds += 1;
+        if self.rounds > Self::MAX {
+            return Err(EFAULT);
+        }
+        Ok(())
     }
 }
 

@@ -5,6 +5,16 @@
 //! VFIO ioctls pass structures whose `argsz` grows with new fields: the
 //! kernel copies only the part it knows (`minsz`). [`copy_in`] and
 //! [`copy_out`] do that for the uAPI structures of [`super::bindings`].
+//!
+//! [`UserOut`] and [`UserIn`] are the data files' user buffers: they copy
+//! with page faults disabled, so a copy may run under a lock, and fault the
+//! buffer in separately, with no lock held. A user page fault can take as
+//! long as the user likes (userfaultfd, a slow file): whoever waits for the
+//! lock (a state change, a reset, the device's close) never waits for it.
+//! This is the pattern of the kernel's own buffered writes
+//! (`generic_perform_write`): the caller copies what it can, and faults in
+//! at most one page before it tries again, so that faulting in never has to
+//! keep more than one page resident to make progress.
 
 use core::mem::size_of;
 
@@ -37,6 +47,162 @@ pub(crate) fn copy_out<T: AsBytes>(arg: usize, value: &T, len: usize) -> Result 
     let bytes =
         unsafe { core::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) };
     UserSlice::new(arg, len).writer().write_slice(&bytes[..len])
+}
+
+/// A user buffer filled from its start, for a data file's `read`.
+#[derive(Clone, Copy)]
+pub(crate) struct UserOut {
+    addr: usize,
+    len: usize,
+    written: usize,
+}
+
+impl UserOut {
+    /// The `len` bytes at user address `addr`.
+    pub(crate) fn new(addr: usize, len: usize) -> Self {
+        Self {
+            addr,
+            len,
+            written: 0,
+        }
+    }
+
+    /// The bytes not yet written.
+    pub(crate) fn remaining(&self) -> usize {
+        self.len - self.written
+    }
+
+    /// The bytes written so far.
+    pub(crate) fn written(&self) -> usize {
+        self.written
+    }
+
+    /// The bytes from the next one to the end of its page (at least 1).
+    pub(crate) fn page_left(&self) -> usize {
+        page_left(self.addr.wrapping_add(self.written))
+    }
+
+    /// Copies `data` next, with page faults disabled (it never sleeps, so
+    /// any lock may be held): `EFAULT` if a page is not there or `data` does
+    /// not fit, and then nothing counts as written.
+    pub(crate) fn write_nofault(&mut self, data: &[u8]) -> Result {
+        if data.len() > self.remaining() {
+            return Err(EFAULT);
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let at = self.addr.wrapping_add(self.written);
+        // SAFETY: `data` is valid for reads of `data.len()` bytes;
+        // `copy_to_user_nofault` checks the user range itself (`access_ok`)
+        // and only copies with page faults disabled.
+        let r = unsafe {
+            bindings::copy_to_user_nofault(
+                at as *mut core::ffi::c_void,
+                data.as_ptr().cast(),
+                data.len(),
+            )
+        };
+        if r != 0 {
+            return Err(EFAULT);
+        }
+        self.written += data.len();
+        Ok(())
+    }
+
+    /// Faults in the next `n` bytes for writing, without writing them. It
+    /// sleeps for as long as the faults take: call it with no lock held.
+    /// `EFAULT` unless all of them could be.
+    pub(crate) fn fault_in(&self, n: usize) -> Result {
+        let n = n.min(self.remaining());
+        let at = self.addr.wrapping_add(self.written);
+        // SAFETY: `fault_in_safe_writeable` checks the user range itself and
+        // only faults its pages in (through the page-fault path, as a write
+        // would), changing no byte of them.
+        let left = unsafe { bindings::fault_in_safe_writeable(at as *const _, n) };
+        if left != 0 {
+            return Err(EFAULT);
+        }
+        Ok(())
+    }
+}
+
+/// A user buffer consumed from its start, for a data file's `write`.
+pub(crate) struct UserIn {
+    addr: usize,
+    len: usize,
+    read: usize,
+}
+
+impl UserIn {
+    /// The `len` bytes at user address `addr`.
+    pub(crate) fn new(addr: usize, len: usize) -> Self {
+        Self { addr, len, read: 0 }
+    }
+
+    /// The bytes not yet read.
+    pub(crate) fn remaining(&self) -> usize {
+        self.len - self.read
+    }
+
+    /// The bytes read so far.
+    pub(crate) fn read(&self) -> usize {
+        self.read
+    }
+
+    /// The bytes from the next one to the end of its page (at least 1).
+    pub(crate) fn page_left(&self) -> usize {
+        page_left(self.addr.wrapping_add(self.read))
+    }
+
+    /// Fills `dst` with the next bytes, with page faults disabled (it never
+    /// sleeps, so any lock may be held): `EFAULT` if a page is not there or
+    /// fewer bytes remain, and then nothing counts as read (`dst` may have
+    /// changed).
+    pub(crate) fn read_nofault(&mut self, dst: &mut [u8]) -> Result {
+        if dst.len() > self.remaining() {
+            return Err(EFAULT);
+        }
+        if dst.is_empty() {
+            return Ok(());
+        }
+        let at = self.addr.wrapping_add(self.read);
+        // SAFETY: `dst` is valid for writes of `dst.len()` bytes;
+        // `copy_from_user_nofault` checks the user range itself and only
+        // copies with page faults disabled.
+        let r = unsafe {
+            bindings::copy_from_user_nofault(
+                dst.as_mut_ptr().cast(),
+                at as *const core::ffi::c_void,
+                dst.len(),
+            )
+        };
+        if r != 0 {
+            return Err(EFAULT);
+        }
+        self.read += dst.len();
+        Ok(())
+    }
+
+    /// Faults in the next `n` bytes for reading. It sleeps for as long as
+    /// the faults take: call it with no lock held. `EFAULT` unless all of
+    /// them could be.
+    pub(crate) fn fault_in(&self, n: usize) -> Result {
+        let n = n.min(self.remaining());
+        let at = self.addr.wrapping_add(self.read);
+        // SAFETY: `fault_in_readable` checks the user range itself and only
+        // reads user memory.
+        let left = unsafe { bindings::fault_in_readable(at as *const _, n) };
+        if left != 0 {
+            return Err(EFAULT);
+        }
+        Ok(())
+    }
+}
+
+/// The bytes from user address `addr` to the end of its page.
+fn page_left(addr: usize) -> usize {
+    bindings::RMDEV_PAGE_SIZE - addr % bindings::RMDEV_PAGE_SIZE
 }
 
 /// A reference to an eventfd the user handed over.

@@ -290,6 +290,8 @@ def attach(args):
     status = q.cmd("query-status").get("status")
     q.quit()
     check_logs(q)
+    if status != "running":
+        fail(f"QEMU holding {args.uuid} is {status}, not running, after the reset")
     print(f"  attached, reset and quit: {status}; no vfio line in QEMU's log")
 
 

@@ -120,7 +120,12 @@ bind_vf $VF1
 create_again mdevctl start -u "$M1" -p "$VF1" -t $TYPE || fail "mdevctl start on $VF1 again"
 
 note "both vendors side by side; the sample's strings and streams are refused"
+# The sample, and the C mtty with an mdev of its own, stay loaded through
+# the campaigns below, as on a host with several mdev drivers.
 load_sample
+modprobe mtty
+MT=$(new_uuid)
+sysfs_write /sys/class/mdev_bus/mtty/mdev_supported_types/mtty-1/create "$MT"
 s16=/sys/class/mdev_bus/rmdev_sample/mdev_supported_types/rmdev_sample-16k
 sv=$(cat $s16/migration_version)
 expect_errno "Invalid argument" sysfs_write /sys/bus/mdev/devices/$M0/migration_version "$sv"
@@ -131,7 +136,6 @@ stream=$(mktemp /tmp/rmdev-stream.XXXXXX)
 out=$("$VM_TEST" load-mdev "$M0" "$stream" 2>&1) && fail "a sample stream loaded into an igbvf mdev"
 case "$out" in *"refused at write 1:"*) note "sample stream: $out" ;; *) fail "sample stream: $out" ;; esac
 rm -f "$stream"
-unload_sample
 
 # The checks below read the VFs' hardware around the mdevs: their BAR0 must
 # decode (STATUS is never 0 on a live igb VF). tools/lab keeps the VF BARs
@@ -226,7 +230,15 @@ hold_then() {
 note "resources: 100 create/open/migrate/close/remove cycles VF0 -> VF1"
 sysfs_write /sys/bus/mdev/devices/$M0/remove 1
 sysfs_write /sys/bus/mdev/devices/$M1/remove 1
+# Teardown races first: 15 rounds each of a VF1 mdev removed, and of VF1
+# unbound (its mdev parent unregistered, then bound again), while its user
+# hammers its data FDs and migration_version, closing when asked.
+"$VM_TEST" teardown-campaign "$(types_of $VF1)" "$seed" 15 || fail "teardown campaign (remove), seed $seed"
+"$VM_TEST" teardown-campaign "$(types_of $VF1)" "$seed" 15 unbind ||
+	fail "teardown campaign (unbind), seed $seed"
 "$VM_TEST" cycles "$(types_of $VF0)" "$(types_of $VF1)" 100 || fail "resource cycles"
+sysfs_write /sys/bus/mdev/devices/$MT/remove 1
+unload_sample
 M0=$(new_vf_mdev $VF0)
 M1=$(new_vf_mdev $VF1)
 

@@ -6,15 +6,17 @@
 # MIG_DATA_SIZE against the real stream, resets, close while in use, the
 # iommufd cdev path, the emulated config space. Once (they do not depend on
 # the flag set): the wake-up a session's end gives epoll, a config space
-# access whose user page faults not holding up reset, removal and
-# unloading while in use, bad ioctls, a record longer than announced,
-# interrupts; the 256 MiB migration; 10,000 hostile streams, 20,000
-# random ioctls, 50 rounds of races and 100 create-to-remove cycles. Then the
-# envelope's bounds on the vendor's record size, the rate limit of the
-# messages a user can trigger at will, and a device without migration.
+# access and a data file copy whose user page faults not holding up reset,
+# processes contending for an mdev, removal and unloading while in use, bad
+# ioctls, a record longer than announced, interrupts; the 256 MiB
+# migration; with mtty and rmdev_igbvf loaded alongside, 10,000 hostile
+# streams, 20,000 random ioctls, 50 rounds of races, 30 of teardown races
+# and 100 create-to-remove cycles. Then the envelope's bounds on the
+# vendor's record size, the rate limit of the messages a user can trigger
+# at will, and a device without migration.
 . "$(dirname "$0")/lib.sh"
 
-trap unload_sample EXIT
+trap 'unload_sample; rmmod rmdev_igbvf 2>/dev/null || true' EXIT
 [ -x "$VM_TEST" ] || fail "$VM_TEST not built"
 # One load for the four flag sets: a new value of the parameter applies to
 # the mdevs the tests create afterwards (each unload waits seconds for the
@@ -38,10 +40,17 @@ for flags in 1 3 5 7; do
 		precopy-data-size ||
 		fail "flag set $flags"
 done
-"$VM_TEST" --flags 7 hup-wakeup config-fault remove-in-use bad-ioctls oversize-record rmmod-in-use interrupts ||
+"$VM_TEST" --flags 7 hup-wakeup config-fault stream-fault contend remove-in-use bad-ioctls oversize-record rmmod-in-use interrupts ||
 	fail "the tests independent of the flag set"
 "$VM_TEST" --flags 7 migrate-largest direct-and-buffered direct-fault || fail "256 MiB migration, direct and buffered saves"
 
+# The campaigns run with the C mtty (an mdev of its own) and the VF vendor
+# (no VF bound here) loaded alongside, as on a host with several mdev
+# drivers. mtty stays loaded (t-mtty-sysfs-mdevctl.sh says why).
+modprobe mtty
+mt=$(new_uuid)
+sysfs_write /sys/class/mdev_bus/mtty/mdev_supported_types/mtty-1/create "$mt"
+insmod "$IGBVF_KO"
 # The campaigns (tests/vm/uapi/src/campaign.rs): 10,000 damaged and forged
 # streams into resume data files. Replay a failure with
 # RMDEV_SEED=<seed> tools/lab test t-sample-uapi.
@@ -54,13 +63,19 @@ note "stream campaign seed $seed (replay: RMDEV_SEED=$seed tools/lab test t-samp
 # Races: data FD calls from 3 threads against SET, RESET, MIG_DATA_SIZE
 # and the device's close, 50 rounds.
 "$VM_TEST" --flags 7 race-campaign "$seed" 50 || fail "race campaign, seed $seed"
+# Teardown races: 30 rounds of an mdev removed through sysfs while its user
+# hammers its data FDs and migration_version, closing when asked.
+"$VM_TEST" teardown-campaign $SAMPLE_TYPES/rmdev_sample-16k "$seed" 30 ||
+	fail "teardown campaign, seed $seed"
 # 100 create/open/migrate/close/remove cycles: kernel memory measured.
 "$VM_TEST" cycles $SAMPLE_TYPES/rmdev_sample-16k $SAMPLE_TYPES/rmdev_sample-16k 100 ||
 	fail "resource cycles"
+sysfs_write /sys/bus/mdev/devices/$mt/remove 1
+rmmod rmdev_igbvf
 # Lock classes carry the vendor module's name, so a lockdep report says
 # which vendor it is about (the classes go with the module: check before
 # unloading, after a migration used them all).
-for lock in state waker irq config save resume save_wq; do
+for lock in state waker irq irq_gate config save resume save_io resume_io save_wq; do
 	grep -q " rmdev_sample:$lock\$" /proc/lockdep || fail "no lock class rmdev_sample:$lock in /proc/lockdep"
 done
 

@@ -1262,3 +1262,220 @@ pub(crate) fn race_campaign(seed: &str, rounds: &str) -> TestResult {
     );
     Ok(())
 }
+
+/// How a teardown round takes the mdev away.
+enum Teardown {
+    /// The operator writes the mdev's `remove`.
+    Remove,
+    /// The operator unbinds the parent PCI function (its mdev parent
+    /// unregisters), and binds it again after the round.
+    Unbind { pci: String, driver: String },
+}
+
+/// `teardown-campaign TYPE-DIR SEED ROUNDS [unbind]`: the user's files
+/// while the operator takes the mdev away. Each round an mdev of the type
+/// at TYPE-DIR is created and opened, its user registers a request eventfd
+/// and opens save or resume sessions (1 to 3 random SETs), and 3 threads
+/// hammer the data FDs and read and write the mdev's and its type's
+/// `migration_version` while the mdev is removed through sysfs (with
+/// `unbind`: while its parent PCI function is unbound, which unregisters
+/// the mdev parent, then bound again). The user closes the device when
+/// the removal asks for it, after a random delay. The removal must
+/// complete, the mdev must be gone, every data FD must then answer
+/// `ENODEV`, and the type must offer as many instances as before.
+pub(crate) fn teardown_campaign(
+    dir: &str,
+    seed: &str,
+    rounds: &str,
+    mode: Option<&str>,
+) -> TestResult {
+    use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+    const WORKERS: u64 = 3;
+    let seed: u64 = seed.parse().map_err(|e| format!("seed: {e}"))?;
+    let rounds: usize = rounds.parse().map_err(|e| format!("rounds: {e}"))?;
+    let dir = dir.trim_end_matches('/');
+    let teardown = match mode {
+        None => Teardown::Remove,
+        Some("unbind") => {
+            // TYPE-DIR is <pci device>/mdev_supported_types/<type>.
+            let pci_dir = std::path::Path::new(dir)
+                .ancestors()
+                .nth(2)
+                .ok_or("TYPE-DIR has no PCI device above it")?;
+            let real = ctx(std::fs::canonicalize(pci_dir), "the parent's directory")?;
+            let pci = real
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or("the parent has no name")?
+                .to_string();
+            let driver = ctx(
+                std::fs::read_link(real.join("driver")),
+                "the parent's driver",
+            )?;
+            let driver = driver
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or("the driver has no name")?
+                .to_string();
+            Teardown::Unbind { pci, driver }
+        }
+        Some(m) => return Err(format!("unknown teardown {m}: none or unbind")),
+    };
+    let ty_version = format!("{dir}/migration_version");
+    let available = |what: &str| -> Result<String, String> {
+        ctx(
+            std::fs::read_to_string(format!("{dir}/available_instances")),
+            &format!("available_instances {what}"),
+        )
+    };
+    let start = Instant::now();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (calls, sessions) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let mut waits = Duration::ZERO;
+    for round in 0..rounds {
+        let fail = |what: String| format!("seed {seed} round {round}: {what}");
+        let before = available("before").map_err(fail)?;
+        let uuid = super::new_uuid();
+        ctx(std::fs::write(format!("{dir}/create"), &uuid), "create").map_err(fail)?;
+        let dev_version = format!("/sys/bus/mdev/devices/{uuid}/migration_version");
+        let dev = ctx(Device::open(&uuid), "open").map_err(fail)?;
+        let req = super::new_eventfd().map_err(fail)?;
+        ctx(dev.set_req_eventfd(req.as_raw_fd()), "request eventfd").map_err(fail)?;
+        // The data FDs, with whether each is a save (true) or resume file.
+        let mut data: Vec<(OwnedFd, bool)> = Vec::new();
+        for _ in 0..rng.gen_range(1..4) {
+            if let Ok(Some(fd)) = dev.set_state(rng.gen_range(1..8)) {
+                let state = ctx(dev.state(), "GET").map_err(fail)?;
+                data.push((fd, state != State::Resuming.raw()));
+            }
+        }
+        sessions.fetch_add(data.len(), Ordering::Relaxed);
+        let version = std::fs::read_to_string(&ty_version).unwrap_or_default();
+        let delay = Duration::from_micros(rng.gen_range(0..5000));
+        let stop = AtomicBool::new(false);
+        let shared: &[(OwnedFd, bool)] = &data;
+        let taken = std::thread::scope(|s| -> Result<Duration, String> {
+            for w in 0..WORKERS {
+                let (stop, calls) = (&stop, &calls);
+                let (ty_version, dev_version, version) = (&ty_version, &dev_version, &version);
+                s.spawn(move || {
+                    let mut rng = StdRng::seed_from_u64(seed ^ ((round as u64) << 8) ^ (w << 56));
+                    let mut buf = vec![0u8; 8192];
+                    while !stop.load(Ordering::Relaxed) {
+                        // A duplicate: the FDs close after the scope.
+                        let fd = if shared.is_empty() {
+                            None
+                        } else {
+                            let at = rng.gen_range(0..shared.len());
+                            shared[at].0.as_fd().try_clone_to_owned().ok()
+                        };
+                        let n = rng.gen_range(0..buf.len());
+                        match (rng.gen_range(0..6), fd) {
+                            (0, Some(fd)) => {
+                                let _ = vfio::read_fd(&fd, &mut buf[..n]);
+                            }
+                            (1, Some(fd)) => {
+                                let _ = vfio::write_fd(&fd, &buf[..n]);
+                            }
+                            (2, Some(fd)) => {
+                                let _ = vfio::precopy_info(&fd);
+                            }
+                            (3, _) => {
+                                let _ = std::fs::read_to_string(ty_version);
+                            }
+                            (4, _) => {
+                                let _ = std::fs::read_to_string(dev_version);
+                            }
+                            _ => {
+                                let f = if rng.gen() { ty_version } else { dev_version };
+                                let _ = std::fs::write(f, version.trim());
+                            }
+                        }
+                        calls.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            // The user: closes the device when asked to.
+            let user = s.spawn(move || -> TestResult {
+                let revents = ctx(
+                    vfio::poll_fd(req.as_raw_fd(), libc::POLLIN, 30_000),
+                    "poll the request eventfd",
+                )?;
+                std::thread::sleep(delay);
+                drop(dev);
+                if revents & libc::POLLIN == 0 {
+                    return Err("no release request within 30 s".into());
+                }
+                Ok(())
+            });
+            let t = Instant::now();
+            let taken = match &teardown {
+                Teardown::Remove => {
+                    std::fs::write(format!("/sys/bus/mdev/devices/{uuid}/remove"), "1")
+                }
+                Teardown::Unbind { pci, driver } => {
+                    std::fs::write(format!("/sys/bus/pci/drivers/{driver}/unbind"), pci)
+                }
+            };
+            let waited = t.elapsed();
+            let asked = user
+                .join()
+                .map_err(|_| "the user thread panicked".to_string());
+            // The workers go on with the data FDs a little while.
+            std::thread::sleep(Duration::from_millis(10));
+            stop.store(true, Ordering::Relaxed);
+            ctx(taken, "the teardown")?;
+            asked??;
+            Ok(waited)
+        });
+        let taken = taken.map_err(fail)?;
+        waits = waits.max(taken);
+        if std::path::Path::new(&format!("/sys/bus/mdev/devices/{uuid}")).exists() {
+            return Err(fail(format!("mdev {uuid} still there after its teardown")));
+        }
+        for (fd, save) in &data {
+            let r = if *save {
+                vfio::read_fd(fd, &mut [0u8; 64])
+            } else {
+                vfio::write_fd(fd, &[0u8; 64])
+            };
+            let errno = r.err().and_then(|e| e.raw_os_error());
+            if errno != Some(libc::ENODEV) {
+                return Err(fail(format!(
+                    "a {} file after the teardown answered {errno:?}, not ENODEV",
+                    if *save { "save" } else { "resume" }
+                )));
+            }
+        }
+        drop(data);
+        if let Teardown::Unbind { pci, driver } = &teardown {
+            ctx(
+                std::fs::write(format!("/sys/bus/pci/drivers/{driver}/bind"), pci),
+                "bind again",
+            )
+            .map_err(fail)?;
+        }
+        let after = available("after").map_err(fail)?;
+        if after != before {
+            return Err(fail(format!(
+                "available_instances {} before, {} after",
+                before.trim(),
+                after.trim()
+            )));
+        }
+    }
+    println!(
+        "  teardown campaign ({}): seed {seed}, {rounds} rounds, {} sessions open at the teardown, {} calls from {WORKERS} threads, longest teardown {} ms, in {:.1} s",
+        match &teardown {
+            Teardown::Remove => "remove".to_string(),
+            Teardown::Unbind { pci, .. } => format!("unbind {pci}"),
+        },
+        sessions.load(Ordering::Relaxed),
+        calls.load(Ordering::Relaxed),
+        waits.as_millis(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

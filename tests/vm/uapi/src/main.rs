@@ -900,6 +900,108 @@ fn memcg_current(cg: &str) -> Result<u64, String> {
         .map_err(|e| format!("{path}: '{}': {e}", text.trim()))
 }
 
+/// `contend UUID ROUNDS`: one of several processes contending for an mdev.
+/// ROUNDS times this process opens it, through its group and through its
+/// cdev in turn; an open that succeeds writes this process's own pattern
+/// over the first page of BAR2, pauses, reads it back and closes. A failed
+/// open must answer as vfio does for a device another process holds
+/// (`EBUSY` for the group, or a cdev bind while a group holds it; `EINVAL`
+/// for a cdev bind while another cdev holds it); every read-back must be
+/// the pattern (no other process had the device meanwhile). Prints
+/// `contend: opened N busy M`.
+fn contend(uuid: &str, rounds: &str) -> TestResult {
+    let rounds: usize = rounds.parse().map_err(|e| format!("rounds: {e}"))?;
+    let pid = std::process::id();
+    let (mut opened, mut busy) = (0, 0);
+    for round in 0..rounds {
+        let cdev = round % 2 == 1;
+        let dev = if cdev {
+            Device::open_cdev(uuid)
+        } else {
+            Device::open(uuid)
+        };
+        let dev = match dev {
+            Ok(dev) => dev,
+            Err(e) => {
+                let errno = e.raw_os_error();
+                let vfio_answer =
+                    errno == Some(libc::EBUSY) || (cdev && errno == Some(libc::EINVAL));
+                ensure!(
+                    vfio_answer,
+                    "round {round}: opening {uuid} through its {}: {e}",
+                    if cdev { "cdev" } else { "group" }
+                );
+                busy += 1;
+                std::thread::sleep(Duration::from_millis(u64::from(pid % 7)));
+                continue;
+            }
+        };
+        let mine = pattern(u64::from(pid) + round as u64, PAGE);
+        ctx(dev.write_at(vfio::BAR2, 0, &mine), "write the pattern")?;
+        std::thread::sleep(Duration::from_millis(5));
+        let mut back = vec![0u8; PAGE];
+        ctx(
+            dev.read_at(vfio::BAR2, 0, &mut back),
+            "read the pattern back",
+        )?;
+        ensure!(
+            back == mine,
+            "round {round}: another process wrote the device while this one held it"
+        );
+        opened += 1;
+    }
+    println!("contend: opened {opened} busy {busy}");
+    Ok(())
+}
+
+/// Processes contending for one mdev: 3 children of this program run
+/// `contend` at once, 20 rounds each. Each open is exclusive (checked by
+/// each child's pattern), the others are refused as vfio refuses them, at
+/// least one child got the device, and afterwards it opens in RUNNING.
+fn t_contend(flags: FlagSet) -> TestResult {
+    let m = Mdev::create(TYPES[0].0)?;
+    let exe = ctx(std::env::current_exe(), "this program")?;
+    let children = (0..3)
+        .map(|_| {
+            std::process::Command::new(&exe)
+                .args(["contend", &m.uuid, "20"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+        })
+        .collect::<Vec<_>>();
+    let mut opened = 0;
+    for c in children {
+        let c = ctx(c, "start a contending process")?;
+        let out = ctx(c.wait_with_output(), "run a contending process")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.success(),
+            "{flags}: a contending process: {text}"
+        );
+        let n: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("contend: opened "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("no count from a contending process: {text}"))?;
+        opened += n;
+        println!("  {}", text.lines().last().unwrap_or(""));
+    }
+    ensure!(
+        opened > 0,
+        "{flags}: no contending process ever opened the device"
+    );
+    let dev = m.open()?;
+    let state = ctx(dev.state(), "GET")?;
+    ensure!(
+        state == State::Running.raw(),
+        "{flags}: the device opened in state {state} after the contention"
+    );
+    Ok(())
+}
+
 /// The data sessions' buffers are charged to the memory cgroup of the user
 /// who opens them. Run inside the cgroup `cg` (the caller moved this
 /// process there) with the sample's `max_record` raised, so that each
@@ -1152,6 +1254,77 @@ fn t_config_fault(flags: FlagSet) -> TestResult {
             );
             Ok(())
         })?;
+    }
+    Ok(())
+}
+
+/// A read of a save file into, and a write to a resume file from, a user
+/// page that waits on a fault hold up neither
+/// VFIO_DEVICE_FEATURE_MIG_DATA_SIZE nor VFIO_DEVICE_RESET, which take the
+/// stream's lock (RESET ends the session under it): the kernel copies with
+/// page faults disabled under the lock and faults the page in outside it.
+/// The session ended while the copy waited: the copy answers ENODEV.
+fn t_stream_fault(flags: FlagSet) -> TestResult {
+    let m = Mdev::create(TYPES[0].0)?;
+    let dev = m.open()?;
+    for save in [true, false] {
+        let (what, to) = if save {
+            ("read of the save file into", State::StopCopy)
+        } else {
+            ("write to the resume file from", State::Resuming)
+        };
+        let page = FaultPage::new()?;
+        let fd = ctx(dev.set_state(to.raw()), "SET")?.ok_or("no data FD")?;
+        let (dev, addr, raw) = (&dev, page.addr, fd.as_raw_fd());
+        std::thread::scope(|s| -> TestResult {
+            let copier = s.spawn(move || {
+                // SAFETY: `addr` is a page of this process, alive until the
+                // scope ends; at most a page is read or written there.
+                let n = unsafe {
+                    if save {
+                        libc::read(raw, addr as *mut libc::c_void, PAGE)
+                    } else {
+                        libc::write(raw, addr as *const libc::c_void, PAGE)
+                    }
+                };
+                (n, io::Error::last_os_error().raw_os_error())
+            });
+            let faulted = page.wait_fault();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let blocker = s.spawn(move || {
+                let size = save.then(|| dev.data_size());
+                let reset = dev.reset();
+                let _ = tx.send(());
+                (size, reset)
+            });
+            let waited = rx.recv_timeout(Duration::from_secs(30));
+            // Always, so that no thread stays blocked whatever failed.
+            let resolved = page.resolve();
+            let (size, reset) = blocker.join().map_err(|_| "ioctl thread panicked")?;
+            let (n, errno) = copier.join().map_err(|_| "copy thread panicked")?;
+            faulted?;
+            resolved?;
+            ensure!(
+                waited.is_ok(),
+                "{flags}: a {what} a faulting user page held up \
+                 MIG_DATA_SIZE and VFIO_DEVICE_RESET for 30 s"
+            );
+            if let Some(size) = size {
+                ctx(size, "MIG_DATA_SIZE")?;
+            }
+            ctx(reset, "reset")?;
+            ensure!(
+                n == -1 && errno == Some(libc::ENODEV),
+                "{flags}: the {what} the page after the reset: {n} (errno {errno:?}), \
+                 expected ENODEV"
+            );
+            Ok(())
+        })?;
+        let state = ctx(dev.state(), "GET")?;
+        ensure!(
+            state == State::Running.raw(),
+            "{flags}: after the reset the device is in state {state}"
+        );
     }
     Ok(())
 }
@@ -2059,6 +2232,66 @@ fn t_interrupts(flags: FlagSet) -> TestResult {
         eventfd_take(&intx)? == 1,
         "INTx raised while masked is lost"
     );
+    // The command register's INTx-disable bit (PCI 2.3): the function does
+    // not assert its pin, the status register's interrupt bit still shows
+    // it raised, and clearing the bit fires it.
+    let status_interrupt = || -> Result<bool, String> {
+        let mut st = [0u8; 2];
+        ctx(dev.read_at(vfio::CONFIG, 0x06, &mut st), "read status")?;
+        Ok(u16::from_le_bytes(st) & (1 << 3) != 0)
+    };
+    let intx_disable = |on: bool| -> TestResult {
+        let mut cmd = [0u8; 2];
+        ctx(dev.read_at(vfio::CONFIG, 0x04, &mut cmd), "read command")?;
+        let cmd = u16::from_le_bytes(cmd);
+        let cmd = if on { cmd | 1 << 10 } else { cmd & !(1 << 10) };
+        ctx(
+            dev.write_at(vfio::CONFIG, 0x04, &cmd.to_le_bytes()),
+            "write command",
+        )
+    };
+    ensure!(
+        status_interrupt()?,
+        "the status register's interrupt bit is clear with an INTx not serviced"
+    );
+    ctx(dev.set_irqs(INTX, NONE | UNMASK, 0, 1, &[]), "unmask")?;
+    ensure!(
+        eventfd_take(&intx)? == 0,
+        "INTx fired on an unmask with nothing raised"
+    );
+    ensure!(
+        !status_interrupt()?,
+        "the status register's interrupt bit is set after the unmask serviced the INTx"
+    );
+    intx_disable(true)?;
+    checksum()?;
+    ensure!(
+        eventfd_take(&intx)? == 0,
+        "INTx fired with the command register's INTx-disable bit set"
+    );
+    ensure!(
+        status_interrupt()?,
+        "the status register's interrupt bit is clear with an INTx held by INTx-disable"
+    );
+    intx_disable(false)?;
+    ensure!(
+        eventfd_take(&intx)? == 1,
+        "an INTx raised under INTx-disable did not fire when the bit was cleared"
+    );
+    // A reset deasserts the pin: what INTx-disable held back is dropped,
+    // not fired when the reset clears the bit.
+    ctx(dev.set_irqs(INTX, NONE | UNMASK, 0, 1, &[]), "unmask")?;
+    intx_disable(true)?;
+    checksum()?;
+    ctx(dev.reset(), "reset")?;
+    ensure!(
+        eventfd_take(&intx)? == 0,
+        "a reset fired an INTx held back by INTx-disable"
+    );
+    ensure!(
+        !status_interrupt()?,
+        "the status register's interrupt bit is set after a reset"
+    );
     // Registered again: disabling INTx below unregisters it (and closing
     // the device would too).
     ctx(
@@ -2400,6 +2633,8 @@ const TESTS: &[(&str, Test, Option<State>)] = &[
     ("close-mid-session", t_close_mid_session, None),
     ("hup-wakeup", t_hup_wakeup, None),
     ("config-fault", t_config_fault, None),
+    ("stream-fault", t_stream_fault, None),
+    ("contend", t_contend, None),
     ("remove-in-use", t_remove_in_use, None),
     ("bad-ioctls", t_bad_ioctls, None),
     ("incompatible-stream", t_incompatible_stream, None),
@@ -2426,9 +2661,10 @@ const TOOLS: &str = "save-stream TYPE FILE | load-stream TYPE FILE | fill UUID S
 compare UUID UUID | compare-pattern UUID SEED | digest UUID | refuse-many N | \
 vf-read PCI OFF | vf-write PCI OFF VALUE | region-read UUID INDEX OFF | \
 region-write UUID INDEX OFF VALUE | migrate-mdev UUID UUID | load-mdev UUID FILE | \
-hold UUID STATE | session-memcg CGROUP-DIR | stream-campaign SEED COUNT | \
+hold UUID STATE | contend UUID ROUNDS | session-memcg CGROUP-DIR | stream-campaign SEED COUNT | \
 ioctl-campaign SEED COUNT | race-campaign SEED ROUNDS | \
 cycles SRC-TYPE-DIR DST-TYPE-DIR COUNT | \
+teardown-campaign TYPE-DIR SEED ROUNDS [unbind] | \
 vf-stream-campaign SRC-UUID DST-UUID DST-PCI SEED COUNT";
 
 /// Wrong arguments: what was wrong, the usage, and exit status 2 (a test
@@ -2498,10 +2734,17 @@ fn main() {
         ["load-mdev", uuid, file] => Some(igbvf::load_mdev(uuid, file)),
         ["hold", uuid, state] => Some(igbvf::hold(uuid, state)),
         ["session-memcg", cg] => Some(session_memcg(cg)),
+        ["contend", uuid, rounds] => Some(contend(uuid, rounds)),
         ["stream-campaign", seed, count] => Some(campaign::stream_campaign(seed, count)),
         ["ioctl-campaign", seed, count] => Some(campaign::ioctl_campaign(seed, count)),
         ["race-campaign", seed, rounds] => Some(campaign::race_campaign(seed, rounds)),
         ["cycles", src, dst, count] => Some(campaign::cycles(src, dst, count)),
+        ["teardown-campaign", dir, seed, rounds] => {
+            Some(campaign::teardown_campaign(dir, seed, rounds, None))
+        }
+        ["teardown-campaign", dir, seed, rounds, mode] => {
+            Some(campaign::teardown_campaign(dir, seed, rounds, Some(mode)))
+        }
         ["vf-stream-campaign", src, dst, pci, seed, count] => {
             Some(campaign::vf_stream_campaign(src, dst, pci, seed, count))
         }
