@@ -426,8 +426,9 @@ impl SaveSession {
     /// Copies the stream's next bytes into `out`, with page faults
     /// disabled: the session's lock is held. `Ok(None)` when the read is
     /// over (`out` is full, or the stream has nothing more for now);
-    /// `Ok(Some(n))` when `out`'s next `n` bytes must be faulted in, with
-    /// the lock dropped, before the read goes on (the bytes stay buffered).
+    /// `Ok(Some(n))` when up to `n` more bytes of `out` must be faulted in,
+    /// with the lock dropped, before the read goes on (the rest of the
+    /// stream stays buffered).
     fn read(&mut self, out: &mut UserOut) -> Result<Option<usize>> {
         while out.remaining() > 0 {
             if self.buffered() == 0 {
@@ -468,22 +469,12 @@ impl SaveSession {
                     }
                 }
             }
-            // All at once; else up to the end of the user's page, which
-            // is the most a fault-in must bring in before the next try.
-            let mut n = out.remaining().min(self.buffered());
-            if out
-                .write_nofault(&self.buf[self.head..self.head + n])
-                .is_err()
-            {
-                n = n.min(out.page_left());
-                if out
-                    .write_nofault(&self.buf[self.head..self.head + n])
-                    .is_err()
-                {
-                    return Ok(Some(n));
-                }
+            let n = out.remaining().min(self.buffered());
+            let copied = out.write_present(&self.buf[self.head..self.head + n]);
+            self.head += copied;
+            if copied < n {
+                return Ok(Some(FAULT_AHEAD));
             }
-            self.head += n;
         }
         Ok(None)
     }
@@ -789,8 +780,8 @@ struct ResumeSession {
 impl ResumeSession {
     /// Parses the next bytes of `input`, copied with page faults disabled:
     /// the session's lock is held. `Ok(None)` when all of them are parsed;
-    /// `Ok(Some(n))` when `input`'s next `n` bytes must be faulted in, with
-    /// the lock dropped, before the write goes on.
+    /// `Ok(Some(n))` when up to `n` more bytes of `input` must be faulted
+    /// in, with the lock dropped, before the write goes on.
     fn write(&mut self, input: &mut UserIn) -> Result<Option<usize>> {
         if let Some(e) = self.failed {
             return Err(e);
@@ -800,15 +791,11 @@ impl ResumeSession {
             // header, or record head): the stream's one copy before the
             // vendor's. Once the stream ended the window is empty and the
             // commit reports the trailing data.
-            // All at once; else up to the end of the user's page, which
-            // is the most a fault-in must bring in before the next try.
             let window = self.parser.window();
-            let mut n = input.remaining().min(window.len());
-            if input.read_nofault(&mut window[..n]).is_err() {
-                n = n.min(input.page_left());
-                if input.read_nofault(&mut window[..n]).is_err() {
-                    return Ok(Some(n));
-                }
+            let want = input.remaining().min(window.len());
+            let n = input.read_present(&mut window[..want]);
+            if n == 0 && want > 0 {
+                return Ok(Some(FAULT_AHEAD));
             }
             let at = self.parser.offset();
             let res = self.parser.commit(n, &mut ParserSink(&mut *self.target));
@@ -967,8 +954,14 @@ impl ResumeStream {
     }
 }
 
-/// Bounds a data file copy's rounds of faulting a page of the user's buffer
-/// in and copying again. The copy after a fault-in can fail again if the
+/// How much of the user's buffer a data file faults in at once when a copy
+/// with page faults disabled stopped at a missing page: room for several
+/// records (the direct path of the next ones needs their pages there too),
+/// and little enough to stay resident while the copy goes on.
+const FAULT_AHEAD: usize = 1 << 20;
+
+/// Bounds a data file copy's rounds of faulting the user's buffer in and
+/// copying again. The copy after a fault-in can fail again if the first
 /// page went away meanwhile (unmapped or protected by another of the
 /// user's threads, reclaimed, migrated): after [`Self::MAX`] rounds in a
 /// row with no byte copied, the copy gives up with `EFAULT` instead of

@@ -12,9 +12,9 @@
 //! long as the user likes (userfaultfd, a slow file): whoever waits for the
 //! lock (a state change, a reset, the device's close) never waits for it.
 //! This is the pattern of the kernel's own buffered writes
-//! (`generic_perform_write`): the caller copies what it can, and faults in
-//! at most one page before it tries again, so that faulting in never has to
-//! keep more than one page resident to make progress.
+//! (`generic_perform_write`): the caller copies as far as the pages are
+//! there and then faults the next ones in; the first of them is all a
+//! retry needs to make progress.
 
 use core::mem::size_of;
 
@@ -78,7 +78,7 @@ impl UserOut {
     }
 
     /// The bytes from the next one to the end of its page (at least 1).
-    pub(crate) fn page_left(&self) -> usize {
+    fn page_left(&self) -> usize {
         page_left(self.addr.wrapping_add(self.written))
     }
 
@@ -110,9 +110,28 @@ impl UserOut {
         Ok(())
     }
 
-    /// Faults in the next `n` bytes for writing, without writing them. It
-    /// sleeps for as long as the faults take: call it with no lock held.
-    /// `EFAULT` unless all of them could be.
+    /// Copies `data` next, with page faults disabled: all of it, or as far
+    /// as the user's pages are there (whole pages up to the first missing
+    /// one). Returns the bytes copied.
+    pub(crate) fn write_present(&mut self, data: &[u8]) -> usize {
+        if self.write_nofault(data).is_ok() {
+            return data.len();
+        }
+        let mut done = 0;
+        while done < data.len() {
+            let c = (data.len() - done).min(self.page_left());
+            if self.write_nofault(&data[done..done + c]).is_err() {
+                break;
+            }
+            done += c;
+        }
+        done
+    }
+
+    /// Faults in up to the next `n` bytes for writing, without writing
+    /// them, from the first on and as far as they can be. It sleeps for as
+    /// long as the faults take: call it with no lock held. `EFAULT` if not
+    /// even the first could be.
     pub(crate) fn fault_in(&self, n: usize) -> Result {
         let n = n.min(self.remaining());
         let at = self.addr.wrapping_add(self.written);
@@ -120,7 +139,7 @@ impl UserOut {
         // only faults its pages in (through the page-fault path, as a write
         // would), changing no byte of them.
         let left = unsafe { bindings::fault_in_safe_writeable(at as *const _, n) };
-        if left != 0 {
+        if n > 0 && left == n {
             return Err(EFAULT);
         }
         Ok(())
@@ -151,7 +170,7 @@ impl UserIn {
     }
 
     /// The bytes from the next one to the end of its page (at least 1).
-    pub(crate) fn page_left(&self) -> usize {
+    fn page_left(&self) -> usize {
         page_left(self.addr.wrapping_add(self.read))
     }
 
@@ -184,16 +203,34 @@ impl UserIn {
         Ok(())
     }
 
-    /// Faults in the next `n` bytes for reading. It sleeps for as long as
-    /// the faults take: call it with no lock held. `EFAULT` unless all of
-    /// them could be.
+    /// Fills `dst` with the next bytes, with page faults disabled: all of
+    /// it, or as far as the user's pages are there (whole pages up to the
+    /// first missing one). Returns the bytes read into `dst`'s start.
+    pub(crate) fn read_present(&mut self, dst: &mut [u8]) -> usize {
+        if self.read_nofault(dst).is_ok() {
+            return dst.len();
+        }
+        let mut done = 0;
+        while done < dst.len() {
+            let c = (dst.len() - done).min(self.page_left());
+            if self.read_nofault(&mut dst[done..done + c]).is_err() {
+                break;
+            }
+            done += c;
+        }
+        done
+    }
+
+    /// Faults in up to the next `n` bytes for reading, from the first on and
+    /// as far as they can be. It sleeps for as long as the faults take:
+    /// call it with no lock held. `EFAULT` if not even the first could be.
     pub(crate) fn fault_in(&self, n: usize) -> Result {
         let n = n.min(self.remaining());
         let at = self.addr.wrapping_add(self.read);
         // SAFETY: `fault_in_readable` checks the user range itself and only
         // reads user memory.
         let left = unsafe { bindings::fault_in_readable(at as *const _, n) };
-        if left != 0 {
+        if n > 0 && left == n {
             return Err(EFAULT);
         }
         Ok(())

@@ -203,6 +203,10 @@ done
 seed=${RMDEV_SEED:-$(date +%s%N)}
 note "VF stream campaign seed $seed (replay: RMDEV_SEED=$seed tools/lab test t-igbvf)"
 "$VM_TEST" vf-stream-campaign "$M0" "$M1" "$VF1" "$seed" 10000 || fail "VF stream campaign, seed $seed"
+# Random ioctls, reads and writes from 4 threads on the VF1 mdev (5,000
+# each): afterwards it resets, VF1's own BAR0 is as clean, and the VF0
+# mdev migrates into it.
+"$VM_TEST" ioctl-campaign "$seed" 5000 vf "$M1" "$VF1" "$M0" || fail "VF ioctl campaign, seed $seed"
 
 note "QEMU: VF0 mdev live-migrated over TCP to a QEMU holding the VF1 mdev"
 before=""
@@ -234,7 +238,7 @@ sysfs_write /sys/bus/mdev/devices/$M1/remove 1
 # unbound (its mdev parent unregistered, then bound again), while its user
 # hammers its data FDs and migration_version, closing when asked.
 "$VM_TEST" teardown-campaign "$(types_of $VF1)" "$seed" 15 || fail "teardown campaign (remove), seed $seed"
-"$VM_TEST" teardown-campaign "$(types_of $VF1)" "$seed" 15 unbind ||
+"$VM_TEST" teardown-campaign "$(types_of $VF1)" "$seed" 15 unbind "$VF1" ||
 	fail "teardown campaign (unbind), seed $seed"
 "$VM_TEST" cycles "$(types_of $VF0)" "$(types_of $VF1)" 100 || fail "resource cycles"
 sysfs_write /sys/bus/mdev/devices/$MT/remove 1

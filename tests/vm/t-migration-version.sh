@@ -105,31 +105,26 @@ mdevctl stop -u "$u"
 # Concurrent readers and writers while mdevs come and go, then while the
 # parent unregisters (rmmod with an mdev), registers again and unregisters.
 # Each hammer checks what it sees: a read gives a version string (or fails
-# because the file went away), "garbage" is never accepted (EINVAL, or the
-# file went away), and the 16k string is accepted somewhere; the lab's
-# lockdep and KASAN checks watch the kernel side.
+# because the file went away), "garbage" is never accepted, and the 16k
+# string is accepted somewhere; the lab's lockdep and KASAN checks watch
+# the kernel side.
 stop=/tmp/mv-stop; rm -f $stop /tmp/mv-hammer.*
 hammer() {
 	set +e   # its reads and writes fail on purpose, and when files vanish
-	local log=/tmp/mv-hammer.$1 reads=0 accepted=0 v err
+	local log=/tmp/mv-hammer.$1 reads=0 accepted=0 v
 	: >$log
+	# Builtins only (no subshell per call): the hammers must not starve
+	# the creates, removes and unloads they race with.
 	while [ ! -e $stop ]; do
 		for f in $SAMPLE_TYPES/*/migration_version /sys/bus/mdev/devices/*/migration_version; do
-			if v=$(cat "$f" 2>/dev/null); then
+			if read -r v 2>/dev/null <"$f"; then
 				case "$v" in
 				rmdev_sample:*:1.0) reads=$((reads + 1)) ;;
 				*) echo "read '$v' from $f" >>$log ;;
 				esac
 			fi
-			err=$({ echo "rmdev_sample:16k:1.0" >"$f"; } 2>&1) && accepted=$((accepted + 1))
-			if err=$({ echo garbage >"$f"; } 2>&1); then
-				echo "garbage accepted by $f" >>$log
-			else
-				case "$err" in
-				*"Invalid argument"* | *"No such file"* | *"No such device"*) ;;
-				*) echo "garbage into $f: $err" >>$log ;;
-				esac
-			fi
+			echo "rmdev_sample:16k:1.0" 2>/dev/null >"$f" && accepted=$((accepted + 1))
+			echo garbage 2>/dev/null >"$f" && echo "garbage accepted by $f" >>$log
 		done
 	done
 	echo "counts $reads $accepted" >>$log
@@ -159,29 +154,5 @@ for i in 1 2 3 4; do
 	[ "$reads" -gt 0 ] && [ "$accepted" -gt 0 ] || fail "hammer $i: $reads reads, $accepted accepted writes"
 	note "hammer $i: $reads version strings read, $accepted accepted writes, garbage always refused"
 done
-hammer() {
-	set +e   # its reads and writes fail on purpose, and when files vanish
-	while [ ! -e $stop ]; do
-		for f in $SAMPLE_TYPES/*/migration_version /sys/bus/mdev/devices/*/migration_version; do
-			cat "$f" >/dev/null 2>&1
-			echo "rmdev_sample:16k:1.0" 2>/dev/null >"$f"
-			echo "garbage" 2>/dev/null >"$f"
-		done
-	done
-	return 0
-}
-pids=()
-for i in 1 2 3 4; do hammer & pids+=($!); done
-for i in $(seq 15); do
-	u=$(new_uuid)
-	sysfs_write $SAMPLE_TYPES/rmdev_sample-16k/create "$u"
-	sysfs_write "/sys/bus/mdev/devices/$u/remove" 1
-done
-u=$(new_uuid)
-sysfs_write $SAMPLE_TYPES/rmdev_sample-4m/create "$u"
-rmmod rmdev_sample
-touch $stop
-wait "${pids[@]}"
-rm -f $stop
 
 note "type and device migration_version: reads, checks, bad input, non-root, concurrency, streams, mdevctl"

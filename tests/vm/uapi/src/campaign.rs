@@ -789,31 +789,95 @@ fn random_call(
     r
 }
 
-/// `ioctl-campaign SEED COUNT`: COUNT random ioctls, reads and writes from
-/// each of 4 threads at once on one device FD and on the data FDs they
-/// open. Every call must answer (an errno or success); afterwards the
-/// device must reset to RUNNING, keep its memory (no call may write it)
-/// and migrate.
-pub(crate) fn ioctl_campaign(seed: &str, count: &str) -> TestResult {
-    use std::os::fd::AsRawFd;
-    const THREADS: u64 = 4;
+/// `ioctl-campaign SEED COUNT [vf DEV-UUID DEV-PCI OTHER-UUID]`: COUNT
+/// random ioctls, reads and writes from each of 4 threads at once on one
+/// device FD and on the data FDs they open. Every call must answer (an
+/// errno or success). Afterwards, for the sample: the device must reset to
+/// RUNNING, keep its memory (no call may write it) and migrate. For the VF
+/// vendor (`vf`, on the mdev DEV-UUID of the VF DEV-PCI): the device must
+/// reset to RUNNING, the VF's own BAR0 must have no denied bit set and its
+/// doorbells untouched (`vf_hw_check`), and the mdev OTHER-UUID must then
+/// migrate into it.
+pub(crate) fn ioctl_campaign(seed: &str, count: &str, vf: Option<[&str; 3]>) -> TestResult {
     let seed: u64 = seed.parse().map_err(|e| format!("seed: {e}"))?;
     let count: usize = count.parse().map_err(|e| format!("count: {e}"))?;
     let start = Instant::now();
-    let (ty, size) = TYPES[0];
-    let (ms, mt) = (Mdev::create(ty)?, Mdev::create(ty)?);
-    let (dev, dst) = (ms.open()?, mt.open()?);
-    let fill: Vec<u8> = (0..size).map(|i| (i * 7 + seed as usize) as u8).collect();
-    ctx(dev.write_at(vfio::BAR2, 0, &fill), "fill")?;
+    let fail = |what: String| format!("seed {seed}: after the ioctl campaign: {what}");
+    let total = if let Some([uuid, pci, other]) = vf {
+        let dev = ctx(Device::open(uuid), &format!("open {uuid}"))?;
+        let hw = super::igbvf::HwBar::map(pci)?;
+        let tails = vf_tails(&hw)?;
+        let total = hammer_ioctls(seed, count, &dev)?;
+        reset_to_running(&dev).map_err(fail)?;
+        vf_hw_check(&hw, &tails).map_err(fail)?;
+        let src = ctx(Device::open(other), &format!("open {other}"))?;
+        rmdev::migrate::migrate(
+            &src,
+            &dev,
+            &rmdev::migrate::Options::default(),
+            &rmdev::migrate::NoProgress,
+        )
+        .map_err(|e| fail(format!("a migration into the device: {e}")))?;
+        total
+    } else {
+        let (ty, size) = TYPES[0];
+        let (ms, mt) = (Mdev::create(ty)?, Mdev::create(ty)?);
+        let (dev, dst) = (ms.open()?, mt.open()?);
+        let fill: Vec<u8> = (0..size).map(|i| (i * 7 + seed as usize) as u8).collect();
+        ctx(dev.write_at(vfio::BAR2, 0, &fill), "fill")?;
+        let total = hammer_ioctls(seed, count, &dev)?;
+        reset_to_running(&dev).map_err(fail)?;
+        if read_memory(&dev, size).map_err(fail)? != fill {
+            return Err(fail("the device memory changed".into()));
+        }
+        // The save writes the device between pre-copy rounds: the target
+        // must hold what the source held at the end.
+        let stream = super::save(&dev, super::flag_set(7)?, size).map_err(fail)?;
+        super::resume(&dst, &stream, 65536).map_err(fail)?;
+        if read_memory(&dst, size).map_err(fail)? != read_memory(&dev, size).map_err(fail)? {
+            return Err(fail(
+                "a migration afterwards: the target's memory differs".into(),
+            ));
+        }
+        total
+    };
+    let calls: usize = total.values().sum();
+    let secs = start.elapsed().as_secs_f64();
+    let answers: Vec<String> = total
+        .iter()
+        .map(|(e, n)| {
+            let name = if *e == 0 {
+                "ok".to_string()
+            } else {
+                super::errno_name(*e)
+            };
+            format!("{name}: {n}")
+        })
+        .collect();
+    println!(
+        "  ioctl campaign{}: seed {seed}, {calls} calls from {IOCTL_THREADS} threads in {secs:.1} s",
+        vf.map_or(String::new(), |[u, p, _]| format!(" (VF mdev {u} on {p})"))
+    );
+    println!("    {}", answers.join("; "));
+    Ok(())
+}
+
+/// The threads of the ioctl campaign.
+const IOCTL_THREADS: u64 = 4;
+
+/// The ioctl campaign's calls on `dev`: COUNT from each thread; the count
+/// of each answer (0 for success).
+fn hammer_ioctls(seed: u64, count: usize, dev: &Device) -> Result<BTreeMap<i32, usize>, String> {
+    use std::os::fd::AsRawFd;
     let efds = (0..3)
         .map(|_| super::new_eventfd())
         .collect::<Result<Vec<_>, _>>()?;
     let efd_nums: Vec<i32> = efds.iter().map(|e| e.as_raw_fd()).collect();
     let data = std::sync::Mutex::new(Vec::new());
     let tallies = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..THREADS)
+        let handles: Vec<_> = (0..IOCTL_THREADS)
             .map(|t| {
-                let (dev, efd_nums, data) = (&dev, &efd_nums, &data);
+                let (efd_nums, data) = (&efd_nums, &data);
                 s.spawn(move || {
                     let mut rng = StdRng::seed_from_u64(seed ^ (t << 56));
                     let mut tally: BTreeMap<i32, usize> = BTreeMap::new();
@@ -838,42 +902,13 @@ pub(crate) fn ioctl_campaign(seed: &str, count: &str) -> TestResult {
             .collect::<Result<Vec<_>, _>>()
     })?;
     drop(data);
-    let fail = |what: String| format!("seed {seed}: after the ioctl campaign: {what}");
-    reset_to_running(&dev).map_err(fail)?;
-    if read_memory(&dev, size).map_err(fail)? != fill {
-        return Err(fail("the device memory changed".into()));
-    }
-    // The save writes the device between pre-copy rounds: the target must
-    // hold what the source held at the end.
-    let stream = super::save(&dev, super::flag_set(7)?, size).map_err(fail)?;
-    super::resume(&dst, &stream, 65536).map_err(fail)?;
-    if read_memory(&dst, size).map_err(fail)? != read_memory(&dev, size).map_err(fail)? {
-        return Err(fail(
-            "a migration afterwards: the target's memory differs".into(),
-        ));
-    }
     let mut total: BTreeMap<i32, usize> = BTreeMap::new();
     for t in tallies {
         for (e, n) in t {
             *total.entry(e).or_default() += n;
         }
     }
-    let calls: usize = total.values().sum();
-    let secs = start.elapsed().as_secs_f64();
-    let answers: Vec<String> = total
-        .iter()
-        .map(|(e, n)| {
-            let name = if *e == 0 {
-                "ok".to_string()
-            } else {
-                super::errno_name(*e)
-            };
-            format!("{name}: {n}")
-        })
-        .collect();
-    println!("  ioctl campaign: seed {seed}, {calls} calls from {THREADS} threads in {secs:.1} s");
-    println!("    {}", answers.join("; "));
-    Ok(())
+    Ok(total)
 }
 
 /// `Slab` and `VmallocUsed` of /proc/meminfo, in KiB, after the releases
@@ -978,6 +1013,33 @@ const VF_DENIED: [(u64, u32); 8] = [
     (0x1700, 0x8080_8080),
     (0x1740, 0x80),
 ];
+
+/// The VF's doorbells (`VF_TAILS`) as its own BAR0 has them.
+fn vf_tails(hw: &super::igbvf::HwBar) -> Result<Vec<u32>, String> {
+    VF_TAILS.iter().map(|&t| hw.read(t)).collect()
+}
+
+/// The VF's own BAR0 has no bit of `VF_DENIED` set, and its doorbells are
+/// still `tails` (`vf_tails` before).
+fn vf_hw_check(hw: &super::igbvf::HwBar, tails: &[u32]) -> TestResult {
+    for &(off, deny) in &VF_DENIED {
+        let v = hw.read(off)?;
+        if v & deny != 0 {
+            return Err(format!(
+                "the VF's register {off:#x} is {v:#010x}: denied bits {deny:#x} set"
+            ));
+        }
+    }
+    for (&t, &was) in VF_TAILS.iter().zip(tails) {
+        let v = hw.read(t)?;
+        if v != was {
+            return Err(format!(
+                "the VF's doorbell {t:#x} went from {was:#010x} to {v:#010x}"
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// The VF vendor's register record with `values` at the good stream's
 /// offsets (`regs`, its payload).
@@ -1104,10 +1166,7 @@ pub(crate) fn vf_stream_campaign(
     let parsed = parse(&good)?;
     // Another vendor's stream, forged: the sample's header on these records.
     let foreign = Forge::valid(b"rmdev_sample:16k:1.0").finish(&parsed.records);
-    let tails = VF_TAILS
-        .iter()
-        .map(|&t| hw.read(t))
-        .collect::<Result<Vec<_>, _>>()?;
+    let tails = vf_tails(&hw)?;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut tally = Tally::default();
     for i in 0..count {
@@ -1115,22 +1174,7 @@ pub(crate) fn vf_stream_campaign(
         let fail = |what: String| format!("seed {seed} case {i} ({}): {what}", case.class);
         let outcome = run_case(&mut rng, &d, &case.bytes).map_err(fail)?;
         tally.record(&case, outcome).map_err(fail)?;
-        for &(off, deny) in &VF_DENIED {
-            let v = hw.read(off).map_err(fail)?;
-            if v & deny != 0 {
-                return Err(fail(format!(
-                    "the VF's register {off:#x} is {v:#010x}: denied bits {deny:#x} set"
-                )));
-            }
-        }
-        for (&t, &was) in VF_TAILS.iter().zip(&tails) {
-            let v = hw.read(t).map_err(fail)?;
-            if v != was {
-                return Err(fail(format!(
-                    "the VF's doorbell {t:#x} went from {was:#010x} to {v:#010x}"
-                )));
-            }
-        }
+        vf_hw_check(&hw, &tails).map_err(fail)?;
         reset_to_running(&d).map_err(fail)?;
     }
     // Usable afterwards: the valid stream loads.
@@ -1272,14 +1316,14 @@ enum Teardown {
     Unbind { pci: String, driver: String },
 }
 
-/// `teardown-campaign TYPE-DIR SEED ROUNDS [unbind]`: the user's files
+/// `teardown-campaign TYPE-DIR SEED ROUNDS [unbind PCI]`: the user's files
 /// while the operator takes the mdev away. Each round an mdev of the type
 /// at TYPE-DIR is created and opened, its user registers a request eventfd
 /// and opens save or resume sessions (1 to 3 random SETs), and 3 threads
 /// hammer the data FDs and read and write the mdev's and its type's
 /// `migration_version` while the mdev is removed through sysfs (with
-/// `unbind`: while its parent PCI function is unbound, which unregisters
-/// the mdev parent, then bound again). The user closes the device when
+/// `unbind PCI`: while the PCI function PCI, the type's parent, is unbound
+/// from its driver, which unregisters the mdev parent, then bound again). The user closes the device when
 /// the removal asks for it, after a random delay. The removal must
 /// complete, the mdev must be gone, every data FD must then answer
 /// `ENODEV`, and the type must offer as many instances as before.
@@ -1287,7 +1331,7 @@ pub(crate) fn teardown_campaign(
     dir: &str,
     seed: &str,
     rounds: &str,
-    mode: Option<&str>,
+    unbind: Option<&str>,
 ) -> TestResult {
     use std::os::fd::{AsFd, AsRawFd, OwnedFd};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -1296,32 +1340,23 @@ pub(crate) fn teardown_campaign(
     let seed: u64 = seed.parse().map_err(|e| format!("seed: {e}"))?;
     let rounds: usize = rounds.parse().map_err(|e| format!("rounds: {e}"))?;
     let dir = dir.trim_end_matches('/');
-    let teardown = match mode {
+    let teardown = match unbind {
         None => Teardown::Remove,
-        Some("unbind") => {
-            // TYPE-DIR is <pci device>/mdev_supported_types/<type>.
-            let pci_dir = std::path::Path::new(dir)
-                .ancestors()
-                .nth(2)
-                .ok_or("TYPE-DIR has no PCI device above it")?;
-            let real = ctx(std::fs::canonicalize(pci_dir), "the parent's directory")?;
-            let pci = real
-                .file_name()
-                .and_then(|n| n.to_str())
-                .ok_or("the parent has no name")?
-                .to_string();
+        Some(pci) => {
             let driver = ctx(
-                std::fs::read_link(real.join("driver")),
-                "the parent's driver",
+                std::fs::read_link(format!("/sys/bus/pci/devices/{pci}/driver")),
+                &format!("the driver of {pci}"),
             )?;
             let driver = driver
                 .file_name()
                 .and_then(|n| n.to_str())
                 .ok_or("the driver has no name")?
                 .to_string();
-            Teardown::Unbind { pci, driver }
+            Teardown::Unbind {
+                pci: pci.to_string(),
+                driver,
+            }
         }
-        Some(m) => return Err(format!("unknown teardown {m}: none or unbind")),
     };
     let ty_version = format!("{dir}/migration_version");
     let available = |what: &str| -> Result<String, String> {

@@ -2662,9 +2662,9 @@ compare UUID UUID | compare-pattern UUID SEED | digest UUID | refuse-many N | \
 vf-read PCI OFF | vf-write PCI OFF VALUE | region-read UUID INDEX OFF | \
 region-write UUID INDEX OFF VALUE | migrate-mdev UUID UUID | load-mdev UUID FILE | \
 hold UUID STATE | contend UUID ROUNDS | session-memcg CGROUP-DIR | stream-campaign SEED COUNT | \
-ioctl-campaign SEED COUNT | race-campaign SEED ROUNDS | \
+ioctl-campaign SEED COUNT [vf DEV-UUID DEV-PCI OTHER-UUID] | race-campaign SEED ROUNDS | \
 cycles SRC-TYPE-DIR DST-TYPE-DIR COUNT | \
-teardown-campaign TYPE-DIR SEED ROUNDS [unbind] | \
+teardown-campaign TYPE-DIR SEED ROUNDS [unbind PCI] | \
 vf-stream-campaign SRC-UUID DST-UUID DST-PCI SEED COUNT";
 
 /// Wrong arguments: what was wrong, the usage, and exit status 2 (a test
@@ -2718,38 +2718,42 @@ fn main() {
         Ok(f) => f,
         Err(e) => usage(&e),
     };
-    let tool = match names.as_slice() {
-        ["save-stream", ty, file] => Some(save_stream(flags, ty, file)),
-        ["load-stream", ty, file] => Some(load_stream(ty, file)),
-        ["fill", uuid, seed] => Some(fill(uuid, seed)),
-        ["compare", a, b] => Some(compare(a, b)),
-        ["compare-pattern", uuid, seed] => Some(compare_pattern(uuid, seed)),
-        ["digest", uuid] => Some(digest(uuid)),
-        ["refuse-many", n] => Some(n.parse().map_err(|e| format!("{e}")).and_then(refuse_many)),
-        ["vf-read", pci, off] => Some(igbvf::vf_read(pci, off)),
-        ["vf-write", pci, off, v] => Some(igbvf::vf_write(pci, off, v)),
-        ["region-read", uuid, idx, off] => Some(igbvf::region_read(uuid, idx, off)),
-        ["region-write", uuid, idx, off, v] => Some(igbvf::region_write(uuid, idx, off, v)),
-        ["migrate-mdev", src, dst] => Some(igbvf::migrate_mdev(src, dst)),
-        ["load-mdev", uuid, file] => Some(igbvf::load_mdev(uuid, file)),
-        ["hold", uuid, state] => Some(igbvf::hold(uuid, state)),
-        ["session-memcg", cg] => Some(session_memcg(cg)),
-        ["contend", uuid, rounds] => Some(contend(uuid, rounds)),
-        ["stream-campaign", seed, count] => Some(campaign::stream_campaign(seed, count)),
-        ["ioctl-campaign", seed, count] => Some(campaign::ioctl_campaign(seed, count)),
-        ["race-campaign", seed, rounds] => Some(campaign::race_campaign(seed, rounds)),
-        ["cycles", src, dst, count] => Some(campaign::cycles(src, dst, count)),
-        ["teardown-campaign", dir, seed, rounds] => {
-            Some(campaign::teardown_campaign(dir, seed, rounds, None))
-        }
-        ["teardown-campaign", dir, seed, rounds, mode] => {
-            Some(campaign::teardown_campaign(dir, seed, rounds, Some(mode)))
-        }
-        ["vf-stream-campaign", src, dst, pci, seed, count] => {
-            Some(campaign::vf_stream_campaign(src, dst, pci, seed, count))
-        }
-        _ => None,
-    };
+    let tool =
+        match names.as_slice() {
+            ["save-stream", ty, file] => Some(save_stream(flags, ty, file)),
+            ["load-stream", ty, file] => Some(load_stream(ty, file)),
+            ["fill", uuid, seed] => Some(fill(uuid, seed)),
+            ["compare", a, b] => Some(compare(a, b)),
+            ["compare-pattern", uuid, seed] => Some(compare_pattern(uuid, seed)),
+            ["digest", uuid] => Some(digest(uuid)),
+            ["refuse-many", n] => Some(n.parse().map_err(|e| format!("{e}")).and_then(refuse_many)),
+            ["vf-read", pci, off] => Some(igbvf::vf_read(pci, off)),
+            ["vf-write", pci, off, v] => Some(igbvf::vf_write(pci, off, v)),
+            ["region-read", uuid, idx, off] => Some(igbvf::region_read(uuid, idx, off)),
+            ["region-write", uuid, idx, off, v] => Some(igbvf::region_write(uuid, idx, off, v)),
+            ["migrate-mdev", src, dst] => Some(igbvf::migrate_mdev(src, dst)),
+            ["load-mdev", uuid, file] => Some(igbvf::load_mdev(uuid, file)),
+            ["hold", uuid, state] => Some(igbvf::hold(uuid, state)),
+            ["session-memcg", cg] => Some(session_memcg(cg)),
+            ["contend", uuid, rounds] => Some(contend(uuid, rounds)),
+            ["stream-campaign", seed, count] => Some(campaign::stream_campaign(seed, count)),
+            ["ioctl-campaign", seed, count] => Some(campaign::ioctl_campaign(seed, count, None)),
+            ["ioctl-campaign", seed, count, "vf", uuid, pci, other] => Some(
+                campaign::ioctl_campaign(seed, count, Some([uuid, pci, other])),
+            ),
+            ["race-campaign", seed, rounds] => Some(campaign::race_campaign(seed, rounds)),
+            ["cycles", src, dst, count] => Some(campaign::cycles(src, dst, count)),
+            ["teardown-campaign", dir, seed, rounds] => {
+                Some(campaign::teardown_campaign(dir, seed, rounds, None))
+            }
+            ["teardown-campaign", dir, seed, rounds, "unbind", pci] => {
+                Some(campaign::teardown_campaign(dir, seed, rounds, Some(pci)))
+            }
+            ["vf-stream-campaign", src, dst, pci, seed, count] => {
+                Some(campaign::vf_stream_campaign(src, dst, pci, seed, count))
+            }
+            _ => None,
+        };
     if let Some(res) = tool {
         if let Err(e) = res {
             eprintln!("{e}");
