@@ -222,7 +222,7 @@ done
 # must complete once the user released it on the kernel's request.
 hold_then() {
 	local log=/tmp/rmdev-hold.log
-	"$VM_TEST" hold "$M0" STOP_COPY >$log 2>&1 &
+	"$VM_TEST" hold "$M0" "${HOLD:-STOP_COPY}" >$log 2>&1 &
 	local holder=$!
 	for i in $(seq 100); do grep -q holding $log && break; sleep 0.1; done
 	grep -q "holding.*data FD: true" $log || fail "holder did not start: $(cat $log)"
@@ -253,31 +253,42 @@ gone "$M1"
 hold_then sysfs_write /sys/bus/pci/drivers/rmdev_igbvf/unbind "$VF0"
 gone "$M0"
 
-note "teardown: rmmod rmdev_igbvf refused while an mdev is open, then done"
-two_mdevs
-"$VM_TEST" hold "$M0" STOP_COPY >/tmp/rmdev-hold.log 2>&1 &
-holder=$!
-for i in $(seq 100); do grep -q holding /tmp/rmdev-hold.log && break; sleep 0.1; done
-expect_errno "in use" rmmod rmdev_igbvf
-kill $holder; wait $holder 2>/dev/null || true
-for i in $(seq 50); do rmmod rmdev_igbvf 2>/dev/null && break; sleep 0.2; done
-loaded rmdev_igbvf && fail "rmmod rmdev_igbvf after the user closed"
-gone "$M0"; gone "$M1"
-expect_eq "VF0 driver after rmmod" "$(driver_of $VF0)" ""
+# The teardowns below run with the user in a save session (HOLD=STOP_COPY)
+# and in a resume session (HOLD=RESUMING) in turn.
+note "teardown: rmmod rmdev_igbvf refused while an mdev is open, then done (save, then resume session)"
+for HOLD in STOP_COPY RESUMING; do
+	loaded rmdev_igbvf || insmod "$IGBVF_KO"
+	two_mdevs
+	"$VM_TEST" hold "$M0" $HOLD >/tmp/rmdev-hold.log 2>&1 &
+	holder=$!
+	for i in $(seq 100); do grep -q holding /tmp/rmdev-hold.log && break; sleep 0.1; done
+	grep -q "holding.*data FD: true" /tmp/rmdev-hold.log || fail "holder did not start: $(cat /tmp/rmdev-hold.log)"
+	expect_errno "in use" rmmod rmdev_igbvf
+	kill $holder; wait $holder 2>/dev/null || true
+	for i in $(seq 50); do rmmod rmdev_igbvf 2>/dev/null && break; sleep 0.2; done
+	loaded rmdev_igbvf && fail "rmmod rmdev_igbvf after the user closed ($HOLD)"
+	gone "$M0"; gone "$M1"
+	expect_eq "VF0 driver after rmmod" "$(driver_of $VF0)" ""
+done
 
-note "teardown: sriov_numvfs=0 with mdevs, one held in a session"
+note "teardown: sriov_numvfs=0 with mdevs, one held in a session (4 rounds)"
 insmod "$IGBVF_KO"
-two_mdevs
-hold_then sysfs_write /sys/bus/pci/devices/$PF/sriov_numvfs 0
-gone "$M0"; gone "$M1"
-[ ! -e /sys/bus/pci/devices/$VF0 ] || fail "VF0 still there"
+for HOLD in STOP_COPY RESUMING STOP_COPY RESUMING; do
+	[ -e /sys/bus/pci/devices/$VF0 ] || make_vfs
+	two_mdevs
+	hold_then sysfs_write /sys/bus/pci/devices/$PF/sriov_numvfs 0
+	gone "$M0"; gone "$M1"
+	[ ! -e /sys/bus/pci/devices/$VF0 ] || fail "VF0 still there"
+done
 
-note "teardown: rmmod igb (the PF driver) with mdevs, one held in a session"
-make_vfs
-two_mdevs
-hold_then rmmod igb
-gone "$M0"; gone "$M1"
-modprobe igb
+note "teardown: rmmod igb (the PF driver) with mdevs, one held in a session (save, then resume session)"
+for HOLD in STOP_COPY RESUMING; do
+	make_vfs
+	two_mdevs
+	hold_then rmmod igb
+	gone "$M0"; gone "$M1"
+	modprobe igb
+done
 make_vfs
 bind_vf $VF0
 M0=$(new_vf_mdev $VF0)

@@ -1378,13 +1378,27 @@ pub(crate) fn teardown_campaign(
         let dev = ctx(Device::open(&uuid), "open").map_err(fail)?;
         let req = super::new_eventfd().map_err(fail)?;
         ctx(dev.set_req_eventfd(req.as_raw_fd()), "request eventfd").map_err(fail)?;
-        // The data FDs, with whether each is a save (true) or resume file.
+        // The data FDs, with whether each is a save (true) or resume file:
+        // SETs to the states that open sessions (those the device lacks
+        // fail), and a save session at least.
         let mut data: Vec<(OwnedFd, bool)> = Vec::new();
+        let sessions_of = [
+            State::StopCopy,
+            State::Resuming,
+            State::PreCopy,
+            State::PreCopyP2p,
+        ];
         for _ in 0..rng.gen_range(1..4) {
-            if let Ok(Some(fd)) = dev.set_state(rng.gen_range(1..8)) {
-                let state = ctx(dev.state(), "GET").map_err(fail)?;
-                data.push((fd, state != State::Resuming.raw()));
+            let to = sessions_of[rng.gen_range(0..sessions_of.len())];
+            if let Ok(Some(fd)) = dev.set_state(to.raw()) {
+                data.push((fd, to != State::Resuming));
             }
+        }
+        if data.is_empty() {
+            let fd = ctx(dev.set_state(State::StopCopy.raw()), "SET STOP_COPY")
+                .map_err(fail)?
+                .ok_or_else(|| fail("STOP_COPY opened no data FD".into()))?;
+            data.push((fd, true));
         }
         sessions.fetch_add(data.len(), Ordering::Relaxed);
         let version = std::fs::read_to_string(&ty_version).unwrap_or_default();
