@@ -1260,10 +1260,11 @@ fn t_config_fault(flags: FlagSet) -> TestResult {
 
 /// A read of a save file into, and a write to a resume file from, a user
 /// page that waits on a fault hold up neither
-/// VFIO_DEVICE_FEATURE_MIG_DATA_SIZE nor VFIO_DEVICE_RESET, which take the
-/// stream's lock (RESET ends the session under it): the kernel copies with
-/// page faults disabled under the lock and faults the page in outside it.
-/// The session ended while the copy waited: the copy answers ENODEV.
+/// VFIO_DEVICE_FEATURE_MIG_DATA_SIZE, a SET to STOP nor VFIO_DEVICE_RESET,
+/// which take the stream's lock (the SET and RESET end the session under
+/// it): the kernel copies with page faults disabled under the lock and
+/// faults the page in outside it. The session ended while the copy
+/// waited: the copy answers ENODEV.
 fn t_stream_fault(flags: FlagSet) -> TestResult {
     let m = Mdev::create(TYPES[0].0)?;
     let dev = m.open()?;
@@ -1293,24 +1294,36 @@ fn t_stream_fault(flags: FlagSet) -> TestResult {
             let (tx, rx) = std::sync::mpsc::channel();
             let blocker = s.spawn(move || {
                 let size = save.then(|| dev.data_size());
+                // To STOP: the save session ends; the resume session's
+                // stream is checked (and found incomplete). Both take the
+                // stream's lock, as the reset does.
+                let set = dev.set_state(State::Stop.raw()).map(|_| ());
                 let reset = dev.reset();
                 let _ = tx.send(());
-                (size, reset)
+                (size, set, reset)
             });
             let waited = rx.recv_timeout(Duration::from_secs(30));
             // Always, so that no thread stays blocked whatever failed.
             let resolved = page.resolve();
-            let (size, reset) = blocker.join().map_err(|_| "ioctl thread panicked")?;
+            let (size, set, reset) = blocker.join().map_err(|_| "ioctl thread panicked")?;
             let (n, errno) = copier.join().map_err(|_| "copy thread panicked")?;
             faulted?;
             resolved?;
             ensure!(
                 waited.is_ok(),
                 "{flags}: a {what} a faulting user page held up \
-                 MIG_DATA_SIZE and VFIO_DEVICE_RESET for 30 s"
+                 MIG_DATA_SIZE, SET STOP and VFIO_DEVICE_RESET for 30 s"
             );
             if let Some(size) = size {
                 ctx(size, "MIG_DATA_SIZE")?;
+            }
+            if save {
+                ctx(set, "SET STOP")?;
+            } else {
+                ensure!(
+                    set.is_err(),
+                    "{flags}: RESUMING to STOP with no stream written succeeded"
+                );
             }
             ctx(reset, "reset")?;
             ensure!(
