@@ -1177,8 +1177,35 @@ pub(crate) fn vf_stream_campaign(
         vf_hw_check(&hw, &tails).map_err(fail)?;
         reset_to_running(&d).map_err(fail)?;
     }
-    // Usable afterwards: the valid stream loads.
+    // Usable afterwards: the valid stream loads, and every register it
+    // carries reads the same through the target mdev as through the
+    // source's.
     super::load_into(&d, &good)?;
+    let regs = parsed
+        .records
+        .iter()
+        .find(|r| r.1 == VF_TAG_REGS)
+        .map(|r| &r.2)
+        .ok_or("the VF's stream has no register record")?;
+    for pair in regs.get(4..).unwrap_or_default().chunks_exact(8) {
+        let off = u64::from(u32::from_le_bytes([pair[0], pair[1], pair[2], pair[3]]));
+        let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
+        ctx(
+            s.read_at(vfio::BAR0, off, &mut a),
+            "read the source's register",
+        )?;
+        ctx(
+            d.read_at(vfio::BAR0, off, &mut b),
+            "read the target's register",
+        )?;
+        if a != b {
+            return Err(format!(
+                "seed {seed}: after the campaign, the valid stream loaded but register {off:#x} reads {:#010x} on the target, {:#010x} on the source",
+                u32::from_le_bytes(b),
+                u32::from_le_bytes(a)
+            ));
+        }
+    }
     let secs = start.elapsed().as_secs_f64();
     println!("  VF stream campaign: seed {seed}, {count} streams in {secs:.1} s");
     tally.print();
