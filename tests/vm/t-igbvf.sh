@@ -207,6 +207,10 @@ note "VF stream campaign seed $seed (replay: RMDEV_SEED=$seed tools/lab test t-i
 # each): afterwards it resets, VF1's own BAR0 is as clean, and the VF0
 # mdev migrates into it.
 "$VM_TEST" ioctl-campaign "$seed" 5000 vf "$M1" "$VF1" "$M0" || fail "VF ioctl campaign, seed $seed"
+# Races of data FD calls from 3 threads against SET, RESET, MIG_DATA_SIZE
+# and the close of the VF1 mdev, 30 rounds; then VF0's migrates into it.
+"$VM_TEST" race-campaign "$seed" 30 vf "$M1" || fail "VF race campaign, seed $seed"
+"$VM_TEST" migrate-mdev "$M0" "$M1" || fail "VF0 mdev -> VF1 mdev after the races"
 
 note "QEMU: VF0 mdev live-migrated over TCP to a QEMU holding the VF1 mdev"
 before=""

@@ -1218,8 +1218,10 @@ pub(crate) fn vf_stream_campaign(
 /// `MIG_DATA_SIZE`, GET) and then closes it under them. Every call must
 /// answer; after each round the reopened device must be in RUNNING with
 /// its memory unchanged (no data FD write may load anything: the bytes are
-/// random).
-pub(crate) fn race_campaign(seed: &str, rounds: &str) -> TestResult {
+/// random). With `vf UUID`, against that VF mdev instead of a new sample
+/// mdev: it must reopen in RUNNING (the resets reset its registers, so
+/// there is nothing else to compare).
+pub(crate) fn race_campaign(seed: &str, rounds: &str, vf: Option<&str>) -> TestResult {
     use std::os::fd::{AsFd, OwnedFd};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Mutex;
@@ -1228,16 +1230,27 @@ pub(crate) fn race_campaign(seed: &str, rounds: &str) -> TestResult {
     let rounds: usize = rounds.parse().map_err(|e| format!("rounds: {e}"))?;
     let start = Instant::now();
     let (ty, size) = TYPES[0];
-    let m = Mdev::create(ty)?;
+    // The sample's mdev, filled, or the VF's.
+    let sample = match vf {
+        Some(_) => None,
+        None => Some(Mdev::create(ty)?),
+    };
+    let open = || match (&sample, vf) {
+        (Some(m), _) => m.open(),
+        (None, Some(uuid)) => ctx(Device::open(uuid), &format!("open {uuid}")),
+        (None, None) => Err("no device".to_string()),
+    };
     let fill: Vec<u8> = (0..size).map(|i| (i * 13 + seed as usize) as u8).collect();
-    ctx(m.open()?.write_at(vfio::BAR2, 0, &fill), "fill")?;
+    if sample.is_some() {
+        ctx(open()?.write_at(vfio::BAR2, 0, &fill), "fill")?;
+    }
     let mut rng = StdRng::seed_from_u64(seed);
     let (calls, sets) = (AtomicUsize::new(0), AtomicUsize::new(0));
     for round in 0..rounds {
         let fail = |what: String| format!("seed {seed} round {round}: {what}");
         let data: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
         let stop = AtomicBool::new(false);
-        let dev = m.open().map_err(fail)?;
+        let dev = open().map_err(fail)?;
         std::thread::scope(|s| {
             for w in 0..WORKERS {
                 let (data, stop, calls) = (&data, &stop, &calls);
@@ -1316,17 +1329,18 @@ pub(crate) fn race_campaign(seed: &str, rounds: &str) -> TestResult {
             stop.store(true, Ordering::Relaxed);
         });
         drop(data);
-        let dev = m.open().map_err(fail)?;
+        let dev = open().map_err(fail)?;
         let state = ctx(dev.state(), "GET").map_err(fail)?;
         if state != State::Running.raw() {
             return Err(fail(format!("reopened in state {state}, not RUNNING")));
         }
-        if read_memory(&dev, size).map_err(fail)? != fill {
+        if sample.is_some() && read_memory(&dev, size).map_err(fail)? != fill {
             return Err(fail("the device memory changed".into()));
         }
     }
     println!(
-        "  race campaign: seed {seed}, {rounds} rounds, {} SETs against {} data FD calls from {WORKERS} threads and a close each round, in {:.1} s",
+        "  race campaign{}: seed {seed}, {rounds} rounds, {} SETs against {} data FD calls from {WORKERS} threads and a close each round, in {:.1} s",
+        vf.map_or(String::new(), |u| format!(" (VF mdev {u})")),
         sets.load(Ordering::Relaxed),
         calls.load(Ordering::Relaxed),
         start.elapsed().as_secs_f64()

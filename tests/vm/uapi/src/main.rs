@@ -2675,7 +2675,7 @@ compare UUID UUID | compare-pattern UUID SEED | digest UUID | refuse-many N | \
 vf-read PCI OFF | vf-write PCI OFF VALUE | region-read UUID INDEX OFF | \
 region-write UUID INDEX OFF VALUE | migrate-mdev UUID UUID | load-mdev UUID FILE | \
 hold UUID STATE | contend UUID ROUNDS | session-memcg CGROUP-DIR | stream-campaign SEED COUNT | \
-ioctl-campaign SEED COUNT [vf DEV-UUID DEV-PCI OTHER-UUID] | race-campaign SEED ROUNDS | \
+ioctl-campaign SEED COUNT [vf DEV-UUID DEV-PCI OTHER-UUID] | race-campaign SEED ROUNDS [vf UUID] | \
 cycles SRC-TYPE-DIR DST-TYPE-DIR COUNT | \
 teardown-campaign TYPE-DIR SEED ROUNDS [unbind PCI] | \
 vf-stream-campaign SRC-UUID DST-UUID DST-PCI SEED COUNT";
@@ -2754,7 +2754,10 @@ fn main() {
             ["ioctl-campaign", seed, count, "vf", uuid, pci, other] => Some(
                 campaign::ioctl_campaign(seed, count, Some([uuid, pci, other])),
             ),
-            ["race-campaign", seed, rounds] => Some(campaign::race_campaign(seed, rounds)),
+            ["race-campaign", seed, rounds] => Some(campaign::race_campaign(seed, rounds, None)),
+            ["race-campaign", seed, rounds, "vf", uuid] => {
+                Some(campaign::race_campaign(seed, rounds, Some(uuid)))
+            }
             ["cycles", src, dst, count] => Some(campaign::cycles(src, dst, count)),
             ["teardown-campaign", dir, seed, rounds] => {
                 Some(campaign::teardown_campaign(dir, seed, rounds, None))
