@@ -285,21 +285,27 @@ for HOLD in STOP_COPY RESUMING STOP_COPY RESUMING; do
 	[ ! -e /sys/bus/pci/devices/$VF0 ] || fail "VF0 still there"
 done
 
-note "teardown: rmmod igb (the PF driver) with mdevs, one held in a session"
-HOLD=STOP_COPY
-make_vfs
-two_mdevs
-hold_then rmmod igb
-gone "$M0"; gone "$M1"
-modprobe igb
+note "teardown: rmmod igb (the PF driver) with mdevs, one held in a session (3 rounds), modprobe igb between"
+for HOLD in STOP_COPY RESUMING STOP_COPY; do
+	[ -e /sys/bus/pci/devices/$VF0 ] || make_vfs
+	two_mdevs
+	hold_then rmmod igb
+	gone "$M0"; gone "$M1"
+	[ ! -e /sys/bus/pci/devices/$VF0 ] || fail "VF0 still there after rmmod igb"
+	modprobe igb
+	udevadm settle --timeout=60 || true
+	[ -e /sys/bus/pci/devices/$PF/sriov_numvfs ] ||
+		fail "the PF after modprobe igb: driver '$(driver_of $PF)', files: $(ls /sys/bus/pci/devices/$PF | tr '\n' ' ')"
+done
 make_vfs
 bind_vf $VF0
 M0=$(new_vf_mdev $VF0)
 expect_eq "an mdev on a VF of the reloaded igb" "$(cat /sys/bus/mdev/devices/$M0/migration_version)" "$want"
-# Leave the VFs as the lab made them: unbound.
 echo 1 >/sys/bus/mdev/devices/$M0/remove
-echo "$VF0" >/sys/bus/pci/drivers/rmdev_igbvf/unbind
+note "teardown: rmmod rmdev_igbvf against a user opening a VF mdev again and again"
+"$VM_TEST" rmmod-race "$(types_of $VF0)" rmdev_igbvf "$seed" 3000 || fail "rmmod race (rmdev_igbvf), seed $seed"
+expect_eq "VF0 driver after the unload" "$(driver_of $VF0)" ""
+# Leave the VFs as the lab made them: unbound.
 echo >/sys/bus/pci/devices/$VF0/driver_override
 echo >/sys/bus/pci/devices/$VF1/driver_override
-rmmod rmdev_igbvf
 trap - EXIT

@@ -115,7 +115,7 @@ start=$SECONDS
 n=$(klog_count 'migration stream refused') limit=$((10 * ((SECONDS - start) / 5 + 1)))
 note "200 refused streams in $((SECONDS - start)) s: $n messages (limit $limit)"
 [ "$n" -ge 1 ] && [ "$n" -le "$limit" ] || fail "$n messages for 200 refused streams (limit $limit)"
-unload_sample
+"$VM_TEST" rmmod-race "$SAMPLE_TYPES/rmdev_sample-16k" rmdev_sample "$seed" 3000 || fail "rmmod race (rmdev_sample), seed $seed"
 
 # Whether mdevs migrate at all is fixed at load.
 load_sample migration_flags=0

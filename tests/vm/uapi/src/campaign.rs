@@ -1569,3 +1569,137 @@ pub(crate) fn teardown_campaign(
     );
     Ok(())
 }
+
+/// `rmmod-race TYPE-DIR MODULE SEED ATTEMPTS`: `rmmod` against a user that
+/// keeps opening the device. An mdev of the type at TYPE-DIR is created;
+/// its user opens it, opens a save or resume session (random SET), calls
+/// the data FD a few times, closes and opens again after a random pause of
+/// up to 2 ms, while this thread asks the kernel to unload MODULE (the
+/// vendor of the type, `delete_module` without waiting) up to ATTEMPTS
+/// times. Every refusal must be `EWOULDBLOCK` or `EBUSY` ("in use") and
+/// leave the device usable (the user's next cycle must work); once an
+/// unload goes through, the module and the mdev must be gone and the
+/// user's next open must fail (it stops there). An unload that never won
+/// the race is done after the user stops, and must then succeed.
+pub(crate) fn rmmod_race(dir: &str, module: &str, seed: &str, attempts: &str) -> TestResult {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+    let seed: u64 = seed.parse().map_err(|e| format!("seed: {e}"))?;
+    let attempts: usize = attempts.parse().map_err(|e| format!("attempts: {e}"))?;
+    let dir = dir.trim_end_matches('/');
+    let name = std::ffi::CString::new(module).map_err(|e| format!("module: {e}"))?;
+    let unload = || -> Result<(), i32> {
+        // SAFETY: `name` is a NUL-terminated string that outlives the call;
+        // delete_module reads it and the flags only.
+        let r = unsafe { libc::syscall(libc::SYS_delete_module, name.as_ptr(), libc::O_NONBLOCK) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+        }
+    };
+    // The module's state in /proc/modules: None once it is gone.
+    let state = || -> Option<String> {
+        let m = std::fs::read_to_string("/proc/modules").ok()?;
+        let line = m.lines().find(|l| l.split(' ').next() == Some(module))?;
+        Some(line.split(' ').nth(4).unwrap_or("").to_string())
+    };
+    let loaded = || state().is_some();
+    let uuid = super::new_uuid();
+    ctx(std::fs::write(format!("{dir}/create"), &uuid), "create")?;
+    let start = Instant::now();
+    let (unloaded, stop) = (AtomicBool::new(false), AtomicBool::new(false));
+    let cycles = AtomicUsize::new(0);
+    let (mut refused, mut won) = (0usize, false);
+    let user = std::thread::scope(|s| -> TestResult {
+        let (unloaded, stop, cycles, uuid) = (&unloaded, &stop, &cycles, &uuid);
+        let user = s.spawn(move || -> TestResult {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let states = [State::StopCopy, State::Resuming, State::PreCopy];
+            let mut buf = vec![0u8; 4096];
+            while !stop.load(Ordering::Relaxed) {
+                // Whether the unload had gone through before this open.
+                let gone_before = unloaded.load(Ordering::Acquire);
+                let dev = match Device::open(uuid) {
+                    Ok(dev) => dev,
+                    Err(_) if gone_before || unloaded.load(Ordering::Acquire) => return Ok(()),
+                    Err(e) => {
+                        // An unload may be under way, its call not yet
+                        // returned: the module is then going.
+                        if state().is_none_or(|s| s == "Unloading") {
+                            return Ok(());
+                        }
+                        return Err(format!("open failed with {module} loaded: {e}"));
+                    }
+                };
+                if gone_before {
+                    return Err(format!("the mdev opened after {module} was unloaded"));
+                }
+                let to = states[rng.gen_range(0..states.len())];
+                if let Ok(Some(fd)) = dev.set_state(to.raw()) {
+                    for _ in 0..rng.gen_range(1..4) {
+                        let n = rng.gen_range(0..buf.len());
+                        let _ = if to == State::Resuming {
+                            vfio::write_fd(&fd, &buf[..n])
+                        } else {
+                            vfio::read_fd(&fd, &mut buf[..n])
+                        };
+                    }
+                }
+                drop(dev);
+                cycles.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_micros(rng.gen_range(0..2000)));
+            }
+            Ok(())
+        });
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+        for _ in 0..attempts {
+            if user.is_finished() {
+                break;
+            }
+            match unload() {
+                Ok(()) => {
+                    unloaded.store(true, Ordering::Release);
+                    won = true;
+                    break;
+                }
+                Err(e) if e == libc::EWOULDBLOCK || e == libc::EBUSY => refused += 1,
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(format!(
+                        "unloading {module} answered errno {e}, not 'in use'"
+                    ));
+                }
+            }
+            std::thread::sleep(Duration::from_micros(rng.gen_range(0..1500)));
+        }
+        if !won {
+            stop.store(true, Ordering::Relaxed);
+        }
+        user.join()
+            .map_err(|_| "the user thread panicked".to_string())?
+    });
+    user.map_err(|e| format!("seed {seed}: {e}"))?;
+    if !won {
+        unload().map_err(|e| {
+            format!("seed {seed}: unloading {module} once the user stopped: errno {e}")
+        })?;
+    }
+    if loaded() {
+        return Err(format!(
+            "seed {seed}: {module} still loaded after its unload"
+        ));
+    }
+    if std::path::Path::new(&format!("/sys/bus/mdev/devices/{uuid}")).exists() {
+        return Err(format!(
+            "seed {seed}: mdev {uuid} still there after {module} was unloaded"
+        ));
+    }
+    println!(
+        "  rmmod race ({module}): seed {seed}, {refused} unloads refused while the user cycled ({} open-session-close cycles), {} in {:.1} s",
+        cycles.load(Ordering::Relaxed),
+        if won { "then one went through between two of its opens" } else { "none went through while it ran; done after it stopped" },
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

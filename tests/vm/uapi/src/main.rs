@@ -2677,7 +2677,7 @@ region-write UUID INDEX OFF VALUE | migrate-mdev UUID UUID | load-mdev UUID FILE
 hold UUID STATE | contend UUID ROUNDS | session-memcg CGROUP-DIR | stream-campaign SEED COUNT | \
 ioctl-campaign SEED COUNT [vf DEV-UUID DEV-PCI OTHER-UUID] | race-campaign SEED ROUNDS [vf UUID] | \
 cycles SRC-TYPE-DIR DST-TYPE-DIR COUNT | \
-teardown-campaign TYPE-DIR SEED ROUNDS [unbind PCI] | \
+teardown-campaign TYPE-DIR SEED ROUNDS [unbind PCI] | rmmod-race TYPE-DIR MODULE SEED ATTEMPTS | \
 vf-stream-campaign SRC-UUID DST-UUID DST-PCI SEED COUNT";
 
 /// Wrong arguments: what was wrong, the usage, and exit status 2 (a test
@@ -2764,6 +2764,9 @@ fn main() {
             }
             ["teardown-campaign", dir, seed, rounds, "unbind", pci] => {
                 Some(campaign::teardown_campaign(dir, seed, rounds, Some(pci)))
+            }
+            ["rmmod-race", dir, module, seed, attempts] => {
+                Some(campaign::rmmod_race(dir, module, seed, attempts))
             }
             ["vf-stream-campaign", src, dst, pci, seed, count] => {
                 Some(campaign::vf_stream_campaign(src, dst, pci, seed, count))
