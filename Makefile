@@ -13,7 +13,7 @@
 #   make fsm-table  print the migration FSM's next-step table (oracle format)
 #   make install  the rmdev tool, its manual pages (section 8) and shell
 #                 completions, under $(DESTDIR)$(PREFIX) (PREFIX=/usr/local)
-#   make check-libvirt-pair  libvirt's live migration between two lab VMs
+#   make check-libvirt-pair  only libvirt's live migration between two lab VMs
 #   make demo-libvirt  only the libvirt part of the demo
 #   make clean
 #
@@ -55,21 +55,22 @@ build-check: setup
 	$(LAB) modules
 	tests/build/kconfig-check
 
-# One boot runs the in-VM suite, every tests/vm/t-*.sh, then
-# tests/vm/rmdev-host2: t-rmdev is the source host of the rmdev tool's
-# two-host test and leaves its files in SHARE, rmdev-host2 the target host
-# (the modules reloaded with other parameters). t-rmdev's JSON from the
-# real devices is checked against the tool's schema afterwards.
+# The in-VM tests in one run of two lab VMs (tests/vm/two-hosts): host 1
+# runs the whole suite, every tests/vm/t-*.sh, then tests/vm/rmdev-host2
+# (the rmdev tool's second host: t-rmdev leaves its files in SHARE, and the
+# modules are reloaded with other parameters), then the source side of
+# libvirt's live migration; host 2, the migration's target, prepares while
+# host 1 boots and is parked (its VM stopped) until host 1 wakes it.
+# t-rmdev's JSON from the real devices is checked against the tool's
+# schema afterwards.
 SHARE := $(CURDIR)/build/two-hosts
-VM_TESTS := $(sort $(notdir $(wildcard $(CURDIR)/tests/vm/t-*.sh)))
 vm-check:
 	rm -rf $(SHARE)
-	RMDEV_SHARE=$(SHARE) $(LAB) test $(VM_TESTS) rmdev-host2
+	RMDEV_SHARE=$(SHARE) RMDEV_VM_TIMEOUT=5400 $(LAB) pair --park-host2 host2-parked wake-host2 -- $(CURDIR)/tests/vm/two-hosts
 	RMDEV_JSON_DIR=$(SHARE)/json cargo test --quiet -p rmdev --test json_schema lab_outputs
 
-# libvirt's live migration between two lab VMs at once (tests/vm/libvirt-pair;
-# not part of make check: too long for its budget, see
-# Documentation/libvirt.rst).
+# Only libvirt's live migration between two lab VMs at once
+# (tests/vm/libvirt-pair, also part of make check).
 PAIR_SHARE := $(CURDIR)/build/libvirt-pair
 check-libvirt-pair: setup
 	rm -rf $(PAIR_SHARE)

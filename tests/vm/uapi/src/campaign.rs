@@ -1573,10 +1573,10 @@ pub(crate) fn teardown_campaign(
 /// `rmmod-race TYPE-DIR MODULE SEED ATTEMPTS`: `rmmod` against a user that
 /// keeps opening the device. An mdev of the type at TYPE-DIR is created;
 /// its user opens it, opens a save or resume session (random SET), calls
-/// the data FD a few times, closes and opens again after a random pause of
-/// up to 2 ms, while this thread asks the kernel to unload MODULE (the
-/// vendor of the type, `delete_module` without waiting) up to ATTEMPTS
-/// times. Every refusal must be `EWOULDBLOCK` or `EBUSY` ("in use") and
+/// the data FD a few times, closes and opens again (one time in 16 after a
+/// random pause of up to 2 ms). Once it cycles, this thread asks the
+/// kernel to unload MODULE (the vendor of the type, `delete_module`
+/// without waiting) up to ATTEMPTS times. Every refusal must be `EWOULDBLOCK` or `EBUSY` ("in use") and
 /// leave the device usable (the user's next cycle must work); once an
 /// unload goes through, the module and the mdev must be gone and the
 /// user's next open must fail (it stops there). An unload that never won
@@ -1647,11 +1647,24 @@ pub(crate) fn rmmod_race(dir: &str, module: &str, seed: &str, attempts: &str) ->
                     }
                 }
                 drop(dev);
-                cycles.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_micros(rng.gen_range(0..2000)));
+                cycles.fetch_add(1, Ordering::Release);
+                // Mostly straight back to the open: the unload gets a
+                // window between two cycles only now and then.
+                if rng.gen_range(0..16) == 0 {
+                    std::thread::sleep(Duration::from_micros(rng.gen_range(0..2000)));
+                }
             }
             Ok(())
         });
+        // The unloads start once the user is cycling.
+        let t = Instant::now();
+        while cycles.load(Ordering::Acquire) < 5 && !user.is_finished() {
+            if t.elapsed() > Duration::from_secs(30) {
+                stop.store(true, Ordering::Relaxed);
+                return Err("the user did not cycle 5 times within 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
         for _ in 0..attempts {
             if user.is_finished() {
