@@ -26,14 +26,28 @@ GUEST_SAMPLE=(-DBAR_REG=0x18 -DBAR_64=1 -DWORD=0 -DSTEP=1 -DPAGES=64)
 GUEST_SAMPLE_16K=(-DBAR_REG=0x18 -DBAR_64=1 -DWORD=0 -DSTEP=1 -DPAGES=4)
 GUEST_VF=(-DBAR_REG=0x10 -DBAR_64=1 -DWORD=0x2800 -DSTEP=0x80 -DPAGES=0)
 
-# domain_xml NAME KERNEL UUID...: a domain (TCG, 64 MiB) booting KERNEL with
-# the mdevs UUID... as vfio-pci hostdevs, the first in slot 4 of bus 0
-# (where the guest looks), and its serial port in a file.
+# domain_xml [--words-cpu-check] NAME KERNEL UUID...: a domain (TCG,
+# 64 MiB) booting KERNEL with the mdevs UUID... as vfio-pci hostdevs, the
+# first in slot 4 of bus 0 (where the guest looks), and its serial port in
+# a file.
+#
+# --words-cpu-check: at each QEMU start (start, restore, incoming
+# migration), libvirt 11.3 verifies the guest CPU by reading every boolean
+# property of the vCPU, one qom-get each (about 930 round trips, 14 to 16 s
+# through the nested QEMU's monitor; QEMU 10.0 has no qom-list-get). This
+# domain takes libvirt's other path, the CPUID words in 3 round trips, by
+# hiding the capability that selects the first from it (<qemu:del
+# capability='cpu-unavailable-features'/>, which libvirt calls a setting
+# for experiments and marks the domain tainted for). The tests use it for
+# the domains they start again and again; one domain of t-libvirt and the
+# demo's keep libvirt's default (Documentation/lab.rst).
 domain_xml() {
+	local words=
+	[ "$1" != --words-cpu-check ] || { words=1; shift; }
 	local name=$1 kernel=$2 slot=4 u
 	shift 2
 	cat <<-XML
-	<domain type='qemu'>
+	<domain type='qemu'${words:+ xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'}>
 	  <name>$name</name>
 	  <memory unit='MiB'>64</memory>
 	  <vcpu>1</vcpu>
@@ -60,8 +74,13 @@ domain_xml() {
 	cat <<-XML
 	    <memballoon model='none'/>
 	  </devices>
-	</domain>
 	XML
+	[ -z "$words" ] || cat <<-XML
+	  <qemu:capabilities>
+	    <qemu:del capability='cpu-unavailable-features'/>
+	  </qemu:capabilities>
+	XML
+	echo "</domain>"
 }
 
 # serial NAME: what the domain's guest wrote to its serial port so far.
