@@ -1572,9 +1572,9 @@ pub(crate) fn teardown_campaign(
 
 /// `rmmod-race TYPE-DIR MODULE SEED ATTEMPTS`: `rmmod` against a user that
 /// keeps opening the device. An mdev of the type at TYPE-DIR is created;
-/// its user opens it, opens a save or resume session (random SET), calls
-/// the data FD a few times, closes and opens again (one time in 16 after a
-/// random pause of up to 2 ms). Once it cycles, this thread asks the
+/// its user opens it, opens 1 to 8 save or resume sessions in turn (random
+/// SETs, a few data FD calls, a reset after each), closes and opens again
+/// (one time in 16 after a random pause of up to 2 ms). Once it cycles, this thread asks the
 /// kernel to unload MODULE (the vendor of the type, `delete_module`
 /// without waiting) up to ATTEMPTS times. Every refusal must be `EWOULDBLOCK` or `EBUSY` ("in use") and
 /// leave the device usable (the user's next cycle must work); once an
@@ -1635,16 +1635,22 @@ pub(crate) fn rmmod_race(dir: &str, module: &str, seed: &str, attempts: &str) ->
                 if gone_before {
                     return Err(format!("the mdev opened after {module} was unloaded"));
                 }
-                let to = states[rng.gen_range(0..states.len())];
-                if let Ok(Some(fd)) = dev.set_state(to.raw()) {
-                    for _ in 0..rng.gen_range(1..4) {
-                        let n = rng.gen_range(0..buf.len());
-                        let _ = if to == State::Resuming {
-                            vfio::write_fd(&fd, &buf[..n])
-                        } else {
-                            vfio::read_fd(&fd, &mut buf[..n])
-                        };
+                // 1 to 8 sessions per open, a reset after each: the
+                // device is held most of the time.
+                for _ in 0..rng.gen_range(1..9) {
+                    let to = states[rng.gen_range(0..states.len())];
+                    if let Ok(Some(fd)) = dev.set_state(to.raw()) {
+                        for _ in 0..rng.gen_range(1..4) {
+                            let n = rng.gen_range(0..buf.len());
+                            let _ = if to == State::Resuming {
+                                vfio::write_fd(&fd, &buf[..n])
+                            } else {
+                                vfio::read_fd(&fd, &mut buf[..n])
+                            };
+                        }
                     }
+                    dev.reset()
+                        .map_err(|e| format!("reset with {module} loaded: {e}"))?;
                 }
                 drop(dev);
                 cycles.fetch_add(1, Ordering::Release);
@@ -1709,7 +1715,7 @@ pub(crate) fn rmmod_race(dir: &str, module: &str, seed: &str, attempts: &str) ->
         ));
     }
     println!(
-        "  rmmod race ({module}): seed {seed}, {refused} unloads refused while the user cycled ({} open-session-close cycles), {} in {:.1} s",
+        "  rmmod race ({module}): seed {seed}, {refused} unloads refused while the user cycled ({} opens), {} in {:.1} s",
         cycles.load(Ordering::Relaxed),
         if won { "then one went through between two of its opens" } else { "none went through while it ran; done after it stopped" },
         start.elapsed().as_secs_f64()
