@@ -1574,12 +1574,13 @@ pub(crate) fn teardown_campaign(
 /// keeps opening the device. An mdev of the type at TYPE-DIR is created;
 /// its user opens it, opens 1 to 8 save or resume sessions in turn (random
 /// SETs, a few data FD calls, a reset after each), closes and opens again
-/// (one time in 16 after a random pause of up to 2 ms). Once it cycles, this thread asks the
-/// kernel to unload MODULE (the vendor of the type, `delete_module`
-/// without waiting) up to ATTEMPTS times. Every refusal must be `EWOULDBLOCK` or `EBUSY` ("in use") and
-/// leave the device usable (the user's next cycle must work); once an
-/// unload goes through, the module and the mdev must be gone and the
-/// user's next open must fail (it stops there). An unload that never won
+/// (one time in 16 after a random pause of up to 2 ms). Once it has done
+/// that 5 times and holds the device again, this thread asks the kernel to
+/// unload MODULE (the vendor of the type, `delete_module` without waiting)
+/// up to ATTEMPTS times. Every refusal must be `EWOULDBLOCK` or `EBUSY`
+/// ("in use") and leave the device usable (the user's next cycle must
+/// work); once an unload goes through, the module and the mdev must be
+/// gone and the user's next open must fail (it stops there). An unload that never won
 /// the race is done after the user stops, and must then succeed.
 pub(crate) fn rmmod_race(dir: &str, module: &str, seed: &str, attempts: &str) -> TestResult {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -1609,10 +1610,14 @@ pub(crate) fn rmmod_race(dir: &str, module: &str, seed: &str, attempts: &str) ->
     ctx(std::fs::write(format!("{dir}/create"), &uuid), "create")?;
     let start = Instant::now();
     let (unloaded, stop) = (AtomicBool::new(false), AtomicBool::new(false));
+    // Whether the user holds the device open (set after its open, cleared
+    // before its close).
+    let holding = AtomicBool::new(false);
     let cycles = AtomicUsize::new(0);
     let (mut refused, mut won) = (0usize, false);
     let user = std::thread::scope(|s| -> TestResult {
         let (unloaded, stop, cycles, uuid) = (&unloaded, &stop, &cycles, &uuid);
+        let holding = &holding;
         let user = s.spawn(move || -> TestResult {
             let mut rng = StdRng::seed_from_u64(seed);
             let states = [State::StopCopy, State::Resuming, State::PreCopy];
@@ -1635,6 +1640,7 @@ pub(crate) fn rmmod_race(dir: &str, module: &str, seed: &str, attempts: &str) ->
                 if gone_before {
                     return Err(format!("the mdev opened after {module} was unloaded"));
                 }
+                holding.store(true, Ordering::Release);
                 // 1 to 8 sessions per open, a reset after each: the
                 // device is held most of the time.
                 for _ in 0..rng.gen_range(1..9) {
@@ -1652,6 +1658,7 @@ pub(crate) fn rmmod_race(dir: &str, module: &str, seed: &str, attempts: &str) ->
                     dev.reset()
                         .map_err(|e| format!("reset with {module} loaded: {e}"))?;
                 }
+                holding.store(false, Ordering::Release);
                 drop(dev);
                 cycles.fetch_add(1, Ordering::Release);
                 // Mostly straight back to the open: the unload gets a
@@ -1662,12 +1669,17 @@ pub(crate) fn rmmod_race(dir: &str, module: &str, seed: &str, attempts: &str) ->
             }
             Ok(())
         });
-        // The unloads start once the user is cycling.
+        // The unloads start once the user is cycling, while it holds the
+        // device: the first ones must be refused.
         let t = Instant::now();
-        while cycles.load(Ordering::Acquire) < 5 && !user.is_finished() {
+        while (cycles.load(Ordering::Acquire) < 5 || !holding.load(Ordering::Acquire))
+            && !user.is_finished()
+        {
             if t.elapsed() > Duration::from_secs(30) {
                 stop.store(true, Ordering::Relaxed);
-                return Err("the user did not cycle 5 times within 30 s".into());
+                return Err(
+                    "the user did not cycle 5 times and hold the device within 30 s".into(),
+                );
             }
             std::thread::sleep(Duration::from_millis(1));
         }
