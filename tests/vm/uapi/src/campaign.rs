@@ -1702,7 +1702,7 @@ pub(crate) fn rmmod_race(dir: &str, module: &str, seed: &str, attempts: &str) ->
                     ));
                 }
             }
-            std::thread::sleep(Duration::from_micros(rng.gen_range(0..1500)));
+            std::thread::sleep(Duration::from_micros(rng.gen_range(0..200)));
         }
         if !won {
             stop.store(true, Ordering::Relaxed);
