@@ -59,8 +59,8 @@ build-check: setup
 # runs the whole suite, every tests/vm/t-*.sh, then tests/vm/rmdev-host2
 # (the rmdev tool's second host: t-rmdev leaves its files in SHARE, and the
 # modules are reloaded with other parameters), then the source side of
-# libvirt's live migration; host 2, the migration's target, prepares while
-# host 1 boots and is parked (its VM stopped) until host 1 wakes it.
+# libvirt's live migration; host 2, the migration's target, boots first,
+# prepares, and is parked (its VM stopped) until host 1 wakes it.
 # t-rmdev's JSON from the real devices is checked against the tool's
 # schema afterwards.
 SHARE := $(CURDIR)/build/two-hosts

@@ -18,7 +18,7 @@
 
 # On host 1 of make check's lab pair (tests/vm/two-hosts), libvirtd
 # listens for host 2 and outlives the test: libvirt-pair goes on with it
-# (one libvirtd start less, 40 to 60 s under TCG).
+# (one libvirtd start less: 12 to 17 s measured, more beside a busy VM).
 if [ "${RMDEV_HOST:-}" = 1 ]; then
 	libvirt_start=(start --pair) libvirt_keep=1
 else

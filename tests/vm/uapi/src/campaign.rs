@@ -1614,7 +1614,7 @@ pub(crate) fn rmmod_race(dir: &str, module: &str, seed: &str, attempts: &str) ->
     // before its close).
     let holding = AtomicBool::new(false);
     let cycles = AtomicUsize::new(0);
-    let (mut refused, mut won) = (0usize, false);
+    let mut refused = 0usize;
     let user = std::thread::scope(|s| -> TestResult {
         let (unloaded, stop, cycles, uuid) = (&unloaded, &stop, &cycles, &uuid);
         let holding = &holding;
@@ -1691,7 +1691,6 @@ pub(crate) fn rmmod_race(dir: &str, module: &str, seed: &str, attempts: &str) ->
             match unload() {
                 Ok(()) => {
                     unloaded.store(true, Ordering::Release);
-                    won = true;
                     break;
                 }
                 Err(e) if e == libc::EWOULDBLOCK || e == libc::EBUSY => refused += 1,
@@ -1704,13 +1703,15 @@ pub(crate) fn rmmod_race(dir: &str, module: &str, seed: &str, attempts: &str) ->
             }
             std::thread::sleep(Duration::from_micros(rng.gen_range(0..200)));
         }
-        if !won {
+        if !unloaded.load(Ordering::Relaxed) {
             stop.store(true, Ordering::Relaxed);
         }
         user.join()
             .map_err(|_| "the user thread panicked".to_string())?
     });
     user.map_err(|e| format!("seed {seed}: {e}"))?;
+    // Whether an unload went through while the user cycled.
+    let won = unloaded.into_inner();
     if !won {
         unload().map_err(|e| {
             format!("seed {seed}: unloading {module} once the user stopped: errno {e}")
