@@ -1670,7 +1670,8 @@ pub(crate) fn rmmod_race(dir: &str, module: &str, seed: &str, attempts: &str) ->
             Ok(())
         });
         // The unloads start once the user is cycling, while it holds the
-        // device: the first ones must be refused.
+        // device: the first ones are likely refused (not asserted: the
+        // user may close before the first attempt lands).
         let t = Instant::now();
         while (cycles.load(Ordering::Acquire) < 5 || !holding.load(Ordering::Acquire))
             && !user.is_finished()
