@@ -11,6 +11,8 @@
 #include <linux/eventfd.h>
 #include <linux/file.h>
 #include <linux/fs.h>
+#include <linux/interval_tree.h>
+#include <linux/iova_bitmap.h>
 #include <linux/mdev.h>
 #include <linux/pagemap.h>
 #include <linux/pci.h>

@@ -26,10 +26,13 @@ use kernel::ffi::{c_char, c_long, c_uint, c_ulong};
 use kernel::error::{from_err_ptr, to_result};
 use kernel::prelude::*;
 use kernel::static_lock_class;
-use kernel::sync::{Arc, Mutex, SpinLock};
+use kernel::sync::{Arc, CondVar, Mutex, SpinLock};
 use kernel::uaccess::UserSlice;
+use kernel::workqueue::{self, impl_has_work, Work, WorkItem};
 
 use super::bindings;
+use super::dma::DmaState;
+pub use super::dma::{GuestMemory, Pinned};
 use super::fsm::{ArcSet, FlagSet, StepFailure};
 pub use super::irq::Interrupts;
 use super::irq::{self, IrqState};
@@ -164,12 +167,6 @@ pub trait Device: Send + Sync + Sized + 'static {
     type Save: Send;
     /// The vendor's state of one resume session.
     type Load: Send;
-    /// Whether the device writes guest memory (DMA). Every vendor declares
-    /// it: a device that never does gets dirty-page logging that reports
-    /// nothing dirty, which is exact and lets QEMU migrate it by default; a
-    /// device that does gets no device dirty logging (the type1 IOMMU still
-    /// tracks the pages it pins), until the framework offers real tracking.
-    const WRITES_GUEST_MEMORY: bool;
 
     /// Region `index` (see [`region`]); [`Region::NONE`] if absent.
     fn region(&self, index: u32) -> Region;
@@ -182,8 +179,21 @@ pub trait Device: Send + Sync + Sized + 'static {
     fn open(&self) -> Result {
         Ok(())
     }
-    /// The last user closed the device. Data files are already disabled.
+    /// The last user closed the device. Data files are already disabled;
+    /// when this returns, the framework unpins every page the device still
+    /// has pinned ([`GuestMemory`]), so the device must have stopped using
+    /// them.
     fn close(&self) {}
+    /// The user is unmapping `[iova, iova + length)` from the device's
+    /// IOMMU context: the device stops using every page it pinned there
+    /// (hardware included) before returning; the framework then unpins
+    /// them, and their [`Pinned`] handles go stale. May be called at any
+    /// time, even with nothing pinned there or while [`Device::close`]
+    /// runs; `length` may reach the end of the address space (an iommufd
+    /// detach unmaps everything). It runs in a worker (process context, it
+    /// may sleep), never twice at once for one device, while the user's
+    /// unmap waits for it.
+    fn guest_unmapped(&self, _iova: u64, _length: u64) {}
     /// `VFIO_DEVICE_RESET`: reset the device function. The framework has
     /// ended any migration session, set the migration state to RUNNING and
     /// reset the emulated configuration space.
@@ -312,6 +322,21 @@ pub(crate) struct Core<D: Device> {
     pub(crate) waker: SpinLock<Option<Arc<SaveStream>>>,
     /// The interrupts and the request channel.
     irqs: Arc<IrqState>,
+    /// The user's memory: pins, copies, the dirty log.
+    pub(crate) dma: Arc<DmaState>,
+    /// Serialises the `dma_unmap` callbacks, each of which waits for
+    /// [`Core::unmap_work`] to finish its request.
+    #[pin]
+    unmap_gate: Mutex<()>,
+    /// The request of the `dma_unmap` callback being served.
+    #[pin]
+    unmap_request: Mutex<UnmapRequest>,
+    /// Signalled when the request is done.
+    #[pin]
+    unmap_done: CondVar,
+    /// Serves a `dma_unmap` request: the vendor's hook, then the unpins.
+    #[pin]
+    unmap_work: Work<Core<D>>,
     /// The emulated configuration space, if the framework emulates it.
     #[pin]
     pub(crate) config: Mutex<Option<ConfigSpace>>,
@@ -324,7 +349,73 @@ pub(crate) struct Core<D: Device> {
     _anchor: Arc<dyn Anchor>,
 }
 
+/// A `dma_unmap` request, from the callback to the worker that serves it.
+#[derive(Default)]
+struct UnmapRequest {
+    /// `(iova, length)`, taken by the worker.
+    range: Option<(u64, u64)>,
+    /// The worker finished it.
+    done: bool,
+}
+
+impl_has_work! {
+    impl{D: Device} HasWork<Core<D>> for Core<D> { self.unmap_work }
+}
+
+impl<D: Device> WorkItem for Core<D> {
+    type Pointer = Arc<Core<D>>;
+
+    fn run(core: Arc<Core<D>>) {
+        core.serve_unmap();
+    }
+}
+
 impl<D: Device> Core<D> {
+    /// The `dma_unmap` callback: the user unmaps `[iova, iova + length)`.
+    /// Before this returns, the vendor has stopped using its pins there
+    /// ([`Device::guest_unmapped`]) and the framework has unpinned them, as
+    /// the IOMMU backends require.
+    ///
+    /// The work is done by a worker while this waits. type1 calls
+    /// `dma_unmap` holding its `device_list_lock`, which it takes under its
+    /// `iommu->lock` (`vfio_notify_dma_unmap()`, and device registration
+    /// at open); the unpin takes `iommu->lock` again. Done here, every unmap
+    /// under a pin would add the reverse order to lockdep's graph: lockdep
+    /// reports that cycle at once and switches itself off for the rest of
+    /// the boot, and with it the checking of every other lock. The worker
+    /// holds no lock of type1's, so what lockdep records is the framework's
+    /// and the vendor's own order. It does not remove type1's own hazard:
+    /// an unmap under a pin racing another unmap or a device open on the
+    /// same container can still deadlock in type1 (see `core/dma.rs`).
+    fn user_unmap(self: &Arc<Self>, iova: u64, length: u64) {
+        let _gate = self.unmap_gate.lock();
+        *self.unmap_request.lock() = UnmapRequest {
+            range: Some((iova, length)),
+            done: false,
+        };
+        if let Err(me) = workqueue::system().enqueue(self.clone()) {
+            // Cannot happen: the work is only queued here, under the gate,
+            // and the previous request finished before its caller let go
+            // of the gate. Serve it here rather than not at all.
+            me.serve_unmap();
+        }
+        let mut request = self.unmap_request.lock();
+        while !request.done {
+            self.unmap_done.wait(&mut request);
+        }
+    }
+
+    /// Serves the pending `dma_unmap` request (the worker).
+    fn serve_unmap(&self) {
+        let range = self.unmap_request.lock().range.take();
+        if let Some((iova, length)) = range {
+            self.dev.guest_unmapped(iova, length);
+            self.dma.unmapped(iova, length);
+        }
+        self.unmap_request.lock().done = true;
+        self.unmap_done.notify_all();
+    }
+
     /// The mdev's name, for messages.
     pub(crate) fn name(&self) -> &str {
         let len = self
@@ -376,6 +467,9 @@ impl<D: Device> Core<D> {
             self.config_changed(c);
         }
         self.dev.reset();
+        // A function after reset has no DMA set up: what the device still
+        // had pinned goes.
+        self.dma.unpin_all();
     }
 
     /// The emulated configuration space changed (its lock is held, taken
@@ -578,7 +672,7 @@ impl<D: Device> Ops<D> {
         mmap: None,
         request: Some(Self::request),
         match_: None,
-        dma_unmap: None,
+        dma_unmap: Some(Self::dma_unmap),
         device_feature: None,
     };
 
@@ -616,9 +710,13 @@ impl<D: Device> Ops<D> {
         // SAFETY: Called by the VFIO core on a registered device.
         let core = unsafe { Self::core(vdev) };
         core.back_to_running();
+        core.dma.opened();
         match core.dev.open() {
             Ok(()) => 0,
-            Err(e) => e.to_errno(),
+            Err(e) => {
+                core.dma.closed();
+                e.to_errno()
+            }
         }
     }
 
@@ -635,6 +733,18 @@ impl<D: Device> Ops<D> {
         core.back_to_running();
         core.irqs.release_all();
         core.dev.close();
+        core.dma.closed();
+    }
+
+    /// The `dma_unmap` callback (see [`Core::user_unmap`]).
+    ///
+    /// # Safety
+    ///
+    /// Only called by the VFIO core, with the arguments it documents for this
+    /// callback, on an object this module registered.
+    unsafe extern "C" fn dma_unmap(vdev: *mut bindings::vfio_device, iova: u64, length: u64) {
+        // SAFETY: Called by the VFIO core on a registered device.
+        unsafe { core_of::<D>(vdev) }.user_unmap(iova, length);
     }
 
     /// A region access at the device file position `*ppos`, which advances.
@@ -823,12 +933,13 @@ const PCI_CAP_ID_MSI: u8 = 0x05;
 /// be called for it before it goes away.
 pub(crate) unsafe fn register<D: Device, I: PinInit<D, Error>>(
     mdev: *mut bindings::mdev_device,
-    create: impl FnOnce(Interrupts) -> I,
+    create: impl FnOnce(Interrupts, GuestMemory) -> I,
     type_version: Option<VersionBuf>,
     anchor: Arc<dyn Anchor>,
 ) -> Result {
     let irqs = IrqState::new()?;
-    let init = create(irqs.handle());
+    let dma = DmaState::new()?;
+    let init = create(irqs.handle(), dma.handle());
     let mut name = [0u8; 40];
     // SAFETY: `mdev` is valid (contract); its name is a NUL-terminated
     // string set by the mdev core (the UUID).
@@ -841,6 +952,15 @@ pub(crate) unsafe fn register<D: Device, I: PinInit<D, Error>>(
             mig <- Mutex::new(MigState::new(), lock_name!("state"), static_lock_class!()),
             waker <- SpinLock::new(None, lock_name!("waker"), static_lock_class!()),
             irqs,
+            dma,
+            unmap_gate <- Mutex::new((), lock_name!("unmap_gate"), static_lock_class!()),
+            unmap_request <- Mutex::new(
+                UnmapRequest::default(),
+                lock_name!("unmap_request"),
+                static_lock_class!()
+            ),
+            unmap_done <- CondVar::new(lock_name!("unmap_done"), static_lock_class!()),
+            unmap_work <- Work::new(lock_name!("unmap_work"), static_lock_class!()),
             config <- Mutex::new(None, lock_name!("config"), static_lock_class!()),
             _anchor: anchor,
             name,
@@ -872,6 +992,7 @@ pub(crate) unsafe fn register<D: Device, I: PinInit<D, Error>>(
         )
     })?;
     let this = vdev.cast::<VfioDevice<D>>();
+    core.dma.set_vdev(vdev);
     // SAFETY: `this` was just allocated with room for `VfioDevice<D>`; no
     // callback can run before registration.
     // INVARIANT: `core` is initialised before anything can release it.
@@ -881,9 +1002,7 @@ pub(crate) unsafe fn register<D: Device, I: PinInit<D, Error>>(
         unsafe {
             (*vdev).migration_flags = f.bits();
             (*vdev).mig_ops = migration::mig_ops::<D>();
-            if !D::WRITES_GUEST_MEMORY {
-                (*vdev).log_ops = &migration::LOG_OPS_NO_DMA;
-            }
+            (*vdev).log_ops = migration::log_ops::<D>();
         }
     }
     // SAFETY: The mdev core allows the bound driver to set drvdata.

@@ -3,6 +3,9 @@
  * C helpers for the rmdev framework: wrappers of static inline functions and
  * macros that Rust cannot call in 6.12 (see helpers.h).
  */
+#include <linux/highmem.h>
+#include <linux/iova_bitmap.h>
+#include <linux/module.h>
 #include <linux/pci.h>
 #include <linux/ratelimit.h>
 #include <linux/vfio.h>
@@ -64,4 +67,20 @@ struct pci_dev *rmdev_pci_physfn(struct pci_dev *pdev)
 bool rmdev_driver_override_is(struct device *dev, const struct device_driver *drv)
 {
 	return device_match_driver_override(dev, drv) > 0;
+}
+
+void rmdev_page_copy(struct page *page, size_t offset, void *buf, size_t len, bool to_page)
+{
+	if (to_page)
+		memcpy_to_page(page, offset, buf, len);
+	else
+		memcpy_from_page(buf, page, offset, len);
+}
+
+/* iova_bitmap_set() is exported in the IOMMUFD namespace. */
+MODULE_IMPORT_NS(IOMMUFD);
+
+void rmdev_iova_bitmap_set(struct iova_bitmap *bitmap, unsigned long iova, size_t length)
+{
+	iova_bitmap_set(bitmap, iova, length);
 }

@@ -13,6 +13,8 @@
 
 struct vfio_device;
 struct pci_dev;
+struct page;
+struct iova_bitmap;
 
 void rmdev_init_waitqueue_head(struct wait_queue_head *wq, const char *name);
 void rmdev_wake_up_poll(struct wait_queue_head *wq, __poll_t mask);
@@ -23,5 +25,7 @@ void rmdev_sysfs_attr_init(struct attribute *attr);
 bool rmdev_warn_ratelimit(void);
 struct pci_dev *rmdev_pci_physfn(struct pci_dev *pdev);
 bool rmdev_driver_override_is(struct device *dev, const struct device_driver *drv);
+void rmdev_page_copy(struct page *page, size_t offset, void *buf, size_t len, bool to_page);
+void rmdev_iova_bitmap_set(struct iova_bitmap *bitmap, unsigned long iova, size_t length);
 
 #endif

@@ -52,7 +52,7 @@ use kernel::sync::{Arc, CondVar, Mutex};
 use kernel::types::Opaque;
 
 use super::bindings;
-use super::device::{self, Device, Interrupts};
+use super::device::{self, Device, GuestMemory, Interrupts};
 use super::sysfs::{self, DeviceAttrs, TypeVersion};
 use super::version::{check_written, DefaultRule, VersionBuf, VersionError, VersionRule};
 
@@ -84,8 +84,14 @@ pub trait Driver: Send + Sync + Sized + 'static {
 
     /// Creates the state of a new mdev of type `TYPES[type_index]`. The
     /// framework has already reserved one of the type's instances; `irqs`
-    /// is the new device's interrupts, for it to keep and raise.
-    fn create(&self, type_index: usize, irqs: Interrupts) -> impl PinInit<Self::Device, Error>;
+    /// is the new device's interrupts, for it to keep and raise, `memory`
+    /// its user's memory, for it to keep and reach (see [`GuestMemory`]).
+    fn create(
+        &self,
+        type_index: usize,
+        irqs: Interrupts,
+        memory: GuestMemory,
+    ) -> impl PinInit<Self::Device, Error>;
 
     /// The version of type `TYPES[type_index]`'s migration data format,
     /// `(major, minor)`, or `None` if its mdevs do not migrate (then the type
@@ -316,7 +322,7 @@ impl<T: Driver> Registration<T> {
         let res = unsafe {
             device::register::<T::Device, _>(
                 mdev,
-                |irqs| parent.data.create(slot.index, irqs),
+                |irqs, memory| parent.data.create(slot.index, irqs, memory),
                 slot.version.clone(),
                 anchor,
             )

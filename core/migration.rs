@@ -267,12 +267,87 @@ pub(crate) fn mig_ops<D: Device>() -> &'static bindings::vfio_migration_ops {
     &Ops::<D>::MIG_OPS
 }
 
+/// The `vfio_log_ops` of devices of type `D`: dirty logging of the guest
+/// memory they reach through [`GuestMemory`](super::dma::GuestMemory),
+/// which QEMU needs before it migrates a device by default.
+pub(crate) fn log_ops<D: Device>() -> &'static bindings::vfio_log_ops {
+    &Ops::<D>::LOG_OPS
+}
+
 impl<D: Device> Ops<D> {
     const MIG_OPS: bindings::vfio_migration_ops = bindings::vfio_migration_ops {
         migration_set_state: Some(Self::set_state),
         migration_get_state: Some(Self::get_state),
         migration_get_data_size: Some(Self::get_data_size),
     };
+
+    /// `vfio_log_ops`: dirty logging of guest memory, for every device
+    /// that migrates ([`super::dma`]).
+    const LOG_OPS: bindings::vfio_log_ops = bindings::vfio_log_ops {
+        log_start: Some(Self::log_start),
+        log_stop: Some(Self::log_stop),
+        log_read_and_clear: Some(Self::log_read_and_clear),
+    };
+
+    /// The `log_start` callback.
+    ///
+    /// # Safety
+    ///
+    /// Only called by the VFIO core, with the arguments it documents for this
+    /// callback, on an object this module registered.
+    unsafe extern "C" fn log_start(
+        vdev: *mut bindings::vfio_device,
+        ranges: *mut bindings::rb_root_cached,
+        _nnodes: u32,
+        page_size: *mut u64,
+    ) -> c_int {
+        // SAFETY: As in `log_read_and_clear`; `page_size` is the user's
+        // page size, in the core's copy of the request.
+        let (core, page_size) = unsafe { (Self::core(vdev), &mut *page_size) };
+        // Reports are at least page granular: the log keeps pages.
+        if *page_size < super::dma::PAGE_SIZE {
+            *page_size = super::dma::PAGE_SIZE;
+        }
+        // SAFETY: `ranges` is the core's tree (the callback's contract).
+        match unsafe { core.dma.log_start(ranges) } {
+            Ok(()) => 0,
+            Err(e) => e.to_errno(),
+        }
+    }
+
+    /// The `log_stop` callback.
+    ///
+    /// # Safety
+    ///
+    /// Only called by the VFIO core, with the arguments it documents for this
+    /// callback, on an object this module registered.
+    unsafe extern "C" fn log_stop(vdev: *mut bindings::vfio_device) -> c_int {
+        // SAFETY: As in `log_read_and_clear`.
+        unsafe { Self::core(vdev) }.dma.log_stop();
+        0
+    }
+
+    /// The `log_read_and_clear` callback.
+    ///
+    /// # Safety
+    ///
+    /// Only called by the VFIO core, with the arguments it documents for this
+    /// callback, on an object this module registered.
+    unsafe extern "C" fn log_read_and_clear(
+        vdev: *mut bindings::vfio_device,
+        iova: c_ulong,
+        length: c_ulong,
+        dirty: *mut bindings::iova_bitmap,
+    ) -> c_int {
+        // SAFETY: The VFIO core calls this on a registered device with
+        // `log_ops`, which only `device::register` sets.
+        let core = unsafe { Self::core(vdev) };
+        // SAFETY: `dirty` is the core's bitmap for this range.
+        match unsafe { core.dma.log_read(iova as u64, length as u64, dirty) } {
+            Ok(()) => 0,
+            Err(e) => e.to_errno(),
+        }
+    }
 
     /// The framework state of `vdev`.
     ///
@@ -398,54 +473,4 @@ pub(crate) fn envelope_size(size: StopCopySize, max_record: usize, header: usize
         .saturating_add(size.bytes)
         .saturating_add(header)
         .saturating_add(END_LEN)
-}
-
-/// `vfio_log_ops` for devices that never write guest memory: dirty logging
-/// starts, stops and always reports nothing dirty. QEMU needs device dirty
-/// tracking before it migrates a device by default; a device that does no
-/// DMA has nothing to track, so this is exact, not a shortcut.
-pub(crate) static LOG_OPS_NO_DMA: bindings::vfio_log_ops = bindings::vfio_log_ops {
-    log_start: Some(log_start_no_dma),
-    log_stop: Some(log_stop_no_dma),
-    log_read_and_clear: Some(log_read_no_dma),
-};
-
-/// The `log_start_no_dma` callback.
-///
-/// # Safety
-///
-/// Only called by the VFIO core, with the arguments it documents for this
-/// callback, on an object this module registered.
-unsafe extern "C" fn log_start_no_dma(
-    _vdev: *mut bindings::vfio_device,
-    _ranges: *mut bindings::rb_root_cached,
-    _nnodes: u32,
-    _page_size: *mut u64,
-) -> c_int {
-    0
-}
-
-/// The `log_stop_no_dma` callback.
-///
-/// # Safety
-///
-/// Only called by the VFIO core, with the arguments it documents for this
-/// callback, on an object this module registered.
-unsafe extern "C" fn log_stop_no_dma(_vdev: *mut bindings::vfio_device) -> c_int {
-    0
-}
-
-/// The `log_read_no_dma` callback.
-///
-/// # Safety
-///
-/// Only called by the VFIO core, with the arguments it documents for this
-/// callback, on an object this module registered.
-unsafe extern "C" fn log_read_no_dma(
-    _vdev: *mut bindings::vfio_device,
-    _iova: c_ulong,
-    _length: c_ulong,
-    _dirty: *mut bindings::iova_bitmap,
-) -> c_int {
-    0
 }

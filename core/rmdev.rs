@@ -11,6 +11,9 @@
 //! - a VFIO device per mdev, with region and interrupt plumbing and the
 //!   request channel that asks a user to release a device being removed
 //!   ([`device`]),
+//! - its user's memory, read, written and pinned by IOVA, unpinned by the
+//!   framework when the user unmaps it, and a dirty-page log for migration
+//!   ([`dma`]),
 //! - VFIO migration v2: the state machine, the data files and
 //!   `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE` ([`migration`]),
 //! - a PCI driver for parents on real functions, with mapped BARs that are
@@ -53,6 +56,7 @@ mod bindings;
 #[path = "logic/src/crc32c.rs"]
 pub mod crc32c;
 pub mod device;
+pub mod dma;
 #[path = "logic/src/envelope.rs"]
 pub mod envelope;
 #[path = "logic/src/fsm.rs"]

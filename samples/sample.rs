@@ -5,7 +5,10 @@
 //! This is the example a vendor copies (walked through in
 //! `Documentation/vendor-guide.rst`). Each mdev is a small PCI-like device:
 //!
-//! - BAR0 (region 0): 32 bytes of 32-bit registers, see [`reg`];
+//! - BAR0 (region 0): 64 bytes of 32-bit registers, see [`reg`]; those
+//!   from `DMA_IOVA_LO` on make the device reach its user's memory through
+//!   the framework's [`GuestMemory`]: copies between the device memory and
+//!   guest memory, and one pin of guest pages;
 //! - BAR2 (region 2): the device memory, 16 KiB to 256 MiB by type;
 //! - config space (region 7): emulated by the framework from
 //!   [`Device::pci_config`], with BAR sizing, command and status.
@@ -40,8 +43,8 @@ use kernel::sync::{Arc, Mutex};
 use kernel::{c_str, new_mutex};
 
 use rmdev::device::{
-    region, BarKind, Device, Identity, Interrupts, PciConfig, PrecopyInfo, RecordOut, Region,
-    SavePhase, Saved, StopCopySize,
+    region, BarKind, Device, GuestMemory, Identity, Interrupts, PciConfig, Pinned, PrecopyInfo,
+    RecordOut, Region, SavePhase, Saved, StopCopySize,
 };
 use rmdev::fsm::{FlagSet, StateArc, StepFailure};
 use rmdev::mdev::{self, Parent, Registration, TypeInfo};
@@ -85,9 +88,43 @@ pub mod reg {
     /// creation (the device's own writes of `precopy_dirty_pages` do not
     /// count).
     pub const WRITES: u64 = 0x1c;
+    /// Read-write: the guest IOVA of the next DMA command, low 32 bits.
+    pub const DMA_IOVA_LO: u64 = 0x20;
+    /// Read-write: the guest IOVA, high 32 bits.
+    pub const DMA_IOVA_HI: u64 = 0x24;
+    /// Read-write: the byte count of a copy, the page count of a pin.
+    pub const DMA_LEN: u64 = 0x28;
+    /// Read-write: the byte offset in the device memory of a copy.
+    pub const DMA_OFFSET: u64 = 0x2c;
+    /// Write-only: a DMA command, one of the `DMA_*` values
+    /// ([`DMA_TO_GUEST`](super::DMA_TO_GUEST) and its siblings). The
+    /// write itself succeeds; the command's result is in `DMA_STATUS`.
+    pub const DMA_CMD: u64 = 0x30;
+    /// Read-only: the result of the last DMA command: 0, or its errno.
+    pub const DMA_STATUS: u64 = 0x34;
+    /// Read-only: the pages the device has pinned (the framework's count).
+    pub const DMA_PINNED: u64 = 0x38;
+    /// Read-only: how many times the user unmapped memory under the
+    /// device's pin (the framework then unpinned it).
+    pub const DMA_UNMAPS: u64 = 0x3c;
     /// Size of the register block.
-    pub const SIZE: u64 = 0x20;
+    pub const SIZE: u64 = 0x40;
 }
+
+/// DMA command: copy `DMA_LEN` bytes of device memory at `DMA_OFFSET` to
+/// guest memory at the IOVA (the pages are logged dirty).
+pub const DMA_TO_GUEST: u32 = 1;
+/// DMA command: copy `DMA_LEN` bytes of guest memory at the IOVA into the
+/// device memory at `DMA_OFFSET`.
+pub const DMA_FROM_GUEST: u32 = 2;
+/// DMA command: pin `DMA_LEN` pages of guest memory at the IOVA (page
+/// aligned) for writing; the device holds one pin at a time (`-EBUSY`).
+pub const DMA_PIN: u32 = 3;
+/// DMA command: unpin the device's pin.
+pub const DMA_UNPIN: u32 = 4;
+/// DMA command: copy `DMA_LEN` bytes of device memory at `DMA_OFFSET` into
+/// the pinned pages, from their start (through the pin, not by IOVA).
+pub const DMA_TO_PINNED: u32 = 5;
 
 const ID_VALUE: u32 = u32::from_le_bytes(*b"RMDV");
 /// CMD value: checksum the memory.
@@ -203,7 +240,12 @@ impl mdev::Driver for Sample {
     ];
     type Device = SampleDevice;
 
-    fn create(&self, type_index: usize, irqs: Interrupts) -> impl PinInit<SampleDevice, Error> {
+    fn create(
+        &self,
+        type_index: usize,
+        irqs: Interrupts,
+        guest: GuestMemory,
+    ) -> impl PinInit<SampleDevice, Error> {
         let size = SIZES[type_index];
         let memory = Memory::new(size);
         let flags = self.flag_set();
@@ -236,6 +278,8 @@ impl mdev::Driver for Sample {
             version: version?,
             next_arc: AtomicU8::new(ArcFault::None as u8),
             mem <- new_mutex!(memory?, "rmdev_sample:mem"),
+            guest,
+            dma <- new_mutex!(SampleDma::default(), "rmdev_sample:dma"),
         })
     }
 
@@ -521,6 +565,25 @@ struct SampleDevice {
     next_arc: AtomicU8,
     #[pin]
     mem: Mutex<Memory>,
+    /// The user's memory, for the DMA commands.
+    guest: GuestMemory,
+    /// The DMA registers and pin; taken before `mem`, never held while
+    /// guest memory is copied by IOVA.
+    #[pin]
+    dma: Mutex<SampleDma>,
+}
+
+/// The DMA registers and the device's pin. Not migrated: they are the
+/// arguments of the next command, and a pin is the user's memory, not the
+/// device's state (a migrated device has none).
+#[derive(Default)]
+struct SampleDma {
+    iova: u64,
+    len: u32,
+    offset: u32,
+    status: u32,
+    pin: Option<Pinned>,
+    unmaps: u32,
 }
 
 /// A save session: how far the first pass over the memory got.
@@ -553,6 +616,19 @@ fn reg_value(buf: &[u8]) -> Result<u32> {
 
 impl SampleDevice {
     fn read_reg(&self, offset: u64) -> Result<u32> {
+        if offset >= reg::DMA_IOVA_LO {
+            let d = self.dma.lock();
+            return Ok(match offset {
+                reg::DMA_IOVA_LO => d.iova as u32,
+                reg::DMA_IOVA_HI => (d.iova >> 32) as u32,
+                reg::DMA_LEN => d.len,
+                reg::DMA_OFFSET => d.offset,
+                reg::DMA_STATUS => d.status,
+                reg::DMA_PINNED => self.guest.pinned_pages() as u32,
+                reg::DMA_UNMAPS => d.unmaps,
+                _ => return Err(EINVAL),
+            });
+        }
         let m = self.mem.lock();
         Ok(match offset {
             reg::ID => ID_VALUE,
@@ -567,6 +643,21 @@ impl SampleDevice {
     }
 
     fn write_reg(&self, offset: u64, value: u32) -> Result {
+        if offset >= reg::DMA_IOVA_LO {
+            let mut d = self.dma.lock();
+            match offset {
+                reg::DMA_IOVA_LO => d.iova = (d.iova & !0xffff_ffff) | u64::from(value),
+                reg::DMA_IOVA_HI => d.iova = (d.iova & 0xffff_ffff) | (u64::from(value) << 32),
+                reg::DMA_LEN => d.len = value,
+                reg::DMA_OFFSET => d.offset = value,
+                reg::DMA_CMD => {
+                    let result = self.dma_command(&mut d, value);
+                    d.status = result.err().map_or(0, |e| e.to_errno().unsigned_abs());
+                }
+                _ => return Err(EINVAL),
+            }
+            return Ok(());
+        }
         let mut m = self.mem.lock();
         match offset {
             reg::SCRATCH => m.scratch = value,
@@ -589,6 +680,53 @@ impl SampleDevice {
     }
 }
 
+impl SampleDevice {
+    /// The device memory range `[DMA_OFFSET, DMA_OFFSET + DMA_LEN)`.
+    fn dma_span(&self, d: &SampleDma) -> Result<core::ops::Range<usize>> {
+        let start = d.offset as usize;
+        let end = start.checked_add(d.len as usize).ok_or(EINVAL)?;
+        if end > self.size {
+            return Err(EINVAL);
+        }
+        Ok(start..end)
+    }
+
+    /// Runs DMA command `cmd` with the registers in `d` (locked).
+    fn dma_command(&self, d: &mut SampleDma, cmd: u32) -> Result {
+        match cmd {
+            DMA_TO_GUEST | DMA_TO_PINNED => {
+                let span = self.dma_span(d)?;
+                let mut buf = KVec::with_capacity(span.len(), GFP_KERNEL)?;
+                buf.extend_from_slice(&self.mem.lock().bytes[span], GFP_KERNEL)?;
+                if cmd == DMA_TO_GUEST {
+                    self.guest.write(d.iova, &buf)
+                } else {
+                    let pin = d.pin.as_ref().ok_or(ENOENT)?;
+                    self.guest.write_pinned(pin, 0, &buf)
+                }
+            }
+            DMA_FROM_GUEST => {
+                let span = self.dma_span(d)?;
+                let mut buf = KVec::from_elem(0u8, span.len(), GFP_KERNEL)?;
+                self.guest.read(d.iova, &mut buf)?;
+                let mut m = self.mem.lock();
+                m.mark_dirty(span.start, span.len());
+                m.bytes[span].copy_from_slice(&buf);
+                Ok(())
+            }
+            DMA_PIN => {
+                if d.pin.is_some() {
+                    return Err(EBUSY);
+                }
+                d.pin = Some(self.guest.pin(d.iova, d.len as usize, true)?);
+                Ok(())
+            }
+            DMA_UNPIN => self.guest.unpin(d.pin.take().ok_or(ENOENT)?),
+            _ => Err(EINVAL),
+        }
+    }
+}
+
 impl Device for SampleDevice {
     type Save = SampleSave;
     type Load = SampleLoad;
@@ -596,8 +734,6 @@ impl Device for SampleDevice {
     // a device with a fixed flag set names its typed set (`StopCopyP2pArc`
     // and so on), and its `match` then has exactly the arcs it needs.
     type Arcs = StateArc;
-    // The device only holds its own memory: it never DMAs into the guest.
-    const WRITES_GUEST_MEMORY: bool = false;
 
     fn region(&self, index: u32) -> Region {
         match index {
@@ -674,7 +810,28 @@ impl Device for SampleDevice {
     }
 
     fn close(&self) {
-        // The contents stay for the next user, as a real device's would.
+        // The contents stay for the next user, as a real device's would;
+        // the DMA registers do not, and the framework unpins the pin.
+        let mut d = self.dma.lock();
+        let unmaps = d.unmaps;
+        *d = SampleDma {
+            unmaps,
+            ..SampleDma::default()
+        };
+    }
+
+    fn guest_unmapped(&self, iova: u64, length: u64) {
+        // The device stops using its pin if the range covers any of it; the
+        // framework unpins it once this returns.
+        let mut d = self.dma.lock();
+        let end = iova.saturating_add(length);
+        let hit = d.pin.as_ref().is_some_and(|p| {
+            p.iova() < end && iova < p.iova() + p.pages() as u64 * rmdev::dma::PAGE_SIZE
+        });
+        if hit {
+            d.pin = None;
+            d.unmaps = d.unmaps.wrapping_add(1);
+        }
     }
 
     fn reset(&self) {
@@ -685,6 +842,14 @@ impl Device for SampleDevice {
         m.checksum = 0;
         m.oversize_next = false;
         self.next_arc.store(ArcFault::None as u8, Ordering::Relaxed);
+        drop(m);
+        // The framework unpins the pin after the reset.
+        let mut d = self.dma.lock();
+        let unmaps = d.unmaps;
+        *d = SampleDma {
+            unmaps,
+            ..SampleDma::default()
+        };
     }
 
     fn migration(&self) -> Option<FlagSet> {

@@ -38,8 +38,8 @@ use kernel::prelude::*;
 use kernel::sync::Arc;
 
 use rmdev::device::{
-    region, BarKind, Device, Identity, Interrupts, PciConfig, Region, SavePhase, Saved,
-    StopCopySize,
+    region, BarKind, Device, GuestMemory, Identity, Interrupts, PciConfig, Region, SavePhase,
+    Saved, StopCopySize,
 };
 use rmdev::fsm::{FlagSet, StepFailure, StopCopyP2pArc};
 use rmdev::mdev::{self, Parent, TypeInfo};
@@ -177,7 +177,12 @@ impl mdev::Driver for VfParent {
     }];
     type Device = VfDevice;
 
-    fn create(&self, _type_index: usize, _irqs: Interrupts) -> impl PinInit<VfDevice, Error> {
+    fn create(
+        &self,
+        _type_index: usize,
+        _irqs: Interrupts,
+        _guest: GuestMemory,
+    ) -> impl PinInit<VfDevice, Error> {
         try_pin_init!(VfDevice {
             bar: self.bar.clone(),
             ids: self.ids,
@@ -261,8 +266,6 @@ impl Device for VfDevice {
     type Save = VfSave;
     type Load = VfLoad;
     type Arcs = StopCopyP2pArc;
-    // Bus mastering is never enabled and no DMA-capable bit reaches the VF.
-    const WRITES_GUEST_MEMORY: bool = false;
 
     fn region(&self, index: u32) -> Region {
         match index {

@@ -8,7 +8,8 @@
 # the flag set): the wake-up a session's end gives epoll, a config space
 # access and a data file copy whose user page faults not holding up reset,
 # processes contending for an mdev, removal and unloading while in use, bad
-# ioctls, a record longer than announced, interrupts; the 256 MiB
+# ioctls, a record longer than announced, interrupts, guest memory (copies,
+# pins, the dirty log and unmaps under a pin, on type1 and iommufd); the 256 MiB
 # migration; with mtty and rmdev_igbvf loaded alongside, 10,000 hostile
 # streams, 20,000 random ioctls, 50 rounds of races, 30 of teardown races
 # and 100 create-to-remove cycles. Then the envelope's bounds on the
@@ -40,7 +41,8 @@ for flags in 1 3 5 7; do
 		precopy-data-size ||
 		fail "flag set $flags"
 done
-"$VM_TEST" --flags 7 hup-wakeup config-fault stream-fault contend remove-in-use bad-ioctls oversize-record rmmod-in-use interrupts ||
+"$VM_TEST" --flags 7 hup-wakeup config-fault stream-fault contend remove-in-use bad-ioctls oversize-record rmmod-in-use interrupts \
+	guest-memory ||
 	fail "the tests independent of the flag set"
 "$VM_TEST" --flags 7 migrate-largest direct-and-buffered direct-fault || fail "256 MiB migration, direct and buffered saves"
 

@@ -58,9 +58,45 @@ pub const DEVICE_BIND_IOMMUFD: u64 = vfio_io(18);
 pub const DEVICE_ATTACH_IOMMUFD_PT: u64 = vfio_io(19);
 /// `VFIO_MIG_GET_PRECOPY_INFO`.
 pub const MIG_GET_PRECOPY_INFO: u64 = vfio_io(21);
+/// `VFIO_IOMMU_MAP_DMA`.
+pub const IOMMU_MAP_DMA: u64 = vfio_io(13);
+/// `VFIO_IOMMU_UNMAP_DMA`.
+pub const IOMMU_UNMAP_DMA: u64 = vfio_io(14);
 /// `IOMMU_IOAS_ALLOC` (iommufd's ioctls share VFIO's type, from 0x80; not
 /// in `vfio-bindings`, which covers `vfio.h` only).
 const IOMMU_IOAS_ALLOC: u64 = ((uapi::VFIO_TYPE as u64) << 8) | 0x81;
+/// `IOMMU_IOAS_MAP`.
+const IOMMU_IOAS_MAP: u64 = ((uapi::VFIO_TYPE as u64) << 8) | 0x85;
+/// `IOMMU_IOAS_UNMAP`.
+const IOMMU_IOAS_UNMAP: u64 = ((uapi::VFIO_TYPE as u64) << 8) | 0x86;
+
+/// `struct iommu_ioas_map` (`include/uapi/linux/iommufd.h`).
+#[repr(C)]
+#[derive(Default)]
+struct IoasMap {
+    size: u32,
+    flags: u32,
+    ioas_id: u32,
+    reserved: u32,
+    user_va: u64,
+    length: u64,
+    iova: u64,
+}
+
+/// `struct iommu_ioas_unmap`.
+#[repr(C)]
+#[derive(Default)]
+struct IoasUnmap {
+    size: u32,
+    ioas_id: u32,
+    iova: u64,
+    length: u64,
+}
+
+/// `IOMMU_IOAS_MAP_FIXED_IOVA`, `_WRITEABLE`, `_READABLE`.
+const IOAS_MAP_FIXED_IOVA: u32 = 1;
+const IOAS_MAP_WRITEABLE: u32 = 2;
+const IOAS_MAP_READABLE: u32 = 4;
 
 /// The size of Linux 6.12's `vfio_device_bind_iommufd`, which ends at
 /// `out_devid` (the bindings carry a newer, larger structure; 6.12 refuses
@@ -84,6 +120,12 @@ pub const FEATURE_MIGRATION: u32 = uapi::VFIO_DEVICE_FEATURE_MIGRATION;
 pub const FEATURE_MIG_DEVICE_STATE: u32 = uapi::VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE;
 /// `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE`.
 pub const FEATURE_MIG_DATA_SIZE: u32 = uapi::VFIO_DEVICE_FEATURE_MIG_DATA_SIZE;
+/// `VFIO_DEVICE_FEATURE_DMA_LOGGING_START`.
+pub const FEATURE_DMA_LOGGING_START: u32 = uapi::VFIO_DEVICE_FEATURE_DMA_LOGGING_START;
+/// `VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP`.
+pub const FEATURE_DMA_LOGGING_STOP: u32 = uapi::VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP;
+/// `VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT`.
+pub const FEATURE_DMA_LOGGING_REPORT: u32 = uapi::VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT;
 
 /// `VFIO_MIGRATION_STOP_COPY`.
 pub const MIGRATION_STOP_COPY: u64 = uapi::VFIO_MIGRATION_STOP_COPY as u64;
@@ -188,12 +230,22 @@ impl<T: Default> Feature<T> {
     }
 }
 
+/// Where a device's user maps its memory for the device to reach.
+#[derive(Clone, Copy, Debug)]
+enum IommuCtx {
+    /// A type1 container (the FD is in `Device::_keep`).
+    Container(RawFd),
+    /// An iommufd (in `_keep`) and the IOAS the device is attached to.
+    Iommufd { fd: RawFd, ioas: u32 },
+}
+
 /// An open mdev: its device FD and what keeps it usable (container and
 /// group, or the iommufd).
 pub struct Device {
     /// The device FD.
     pub fd: OwnedFd,
     _keep: Vec<OwnedFd>,
+    iommu: IommuCtx,
     /// Region index → its offset in the device FD, as the kernel's region
     /// info gives it (asked once per region, on first use).
     offsets: Mutex<BTreeMap<u32, u64>>,
@@ -265,10 +317,12 @@ impl Device {
         let name = CString::new(uuid).map_err(|_| io::Error::other("bad uuid"))?;
         // SAFETY: GET_DEVICE_FD takes a NUL-terminated string.
         let fd = unsafe { ioctl(group.as_raw_fd(), GROUP_GET_DEVICE_FD, name.as_ptr() as _) }?;
+        let iommu = IommuCtx::Container(container.as_raw_fd());
         Ok(Device {
             // SAFETY: The kernel returned a new descriptor we now own.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             _keep: vec![group, container],
+            iommu,
             offsets: Mutex::default(),
         })
     }
@@ -304,9 +358,14 @@ impl Device {
         // SAFETY: DEVICE_ATTACH_IOMMUFD_PT takes `struct vfio_device_attach_iommufd_pt`; argsz is
         // 6.12's size, within the structure.
         unsafe { ioctl_with(fd.as_raw_fd(), DEVICE_ATTACH_IOMMUFD_PT, &mut attach) }?;
+        let iommu = IommuCtx::Iommufd {
+            fd: iommufd.as_raw_fd(),
+            ioas: ioas[2],
+        };
         Ok(Device {
             fd,
             _keep: vec![iommufd],
+            iommu,
             offsets: Mutex::default(),
         })
     }
@@ -453,6 +512,129 @@ impl Device {
     /// A 32-bit write of the configuration space.
     pub fn set_config32(&self, offset: u64, value: u32) -> io::Result<()> {
         self.write_at(CONFIG, offset, &value.to_le_bytes())
+    }
+
+    /// Maps `size` bytes of this process's memory at `vaddr` at `iova` in
+    /// the device's IOMMU context (`VFIO_IOMMU_MAP_DMA` on the container,
+    /// `IOMMU_IOAS_MAP` on the iommufd), readable, and writable if
+    /// `writable`. The memory must stay mapped in the process until it is
+    /// unmapped here.
+    pub fn map_dma(&self, iova: u64, vaddr: u64, size: u64, writable: bool) -> io::Result<()> {
+        match self.iommu {
+            IommuCtx::Container(fd) => {
+                let mut map = uapi::vfio_iommu_type1_dma_map {
+                    argsz: size_of::<uapi::vfio_iommu_type1_dma_map>() as u32,
+                    flags: uapi::VFIO_DMA_MAP_FLAG_READ
+                        | if writable {
+                            uapi::VFIO_DMA_MAP_FLAG_WRITE
+                        } else {
+                            0
+                        },
+                    vaddr,
+                    iova,
+                    size,
+                };
+                // SAFETY: MAP_DMA takes `struct vfio_iommu_type1_dma_map`, argsz set.
+                unsafe { ioctl_with(fd, IOMMU_MAP_DMA, &mut map) }.map(|_| ())
+            }
+            IommuCtx::Iommufd { fd, ioas } => {
+                let mut map = IoasMap {
+                    size: size_of::<IoasMap>() as u32,
+                    flags: IOAS_MAP_FIXED_IOVA
+                        | IOAS_MAP_READABLE
+                        | if writable { IOAS_MAP_WRITEABLE } else { 0 },
+                    ioas_id: ioas,
+                    user_va: vaddr,
+                    length: size,
+                    iova,
+                    ..Default::default()
+                };
+                // SAFETY: IOAS_MAP takes `struct iommu_ioas_map`, size set.
+                unsafe { ioctl_with(fd, IOMMU_IOAS_MAP, &mut map) }.map(|_| ())
+            }
+        }
+    }
+
+    /// Unmaps `[iova, iova + size)` from the device's IOMMU context; the
+    /// bytes unmapped.
+    pub fn unmap_dma(&self, iova: u64, size: u64) -> io::Result<u64> {
+        match self.iommu {
+            IommuCtx::Container(fd) => {
+                let mut unmap = uapi::vfio_iommu_type1_dma_unmap {
+                    argsz: size_of::<uapi::vfio_iommu_type1_dma_unmap>() as u32,
+                    iova,
+                    size,
+                    ..Default::default()
+                };
+                // SAFETY: UNMAP_DMA takes `struct vfio_iommu_type1_dma_unmap`, argsz set
+                // (no bitmap flag, so nothing past it).
+                unsafe { ioctl_with(fd, IOMMU_UNMAP_DMA, &mut unmap) }?;
+                Ok(unmap.size)
+            }
+            IommuCtx::Iommufd { fd, ioas } => {
+                let mut unmap = IoasUnmap {
+                    size: size_of::<IoasUnmap>() as u32,
+                    ioas_id: ioas,
+                    iova,
+                    length: size,
+                };
+                // SAFETY: IOAS_UNMAP takes `struct iommu_ioas_unmap`, size set.
+                unsafe { ioctl_with(fd, IOMMU_IOAS_UNMAP, &mut unmap) }?;
+                Ok(unmap.length)
+            }
+        }
+    }
+
+    /// `VFIO_DEVICE_FEATURE_DMA_LOGGING_START` for `ranges` (IOVA,
+    /// length) at `page_size`; the page size the device chose.
+    pub fn dma_logging_start(&self, ranges: &[(u64, u64)], page_size: u64) -> io::Result<u64> {
+        let ranges: Vec<uapi::vfio_device_feature_dma_logging_range> = ranges
+            .iter()
+            .map(|&(iova, length)| uapi::vfio_device_feature_dma_logging_range { iova, length })
+            .collect();
+        let mut f = Feature::<uapi::vfio_device_feature_dma_logging_control>::new(
+            FEATURE_SET | FEATURE_DMA_LOGGING_START,
+        );
+        f.data.page_size = page_size;
+        f.data.num_ranges = ranges.len() as u32;
+        f.data.ranges = ranges.as_ptr() as u64;
+        // SAFETY: DEVICE_FEATURE takes a `vfio_device_feature` header followed by the feature's
+        // structure, argsz covering both; `ranges` points at `num_ranges` ranges that outlive
+        // the call.
+        unsafe { ioctl_with(self.raw(), DEVICE_FEATURE, &mut f) }?;
+        Ok(f.data.page_size)
+    }
+
+    /// `VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP`.
+    pub fn dma_logging_stop(&self) -> io::Result<()> {
+        let mut f = Feature::<()>::new(FEATURE_SET | FEATURE_DMA_LOGGING_STOP);
+        // SAFETY: DEVICE_FEATURE takes a `vfio_device_feature` header; STOP has no data.
+        unsafe { ioctl_with(self.raw(), DEVICE_FEATURE, &mut f) }.map(|_| ())
+    }
+
+    /// `VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT` of `[iova, iova + length)`
+    /// at `page_size`: one bit per page, set for the dirty ones (and
+    /// cleared in the device's log).
+    pub fn dma_logging_report(
+        &self,
+        iova: u64,
+        length: u64,
+        page_size: u64,
+    ) -> io::Result<Vec<u64>> {
+        let pages = length.div_ceil(page_size);
+        let mut bitmap = vec![0u64; pages.div_ceil(64) as usize];
+        let mut f = Feature::<uapi::vfio_device_feature_dma_logging_report>::new(
+            FEATURE_GET | FEATURE_DMA_LOGGING_REPORT,
+        );
+        f.data.iova = iova;
+        f.data.length = length;
+        f.data.page_size = page_size;
+        f.data.bitmap = bitmap.as_mut_ptr() as u64;
+        // SAFETY: DEVICE_FEATURE takes a `vfio_device_feature` header followed by the feature's
+        // structure, argsz covering both; `bitmap` has a bit for each page of the range and
+        // outlives the call.
+        unsafe { ioctl_with(self.raw(), DEVICE_FEATURE, &mut f) }?;
+        Ok(bitmap)
     }
 
     /// `VFIO_DEVICE_SET_IRQS` on the request index with an eventfd (or -1).

@@ -66,6 +66,8 @@ macro_rules! expect_errno {
     };
 }
 
+mod guest_memory;
+
 fn errno_name(e: i32) -> String {
     format!("{} (errno {e})", io::Error::from_raw_os_error(e))
 }
@@ -2662,6 +2664,7 @@ const TESTS: &[(&str, Test, Option<State>)] = &[
     ("rmmod-in-use", t_rmmod_in_use, None),
     ("config", t_config, None),
     ("interrupts", t_interrupts, None),
+    ("guest-memory", guest_memory::t_guest_memory, None),
     (
         "precopy-data-size",
         t_precopy_data_size,

@@ -1,0 +1,643 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Guest memory: what a device reads, writes and pins of its user's memory,
+//! by IOVA, and the dirty-page log that migration reads.
+//!
+//! C header: [`include/linux/vfio.h`](srctree/include/linux/vfio.h)
+//!
+//! The user (a VMM) maps its memory into the mdev's IOMMU context: a type1
+//! container (`VFIO_IOMMU_MAP_DMA`) or an iommufd IOAS (`IOMMU_IOAS_MAP`).
+//! The vendor reaches it through its [`GuestMemory`] handle:
+//!
+//! - [`GuestMemory::read`] and [`GuestMemory::write`] copy by IOVA
+//!   (`vfio_dma_rw()`), without pinning;
+//! - [`GuestMemory::pin`] pins whole pages (`vfio_pin_pages()`) and returns
+//!   a [`Pinned`] handle, which is the only way to reach them; the pages
+//!   never leave this module, so no vendor can keep one past its unpin.
+//!
+//! The framework owns every pin. When the user unmaps memory that is pinned
+//! (the `dma_unmap` callback), it first tells the vendor
+//! ([`Device::guest_unmapped`](super::device::Device::guest_unmapped)), which
+//! stops using the range, and then unpins every pin in the range itself
+//! before the callback returns: a pin left behind would make type1's unmap
+//! end in `BUG_ON` (iommufd's in `-EDEADLOCK`). A [`Pinned`] handle whose
+//! pin went that way is stale: using it is `-ENOENT`. Closing the device
+//! unpins everything the same way, so a new user never meets the previous
+//! user's pins.
+//!
+//! For a while after an unmap under a pin, new pins into the range are
+//! refused with `-EAGAIN` (a *fence*, [`FENCE_MS`], doubling each time
+//! the same range is unmapped again while fenced or just after). type1
+//! checks for pins again once the callback returned, before it removes
+//! the mapping, and crashes the host (`BUG_ON`) after ten rounds that find
+//! the mapping pinned again; a user that makes the device re-pin the range
+//! in that window, ten times in a row, would get there. The fence closes
+//! the window for as long as type1 normally takes to re-check; iommufd
+//! refuses such pins itself.
+//!
+//! Dirty logging (`VFIO_DEVICE_FEATURE_DMA_LOGGING_*`): every migrating
+//! device offers it. While it runs, every page the device wrote through
+//! [`GuestMemory::write`] is reported once, and every page pinned for
+//! writing is reported in every report while it stays pinned (the device
+//! may write it at any time), as type1's own tracking does. A device that
+//! never touches guest memory reports nothing, which is exact.
+//!
+//! One lock ([`DmaState`]'s) serialises pins, unpins, copies and the log; it
+//! is taken before the IOMMU backend's locks, never inside them, and no
+//! vendor code runs under it.
+
+use core::ffi::c_void;
+use core::ptr;
+
+use kernel::prelude::*;
+use kernel::static_lock_class;
+use kernel::sync::{Arc, Mutex};
+
+use super::bindings;
+
+/// The page size of IOVA pinning and dirty logging.
+pub const PAGE_SIZE: u64 = 4096;
+/// The most pages one [`GuestMemory::pin`] takes
+/// (`VFIO_PIN_PAGES_MAX_ENTRIES` on x86-64).
+pub const MAX_PIN_PAGES: usize = 512;
+/// The most pages one device keeps pinned at once (256 MiB).
+pub const MAX_PINNED_PAGES: usize = 1 << 16;
+/// How long pins into a range the user just unmapped are refused, at
+/// first.
+pub const FENCE_MS: i64 = 1000;
+/// A fence older than this is forgotten, and the next unmap of its range
+/// starts again at [`FENCE_MS`].
+const FENCE_MEMORY_MS: i64 = 60_000;
+/// The most distinct written pages the log keeps between two reports;
+/// past it, every logged range reports dirty until logging stops.
+const MAX_LOGGED_PAGES: usize = 1 << 16;
+/// `IOMMU_READ` and `IOMMU_WRITE` (`include/linux/iommu.h`).
+const IOMMU_READ: i32 = 1;
+const IOMMU_WRITE: i32 = 2;
+
+/// A page `vfio_pin_pages()` returned.
+struct PagePtr(*mut bindings::page);
+
+// SAFETY: A pinned page may be used and unpinned from any thread.
+unsafe impl Send for PagePtr {}
+
+/// One pin: `pages` pages from page-aligned `iova`.
+struct Pin {
+    iova: u64,
+    pages: KVec<PagePtr>,
+    writable: bool,
+}
+
+impl Pin {
+    /// Whether the pin overlaps `[start, end)`.
+    fn overlaps(&self, start: u64, end: u64) -> bool {
+        let pin_end = self.iova + self.pages.len() as u64 * PAGE_SIZE;
+        self.iova < end && start < pin_end
+    }
+}
+
+/// A slot of the pin table; `gen` counts its reuses, so a stale handle
+/// never matches a newer pin.
+struct Slot {
+    gen: u32,
+    pin: Option<Pin>,
+}
+
+/// The dirty log while logging runs.
+struct Log {
+    /// The logged IOVA ranges, `(first, last)` inclusive.
+    ranges: KVec<(u64, u64)>,
+    /// Page numbers (IOVA / [`PAGE_SIZE`]) written since the last report,
+    /// sorted, each once.
+    dirty: KVec<u64>,
+    /// More pages were written than `dirty` holds: everything is dirty.
+    overflow: bool,
+}
+
+/// A range the user unmapped while the device had it pinned.
+struct Fence {
+    start: u64,
+    end: u64,
+    /// Pins into the range are refused until then (`ktime_get()`, ms).
+    until: i64,
+    /// How many times in a row the range was unmapped under a pin.
+    strikes: u32,
+}
+
+/// The current time for fences, in ms.
+fn now_ms() -> i64 {
+    kernel::time::Ktime::ktime_get().to_ms()
+}
+
+/// The guest-memory state of one device, under its lock.
+struct Inner {
+    /// The VFIO device, set before it is registered.
+    vdev: *mut bindings::vfio_device,
+    /// Between `open_device` and `close_device`: the only time the VFIO
+    /// core lets a device pin or copy.
+    open: bool,
+    slots: KVec<Slot>,
+    /// Pages pinned, over all slots.
+    pinned: usize,
+    log: Option<Log>,
+    /// Ranges recently unmapped under a pin.
+    fences: KVec<Fence>,
+}
+
+/// The guest-memory state of one device, shared by the framework's device
+/// and the vendor's [`GuestMemory`] handle.
+#[pin_data]
+pub(crate) struct DmaState {
+    #[pin]
+    inner: Mutex<Inner>,
+}
+
+// SAFETY: `vdev` is only dereferenced by the VFIO core's functions, under
+// the lock, while `open` says the device is open (see `Inner::vdev_open`).
+unsafe impl Send for Inner {}
+
+impl Inner {
+    /// The VFIO device, if it is open.
+    fn vdev_open(&self) -> Result<*mut bindings::vfio_device> {
+        if self.open && !self.vdev.is_null() {
+            Ok(self.vdev)
+        } else {
+            Err(ENODEV)
+        }
+    }
+
+    /// The pin a handle names, if it is still there.
+    fn pin(&self, p: &Pinned) -> Result<&Pin> {
+        match self.slots.get(p.slot) {
+            Some(Slot {
+                gen,
+                pin: Some(pin),
+            }) if *gen == p.gen => Ok(pin),
+            _ => Err(ENOENT),
+        }
+    }
+
+    /// Unpins slot `i` (which holds a pin).
+    fn unpin_slot(&mut self, i: usize) {
+        let Some(pin) = self.slots[i].pin.take() else {
+            return;
+        };
+        self.slots[i].gen = self.slots[i].gen.wrapping_add(1);
+        self.pinned -= pin.pages.len();
+        if self.vdev.is_null() || !self.open {
+            // Unreachable: pins exist only while the device is open, and
+            // closing unpins them all first.
+            return;
+        }
+        // SAFETY: The device is open (checked above), and `(iova, npage)`
+        // is exactly what `vfio_pin_pages` pinned.
+        unsafe { bindings::vfio_unpin_pages(self.vdev, pin.iova, pin.pages.len() as i32) };
+    }
+
+    /// Whether a pin of `[start, end)` must wait: the range was unmapped
+    /// under a pin a moment ago. Forgets fences long expired.
+    fn fenced(&mut self, start: u64, end: u64) -> bool {
+        let now = now_ms();
+        if self.fences.iter().any(|f| now >= f.until + FENCE_MEMORY_MS) {
+            let mut kept = KVec::new();
+            for f in self.fences.iter() {
+                if now < f.until + FENCE_MEMORY_MS {
+                    // On failure the fence is forgotten: a pin that comes
+                    // later is then only as safe as without fences.
+                    let _ = kept.push(
+                        Fence {
+                            start: f.start,
+                            end: f.end,
+                            until: f.until,
+                            strikes: f.strikes,
+                        },
+                        GFP_KERNEL,
+                    );
+                }
+            }
+            self.fences = kept;
+        }
+        self.fences
+            .iter()
+            .any(|f| now < f.until && f.start < end && start < f.end)
+    }
+
+    /// Fences `[start, end)`, just unmapped under a pin.
+    fn fence(&mut self, start: u64, end: u64) {
+        let now = now_ms();
+        if let Some(f) = self
+            .fences
+            .iter_mut()
+            .find(|f| f.start == start && f.end == end)
+        {
+            f.strikes = if now < f.until + FENCE_MEMORY_MS {
+                (f.strikes + 1).min(10)
+            } else {
+                0
+            };
+            f.until = now + (FENCE_MS << f.strikes);
+            return;
+        }
+        // On failure the range is not fenced (see `fenced`).
+        let _ = self.fences.push(
+            Fence {
+                start,
+                end,
+                until: now + FENCE_MS,
+                strikes: 0,
+            },
+            GFP_KERNEL,
+        );
+    }
+
+    /// Unpins every pin overlapping `[start, end)`; returns how many.
+    fn unpin_range(&mut self, start: u64, end: u64) -> usize {
+        let mut n = 0;
+        for i in 0..self.slots.len() {
+            if self.slots[i]
+                .pin
+                .as_ref()
+                .is_some_and(|p| p.overlaps(start, end))
+            {
+                self.unpin_slot(i);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Notes that pages `[iova, iova + len)` were written.
+    fn mark_dirty(&mut self, iova: u64, len: u64) {
+        let Some(log) = self.log.as_mut() else {
+            return;
+        };
+        if len == 0 || log.overflow {
+            return;
+        }
+        let first = iova / PAGE_SIZE;
+        let last = iova.saturating_add(len - 1) / PAGE_SIZE;
+        for page in first..=last {
+            if let Err(at) = log.dirty.binary_search(&page) {
+                if log.dirty.len() >= MAX_LOGGED_PAGES || log.dirty.push(page, GFP_KERNEL).is_err()
+                {
+                    log.overflow = true;
+                    log.dirty = KVec::new();
+                    return;
+                }
+                // Into its place: the list stays sorted.
+                log.dirty.as_mut_slice()[at..].rotate_right(1);
+            }
+        }
+    }
+}
+
+/// Pages pinned by [`GuestMemory::pin`]. The handle is the only way to the
+/// pages; it is consumed by [`GuestMemory::unpin`]. The framework may unpin
+/// the pages before that (the user unmapped them, or closed the device):
+/// the handle is then stale and every use of it is `-ENOENT`.
+#[must_use = "pinned pages stay pinned until unpinned or unmapped"]
+pub struct Pinned {
+    slot: usize,
+    gen: u32,
+    iova: u64,
+    pages: usize,
+    writable: bool,
+}
+
+impl Pinned {
+    /// The first pinned IOVA (page aligned).
+    pub fn iova(&self) -> u64 {
+        self.iova
+    }
+
+    /// The number of pinned pages.
+    pub fn pages(&self) -> usize {
+        self.pages
+    }
+
+    /// Whether the pages were pinned for writing.
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+}
+
+/// A device's guest memory, for its vendor. The framework hands one to
+/// [`Driver::create`](super::mdev::Driver::create); it may be cloned and
+/// kept in the device. Every call fails with `-ENODEV` while no user has
+/// the device open, and may sleep.
+#[derive(Clone)]
+pub struct GuestMemory(Arc<DmaState>);
+
+impl GuestMemory {
+    /// Copies `buf.len()` bytes of guest memory at `iova` into `buf`.
+    /// Where the range is not mapped: `-EINVAL` (type1) or `-ENOENT`
+    /// (iommufd); not readable: `-EPERM`.
+    pub fn read(&self, iova: u64, buf: &mut [u8]) -> Result {
+        self.0.rw(iova, buf.as_mut_ptr(), buf.len(), false)
+    }
+
+    /// Copies `data` into guest memory at `iova`, and logs the pages as
+    /// dirty. Errors as [`GuestMemory::read`]; `-EPERM` where the range is
+    /// mapped read-only.
+    pub fn write(&self, iova: u64, data: &[u8]) -> Result {
+        // `vfio_dma_rw` only reads `data` for a write.
+        self.0.rw(iova, data.as_ptr().cast_mut(), data.len(), true)
+    }
+
+    /// Pins `pages` pages of guest memory from the page-aligned `iova`,
+    /// for reading, and for writing too if `writable` (the mapping must
+    /// allow it: `-EPERM` otherwise; unmapped pages as in
+    /// [`GuestMemory::read`]). `-EINVAL` for an unaligned IOVA or a
+    /// count of 0 or more than [`MAX_PIN_PAGES`]; `-ENOSPC` past
+    /// [`MAX_PINNED_PAGES`] pinned by the device; `-EAGAIN` while the range
+    /// is fenced (the user unmapped it under a pin a moment ago, see
+    /// [`FENCE_MS`]).
+    pub fn pin(&self, iova: u64, pages: usize, writable: bool) -> Result<Pinned> {
+        self.0.pin(iova, pages, writable)
+    }
+
+    /// Unpins `pinned`. `-ENOENT` if the framework unpinned it already
+    /// (the user unmapped the memory or closed the device).
+    pub fn unpin(&self, pinned: Pinned) -> Result {
+        let mut inner = self.0.inner.lock();
+        inner.pin(&pinned)?;
+        inner.unpin_slot(pinned.slot);
+        Ok(())
+    }
+
+    /// Copies from the pinned pages at byte `offset` (from
+    /// [`Pinned::iova`]) into `buf`.
+    pub fn read_pinned(&self, pinned: &Pinned, offset: usize, buf: &mut [u8]) -> Result {
+        self.0
+            .pinned_rw(pinned, offset, buf.as_mut_ptr(), buf.len(), false)
+    }
+
+    /// Copies `data` into the pinned pages at byte `offset`; `-EPERM` if
+    /// they were pinned read-only.
+    pub fn write_pinned(&self, pinned: &Pinned, offset: usize, data: &[u8]) -> Result {
+        if !pinned.writable {
+            return Err(EPERM);
+        }
+        self.0
+            .pinned_rw(pinned, offset, data.as_ptr().cast_mut(), data.len(), true)
+    }
+
+    /// The number of pages the device has pinned.
+    pub fn pinned_pages(&self) -> usize {
+        self.0.inner.lock().pinned
+    }
+}
+
+impl DmaState {
+    /// A device's guest-memory state, not registered yet.
+    pub(crate) fn new() -> Result<Arc<Self>> {
+        Arc::pin_init(
+            pin_init!(Self {
+                inner <- Mutex::new(
+                    Inner {
+                        vdev: ptr::null_mut(),
+                        open: false,
+                        slots: KVec::new(),
+                        pinned: 0,
+                        log: None,
+                        fences: KVec::new(),
+                    },
+                    lock_name!("guest_memory"),
+                    static_lock_class!()
+                ),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// The vendor's handle.
+    pub(crate) fn handle(self: &Arc<Self>) -> GuestMemory {
+        GuestMemory(self.clone())
+    }
+
+    /// Records the VFIO device, before it is registered.
+    pub(crate) fn set_vdev(&self, vdev: *mut bindings::vfio_device) {
+        self.inner.lock().vdev = vdev;
+    }
+
+    /// `open_device`: guest memory is reachable from now on.
+    pub(crate) fn opened(&self) {
+        self.inner.lock().open = true;
+    }
+
+    /// `close_device`: unpins everything and stops the log; guest memory
+    /// is unreachable from now on.
+    pub(crate) fn closed(&self) {
+        let mut inner = self.inner.lock();
+        inner.unpin_range(0, u64::MAX);
+        inner.slots = KVec::new();
+        inner.log = None;
+        inner.fences = KVec::new();
+        inner.open = false;
+    }
+
+    /// `VFIO_DEVICE_RESET`: the device forgot its DMA set-up; unpins
+    /// everything (logging goes on).
+    pub(crate) fn unpin_all(&self) {
+        self.inner.lock().unpin_range(0, u64::MAX);
+    }
+
+    /// The `dma_unmap` callback's second half (the vendor was told):
+    /// unpins every pin in `[iova, iova + length)`.
+    pub(crate) fn unmapped(&self, iova: u64, length: u64) {
+        let end = iova.saturating_add(length);
+        let mut inner = self.inner.lock();
+        if inner.unpin_range(iova, end) > 0 {
+            inner.fence(iova, end);
+        }
+    }
+
+    fn rw(&self, iova: u64, data: *mut u8, len: usize, write: bool) -> Result {
+        if len == 0 {
+            return Ok(());
+        }
+        iova.checked_add(len as u64).ok_or(EINVAL)?;
+        let mut inner = self.inner.lock();
+        let vdev = inner.vdev_open()?;
+        if write {
+            // Before the copy: a copy that fails may have written a part.
+            inner.mark_dirty(iova, len as u64);
+        }
+        // SAFETY: The device is open (`vdev_open`) and stays so while the
+        // lock is held (`closed` takes it); `data` is valid for `len`
+        // bytes, and only read for a write.
+        let ret = unsafe { bindings::vfio_dma_rw(vdev, iova, data.cast::<c_void>(), len, write) };
+        kernel::error::to_result(ret)
+    }
+
+    fn pin(&self, iova: u64, pages: usize, writable: bool) -> Result<Pinned> {
+        if iova % PAGE_SIZE != 0 || pages == 0 || pages > MAX_PIN_PAGES {
+            return Err(EINVAL);
+        }
+        iova.checked_add(pages as u64 * PAGE_SIZE).ok_or(EINVAL)?;
+        let mut list = KVec::with_capacity(pages, GFP_KERNEL)?;
+        let mut raw = KVec::from_elem(ptr::null_mut::<bindings::page>(), pages, GFP_KERNEL)?;
+        let mut inner = self.inner.lock();
+        let vdev = inner.vdev_open()?;
+        if inner.pinned + pages > MAX_PINNED_PAGES {
+            return Err(ENOSPC);
+        }
+        if inner.fenced(iova, iova + pages as u64 * PAGE_SIZE) {
+            return Err(EAGAIN);
+        }
+        let slot = match inner.slots.iter().position(|s| s.pin.is_none()) {
+            Some(i) => i,
+            None => {
+                inner.slots.push(Slot { gen: 0, pin: None }, GFP_KERNEL)?;
+                inner.slots.len() - 1
+            }
+        };
+        let prot = IOMMU_READ | if writable { IOMMU_WRITE } else { 0 };
+        // SAFETY: The device is open and stays so under the lock; `raw`
+        // has room for `pages` page pointers; the framework wires
+        // `dma_unmap`, which `vfio_pin_pages` requires.
+        let ret =
+            unsafe { bindings::vfio_pin_pages(vdev, iova, pages as i32, prot, raw.as_mut_ptr()) };
+        if ret < 0 {
+            return Err(Error::from_errno(ret));
+        }
+        if ret as usize != pages {
+            // All or nothing in 6.12; undo a partial answer all the same.
+            if ret > 0 {
+                // SAFETY: As above; these are the pages just pinned.
+                unsafe { bindings::vfio_unpin_pages(vdev, iova, ret) };
+            }
+            return Err(EFAULT);
+        }
+        for p in raw.iter() {
+            // Cannot fail: the capacity was reserved.
+            list.push(PagePtr(*p), GFP_KERNEL)?;
+        }
+        let gen = inner.slots[slot].gen;
+        inner.slots[slot].pin = Some(Pin {
+            iova,
+            pages: list,
+            writable,
+        });
+        inner.pinned += pages;
+        Ok(Pinned {
+            slot,
+            gen,
+            iova,
+            pages,
+            writable,
+        })
+    }
+
+    fn pinned_rw(
+        &self,
+        pinned: &Pinned,
+        offset: usize,
+        data: *mut u8,
+        len: usize,
+        write: bool,
+    ) -> Result {
+        let end = offset.checked_add(len).ok_or(EINVAL)?;
+        if end > pinned.pages * PAGE_SIZE as usize {
+            return Err(EINVAL);
+        }
+        let inner = self.inner.lock();
+        let pin = inner.pin(pinned)?;
+        let mut done = 0;
+        while done < len {
+            let at = offset + done;
+            let page = &pin.pages[at / PAGE_SIZE as usize];
+            let in_page = at % PAGE_SIZE as usize;
+            let n = (len - done).min(PAGE_SIZE as usize - in_page);
+            // SAFETY: The page is pinned (its slot still holds it, under
+            // the lock, so no unpin runs); `in_page + n` stays inside it;
+            // `data + done` is valid for `n` bytes.
+            unsafe { bindings::rmdev_page_copy(page.0, in_page, data.add(done).cast(), n, write) };
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// `log_start`: logging the ranges of `ranges` starts, with nothing
+    /// dirty.
+    ///
+    /// # Safety
+    ///
+    /// `ranges` is the VFIO core's interval tree of the ranges to log.
+    pub(crate) unsafe fn log_start(&self, ranges: *mut bindings::rb_root_cached) -> Result {
+        let mut list = KVec::new();
+        // SAFETY: By the contract; the tree lives for this call.
+        let mut node = unsafe { bindings::interval_tree_iter_first(ranges, 0, usize::MAX) };
+        while !node.is_null() {
+            // SAFETY: A node of the tree, valid for this call.
+            let (start, last) = unsafe { ((*node).start, (*node).last) };
+            // `unsigned long` is 64 bits: rmdev is x86-64 only (rmdev.mk).
+            list.push((start as u64, last as u64), GFP_KERNEL)?;
+            // SAFETY: As above.
+            node = unsafe { bindings::interval_tree_iter_next(node, 0, usize::MAX) };
+        }
+        self.inner.lock().log = Some(Log {
+            ranges: list,
+            dirty: KVec::new(),
+            overflow: false,
+        });
+        Ok(())
+    }
+
+    /// `log_stop`.
+    pub(crate) fn log_stop(&self) {
+        self.inner.lock().log = None;
+    }
+
+    /// `log_read_and_clear`: sets the dirty pages of `[iova, iova +
+    /// length)` in `bitmap` and forgets the written ones.
+    ///
+    /// # Safety
+    ///
+    /// `bitmap` is the VFIO core's bitmap for this call, covering the range.
+    pub(crate) unsafe fn log_read(
+        &self,
+        iova: u64,
+        length: u64,
+        bitmap: *mut bindings::iova_bitmap,
+    ) -> Result {
+        let end = iova.checked_add(length).ok_or(EINVAL)?;
+        let mut inner = self.inner.lock();
+        let inner = &mut *inner;
+        let log = inner.log.as_mut().ok_or(EINVAL)?;
+        let set = |from: u64, to: u64| {
+            let (from, to) = (from.max(iova), to.min(end));
+            if from < to {
+                // SAFETY: By the contract; the range is inside the bitmap's.
+                unsafe {
+                    bindings::rmdev_iova_bitmap_set(bitmap, from as usize, (to - from) as usize)
+                };
+            }
+        };
+        if log.overflow {
+            for &(first, last) in log.ranges.iter() {
+                set(first, last.saturating_add(1));
+            }
+        } else {
+            let from = log.dirty.partition_point(|&p| p < iova / PAGE_SIZE);
+            let mut to = from;
+            while to < log.dirty.len() && log.dirty[to] * PAGE_SIZE < end {
+                let page = log.dirty[to] * PAGE_SIZE;
+                set(page, page + PAGE_SIZE);
+                to += 1;
+            }
+            if to > from {
+                let mut kept = KVec::with_capacity(log.dirty.len() - (to - from), GFP_KERNEL)?;
+                kept.extend_from_slice(&log.dirty[..from], GFP_KERNEL)?;
+                kept.extend_from_slice(&log.dirty[to..], GFP_KERNEL)?;
+                log.dirty = kept;
+            }
+        }
+        for slot in inner.slots.iter() {
+            if let Some(pin) = slot.pin.as_ref().filter(|p| p.writable) {
+                set(pin.iova, pin.iova + pin.pages.len() as u64 * PAGE_SIZE);
+            }
+        }
+        Ok(())
+    }
+}
