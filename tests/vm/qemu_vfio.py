@@ -6,14 +6,18 @@ a vfio-pci device.
 
     qemu_vfio.py migrate SRC_UUID DST_UUID [--uri tcp|file:PATH] [--downtime MS]
                  [--switchover-bandwidth BYTES_PER_S]
-                 [--kernel GUEST --pause-target] [--expect-failure]
+                 [--kernel GUEST --pause-target [--dma-page ADDR]] [--iommufd]
+                 [--expect-failure]
     qemu_vfio.py restore DST_UUID FILE      (a fresh QEMU -incoming from FILE)
     qemu_vfio.py attach UUID               (realize, reset, quit)
     qemu_vfio.py bench (--device SRC_UUID DST_UUID | --ram-mb N)
                  (a timed migration for make bench: prints one JSON line)
 
 Every QEMU's stderr is kept; a line mentioning vfio fails the command (QEMU
-logs vfio errors and warnings there). Prints QEMU's own query-migrate figures.
+logs vfio errors and warnings there). The devices keep QEMU's default
+enable-migration=auto: QEMU migrates them only because they offer device
+dirty logging. --iommufd attaches them through an iommufd object instead of
+a type1 container. Prints QEMU's own query-migrate figures.
 Exit status: 0 as expected, 1 otherwise.
 """
 
@@ -43,7 +47,7 @@ class Qemu:
     """One QEMU process with a QMP socket."""
 
     def __init__(self, name, uuid, workdir, incoming=None, kernel=None, paused=False,
-                 ram_file=None, ram_mb=64):
+                 ram_file=None, ram_mb=64, iommufd=False):
         self.name = name
         self.dir = workdir
         self.log_path = os.path.join(workdir, f"{name}.log")
@@ -52,9 +56,13 @@ class Qemu:
         args = [QEMU, "-m", str(ram_mb), "-nodefaults", "-display", "none", "-accel", "tcg",
                 "-qmp", f"unix:{qmp_path},server=on,wait=off"]
         if uuid:
+            backend = ""
+            if iommufd:
+                args += ["-object", "iommufd,id=iommufd0"]
+                backend = "iommufd=iommufd0,"
             args += [
                 "-device",
-                f"vfio-pci,sysfsdev=/sys/bus/mdev/devices/{uuid},enable-migration=on,"
+                f"vfio-pci,sysfsdev=/sys/bus/mdev/devices/{uuid},{backend}"
                 f"bus=pcie.0,addr={SLOT:#x},id=dev0",
             ]
         if ram_file:
@@ -180,11 +188,11 @@ def migrate(args):
     if args.uri == "tcp":
         uri = "tcp:127.0.0.1:4444"
         dst = Qemu("target", args.dst, work, incoming=uri, kernel=args.kernel,
-                   paused=args.pause_target)
+                   paused=args.pause_target, iommufd=args.iommufd)
     else:
         uri = args.uri
         dst = None
-    src = Qemu("source", args.src, work, kernel=args.kernel)
+    src = Qemu("source", args.src, work, kernel=args.kernel, iommufd=args.iommufd)
     if args.downtime:
         src.cmd("migrate-set-parameters", **{"downtime-limit": args.downtime})
     if args.switchover_bandwidth:
@@ -227,6 +235,8 @@ def migrate(args):
         else:
             while dst.proc.poll() is None and time.time() < deadline:
                 time.sleep(0.2)
+    if ok and dst and args.dma_page:
+        check_dma(dst, args.dma_page)
     if args.expect_failure:
         if ok:
             fail("the migration completed; expected the target to refuse it")
@@ -257,6 +267,21 @@ def migrate(args):
         check_logs(src, dst)
     else:
         check_logs(src)
+
+
+def check_dma(q, page):
+    """The paused target of a guest/mmio-writer.c built with DMA_PAGE: the
+    word the device last copied into guest memory arrived. The vCPU never
+    writes it, so it only reaches the target if the source's device dirty
+    log reported the page after QEMU last sent it."""
+    b, x, z = q.read_word(page), q.read_word(BAR2_ADDR), q.read_word(BAR2_ADDR + 8)
+    print(f"  target: guest page {page:#x} holds {b}, device memory {x} (written) "
+          f"and {z} (after the copy)")
+    if None in (b, x, z) or z < 10:
+        fail(f"the guest did not run its DMA loop: page {b}, device {x}, {z}")
+    if not (z <= b <= x and x - z <= 1):
+        fail(f"the page the device wrote is stale on the target: {b}, expected "
+             f"{z} to {x} (the device's dirty log did not reach QEMU)")
 
 
 def restore(args):
@@ -349,6 +374,10 @@ def main():
     m.add_argument("--kernel", help="a guest kernel for both QEMUs (guest/mmio-writer.c)")
     m.add_argument("--pause-target", action="store_true",
                    help="the target stays paused (-S) after the migration")
+    m.add_argument("--dma-page", type=lambda v: int(v, 0),
+                   help="with --kernel and --pause-target: the guest's DMA page to check")
+    m.add_argument("--iommufd", action="store_true",
+                   help="attach the devices through iommufd, not a type1 container")
     m.add_argument("--expect-failure", action="store_true")
     m.add_argument("--before", help="a shell command run after both QEMUs started, before migrating")
     r = sub.add_parser("restore")

@@ -6,8 +6,13 @@
 # 127.0.0.1 complete for the flag sets 7 (pre-copy), 3 and 1, with QEMU's
 # own figures printed and the target's memory equal to the source's (read
 # through VFIO after the QEMUs exit); a guest keeps writing the device
-# through QEMU during pre-copy (guest/mmio-writer.c with its defaults, built here with the
-# host's gcc); a migration to a file restores onto another
+# through QEMU during pre-copy and has the device copy what it wrote into a
+# page of guest memory the vCPU never writes, on a type1 container and on
+# iommufd: the page arrives on the target only if the device's dirty log
+# reports it (guest/mmio-writer.c with DMA_PAGE, built here with the host's
+# gcc); the devices keep QEMU's default enable-migration=auto, which
+# migrates them only because they offer dirty logging; a migration to a
+# file restores onto another
 # mdev in a fresh QEMU; a target that refuses the stream (another format
 # version) fails the migration cleanly with the source still running.
 . "$(dirname "$0")/lib.sh"
@@ -68,15 +73,23 @@ for flags in 7 3 1; do
 	"$VM_TEST" compare "$src" "$dst" || fail "flag set $flags: target memory"
 	remove_mdev "$dst"
 	if [ $flags = 7 ]; then
-		note "flag set 7: a guest keeps writing the device during pre-copy"
+		# The guest writes the device and has the device copy what it
+		# wrote into a page of guest memory the vCPU never writes: that
+		# page reaches the target only through the device's dirty log.
 		guest=$(mktemp /tmp/mmio-writer.XXXXXX)
-		build_guest "$guest"
-		dst2=$(new_mdev 4m)
-		"$VM_TEST" fill "$dst2" 3
-		# The target stays paused, so its memory is the migrated state.
-		"${QV[@]}" migrate "$src" "$dst2" --kernel "$guest" --pause-target || fail "migration while the guest writes"
-		"$VM_TEST" compare "$src" "$dst2" || fail "target memory after writes during pre-copy"
-		remove_mdev "$dst2"
+		build_guest "$guest" -DDMA_PAGE=0x300000 -DPAGES=0
+		for backend in type1 iommufd; do
+			note "flag set 7, $backend: a guest keeps writing the device, and the device guest memory, during pre-copy"
+			dst2=$(new_mdev 4m)
+			"$VM_TEST" fill "$dst2" 3
+			opt=()
+			[ $backend = iommufd ] && opt=(--iommufd)
+			# The target stays paused, so its memory is the migrated state.
+			"${QV[@]}" migrate "$src" "$dst2" --kernel "$guest" --pause-target \
+				--dma-page 0x300000 "${opt[@]}" || fail "$backend: migration while the guest writes"
+			"$VM_TEST" compare "$src" "$dst2" || fail "$backend: target memory after writes during pre-copy"
+			remove_mdev "$dst2"
+		done
 		rm -f "$guest"
 
 		note "flag set 7: migration to a file, restored onto another mdev by a fresh QEMU"

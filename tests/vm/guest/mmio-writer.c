@@ -14,6 +14,17 @@
  * to the word after it in one page after another of the first PAGES, until
  * COUNT writes (0: forever); then "rmdev-guest: done N" with the last value.
  *
+ * With DMA_PAGE (the sample's device only), each round also has the device
+ * copy the counter into guest memory: the guest maps BAR0 (the sample's
+ * registers) too, enables bus mastering, and after writing the word at WORD
+ * (X) programs the sample's DMA registers to copy those 4 bytes of device
+ * memory to guest-physical DMA_PAGE (B; no vIOMMU, so the IOVA is the
+ * guest-physical address), then writes the counter to the word at WORD + 8
+ * (Z). The vCPU never writes B: only the device's dirty log can tell QEMU
+ * that B changed. Whenever the guest is stopped, Z <= B <= X and X - Z <= 1
+ * (with STEP 1), on a correctly migrated target too. "rmdev-guest: dma"
+ * with the first DMA command's status (0: it worked) follows "writing".
+ *
  * Pacing. COUNT writes follow each other with a short busy delay, so that
  * the tests waiting for "done" wait little. Forever, the guest does one
  * round of writes per tick of the local APIC timer (TICK_NS, 20 ms: 50
@@ -38,6 +49,8 @@
  *   PAGES     how many pages get the stride writes (0: none)
  *   COUNT     how many writes (0: forever)
  *   TICK_NS   forever: the time from one round of writes to the next
+ *   DMA_PAGE  guest-physical address of the page the device copies into
+ *             (0: no DMA)
  */
 
 #ifndef SLOT
@@ -64,6 +77,18 @@
 #ifndef TICK_NS
 #define TICK_NS 20000000
 #endif
+#ifndef DMA_PAGE
+#define DMA_PAGE 0
+#endif
+/* The sample's registers (samples/sample.rs, reg) and DMA_TO_GUEST. */
+#define REGS_ADDR 0xD8000000u
+#define DMA_IOVA_LO 0x20
+#define DMA_IOVA_HI 0x24
+#define DMA_LEN 0x28
+#define DMA_OFFSET 0x2c
+#define DMA_CMD 0x30
+#define DMA_STATUS 0x34
+#define DMA_TO_GUEST 1
 #define MB_MAGIC 0x1BADB002u
 #define BAR_ADDR 0xD0000000u
 #define DELAY 2000
@@ -215,6 +240,19 @@ static void wait_tick(void)
 	__asm__ volatile("sti\n\thlt\n\tcli" : : : "memory");
 }
 
+/* Has the device copy the word at WORD of its memory to DMA_PAGE. */
+static unsigned int dma_to_guest(void)
+{
+	volatile unsigned int *regs = (volatile unsigned int *)REGS_ADDR;
+
+	regs[DMA_IOVA_LO / 4] = DMA_PAGE;
+	regs[DMA_IOVA_HI / 4] = 0;
+	regs[DMA_LEN / 4] = 4;
+	regs[DMA_OFFSET / 4] = WORD;
+	regs[DMA_CMD / 4] = DMA_TO_GUEST;
+	return regs[DMA_STATUS / 4];
+}
+
 void guest_main(void);
 
 void guest_main(void)
@@ -227,8 +265,14 @@ void guest_main(void)
 	config_write(BAR_REG, BAR_ADDR);
 	if (BAR_64)
 		config_write(BAR_REG + 4, 0);
-	/* Memory decoding on. */
-	config_write(0x04, 0x0002);
+	if (DMA_PAGE) {
+		config_write(0x10, REGS_ADDR);
+		/* Memory decoding and bus mastering on. */
+		config_write(0x04, 0x0006);
+	} else {
+		/* Memory decoding on. */
+		config_write(0x04, 0x0002);
+	}
 	report("bar ", bar[WORD / 4]);
 	puts_serial("rmdev-guest: writing\n");
 	if (COUNT == 0)
@@ -238,6 +282,13 @@ void guest_main(void)
 
 		v = i * STEP;
 		bar[WORD / 4] = v;
+		if (DMA_PAGE) {
+			unsigned int status = dma_to_guest();
+
+			if (i == 1)
+				report("dma ", status);
+			bar[WORD / 4 + 2] = v;
+		}
 		if (PAGES)
 			bar[(i % (PAGES ? PAGES : 1)) * 1024 + WORD / 4 + 1] = v;
 		if (COUNT == 0)
