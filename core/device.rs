@@ -461,15 +461,21 @@ impl<D: Device> Core<D> {
         // locks, so the deferred-reset dance of vfio-pci drivers is not
         // needed. The pin drops first: nothing raised before the reset
         // fires when the reset clears INTx-disable.
+        self.reset_config();
+        self.dev.reset();
+        // A function after reset has no DMA set up: what the device still
+        // had pinned goes.
+        self.dma.unpin_all();
+    }
+
+    /// Returns the INTx pin and the emulated configuration space to their
+    /// reset values.
+    fn reset_config(&self) {
         self.irqs.reset_line();
         if let Some(c) = self.config.lock().as_mut() {
             c.reset();
             self.config_changed(c);
         }
-        self.dev.reset();
-        // A function after reset has no DMA set up: what the device still
-        // had pinned goes.
-        self.dma.unpin_all();
     }
 
     /// The emulated configuration space changed (its lock is held, taken
@@ -710,6 +716,10 @@ impl<D: Device> Ops<D> {
         // SAFETY: Called by the VFIO core on a registered device.
         let core = unsafe { Self::core(vdev) };
         core.back_to_running();
+        // A new user meets the function as after a reset, as vfio-pci's
+        // users do: nothing of the previous user's configuration (BARs,
+        // command, MSI) stays.
+        core.reset_config();
         core.dma.opened();
         match core.dev.open() {
             Ok(()) => 0,

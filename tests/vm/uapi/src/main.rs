@@ -2140,6 +2140,21 @@ fn t_config(flags: FlagSet) -> TestResult {
         "target config differs from the source's from byte {:#x}",
         got.iter().zip(&want).position(|(a, b)| a != b).unwrap_or(0)
     );
+    // The next user of the source meets the function as after a reset.
+    drop(src);
+    let src = ms.open()?;
+    let c = |off| {
+        src.config32(off)
+            .map_err(|e| format!("config {off:#x}: {e}"))
+    };
+    ensure!(
+        c(0x10)? == 0 && c(0x18)? == 0xc && c(0x04)? & 0xffff == 0 && c(0x3c)? & 0xff == 0,
+        "the next user sees BAR0 {:#x}, BAR2 {:#x}, command {:#x}, line {:#x}",
+        c(0x10)?,
+        c(0x18)?,
+        c(0x04)? & 0xffff,
+        c(0x3c)? & 0xff
+    );
     Ok(())
 }
 
