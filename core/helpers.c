@@ -84,3 +84,16 @@ void rmdev_iova_bitmap_set(struct iova_bitmap *bitmap, unsigned long iova, size_
 {
 	iova_bitmap_set(bitmap, iova, length);
 }
+
+unsigned long rmdev_spin_lock_irqsave(spinlock_t *lock)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(lock, flags);
+	return flags;
+}
+
+void rmdev_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags)
+{
+	spin_unlock_irqrestore(lock, flags);
+}

@@ -8,6 +8,7 @@
 
 #include <linux/eventfd.h>
 #include <linux/poll.h>
+#include <linux/spinlock.h>
 #include <linux/sysfs.h>
 #include <linux/wait.h>
 
@@ -26,6 +27,8 @@ bool rmdev_warn_ratelimit(void);
 struct pci_dev *rmdev_pci_physfn(struct pci_dev *pdev);
 bool rmdev_driver_override_is(struct device *dev, const struct device_driver *drv);
 void rmdev_page_copy(struct page *page, size_t offset, void *buf, size_t len, bool to_page);
+unsigned long rmdev_spin_lock_irqsave(spinlock_t *lock);
+void rmdev_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags);
 void rmdev_iova_bitmap_set(struct iova_bitmap *bitmap, unsigned long iova, size_t length);
 
 #endif

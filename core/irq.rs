@@ -36,6 +36,8 @@ use kernel::ffi::c_void;
 use kernel::prelude::*;
 use kernel::static_lock_class;
 use kernel::sync::{Arc, Mutex};
+
+use super::sync::IrqSafeSpinLock;
 use kernel::types::Opaque;
 use kernel::uaccess::UserSlice;
 
@@ -149,8 +151,11 @@ pub(crate) struct IrqState {
     /// the thread) under this lock with `inner` released.
     #[pin]
     gate: Mutex<()>,
+    /// Taken with local interrupts disabled: the vendor raises interrupts
+    /// from any context, hardware interrupt handlers included. Nothing
+    /// under it sleeps.
     #[pin]
-    inner: Mutex<Irqs>,
+    inner: IrqSafeSpinLock<Irqs>,
     /// vfio's virqfd of the INTx unmask eventfd, or null: vfio's
     /// `vfio_virqfd_enable()` and `vfio_virqfd_disable()` set and clear it
     /// under their own lock, and nothing else touches it.
@@ -199,7 +204,8 @@ pub struct Interrupts(Arc<IrqState>);
 
 impl Interrupts {
     /// Raises the device's interrupt: MSI vector 0 when the user enabled
-    /// MSI, else INTx.
+    /// MSI, else INTx. From any context: process, softirq (timers) or a
+    /// hardware interrupt handler; it never sleeps.
     pub fn raise(&self) {
         self.raise_vector(0);
     }
@@ -227,7 +233,7 @@ impl IrqState {
             pin_init!(Self {
                 gate <- Mutex::new((), lock_name!("irq_gate"), static_lock_class!()),
                 unmask: Opaque::new(ptr::null_mut()),
-                inner <- Mutex::new(
+                inner <- IrqSafeSpinLock::new(
                     Irqs {
                         has_intx: false,
                         msi_vectors: 0,

@@ -68,6 +68,7 @@ pub mod pci;
 #[path = "logic/src/pci_config.rs"]
 pub mod pci_config;
 mod stream;
+mod sync;
 #[path = "../sysfs/migration_version.rs"]
 mod sysfs;
 mod user;

@@ -80,7 +80,10 @@ pub mod reg {
     /// [`CMD_FAIL_NEXT_ARC`](super::CMD_FAIL_NEXT_ARC) makes the next arc
     /// fail with `-EBUSY` and leave the device where it was; writing
     /// [`CMD_OVERSIZE_NEXT_RECORD`](super::CMD_OVERSIZE_NEXT_RECORD) makes
-    /// the next saved record break the framework's contract.
+    /// the next saved record break the framework's contract; writing
+    /// [`CMD_CHECKSUM_TIMER`](super::CMD_CHECKSUM_TIMER) computes the
+    /// checksum and raises the interrupt 1 ms later from a timer that
+    /// expires in hard interrupt context.
     pub const CMD: u64 = 0x14;
     /// Read-only: result of the last checksum command.
     pub const CHECKSUM: u64 = 0x18;
@@ -136,6 +139,10 @@ pub const CMD_FAIL_NEXT_ARC: u32 = 3;
 /// CMD value: the next saved record claims one byte more than the buffer the
 /// framework gave (a vendor bug, for testing that the framework refuses it).
 pub const CMD_OVERSIZE_NEXT_RECORD: u32 = 4;
+/// CMD value: checksum the memory, and raise the interrupt from a hard
+/// interrupt timer 1 ms later (`sample_timer.c`), as a hardware device's
+/// interrupt handler would.
+pub const CMD_CHECKSUM_TIMER: u32 = 5;
 const PAGE: usize = 4096;
 /// Pages per memory record: records stay at 64 KiB, whatever the memory size.
 const RECORD_PAGES: usize = 16;
@@ -269,9 +276,11 @@ impl mdev::Driver for Sample {
                 .map(Some)
                 .map_err(|_| EINVAL)
         });
+        let timer = SampleTimer::new(irqs.clone());
         try_pin_init!(SampleDevice {
             size,
             max_record,
+            timer: timer?,
             irqs,
             flags: flags?,
             format: format?,
@@ -545,6 +554,85 @@ fn next_record(
     })
 }
 
+/// The C side of the sample's timer (`sample_timer.c`).
+mod timer {
+    use core::ffi::c_void;
+
+    /// `struct rmdev_sample_timer`.
+    #[repr(C)]
+    pub(crate) struct RawTimer {
+        _opaque: [u8; 0],
+    }
+
+    extern "C" {
+        pub(crate) fn rmdev_sample_timer_new(irqs: *const c_void) -> *mut RawTimer;
+        pub(crate) fn rmdev_sample_timer_start(t: *mut RawTimer, ns: core::ffi::c_ulong);
+        pub(crate) fn rmdev_sample_timer_free(t: *mut RawTimer);
+    }
+}
+
+/// A one-shot hrtimer that raises a device's interrupts in hard interrupt
+/// context.
+///
+/// # Invariants
+///
+/// `raw` is a timer from `rmdev_sample_timer_new` that passes `irqs`, a
+/// pointer from `KBox::into_raw`, to [`rmdev_sample_timer_fired`]; both
+/// live until `drop`, which cancels the timer first.
+struct SampleTimer {
+    raw: *mut timer::RawTimer,
+    irqs: *mut Interrupts,
+}
+
+// SAFETY: The C timer may be started and cancelled from any thread, and
+// `Interrupts` is `Send` and `Sync`.
+unsafe impl Send for SampleTimer {}
+// SAFETY: As above; `start` takes `&self` and the hrtimer API serialises.
+unsafe impl Sync for SampleTimer {}
+
+impl SampleTimer {
+    fn new(irqs: Interrupts) -> Result<Self> {
+        let irqs = KBox::into_raw(KBox::new(irqs, GFP_KERNEL)?);
+        // SAFETY: `irqs` is a valid pointer the timer only passes back to
+        // `rmdev_sample_timer_fired`.
+        let raw = unsafe { timer::rmdev_sample_timer_new(irqs.cast_const().cast()) };
+        if raw.is_null() {
+            // SAFETY: From `KBox::into_raw` just above, not shared.
+            drop(unsafe { KBox::from_raw(irqs) });
+            return Err(ENOMEM);
+        }
+        Ok(Self { raw, irqs })
+    }
+
+    /// (Re)starts the timer to expire in `ns` nanoseconds.
+    fn start(&self, ns: u64) {
+        // SAFETY: `raw` is live (type invariant).
+        unsafe { timer::rmdev_sample_timer_start(self.raw, ns as core::ffi::c_ulong) };
+    }
+}
+
+impl Drop for SampleTimer {
+    fn drop(&mut self) {
+        // SAFETY: `raw` is live (type invariant); this cancels the timer,
+        // waiting for a running callback, and frees it.
+        unsafe { timer::rmdev_sample_timer_free(self.raw) };
+        // SAFETY: From `KBox::into_raw` in `new`; the timer that used it is
+        // gone.
+        drop(unsafe { KBox::from_raw(self.irqs) });
+    }
+}
+
+/// The sample's timer expired (hard interrupt context).
+///
+/// # Safety
+///
+/// `irqs` is the pointer a live [`SampleTimer`] gave its C timer.
+#[no_mangle]
+unsafe extern "C" fn rmdev_sample_timer_fired(irqs: *const core::ffi::c_void) {
+    // SAFETY: By the function's contract, a live `Interrupts`.
+    unsafe { &*irqs.cast::<Interrupts>() }.raise();
+}
+
 /// One sample mdev.
 #[pin_data]
 struct SampleDevice {
@@ -554,6 +642,8 @@ struct SampleDevice {
     version: Option<VersionBuf>,
     /// Raised when a checksum command completes.
     irqs: Interrupts,
+    /// Raises `irqs` from hard interrupt context (`CMD_CHECKSUM_TIMER`).
+    timer: SampleTimer,
     /// The `max_record` parameter (0: the default).
     max_record: usize,
     flags: Option<FlagSet>,
@@ -674,6 +764,10 @@ impl SampleDevice {
                 self.next_arc.store(ArcFault::Fail as u8, Ordering::Relaxed)
             }
             reg::CMD if value == CMD_OVERSIZE_NEXT_RECORD => m.oversize_next = true,
+            reg::CMD if value == CMD_CHECKSUM_TIMER => {
+                m.checksum = rmdev::crc32c::Crc32c::new().update(&m.bytes).value();
+                self.timer.start(1_000_000);
+            }
             _ => return Err(EINVAL),
         }
         Ok(())
