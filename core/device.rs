@@ -367,6 +367,15 @@ impl<D: Device> WorkItem for Core<D> {
 
     fn run(core: Arc<Core<D>>) {
         core.serve_unmap();
+        let this: *const Core<D> = &*core;
+        // The reference goes before the caller is let go, so the device's
+        // last reference is never this worker's: its drop (and the module
+        // exit it can let through) never runs on the worker.
+        drop(core);
+        // SAFETY: The `dma_unmap` caller holds the device (the VFIO core
+        // calls it on a registered device) until it saw `done`, which only
+        // this sets.
+        unsafe { (*this).unmap_finished() };
     }
 }
 
@@ -398,6 +407,7 @@ impl<D: Device> Core<D> {
             // and the previous request finished before its caller let go
             // of the gate. Serve it here rather than not at all.
             me.serve_unmap();
+            me.unmap_finished();
         }
         let mut request = self.unmap_request.lock();
         while !request.done {
@@ -412,8 +422,14 @@ impl<D: Device> Core<D> {
             self.dev.guest_unmapped(iova, length);
             self.dma.unmapped(iova, length);
         }
-        self.unmap_request.lock().done = true;
+    }
+
+    /// Lets the `dma_unmap` caller go (the worker, after `serve_unmap`).
+    fn unmap_finished(&self) {
+        let mut request = self.unmap_request.lock();
+        request.done = true;
         self.unmap_done.notify_all();
+        drop(request);
     }
 
     /// The mdev's name, for messages.

@@ -25,22 +25,25 @@
 //! unpins everything the same way, so a new user never meets the previous
 //! user's pins.
 //!
-//! For a while after an unmap under a pin, new pins into the range are
-//! refused with `-EAGAIN` (a *fence*, [`FENCE_MS`], doubling each time
-//! the same range is unmapped again while fenced or just after). type1
-//! checks for pins again once the callback returned, before it removes
-//! the mapping, and crashes the host (`BUG_ON`) after ten rounds that find
-//! the mapping pinned again; a user that makes the device re-pin the range
-//! in that window, ten times in a row, would get there. The fence closes
-//! the window for as long as type1 normally takes to re-check; iommufd
-//! refuses such pins itself.
+//! On a type1 container, for a while after an unmap under a pin, new pins
+//! into the range are refused with `-EAGAIN` (a *fence*, [`FENCE_MS`],
+//! doubling up to 16 s each time the same range is unmapped under a pin
+//! again within a minute). type1 checks for pins again once the callback
+//! returned, before it removes the mapping, and crashes the host
+//! (`BUG_ON`) after ten rounds that find the mapping pinned again; a user
+//! that makes the device re-pin the range in that window, ten times in a
+//! row, would get there. The fence closes the window for as long as type1
+//! takes to re-check unless that thread is held up longer than the fence,
+//! ten times in a row; iommufd refuses such pins itself and gets no fence.
+//! Past [`MAX_FENCES`] fences, they merge into one over all their ranges.
 //!
 //! Dirty logging (`VFIO_DEVICE_FEATURE_DMA_LOGGING_*`): every migrating
-//! device offers it. While it runs, every page the device wrote through
-//! [`GuestMemory::write`] is reported once, and every page pinned for
-//! writing is reported in every report while it stays pinned (the device
-//! may write it at any time), as type1's own tracking does. A device that
-//! never touches guest memory reports nothing, which is exact.
+//! device offers it. While it runs, every page in the logged ranges the
+//! device wrote through [`GuestMemory::write`] is reported once, every
+//! page pinned for writing is reported in every report while it stays
+//! pinned (the device may write it at any time), as type1's own tracking
+//! does, and once more after its unpin. A device that never touches guest
+//! memory reports nothing, which is exact.
 //!
 //! One lock ([`DmaState`]'s) serialises pins, unpins, copies and the log; it
 //! is taken before the IOMMU backend's locks, never inside them, and no
@@ -48,6 +51,7 @@
 
 use core::ffi::c_void;
 use core::ptr;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use kernel::prelude::*;
 use kernel::static_lock_class;
@@ -68,9 +72,16 @@ pub const FENCE_MS: i64 = 1000;
 /// A fence older than this is forgotten, and the next unmap of its range
 /// starts again at [`FENCE_MS`].
 const FENCE_MEMORY_MS: i64 = 60_000;
+/// The fence of a range unmapped under a pin again and again doubles up to
+/// `FENCE_MS << MAX_STRIKES` (16 s).
+const MAX_STRIKES: u32 = 4;
+/// The most fences kept apart; past it they merge into one.
+pub const MAX_FENCES: usize = 64;
 /// The most distinct written pages the log keeps between two reports;
-/// past it, every logged range reports dirty until logging stops.
+/// past it, every logged range reports dirty until a report covers it.
 const MAX_LOGGED_PAGES: usize = 1 << 16;
+/// Where new pin slots start counting their generations (each takes 2^16).
+static NEXT_GEN: AtomicU32 = AtomicU32::new(0);
 /// `IOMMU_READ` and `IOMMU_WRITE` (`include/linux/iommu.h`).
 const IOMMU_READ: i32 = 1;
 const IOMMU_WRITE: i32 = 2;
@@ -107,11 +118,12 @@ struct Slot {
 struct Log {
     /// The logged IOVA ranges, `(first, last)` inclusive.
     ranges: KVec<(u64, u64)>,
-    /// Page numbers (IOVA / [`PAGE_SIZE`]) written since the last report,
-    /// sorted, each once.
+    /// Page numbers (IOVA / [`PAGE_SIZE`]) in the logged ranges written
+    /// since the last report, sorted, each once.
     dirty: KVec<u64>,
-    /// More pages were written than `dirty` holds: everything is dirty.
-    overflow: bool,
+    /// Per range: more pages were written than `dirty` holds, so the whole
+    /// range is dirty until a report covers all of it.
+    all_dirty: KVec<bool>,
 }
 
 /// A range the user unmapped while the device had it pinned.
@@ -166,8 +178,21 @@ impl Inner {
         }
     }
 
+    /// Whether the open device reaches guest memory through iommufd (not a
+    /// type1 container).
+    fn on_iommufd(&self) -> bool {
+        // SAFETY: Only read while the device is open (`vdev_open`), when
+        // the VFIO core keeps the device and its IOMMU context.
+        self.vdev_open()
+            .is_ok_and(|vdev| unsafe { !(*vdev).iommufd_access.is_null() })
+    }
+
     /// The pin a handle names, if it is still there.
     fn pin(&self, p: &Pinned) -> Result<&Pin> {
+        if p.owner != self as *const Inner as usize {
+            // Another device's handle.
+            return Err(ENOENT);
+        }
         match self.slots.get(p.slot) {
             Some(Slot {
                 gen,
@@ -184,6 +209,11 @@ impl Inner {
         };
         self.slots[i].gen = self.slots[i].gen.wrapping_add(1);
         self.pinned -= pin.pages.len();
+        if pin.writable {
+            // Written through the pin since the last report, maybe: the
+            // pages stay dirty for the next report.
+            self.mark_dirty(pin.iova, pin.pages.len() as u64 * PAGE_SIZE);
+        }
         if self.vdev.is_null() || !self.open {
             // Unreachable: pins exist only while the device is open, and
             // closing unpins them all first.
@@ -231,23 +261,41 @@ impl Inner {
             .find(|f| f.start == start && f.end == end)
         {
             f.strikes = if now < f.until + FENCE_MEMORY_MS {
-                (f.strikes + 1).min(10)
+                (f.strikes + 1).min(MAX_STRIKES)
             } else {
                 0
             };
             f.until = now + (FENCE_MS << f.strikes);
             return;
         }
-        // On failure the range is not fenced (see `fenced`).
-        let _ = self.fences.push(
-            Fence {
-                start,
-                end,
-                until: now + FENCE_MS,
-                strikes: 0,
-            },
-            GFP_KERNEL,
-        );
+        let new = Fence {
+            start,
+            end,
+            until: now + FENCE_MS,
+            strikes: 0,
+        };
+        if self.fences.len() < MAX_FENCES && self.fences.push(new, GFP_KERNEL).is_ok() {
+            return;
+        }
+        // The table is full (a user unmapping ever new ranges under pins):
+        // one fence over all of them and this one, as long as the longest,
+        // refuses more than needed, never less.
+        let mut all = Fence {
+            start,
+            end,
+            until: now + FENCE_MS,
+            strikes: 0,
+        };
+        for f in self.fences.iter() {
+            all.start = all.start.min(f.start);
+            all.end = all.end.max(f.end);
+            all.until = all.until.max(f.until);
+            all.strikes = all.strikes.max(f.strikes);
+        }
+        self.fences = KVec::new();
+        // Cannot fail: an empty vector's first push allocates a few bytes,
+        // and if even that fails, `fenced` refuses nothing new, as before.
+        let _ = self.fences.push(all, GFP_KERNEL);
     }
 
     /// Unpins every pin overlapping `[start, end)`; returns how many.
@@ -271,21 +319,32 @@ impl Inner {
         let Some(log) = self.log.as_mut() else {
             return;
         };
-        if len == 0 || log.overflow {
+        if len == 0 {
             return;
         }
-        let first = iova / PAGE_SIZE;
-        let last = iova.saturating_add(len - 1) / PAGE_SIZE;
-        for page in first..=last {
-            if let Err(at) = log.dirty.binary_search(&page) {
-                if log.dirty.len() >= MAX_LOGGED_PAGES || log.dirty.push(page, GFP_KERNEL).is_err()
-                {
-                    log.overflow = true;
-                    log.dirty = KVec::new();
-                    return;
+        let last_byte = iova.saturating_add(len - 1);
+        for r in 0..log.ranges.len() {
+            let (first, last) = log.ranges[r];
+            // Only the part inside a logged range: a write elsewhere (or to
+            // nothing mapped) is not the log's business.
+            let (from, to) = (iova.max(first), last_byte.min(last));
+            if from > to || log.all_dirty[r] {
+                continue;
+            }
+            for page in from / PAGE_SIZE..=to / PAGE_SIZE {
+                if let Err(at) = log.dirty.binary_search(&page) {
+                    if log.dirty.len() >= MAX_LOGGED_PAGES
+                        || log.dirty.push(page, GFP_KERNEL).is_err()
+                    {
+                        // Every range is dirty until a report covers it:
+                        // conservative, and the list is free again.
+                        log.all_dirty.as_mut_slice().fill(true);
+                        log.dirty = KVec::new();
+                        return;
+                    }
+                    // Into its place: the list stays sorted.
+                    log.dirty.as_mut_slice()[at..].rotate_right(1);
                 }
-                // Into its place: the list stays sorted.
-                log.dirty.as_mut_slice()[at..].rotate_right(1);
             }
         }
     }
@@ -297,6 +356,8 @@ impl Inner {
 /// the handle is then stale and every use of it is `-ENOENT`.
 #[must_use = "pinned pages stay pinned until unpinned or unmapped"]
 pub struct Pinned {
+    /// The address of the device's state, which the handle only matches.
+    owner: usize,
     slot: usize,
     gen: u32,
     iova: u64,
@@ -429,8 +490,9 @@ impl DmaState {
     /// is unreachable from now on.
     pub(crate) fn closed(&self) {
         let mut inner = self.inner.lock();
+        // The slots stay, their generations bumped by the unpins: a handle
+        // kept from this user never matches a pin of the next.
         inner.unpin_range(0, u64::MAX);
-        inner.slots = KVec::new();
         inner.log = None;
         inner.fences = KVec::new();
         inner.open = false;
@@ -447,7 +509,10 @@ impl DmaState {
     pub(crate) fn unmapped(&self, iova: u64, length: u64) {
         let end = iova.saturating_add(length);
         let mut inner = self.inner.lock();
-        if inner.unpin_range(iova, end) > 0 {
+        // Only type1 needs the fence: iommufd refuses pins into a range
+        // while it unmaps it, and its detach (everything unmapped) would
+        // otherwise fence the whole address space.
+        if inner.unpin_range(iova, end) > 0 && !inner.on_iommufd() {
             inner.fence(iova, end);
         }
     }
@@ -488,7 +553,11 @@ impl DmaState {
         let slot = match inner.slots.iter().position(|s| s.pin.is_none()) {
             Some(i) => i,
             None => {
-                inner.slots.push(Slot { gen: 0, pin: None }, GFP_KERNEL)?;
+                // Generations from one counter for every device of the
+                // module: a handle outliving its device matches no slot
+                // of a device allocated where it was.
+                let gen = NEXT_GEN.fetch_add(1 << 16, Ordering::Relaxed);
+                inner.slots.push(Slot { gen, pin: None }, GFP_KERNEL)?;
                 inner.slots.len() - 1
             }
         };
@@ -521,6 +590,7 @@ impl DmaState {
         });
         inner.pinned += pages;
         Ok(Pinned {
+            owner: &*inner as *const Inner as usize,
             slot,
             gen,
             iova,
@@ -576,10 +646,11 @@ impl DmaState {
             // SAFETY: As above.
             node = unsafe { bindings::interval_tree_iter_next(node, 0, usize::MAX) };
         }
+        let all_dirty = KVec::from_elem(false, list.len(), GFP_KERNEL)?;
         self.inner.lock().log = Some(Log {
             ranges: list,
             dirty: KVec::new(),
-            overflow: false,
+            all_dirty,
         });
         Ok(())
     }
@@ -601,41 +672,56 @@ impl DmaState {
         length: u64,
         bitmap: *mut bindings::iova_bitmap,
     ) -> Result {
-        let end = iova.checked_add(length).ok_or(EINVAL)?;
+        if length == 0 {
+            return Ok(());
+        }
+        // Inclusive bounds throughout: the last page of the address space
+        // has no end that fits in a `u64`.
+        let last = iova.checked_add(length - 1).ok_or(EINVAL)?;
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
         let log = inner.log.as_mut().ok_or(EINVAL)?;
-        let set = |from: u64, to: u64| {
-            let (from, to) = (from.max(iova), to.min(end));
-            if from < to {
+        let set = |first: u64, final_byte: u64| {
+            let (from, to) = (first.max(iova), final_byte.min(last));
+            if from <= to {
                 // SAFETY: By the contract; the range is inside the bitmap's.
                 unsafe {
-                    bindings::rmdev_iova_bitmap_set(bitmap, from as usize, (to - from) as usize)
+                    bindings::rmdev_iova_bitmap_set(
+                        bitmap,
+                        from as usize,
+                        (to - from).saturating_add(1) as usize,
+                    )
                 };
             }
         };
-        if log.overflow {
-            for &(first, last) in log.ranges.iter() {
-                set(first, last.saturating_add(1));
+        for (r, &(first, final_byte)) in log.ranges.iter().enumerate() {
+            if log.all_dirty[r] {
+                set(first, final_byte);
+                // Cleared once a report covered the whole range.
+                if iova <= first && final_byte <= last {
+                    log.all_dirty[r] = false;
+                }
             }
-        } else {
-            let from = log.dirty.partition_point(|&p| p < iova / PAGE_SIZE);
-            let mut to = from;
-            while to < log.dirty.len() && log.dirty[to] * PAGE_SIZE < end {
-                let page = log.dirty[to] * PAGE_SIZE;
-                set(page, page + PAGE_SIZE);
-                to += 1;
-            }
-            if to > from {
-                let mut kept = KVec::with_capacity(log.dirty.len() - (to - from), GFP_KERNEL)?;
-                kept.extend_from_slice(&log.dirty[..from], GFP_KERNEL)?;
-                kept.extend_from_slice(&log.dirty[to..], GFP_KERNEL)?;
-                log.dirty = kept;
-            }
+        }
+        let from = log.dirty.partition_point(|&p| p < iova / PAGE_SIZE);
+        let mut to = from;
+        while to < log.dirty.len() && log.dirty[to] <= last / PAGE_SIZE {
+            let page = log.dirty[to] * PAGE_SIZE;
+            set(page, page + (PAGE_SIZE - 1));
+            to += 1;
+        }
+        if to > from {
+            let mut kept = KVec::with_capacity(log.dirty.len() - (to - from), GFP_KERNEL)?;
+            kept.extend_from_slice(&log.dirty[..from], GFP_KERNEL)?;
+            kept.extend_from_slice(&log.dirty[to..], GFP_KERNEL)?;
+            log.dirty = kept;
         }
         for slot in inner.slots.iter() {
             if let Some(pin) = slot.pin.as_ref().filter(|p| p.writable) {
-                set(pin.iova, pin.iova + pin.pages.len() as u64 * PAGE_SIZE);
+                set(
+                    pin.iova,
+                    pin.iova + (pin.pages.len() as u64 * PAGE_SIZE - 1),
+                );
             }
         }
         Ok(())

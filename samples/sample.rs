@@ -657,8 +657,9 @@ struct SampleDevice {
     mem: Mutex<Memory>,
     /// The user's memory, for the DMA commands.
     guest: GuestMemory,
-    /// The DMA registers and pin; taken before `mem`, never held while
-    /// guest memory is copied by IOVA.
+    /// The DMA registers and pin; taken before `mem`, and held across the
+    /// `GuestMemory` calls of a command (the framework's lock comes after
+    /// it; `guest_unmapped` takes it with none of the framework's held).
     #[pin]
     dma: Mutex<SampleDma>,
 }

@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * The rmdev sample's hard-interrupt timer: the CMD_CHECKSUM_TIMER command
- * raises the device's interrupt from an hrtimer that expires in hard
- * interrupt context, as a hardware device's interrupt handler would, so
- * that the tests show the framework's Interrupts::raise working there.
+ * The rmdev sample's interrupt timer: the CMD_CHECKSUM_TIMER command
+ * raises the device's interrupt from an hrtimer, which expires in hard
+ * interrupt context (on a kernel without PREEMPT_RT, like the lab's; with
+ * it, hrtimers not marked HARD expire in a softirq, where sleeping
+ * spinlocks are allowed), as a hardware device's interrupt handler would,
+ * so that the tests show the framework's Interrupts::raise working there.
  * C because Rust in 6.12 has no hrtimer abstraction.
  *
  * The timer owns the pointer it is given (a boxed Interrupts handle of the
@@ -40,7 +42,7 @@ struct rmdev_sample_timer *rmdev_sample_timer_new(const void *irqs)
 
 	if (!st)
 		return NULL;
-	hrtimer_init(&st->timer, CLOCK_MONOTONIC, HRTIMER_MODE_REL_HARD);
+	hrtimer_init(&st->timer, CLOCK_MONOTONIC, HRTIMER_MODE_REL);
 	st->timer.function = rmdev_sample_timer_expired;
 	st->irqs = irqs;
 	return st;
@@ -48,7 +50,7 @@ struct rmdev_sample_timer *rmdev_sample_timer_new(const void *irqs)
 
 void rmdev_sample_timer_start(struct rmdev_sample_timer *st, unsigned long ns)
 {
-	hrtimer_start(&st->timer, ns_to_ktime(ns), HRTIMER_MODE_REL_HARD);
+	hrtimer_start(&st->timer, ns_to_ktime(ns), HRTIMER_MODE_REL);
 }
 
 void rmdev_sample_timer_free(struct rmdev_sample_timer *st)
