@@ -114,6 +114,8 @@ pub mod reg {
     pub const SIZE: u64 = 0x40;
 }
 
+/// The longest copy one DMA command makes (`-EINVAL` past it).
+pub const MAX_DMA_LEN: usize = 1 << 20;
 /// DMA command: copy `DMA_LEN` bytes of device memory at `DMA_OFFSET` to
 /// guest memory at the IOVA (the pages are logged dirty).
 pub const DMA_TO_GUEST: u32 = 1;
@@ -780,7 +782,10 @@ impl SampleDevice {
     fn dma_span(&self, d: &SampleDma) -> Result<core::ops::Range<usize>> {
         let start = d.offset as usize;
         let end = start.checked_add(d.len as usize).ok_or(EINVAL)?;
-        if end > self.size {
+        // The copy goes through a kernel buffer: at most `MAX_DMA_LEN`, so
+        // the user cannot ask for an allocation the page allocator warns
+        // about.
+        if end > self.size || d.len as usize > MAX_DMA_LEN {
             return Err(EINVAL);
         }
         Ok(start..end)

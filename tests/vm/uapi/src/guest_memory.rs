@@ -265,6 +265,17 @@ fn on_backend(backend: &str, open: &dyn Fn(&Mdev) -> Result<Device, String>) -> 
         libc::EINVAL,
         "copy past the device memory",
     )?;
+    // Longer than the sample copies at once (1 MiB), in a device with
+    // that much memory: refused before any allocation.
+    let big = Mdev::create(TYPES[2].0)?;
+    let big_dev = open(&big)?;
+    expect_dma(
+        &big_dev,
+        (TO_GUEST, IOVA_NONE, (64 << 20) + 1, 0),
+        libc::EINVAL,
+        "a 64 MiB copy",
+    )?;
+    drop((big_dev, big));
     ensure!(
         buf.bytes()[RW_PAGES * PAGE..]
             .iter()
