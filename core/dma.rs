@@ -99,11 +99,15 @@ struct Pin {
     writable: bool,
 }
 
+/// Whether `pages` pages from `iova` overlap `[start, end)`.
+fn pages_overlap(iova: u64, pages: usize, start: u64, end: u64) -> bool {
+    iova < end && start < iova + pages as u64 * PAGE_SIZE
+}
+
 impl Pin {
     /// Whether the pin overlaps `[start, end)`.
     fn overlaps(&self, start: u64, end: u64) -> bool {
-        let pin_end = self.iova + self.pages.len() as u64 * PAGE_SIZE;
-        self.iova < end && start < pin_end
+        pages_overlap(self.iova, self.pages.len(), start, end)
     }
 }
 
@@ -127,6 +131,7 @@ struct Log {
 }
 
 /// A range the user unmapped while the device had it pinned.
+#[derive(Clone, Copy)]
 struct Fence {
     start: u64,
     end: u64,
@@ -181,10 +186,12 @@ impl Inner {
     /// Whether the open device reaches guest memory through iommufd (not a
     /// type1 container).
     fn on_iommufd(&self) -> bool {
-        // SAFETY: Only read while the device is open (`vdev_open`), when
-        // the VFIO core keeps the device and its IOMMU context.
-        self.vdev_open()
-            .is_ok_and(|vdev| unsafe { !(*vdev).iommufd_access.is_null() })
+        let Ok(vdev) = self.vdev_open() else {
+            return false;
+        };
+        // SAFETY: The device is open (`vdev_open`): the VFIO core keeps it
+        // and its IOMMU context.
+        unsafe { !(*vdev).iommufd_access.is_null() }
     }
 
     /// The pin a handle names, if it is still there.
@@ -214,14 +221,14 @@ impl Inner {
             // pages stay dirty for the next report.
             self.mark_dirty(pin.iova, pin.pages.len() as u64 * PAGE_SIZE);
         }
-        if self.vdev.is_null() || !self.open {
+        let Ok(vdev) = self.vdev_open() else {
             // Unreachable: pins exist only while the device is open, and
             // closing unpins them all first.
             return;
-        }
-        // SAFETY: The device is open (checked above), and `(iova, npage)`
-        // is exactly what `vfio_pin_pages` pinned.
-        unsafe { bindings::vfio_unpin_pages(self.vdev, pin.iova, pin.pages.len() as i32) };
+        };
+        // SAFETY: The device is open (`vdev_open`), and `(iova, npage)` is
+        // exactly what `vfio_pin_pages` pinned.
+        unsafe { bindings::vfio_unpin_pages(vdev, pin.iova, pin.pages.len() as i32) };
     }
 
     /// Whether a pin of `[start, end)` must wait: the range was unmapped
@@ -234,15 +241,7 @@ impl Inner {
                 if now < f.until + FENCE_MEMORY_MS {
                     // On failure the fence is forgotten: a pin that comes
                     // later is then only as safe as without fences.
-                    let _ = kept.push(
-                        Fence {
-                            start: f.start,
-                            end: f.end,
-                            until: f.until,
-                            strikes: f.strikes,
-                        },
-                        GFP_KERNEL,
-                    );
+                    let _ = kept.push(*f, GFP_KERNEL);
                 }
             }
             self.fences = kept;
@@ -280,12 +279,7 @@ impl Inner {
         // The table is full (a user unmapping ever new ranges under pins):
         // one fence over all of them and this one, as long as the longest,
         // refuses more than needed, never less.
-        let mut all = Fence {
-            start,
-            end,
-            until: now + FENCE_MS,
-            strikes: 0,
-        };
+        let mut all = new;
         for f in self.fences.iter() {
             all.start = all.start.min(f.start);
             all.end = all.end.max(f.end);
@@ -379,6 +373,13 @@ impl Pinned {
     /// Whether the pages were pinned for writing.
     pub fn writable(&self) -> bool {
         self.writable
+    }
+
+    /// Whether the pinned pages overlap `[iova, iova + length)` (what
+    /// [`Device::guest_unmapped`](super::device::Device::guest_unmapped)
+    /// is told).
+    pub fn overlaps(&self, iova: u64, length: u64) -> bool {
+        pages_overlap(self.iova, self.pages, iova, iova.saturating_add(length))
     }
 }
 

@@ -778,6 +778,16 @@ impl SampleDevice {
 }
 
 impl SampleDevice {
+    /// Clears the DMA registers and drops the pin's handle (the framework
+    /// unpins it); the count of unmaps that hit a pin stays.
+    fn clear_dma(&self) {
+        let mut d = self.dma.lock();
+        *d = SampleDma {
+            unmaps: d.unmaps,
+            ..SampleDma::default()
+        };
+    }
+
     /// The device memory range `[DMA_OFFSET, DMA_OFFSET + DMA_LEN)`.
     fn dma_span(&self, d: &SampleDma) -> Result<core::ops::Range<usize>> {
         let start = d.offset as usize;
@@ -912,23 +922,14 @@ impl Device for SampleDevice {
     fn close(&self) {
         // The contents stay for the next user, as a real device's would;
         // the DMA registers do not, and the framework unpins the pin.
-        let mut d = self.dma.lock();
-        let unmaps = d.unmaps;
-        *d = SampleDma {
-            unmaps,
-            ..SampleDma::default()
-        };
+        self.clear_dma();
     }
 
     fn guest_unmapped(&self, iova: u64, length: u64) {
         // The device stops using its pin if the range covers any of it; the
         // framework unpins it once this returns.
         let mut d = self.dma.lock();
-        let end = iova.saturating_add(length);
-        let hit = d.pin.as_ref().is_some_and(|p| {
-            p.iova() < end && iova < p.iova() + p.pages() as u64 * rmdev::dma::PAGE_SIZE
-        });
-        if hit {
+        if d.pin.as_ref().is_some_and(|p| p.overlaps(iova, length)) {
             d.pin = None;
             d.unmaps = d.unmaps.wrapping_add(1);
         }
@@ -944,12 +945,7 @@ impl Device for SampleDevice {
         self.next_arc.store(ArcFault::None as u8, Ordering::Relaxed);
         drop(m);
         // The framework unpins the pin after the reset.
-        let mut d = self.dma.lock();
-        let unmaps = d.unmaps;
-        *d = SampleDma {
-            unmaps,
-            ..SampleDma::default()
-        };
+        self.clear_dma();
     }
 
     fn migration(&self) -> Option<FlagSet> {
