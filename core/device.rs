@@ -187,7 +187,10 @@ pub trait Device: Send + Sync + Sized + 'static {
     /// The user is unmapping `[iova, iova + length)` from the device's
     /// IOMMU context: the device stops using every page it pinned there
     /// (hardware included) before returning; the framework then unpins
-    /// them, and their [`Pinned`] handles go stale. May be called at any
+    /// them, and their [`Pinned`] handles go stale. From before the call
+    /// until then, new pins into the range fail with `-EAGAIN`, so a pin
+    /// made on another thread cannot land after the device stopped using
+    /// the range. May be called at any
     /// time, even with nothing pinned there or while [`Device::close`]
     /// runs; `length` may reach the end of the address space (an iommufd
     /// detach unmaps everything). It runs in a worker (process context, it
@@ -419,6 +422,10 @@ impl<D: Device> Core<D> {
     fn serve_unmap(&self) {
         let range = self.unmap_request.lock().range.take();
         if let Some((iova, length)) = range {
+            // No new pin into the range from here on: a pin the vendor
+            // made after `guest_unmapped` returned would be unpinned
+            // under the hardware's feet.
+            self.dma.unmapping(iova, length);
             self.dev.guest_unmapped(iova, length);
             self.dma.unmapped(iova, length);
         }

@@ -13,10 +13,15 @@
 //!   (`vfio_dma_rw()`), without pinning;
 //! - [`GuestMemory::pin`] pins whole pages (`vfio_pin_pages()`) and returns
 //!   a [`Pinned`] handle, which is the only way to reach them; the pages
-//!   never leave this module, so no vendor can keep one past its unpin.
+//!   never leave this module, so no vendor can keep one past its unpin;
+//! - [`GuestMemory::pin_for`] also maps the pinned pages for the parent's
+//!   PCI function ([`DmaFunction`]), and [`GuestMemory::device_address`]
+//!   gives the addresses to hand the hardware. The mapping is the pin's:
+//!   it is undone just before the unpin, whoever unpins.
 //!
 //! The framework owns every pin. When the user unmaps memory that is pinned
-//! (the `dma_unmap` callback), it first tells the vendor
+//! (the `dma_unmap` callback), it refuses new pins into the range
+//! (`-EAGAIN`) until it is done, first tells the vendor
 //! ([`Device::guest_unmapped`](super::device::Device::guest_unmapped)), which
 //! stops using the range, and then unpins every pin in the range itself
 //! before the callback returns: a pin left behind would make type1's unmap
@@ -58,6 +63,7 @@ use kernel::static_lock_class;
 use kernel::sync::{Arc, Mutex};
 
 use super::bindings;
+use super::pci::DmaFunction;
 
 /// The page size of IOVA pinning and dirty logging.
 pub const PAGE_SIZE: u64 = 4096;
@@ -92,11 +98,28 @@ struct PagePtr(*mut bindings::page);
 // SAFETY: A pinned page may be used and unpinned from any thread.
 unsafe impl Send for PagePtr {}
 
+/// The mapping of a pin's pages for a PCI function.
+struct Mapped {
+    func: Arc<DmaFunction>,
+    /// One DMA address per page.
+    addrs: KVec<u64>,
+}
+
 /// One pin: `pages` pages from page-aligned `iova`.
 struct Pin {
     iova: u64,
     pages: KVec<PagePtr>,
     writable: bool,
+    mapped: Option<Mapped>,
+}
+
+impl Mapped {
+    /// Unmaps every page (the device must no longer reach them).
+    fn unmap(&self, writable: bool) {
+        for a in self.addrs.iter() {
+            self.func.unmap_page(*a, !writable);
+        }
+    }
 }
 
 /// Whether `pages` pages from `iova` overlap `[start, end)`.
@@ -159,6 +182,10 @@ struct Inner {
     log: Option<Log>,
     /// Ranges recently unmapped under a pin.
     fences: KVec<Fence>,
+    /// The range the user is unmapping now, `[start, end)`: from before
+    /// the vendor is told until its pins there are gone, pins into it are
+    /// refused.
+    unmapping: Option<(u64, u64)>,
 }
 
 /// The guest-memory state of one device, shared by the framework's device
@@ -216,6 +243,11 @@ impl Inner {
         };
         self.slots[i].gen = self.slots[i].gen.wrapping_add(1);
         self.pinned -= pin.pages.len();
+        if let Some(m) = &pin.mapped {
+            // Before the unpin: the function must not reach a page that
+            // is no longer held.
+            m.unmap(pin.writable);
+        }
         if pin.writable {
             // Written through the pin since the last report, maybe: the
             // pages stay dirty for the next report.
@@ -411,11 +443,38 @@ impl GuestMemory {
     /// allow it: `-EPERM` otherwise; unmapped pages as in
     /// [`GuestMemory::read`]). `-EINVAL` for an unaligned IOVA or a
     /// count of 0 or more than [`MAX_PIN_PAGES`]; `-ENOSPC` past
-    /// [`MAX_PINNED_PAGES`] pinned by the device; `-EAGAIN` while the range
-    /// is fenced (the user unmapped it under a pin a moment ago, see
-    /// [`FENCE_MS`]).
+    /// [`MAX_PINNED_PAGES`] pinned by the device; `-EAGAIN` while the user
+    /// is unmapping the range, or while it is fenced (the user unmapped it
+    /// under a pin a moment ago, see [`FENCE_MS`]).
     pub fn pin(&self, iova: u64, pages: usize, writable: bool) -> Result<Pinned> {
-        self.0.pin(iova, pages, writable)
+        self.0.pin(iova, pages, writable, None)
+    }
+
+    /// Like [`GuestMemory::pin`], and maps the pages for `func` (for the
+    /// function to read them, and to write them too if `writable`); the
+    /// mapping goes just before the unpin, whoever unpins (the vendor, the
+    /// user's unmap, close, reset). `-ENODEV` once `func` was unbound.
+    pub fn pin_for(
+        &self,
+        func: &Arc<DmaFunction>,
+        iova: u64,
+        pages: usize,
+        writable: bool,
+    ) -> Result<Pinned> {
+        self.0.pin(iova, pages, writable, Some(func))
+    }
+
+    /// The address at which the function `pinned` was mapped for reaches
+    /// byte `offset` (from [`Pinned::iova`]); valid up to the end of that
+    /// page (pages need not be contiguous for the device). `-EINVAL` for a
+    /// pin made without a function or an offset past the pin; `-ENOENT` for
+    /// a stale handle.
+    pub fn device_address(&self, pinned: &Pinned, offset: usize) -> Result<u64> {
+        let inner = self.0.inner.lock();
+        let pin = inner.pin(pinned)?;
+        let m = pin.mapped.as_ref().ok_or(EINVAL)?;
+        let page = m.addrs.get(offset / PAGE_SIZE as usize).ok_or(EINVAL)?;
+        Ok(page + (offset as u64 % PAGE_SIZE))
     }
 
     /// Unpins `pinned`. `-ENOENT` if the framework unpinned it already
@@ -450,6 +509,28 @@ impl GuestMemory {
     }
 }
 
+/// Maps pinned `pages` for `func`; all or nothing.
+fn map_pages(
+    func: &Arc<DmaFunction>,
+    pages: &[*mut bindings::page],
+    writable: bool,
+) -> Result<KVec<u64>> {
+    let mut addrs = KVec::with_capacity(pages.len(), GFP_KERNEL)?;
+    for p in pages {
+        match func.map_page(*p, !writable) {
+            // Cannot fail: the capacity was reserved.
+            Ok(a) => addrs.push(a, GFP_KERNEL)?,
+            Err(e) => {
+                for a in addrs.iter() {
+                    func.unmap_page(*a, !writable);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(addrs)
+}
+
 impl DmaState {
     /// A device's guest-memory state, not registered yet.
     pub(crate) fn new() -> Result<Arc<Self>> {
@@ -463,6 +544,7 @@ impl DmaState {
                         pinned: 0,
                         log: None,
                         fences: KVec::new(),
+                        unmapping: None,
                     },
                     lock_name!("guest_memory"),
                     static_lock_class!()
@@ -505,11 +587,19 @@ impl DmaState {
         self.inner.lock().unpin_range(0, u64::MAX);
     }
 
-    /// The `dma_unmap` callback's second half (the vendor was told):
+    /// The `dma_unmap` callback's first part, before the vendor is told:
+    /// pins into `[iova, iova + length)` are refused (`-EAGAIN`) until
+    /// [`DmaState::unmapped`].
+    pub(crate) fn unmapping(&self, iova: u64, length: u64) {
+        self.inner.lock().unmapping = Some((iova, iova.saturating_add(length)));
+    }
+
+    /// The `dma_unmap` callback's last part (the vendor was told):
     /// unpins every pin in `[iova, iova + length)`.
     pub(crate) fn unmapped(&self, iova: u64, length: u64) {
         let end = iova.saturating_add(length);
         let mut inner = self.inner.lock();
+        inner.unmapping = None;
         // Only type1 needs the fence: iommufd refuses pins into a range
         // while it unmaps it, and its detach (everything unmapped) would
         // otherwise fence the whole address space.
@@ -536,7 +626,13 @@ impl DmaState {
         kernel::error::to_result(ret)
     }
 
-    fn pin(&self, iova: u64, pages: usize, writable: bool) -> Result<Pinned> {
+    fn pin(
+        &self,
+        iova: u64,
+        pages: usize,
+        writable: bool,
+        func: Option<&Arc<DmaFunction>>,
+    ) -> Result<Pinned> {
         if iova % PAGE_SIZE != 0 || pages == 0 || pages > MAX_PIN_PAGES {
             return Err(EINVAL);
         }
@@ -548,7 +644,11 @@ impl DmaState {
         if inner.pinned + pages > MAX_PINNED_PAGES {
             return Err(ENOSPC);
         }
-        if inner.fenced(iova, iova + pages as u64 * PAGE_SIZE) {
+        let end = iova + pages as u64 * PAGE_SIZE;
+        let unmapping = inner
+            .unmapping
+            .is_some_and(|(start, stop)| start < end && iova < stop);
+        if unmapping || inner.fenced(iova, end) {
             return Err(EAGAIN);
         }
         let slot = match inner.slots.iter().position(|s| s.pin.is_none()) {
@@ -583,11 +683,26 @@ impl DmaState {
             // Cannot fail: the capacity was reserved.
             list.push(PagePtr(*p), GFP_KERNEL)?;
         }
+        let mapped = match func {
+            None => None,
+            Some(f) => match map_pages(f, &raw, writable) {
+                Ok(addrs) => Some(Mapped {
+                    func: f.clone(),
+                    addrs,
+                }),
+                Err(e) => {
+                    // SAFETY: As above; these are the pages just pinned.
+                    unsafe { bindings::vfio_unpin_pages(vdev, iova, pages as i32) };
+                    return Err(e);
+                }
+            },
+        };
         let gen = inner.slots[slot].gen;
         inner.slots[slot].pin = Some(Pin {
             iova,
             pages: list,
             writable,
+            mapped,
         });
         inner.pinned += pages;
         Ok(Pinned {

@@ -3,6 +3,8 @@
  * C helpers for the rmdev framework: wrappers of static inline functions and
  * macros that Rust cannot call in 6.12 (see helpers.h).
  */
+#include <linux/delay.h>
+#include <linux/dma-mapping.h>
 #include <linux/highmem.h>
 #include <linux/iova_bitmap.h>
 #include <linux/module.h>
@@ -96,4 +98,46 @@ unsigned long rmdev_spin_lock_irqsave(spinlock_t *lock)
 void rmdev_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags)
 {
 	spin_unlock_irqrestore(lock, flags);
+}
+
+/*
+ * DMA for a PCI function (core/pci.rs): dma_map_page(), dma_mapping_error()
+ * and dma_alloc_coherent() are static inline or macros.
+ */
+int rmdev_dma_set_mask64(struct device *dev)
+{
+	return dma_set_mask_and_coherent(dev, DMA_BIT_MASK(64));
+}
+
+int rmdev_dma_map_page(struct device *dev, struct page *page, bool to_device_only,
+		       dma_addr_t *addr)
+{
+	dma_addr_t a = dma_map_page(dev, page, 0, PAGE_SIZE,
+				    to_device_only ? DMA_TO_DEVICE : DMA_BIDIRECTIONAL);
+
+	if (dma_mapping_error(dev, a))
+		return -ENOMEM;
+	*addr = a;
+	return 0;
+}
+
+void rmdev_dma_unmap_page(struct device *dev, dma_addr_t addr, bool to_device_only)
+{
+	dma_unmap_page(dev, addr, PAGE_SIZE,
+		       to_device_only ? DMA_TO_DEVICE : DMA_BIDIRECTIONAL);
+}
+
+void *rmdev_dma_alloc_coherent(struct device *dev, size_t size, dma_addr_t *addr)
+{
+	return dma_alloc_coherent(dev, size, addr, GFP_KERNEL);
+}
+
+void rmdev_dma_free_coherent(struct device *dev, size_t size, void *cpu, dma_addr_t addr)
+{
+	dma_free_coherent(dev, size, cpu, addr);
+}
+
+void rmdev_msleep(unsigned int ms)
+{
+	msleep(ms);
 }

@@ -16,6 +16,7 @@ struct vfio_device;
 struct pci_dev;
 struct page;
 struct iova_bitmap;
+struct device;
 
 void rmdev_init_waitqueue_head(struct wait_queue_head *wq, const char *name);
 void rmdev_wake_up_poll(struct wait_queue_head *wq, __poll_t mask);
@@ -30,5 +31,12 @@ void rmdev_page_copy(struct page *page, size_t offset, void *buf, size_t len, bo
 unsigned long rmdev_spin_lock_irqsave(spinlock_t *lock);
 void rmdev_spin_unlock_irqrestore(spinlock_t *lock, unsigned long flags);
 void rmdev_iova_bitmap_set(struct iova_bitmap *bitmap, unsigned long iova, size_t length);
+int rmdev_dma_set_mask64(struct device *dev);
+int rmdev_dma_map_page(struct device *dev, struct page *page, bool to_device_only,
+		       dma_addr_t *addr);
+void rmdev_dma_unmap_page(struct device *dev, dma_addr_t addr, bool to_device_only);
+void *rmdev_dma_alloc_coherent(struct device *dev, size_t size, dma_addr_t *addr);
+void rmdev_dma_free_coherent(struct device *dev, size_t size, void *cpu, dma_addr_t addr);
+void rmdev_msleep(unsigned int ms);
 
 #endif

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! A PCI driver for a parent on real hardware: registration, probe and
-//! remove, memory decoding and mapped BARs.
+//! remove, memory decoding, mapped BARs and DMA.
 //!
 //! C header: [`include/linux/pci.h`](srctree/include/linux/pci.h)
 //!
@@ -21,10 +21,14 @@
 //!   binding, whoever still holds a [`Bar`].
 //! - [`Bar`] is a mapped memory BAR with checked 32-bit accesses; once the
 //!   device is unbound it is revoked and every access fails with `ENODEV`.
+//! - [`DmaFunction`] ([`Binding::dma`]) is the function's DMA: bus
+//!   mastering, [`Coherent`] memory the vendor owns (rings), and the
+//!   mappings of pinned guest pages
+//!   ([`GuestMemory::pin_for`](super::dma::GuestMemory::pin_for)). Those
+//!   are the only addresses a vendor can learn to hand the function.
 //!
-//! Bus mastering is never enabled, and is cleared at probe: a mediated
-//! parent is driven through its registers only, so the function cannot
-//! write host memory, whatever its registers say.
+//! Bus mastering is cleared at probe and stays off until the vendor turns it
+//! on through its [`DmaFunction`]; remove turns it off again.
 
 use core::marker::PhantomData;
 use core::ptr::{self, addr_of_mut, NonNull};
@@ -33,7 +37,7 @@ use kernel::ffi::{c_int, c_void};
 use kernel::error::to_result;
 use kernel::prelude::*;
 use kernel::static_lock_class;
-use kernel::sync::{Arc, SpinLock};
+use kernel::sync::{Arc, Mutex, SpinLock};
 use kernel::types::Opaque;
 
 use super::bindings;
@@ -99,6 +103,7 @@ pub struct Binding {
     pdev: NonNull<bindings::pci_dev>,
     enabled: bool,
     bars: KVec<(i32, Arc<Bar>)>,
+    dma: Option<Arc<DmaFunction>>,
 }
 
 // SAFETY: The device pointer is only used for calls the PCI core allows from
@@ -223,10 +228,44 @@ impl Binding {
         Ok(bar)
     }
 
-    /// Undoes what the probe set up: revokes and unmaps the BARs, releases
-    /// them and disables the device.
+    /// The function's DMA, with a 64-bit DMA mask. Needs
+    /// [`Binding::enable_mem`] first. Bus mastering stays off until
+    /// [`DmaFunction::set_bus_master`]; remove turns it off and revokes the
+    /// handle.
+    pub fn dma(&mut self) -> Result<Arc<DmaFunction>> {
+        if !self.enabled {
+            return Err(EINVAL);
+        }
+        if let Some(d) = &self.dma {
+            return Ok(d.clone());
+        }
+        let dev = self.as_dev();
+        // SAFETY: The device is bound (type invariant).
+        to_result(unsafe { bindings::rmdev_dma_set_mask64(dev) })?;
+        // SAFETY: As above; the reference is the handle's, put in its drop.
+        let dev = unsafe { bindings::get_device(dev) };
+        let dev = NonNull::new(dev).ok_or(ENODEV)?;
+        let pdev = self.pdev;
+        let d = Arc::pin_init(
+            pin_init!(DmaFunction {
+                dev,
+                pdev,
+                live <- Mutex::new(true, lock_name!("dma_function"), static_lock_class!()),
+            }),
+            GFP_KERNEL,
+        )?;
+        self.dma = Some(d.clone());
+        Ok(d)
+    }
+
+    /// Undoes what the probe set up: revokes the DMA handle (bus mastering
+    /// off), revokes and unmaps the BARs, releases them and disables the
+    /// device.
     fn teardown(&mut self) {
         let p = self.raw();
+        if let Some(d) = self.dma.take() {
+            d.revoke();
+        }
         for (index, bar) in core::mem::replace(&mut self.bars, KVec::new()) {
             // Revoked under the lock: no access is running or can start
             // (the guard goes at the end of the statement: unmapping
@@ -307,6 +346,210 @@ impl Bar {
         unsafe { bindings::iowrite32(value, m.addr.as_ptr().cast::<u8>().add(offset).cast()) };
         Ok(())
     }
+}
+
+/// DMA by a bound PCI function (see [`Binding::dma`]): the addresses the
+/// function may reach are the vendor's [`Coherent`] memory and the guest
+/// pages it pinned and mapped through
+/// [`GuestMemory::pin_for`](super::dma::GuestMemory::pin_for).
+///
+/// Revoked in the function's remove: bus mastering goes off and no new
+/// allocation or mapping is made; freeing and unmapping still work (the
+/// handle holds a reference on the function's `struct device`).
+///
+/// # Invariants
+///
+/// `dev` is `pdev`'s `struct device`, on which the handle holds a
+/// reference; while `live` says so, the function is bound and enabled.
+#[pin_data(PinnedDrop)]
+pub struct DmaFunction {
+    dev: NonNull<bindings::device>,
+    pdev: NonNull<bindings::pci_dev>,
+    #[pin]
+    live: Mutex<bool>,
+}
+
+// SAFETY: The device is only used for calls the DMA API and the PCI core
+// allow from any thread; bus mastering changes under `live`'s lock.
+unsafe impl Send for DmaFunction {}
+// SAFETY: As above.
+unsafe impl Sync for DmaFunction {}
+
+impl DmaFunction {
+    /// Turns the function's bus mastering on or off. `ENODEV` once the
+    /// function was unbound.
+    pub fn set_bus_master(&self, on: bool) -> Result {
+        let live = self.live.lock();
+        if !*live {
+            return Err(ENODEV);
+        }
+        // SAFETY: The function is bound and enabled while `live` (type
+        // invariant), and stays so under the lock.
+        unsafe {
+            if on {
+                bindings::pci_set_master(self.pdev.as_ptr());
+            } else {
+                bindings::pci_clear_master(self.pdev.as_ptr());
+            }
+        }
+        Ok(())
+    }
+
+    /// `len` bytes of coherent memory the function may read and write,
+    /// zeroed. `ENODEV` once the function was unbound.
+    pub fn alloc_coherent(self: &Arc<Self>, len: usize) -> Result<Coherent> {
+        if len == 0 || len % 4 != 0 {
+            return Err(EINVAL);
+        }
+        let live = self.live.lock();
+        if !*live {
+            return Err(ENODEV);
+        }
+        let mut addr: bindings::dma_addr_t = 0;
+        // SAFETY: `dev` is valid (type invariant); `addr` is writable.
+        let cpu = unsafe { bindings::rmdev_dma_alloc_coherent(self.dev.as_ptr(), len, &mut addr) };
+        let cpu = NonNull::new(cpu.cast::<u8>()).ok_or(ENOMEM)?;
+        drop(live);
+        Ok(Coherent {
+            func: self.clone(),
+            cpu,
+            addr,
+            len,
+        })
+    }
+
+    /// Maps one pinned page for the function; returns its DMA address.
+    pub(crate) fn map_page(&self, page: *mut bindings::page, to_device_only: bool) -> Result<u64> {
+        let live = self.live.lock();
+        if !*live {
+            return Err(ENODEV);
+        }
+        let mut addr: bindings::dma_addr_t = 0;
+        // SAFETY: `dev` is valid (type invariant); the caller passes a page
+        // it holds pinned; `addr` is writable.
+        to_result(unsafe {
+            bindings::rmdev_dma_map_page(self.dev.as_ptr(), page, to_device_only, &mut addr)
+        })?;
+        Ok(addr)
+    }
+
+    /// Unmaps what [`DmaFunction::map_page`] returned, with the same
+    /// direction.
+    pub(crate) fn unmap_page(&self, addr: u64, to_device_only: bool) {
+        // SAFETY: `dev` is valid (type invariant), and the caller unmaps a
+        // mapping `map_page` made on it, once.
+        unsafe { bindings::rmdev_dma_unmap_page(self.dev.as_ptr(), addr, to_device_only) };
+    }
+
+    /// The function's remove: bus mastering off, nothing new from now on.
+    fn revoke(&self) {
+        let mut live = self.live.lock();
+        if *live {
+            // SAFETY: Still bound and enabled (remove is running).
+            unsafe { bindings::pci_clear_master(self.pdev.as_ptr()) };
+            *live = false;
+        }
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for DmaFunction {
+    fn drop(self: Pin<&mut Self>) {
+        // SAFETY: The reference taken in `Binding::dma` (type invariant).
+        unsafe { bindings::put_device(self.dev.as_ptr()) };
+    }
+}
+
+/// Coherent memory a PCI function reads and writes by DMA
+/// ([`DmaFunction::alloc_coherent`]), freed on drop. Accesses are
+/// volatile, in bounds and 32-bit aligned where they are words.
+///
+/// # Invariants
+///
+/// `cpu` and `addr` are the CPU and DMA addresses of `len` bytes allocated
+/// with `dma_alloc_coherent` on `func`'s device.
+pub struct Coherent {
+    func: Arc<DmaFunction>,
+    cpu: NonNull<u8>,
+    addr: bindings::dma_addr_t,
+    len: usize,
+}
+
+// SAFETY: The memory is the handle's; writes need `&mut`, reads are
+// volatile (the device writes it concurrently, as hardware does).
+unsafe impl Send for Coherent {}
+// SAFETY: As above.
+unsafe impl Sync for Coherent {}
+
+impl Coherent {
+    /// The address the function reaches the memory at.
+    pub fn dma_addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// The size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the size is 0 (never: an empty allocation is refused).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn word(&self, offset: usize) -> Result<*mut u32> {
+        match offset.checked_add(4) {
+            Some(end) if offset % 4 == 0 && end <= self.len => {
+                // SAFETY: In bounds of the allocation (type invariant).
+                Ok(unsafe { self.cpu.as_ptr().add(offset) }.cast::<u32>())
+            }
+            _ => Err(EINVAL),
+        }
+    }
+
+    /// Reads the little-endian word at `offset`.
+    pub fn read32(&self, offset: usize) -> Result<u32> {
+        let p = self.word(offset)?;
+        // SAFETY: Aligned and in bounds (`word`); the memory is allocated.
+        Ok(u32::from_le(unsafe { ptr::read_volatile(p) }))
+    }
+
+    /// Writes the little-endian word at `offset`.
+    pub fn write32(&mut self, offset: usize, value: u32) -> Result {
+        let p = self.word(offset)?;
+        // SAFETY: As in `read32`; `&mut self` excludes other CPU accesses.
+        unsafe { ptr::write_volatile(p, value.to_le()) };
+        Ok(())
+    }
+}
+
+impl Drop for Coherent {
+    fn drop(&mut self) {
+        // SAFETY: Allocated on this device with these addresses and size
+        // (type invariant); the device reference is held by `func`.
+        unsafe {
+            bindings::rmdev_dma_free_coherent(
+                self.func.dev.as_ptr(),
+                self.len,
+                self.cpu.as_ptr().cast(),
+                self.addr,
+            )
+        };
+    }
+}
+
+/// `-ETIMEDOUT` (6.12's `kernel::error::code` has no name for it), for a
+/// driver whose function did not answer in time.
+pub fn timed_out() -> Error {
+    bindings::error(bindings::ETIMEDOUT)
+}
+
+/// Sleeps `ms` milliseconds (`msleep()`), for a driver waiting for its
+/// function. Process context only.
+pub fn sleep_ms(ms: u32) {
+    // SAFETY: No precondition beyond process context, which the callers'
+    // (probe, device callbacks) is.
+    unsafe { bindings::rmdev_msleep(ms) };
 }
 
 /// The C driver, its ID table and the probes' context.
@@ -437,6 +680,7 @@ impl<T: Driver> Registration<T> {
             pdev: pdev_nn,
             enabled: false,
             bars: KVec::new(),
+            dma: None,
         };
         let data = match T::probe(ctx, &mut binding) {
             Ok(d) => d,

@@ -12,30 +12,38 @@
 //!   vendor, device, subsystem and revision IDs and class;
 //! - BAR0 (region 0), the size of the VF's BAR0: the registers in
 //!   [`ALLOWED`] are forwarded to the VF's hardware as 32-bit accesses, with
-//!   the bits in their `deny` mask kept clear; every other offset reads as
-//!   zero and ignores writes. This table is the device's security boundary:
-//!   nothing that could make the VF read or write memory (queue enables,
-//!   tail doorbells, head write-back, interrupt routing) ever reaches the
-//!   hardware, and bus mastering is never enabled (see
-//!   `Documentation/vendors/igbvf.rst`).
+//!   the bits in their `deny` mask kept clear; transmit queue 0's registers
+//!   are the vendor's shadow ([`tx`]): the user's ring is read through its
+//!   IOMMU context and its frames sent through a ring of the vendor's own;
+//!   every other offset reads as zero and ignores writes. The VF only ever
+//!   reaches memory the vendor mapped for it: its own ring and the pages of
+//!   the frames of a running round (see `Documentation/vendors/igbvf.rst`).
+//!   The VF's mailbox is the vendor's ([`mailbox`]).
 //!
 //! It migrates with `STOP_COPY | P2P`: the stream carries the emulated
-//! config space (the framework's record) and one record with the allowed
+//! config space (the framework's record), one record with the allowed
 //! registers, read from the source VF's hardware and written into the
-//! target VF's. The `migration_version` names the hardware (VF IDs and
-//! revision, the PF's device ID) and the data format
-//! (`1.<format_minor>`), in the default format, so the default rule
-//! refuses other hardware and a source with a newer format.
+//! target VF's, and one with transmit queue 0 as the user programmed it.
+//! The `migration_version` names the hardware (VF IDs and revision, the
+//! PF's device ID) and the data format (`2.<format_minor>`), in the default
+//! format, so the default rule refuses other hardware, a source with a
+//! newer format and format 1.
 //!
-//! Stream record (little-endian): [`TAG_REGS`]: `u32` count, then `count`
-//! pairs of `u32` offset and `u32` value, in the order of [`ALLOWED`].
+//! Stream records (little-endian): [`TAG_REGS`]: `u32` count, then `count`
+//! pairs of `u32` offset and `u32` value, in the order of [`ALLOWED`];
+//! [`TAG_TX`]: the nine registers of transmit queue 0.
 
 #[path = "../core/rmdev.rs"]
 pub mod rmdev;
 
-use kernel::c_str;
+#[path = "igbvf/mailbox.rs"]
+mod mailbox;
+#[path = "igbvf/tx.rs"]
+mod tx;
+
 use kernel::prelude::*;
-use kernel::sync::Arc;
+use kernel::sync::{Arc, Mutex};
+use kernel::{c_str, new_mutex};
 
 use rmdev::device::{
     region, BarKind, Device, GuestMemory, Identity, Interrupts, PciConfig, Region, SavePhase,
@@ -43,8 +51,9 @@ use rmdev::device::{
 };
 use rmdev::fsm::{FlagSet, StepFailure, StopCopyP2pArc};
 use rmdev::mdev::{self, Parent, TypeInfo};
-use rmdev::pci::{self, Bar, Binding, DeviceId};
+use rmdev::pci::{self, Bar, Binding, DeviceId, DmaFunction};
 use rmdev::version::VersionBuf;
+use tx::{TxQueue, TxRegs};
 
 module! {
     type: IgbVfModule,
@@ -62,10 +71,15 @@ const VF_ID: DeviceId = DeviceId {
     device: 0x10ca,
 };
 /// The data format's major version; the minor is the `format_minor`
-/// parameter.
-const FORMAT_MAJOR: u16 = 1;
+/// parameter. Format 1 (before transmit queue 0 was shadowed) carried
+/// queue 0's transmit registers in [`TAG_REGS`]; its streams are refused.
+const FORMAT_MAJOR: u16 = 2;
 /// Record tag: the allowed registers.
 pub const TAG_REGS: u16 = 1;
+/// Record tag: transmit queue 0 as the user programmed it
+/// ([`tx::RECORD_LEN`] bytes: TDBAL, TDBAH, TDLEN, TDH, TXCTL, TDT,
+/// TXDCTL, TDWBAL, TDWBAH).
+pub const TAG_TX: u16 = 2;
 
 /// One register the mdev forwards to the hardware.
 pub struct Allowed {
@@ -92,8 +106,9 @@ const IVAR_VALID: u32 = 0x8080_8080;
 /// queue 1 is 0x100 above queue 0) and for its interrupt moderation. Tail
 /// registers (RDT 0x2818, TDT 0x3818) are doorbells and are not here;
 /// neither are CTRL (reset), the interrupt cause/mask registers (they reach
-/// the PF's state), the mailbox and the statistics.
-pub const ALLOWED: [Allowed; 33] = [
+/// the PF's state), the mailbox and the statistics. Transmit queue 0 is
+/// not forwarded either: the vendor shadows it ([`tx`]).
+pub const ALLOWED: [Allowed; 25] = [
     // Receive queue 0: RDBAL, RDBAH, RDLEN, SRRCTL, RDH, RXDCTL.
     reg(0x2800, 0),
     reg(0x2804, 0),
@@ -108,17 +123,8 @@ pub const ALLOWED: [Allowed; 33] = [
     reg(0x290c, 0),
     reg(0x2910, 0),
     reg(0x2928, QUEUE_ENABLE),
-    // Transmit queue 0: TDBAL, TDBAH, TDLEN, TDH, TXCTL, TXDCTL, TDWBAL,
+    // Transmit queue 1: TDBAL, TDBAH, TDLEN, TDH, TXCTL, TXDCTL, TDWBAL,
     // TDWBAH.
-    reg(0x3800, 0),
-    reg(0x3804, 0),
-    reg(0x3808, 0),
-    reg(0x3810, 0),
-    reg(0x3814, 0),
-    reg(0x3828, QUEUE_ENABLE),
-    reg(0x3838, HEAD_WB_ENABLE),
-    reg(0x383c, 0),
-    // Transmit queue 1.
     reg(0x3900, 0),
     reg(0x3904, 0),
     reg(0x3908, 0),
@@ -162,6 +168,7 @@ mod params {
 /// The parent: one bound VF.
 struct VfParent {
     bar: Arc<Bar>,
+    func: Arc<DmaFunction>,
     ids: pci::Ids,
     version: VersionBuf,
 }
@@ -181,11 +188,14 @@ impl mdev::Driver for VfParent {
         &self,
         _type_index: usize,
         _irqs: Interrupts,
-        _guest: GuestMemory,
+        guest: GuestMemory,
     ) -> impl PinInit<VfDevice, Error> {
         try_pin_init!(VfDevice {
             bar: self.bar.clone(),
+            func: self.func.clone(),
+            guest,
             ids: self.ids,
+            tx <- new_mutex!(TxQueue::new(), "rmdev_igbvf:tx"),
         })
     }
 
@@ -233,27 +243,59 @@ fn hex_pair(buf: &mut [u8; 9], a: u16, b: u16) -> &str {
     core::str::from_utf8(buf).unwrap_or("")
 }
 
-/// One mdev: the VF's registers, mediated.
+/// One mdev: the VF's registers, mediated, and its transmit queue 0,
+/// shadowed.
 #[pin_data]
 struct VfDevice {
     bar: Arc<Bar>,
+    func: Arc<DmaFunction>,
+    guest: GuestMemory,
     ids: pci::Ids,
+    #[pin]
+    tx: Mutex<TxQueue>,
 }
 
-/// A save session: whether the registers were sent.
+/// A save session: how many of the two records were sent.
 struct VfSave {
-    sent: bool,
+    sent: usize,
 }
 
-/// A resume session: whether the registers arrived.
+/// A resume session: which records arrived.
 struct VfLoad {
-    seen: bool,
+    regs: bool,
+    tx: bool,
 }
+
+/// The stream's records, in their order.
+const RECORDS: usize = 2;
 
 impl VfDevice {
     /// Writes an allowed register, its denied bits clear.
     fn write_hw(&self, a: &Allowed, value: u32) -> Result {
         self.bar.write32(a.offset as usize, value & !a.deny)
+    }
+
+    /// What the transmit queue works with.
+    fn tx_ctx(&self) -> tx::Ctx<'_> {
+        tx::Ctx {
+            bar: &self.bar,
+            func: &self.func,
+            guest: &self.guest,
+        }
+    }
+
+    /// Stops and forgets the transmit queue.
+    fn reset_tx(&self) {
+        self.tx.lock().reset(&self.tx_ctx());
+    }
+
+    /// Whether doorbells are served, and if so serves what is pending.
+    fn set_running(&self, running: bool) {
+        let mut q = self.tx.lock();
+        q.running = running;
+        if running {
+            q.kick(&self.tx_ctx());
+        }
     }
 }
 
@@ -266,9 +308,9 @@ impl Device for VfDevice {
     type Save = VfSave;
     type Load = VfLoad;
     type Arcs = StopCopyP2pArc;
-    // Bus mastering is never enabled and no DMA-capable bit reaches the VF:
-    // the device never touches guest memory (its `GuestMemory` goes
-    // unused), so its dirty log reports nothing, which is exact.
+    // The device writes guest memory only through `GuestMemory::write`
+    // (transmit completions) and pins for reading only: the framework's
+    // dirty log has every page it wrote.
 
     fn region(&self, index: u32) -> Region {
         match index {
@@ -285,6 +327,7 @@ impl Device for VfDevice {
         // registers take no other width); everything else reads as zero.
         let value = match find(offset) {
             Some(a) if buf.len() == 4 => self.bar.read32(a.offset as usize)?,
+            _ if buf.len() == 4 && TxQueue::owns(offset) => self.tx.lock().read(offset),
             _ => 0,
         };
         if buf.len() == 4 {
@@ -301,9 +344,34 @@ impl Device for VfDevice {
         }
         match find(offset) {
             Some(a) if data.len() == 4 => self.write_hw(a, le32(data)?),
+            _ if data.len() == 4 && TxQueue::owns(offset) => {
+                self.tx.lock().write(&self.tx_ctx(), offset, le32(data)?);
+                Ok(())
+            }
             // Not forwarded: ignored, as absent registers are.
             _ => Ok(()),
         }
+    }
+
+    fn open(&self) -> Result {
+        // A new user meets the queue as after a reset (and the VF's queue
+        // disabled, whatever a PF reset left in it).
+        self.reset_tx();
+        Ok(())
+    }
+
+    fn close(&self) {
+        // The hardware is off the user's pages before the framework unpins
+        // them.
+        self.reset_tx();
+    }
+
+    fn guest_unmapped(&self, _iova: u64, _length: u64) {
+        // A transmit round holds its pins only while it runs, with the
+        // queue's lock: once the lock is free the hardware reaches none of
+        // the user's pages, and the framework refuses new pins into the
+        // range until it is unmapped.
+        drop(self.tx.lock());
     }
 
     fn pci_config(&self) -> Option<PciConfig> {
@@ -336,6 +404,7 @@ impl Device for VfDevice {
     fn reset(&self) {
         // A function reset clears the queue and interrupt set-up. A BAR
         // revoked under us (the VF is going) has nothing left to reset.
+        self.reset_tx();
         for a in ALLOWED.iter() {
             let _ = self.write_hw(a, 0);
         }
@@ -346,14 +415,23 @@ impl Device for VfDevice {
     }
 
     fn step(&self, arc: StopCopyP2pArc) -> core::result::Result<(), StepFailure<Error>> {
-        // The mediated VF runs no engine: its queues are never enabled, so
-        // stopping and starting it change nothing in the hardware; the
-        // state is the registers, read at save and written at load.
+        // The one engine is transmit queue 0, whose rounds run to their
+        // end inside a doorbell: stopping it means serving no doorbell
+        // (what is rung is kept, in the stream too) until it runs again.
+        // RUNNING_P2P still moves the user's frames (no peer-to-peer DMA
+        // is involved). The rest of the state is the registers, read at
+        // save and written at load.
         match arc {
+            StopCopyP2pArc::RunningP2pToStop => {
+                self.set_running(false);
+                Ok(())
+            }
+            StopCopyP2pArc::StopToRunningP2p => {
+                self.set_running(true);
+                Ok(())
+            }
             StopCopyP2pArc::RunningToRunningP2p
             | StopCopyP2pArc::RunningP2pToRunning
-            | StopCopyP2pArc::RunningP2pToStop
-            | StopCopyP2pArc::StopToRunningP2p
             | StopCopyP2pArc::StopToStopCopy
             | StopCopyP2pArc::StopCopyToStop
             | StopCopyP2pArc::StopToResuming
@@ -362,25 +440,40 @@ impl Device for VfDevice {
     }
 
     fn stop_copy_size(&self, s: Option<&VfSave>) -> StopCopySize {
-        if s.is_some_and(|s| s.sent) {
-            return StopCopySize::default();
-        }
-        StopCopySize {
-            bytes: REGS_LEN,
-            records: 1,
+        match s.map_or(0, |s| s.sent) {
+            0 => StopCopySize {
+                bytes: REGS_LEN + tx::RECORD_LEN,
+                records: RECORDS,
+            },
+            1 => StopCopySize {
+                bytes: tx::RECORD_LEN,
+                records: 1,
+            },
+            _ => StopCopySize::default(),
         }
     }
 
     fn save_open(&self) -> Result<VfSave> {
-        Ok(VfSave { sent: false })
+        Ok(VfSave { sent: 0 })
     }
 
     fn save(&self, s: &mut VfSave, phase: SavePhase, buf: &mut [u8]) -> Result<Saved> {
         if phase != SavePhase::StopCopy {
             return Ok(Saved::Later);
         }
-        if s.sent {
-            return Ok(Saved::Done);
+        match s.sent {
+            0 => {}
+            1 => {
+                // The device is stopped: no round runs, the registers are
+                // what the target's queue starts from.
+                self.tx.lock().regs.to_record(buf)?;
+                s.sent = 2;
+                return Ok(Saved::Record {
+                    tag: TAG_TX,
+                    len: tx::RECORD_LEN,
+                });
+            }
+            _ => return Ok(Saved::Done),
         }
         let out = buf.get_mut(..REGS_LEN).ok_or(EINVAL)?;
         out[..4].copy_from_slice(&(NR_ALLOWED as u32).to_le_bytes());
@@ -389,7 +482,7 @@ impl Device for VfDevice {
             chunk[..4].copy_from_slice(&a.offset.to_le_bytes());
             chunk[4..].copy_from_slice(&value.to_le_bytes());
         }
-        s.sent = true;
+        s.sent = 1;
         Ok(Saved::Record {
             tag: TAG_REGS,
             len: REGS_LEN,
@@ -397,11 +490,25 @@ impl Device for VfDevice {
     }
 
     fn load_open(&self) -> Result<VfLoad> {
-        Ok(VfLoad { seen: false })
+        Ok(VfLoad {
+            regs: false,
+            tx: false,
+        })
     }
 
     fn load(&self, l: &mut VfLoad, tag: u16, payload: &[u8]) -> Result {
-        if tag != TAG_REGS || l.seen || payload.len() != REGS_LEN {
+        if tag == TAG_TX && !l.tx {
+            let regs = TxRegs::from_record(payload)?;
+            // The target's queue starts stopped, from the source's user
+            // view; the hardware is set up at its first round.
+            let mut q = self.tx.lock();
+            q.reset(&self.tx_ctx());
+            q.regs = regs;
+            q.running = false;
+            l.tx = true;
+            return Ok(());
+        }
+        if tag != TAG_REGS || l.regs || payload.len() != REGS_LEN {
             return Err(EINVAL);
         }
         if le32(&payload[..4])? as usize != NR_ALLOWED {
@@ -417,12 +524,12 @@ impl Device for VfDevice {
         for (a, chunk) in ALLOWED.iter().zip(payload[4..].chunks_exact(8)) {
             self.write_hw(a, le32(&chunk[4..])?)?;
         }
-        l.seen = true;
+        l.regs = true;
         Ok(())
     }
 
     fn load_finish(&self, l: VfLoad) -> Result {
-        if l.seen {
+        if l.regs && l.tx {
             Ok(())
         } else {
             Err(EINVAL)
@@ -469,7 +576,17 @@ impl pci::Driver for IgbVf {
             return Err(ENODEV);
         }
         let version = vf_version(&ids, pf, minor)?;
-        let parent = Parent::new_pci(mdev_driver, b, VfParent { bar, ids, version })?;
+        let func = b.dma()?;
+        let parent = Parent::new_pci(
+            mdev_driver,
+            b,
+            VfParent {
+                bar,
+                func,
+                ids,
+                version,
+            },
+        )?;
         pr_info!(
             "{}: mdev parent, data format {}.{}\n",
             b.name(),

@@ -324,7 +324,7 @@ M0=$(new_uuid) M1=$(new_uuid)
 mdevctl start -u "$M0" -p "${VFS[0]}" -t rmdev_igbvf-vf
 mdevctl start -u "$M1" -p "${VFS[1]}" -t rmdev_igbvf-vf
 expect_status 0 "$RMDEV" list --probe
-has "$M0 ${VFS[0]}/rmdev_igbvf-vf  flags STOP_COPY|P2P  migration_version rmdev_igbvf:vf:1.1:"
+has "$M0 ${VFS[0]}/rmdev_igbvf-vf  flags STOP_COPY|P2P  migration_version rmdev_igbvf:vf:2.1:"
 expect_status 0 "$RMDEV" version "$M0"
 expect_eq "version of the VF mdev" "$out" "$(cat /sys/bus/mdev/devices/$M0/migration_version)"
 expect_status 0 "$RMDEV" check "$M0" "${VFS[1]}/rmdev_igbvf-vf"
@@ -338,7 +338,7 @@ expect_eq "VF1 RDBAL0 after rmdev migrate" "$("$VM_TEST" vf-read "${VFS[1]}" 0x2
 expect_eq "VF1 EITR0 after rmdev migrate" "$("$VM_TEST" vf-read "${VFS[1]}" 0x1680)" 0x00000200
 
 if [ -n "${RMDEV_SHARE:-}" ]; then
-	"$VM_TEST" region-write "$M0" 0 0x3800 0x0c0ffe00
+	"$VM_TEST" region-write "$M0" 0 0x3900 0x0c0ffe00
 	expect_status 0 "$RMDEV" save "$M0" -o "$RMDEV_SHARE/vf.bin"
 	echo "$M0" >"$RMDEV_SHARE/vf.uuid"
 	expect_status 0 "$RMDEV" export -o "$RMDEV_SHARE/manifest.json"

@@ -1131,13 +1131,74 @@ fn vf_case(rng: &mut StdRng, class: usize, p: &Parsed) -> Case {
             expect: Expect::Loads,
             mem: Vec::new(),
         },
-        _ => Case {
-            class: "registers all ones",
-            bytes: forge(&with(vf_regs(&regs, |_| u32::MAX))),
-            expect: Expect::Loads,
-            mem: Vec::new(),
+        _ => match rng.gen_range(0..4) {
+            0 => Case {
+                class: "registers all ones",
+                bytes: forge(&with(vf_regs(&regs, |_| u32::MAX))),
+                expect: Expect::Loads,
+                mem: Vec::new(),
+            },
+            kind => vf_tx_case(rng, kind, p),
         },
     }
+}
+
+/// rmdev_igbvf's transmit-queue record (vendors/igbvf/tx.rs): tag 2, nine
+/// `u32`: TDBAL, TDBAH, TDLEN, TDH, TXCTL, TDT, TXDCTL, TDWBAL, TDWBAH.
+const VF_TAG_TX: u16 = 2;
+
+/// The queue record as `words`.
+fn vf_tx_record(words: &[u32; 9]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+/// Forged transmit-queue records: values a user could not have written
+/// (from the 82576 datasheet: TDLEN a multiple of 128, TDBAL 128-byte
+/// aligned, TXDCTL's reserved bits clear, head and tail inside the ring)
+/// or the record missing or twice, refused; a ring a user could have
+/// programmed, loaded.
+fn vf_tx_case(rng: &mut StdRng, kind: usize, p: &Parsed) -> Case {
+    let forge = |recs: &[(u16, u16, Vec<u8>)]| Forge::valid(&p.version).finish(recs);
+    let Some(ti) = p.records.iter().position(|r| r.1 == VF_TAG_TX) else {
+        return refused("truncated", Vec::new());
+    };
+    let descs = rng.gen_range(1..=4096u32) * 8;
+    let mut w = [
+        rng.gen::<u32>() & !0x7f,
+        rng.gen(),
+        descs * 16,
+        rng.gen_range(0..descs),
+        rng.gen(),
+        rng.gen_range(0..descs),
+        (1 << 25) | (rng.gen::<u32>() & 0x003f_3f3f),
+        rng.gen(),
+        rng.gen(),
+    ];
+    let mut recs = p.records.clone();
+    if kind == 1 {
+        recs[ti].2 = vf_tx_record(&w);
+        return Case {
+            class: "a transmit ring a user could program",
+            bytes: forge(&recs),
+            expect: Expect::Loads,
+            mem: Vec::new(),
+        };
+    }
+    if kind == 2 {
+        match rng.gen_range(0..5) {
+            0 => w[0] |= rng.gen_range(1..0x80),
+            1 => w[2] |= rng.gen_range(1..0x80),
+            2 => w[3] = descs + rng.gen_range(0..1000),
+            3 => w[5] = descs + rng.gen_range(0..1000),
+            _ => w[6] |= 1 << rng.gen_range(26..32),
+        }
+        recs[ti].2 = vf_tx_record(&w);
+    } else if rng.gen_bool(0.5) {
+        recs.insert(ti, recs[ti].clone());
+    } else {
+        recs.remove(ti);
+    }
+    refused("a transmit ring no user could program", forge(&recs))
 }
 
 /// `vf-stream-campaign SRC-UUID DST-UUID DST-PCI SEED COUNT`: the stream

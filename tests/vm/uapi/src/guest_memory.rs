@@ -39,13 +39,13 @@ const RW_PAGES: usize = 4;
 const SENTINEL: u8 = 0xa5;
 
 /// Anonymous memory of this process, unmapped on drop.
-struct Buffer {
+pub(crate) struct Buffer {
     ptr: *mut u8,
     len: usize,
 }
 
 impl Buffer {
-    fn new(len: usize) -> Result<Buffer, String> {
+    pub(crate) fn new(len: usize) -> Result<Buffer, String> {
         // SAFETY: An anonymous private mapping; no existing memory is touched.
         let ptr = unsafe {
             libc::mmap(
@@ -67,13 +67,13 @@ impl Buffer {
         Ok(b)
     }
 
-    fn addr(&self, offset: usize) -> u64 {
+    pub(crate) fn addr(&self, offset: usize) -> u64 {
         self.ptr as u64 + offset as u64
     }
 
     /// The bytes, as the kernel left them (no system call runs while the
     /// slice lives).
-    fn bytes(&mut self) -> &mut [u8] {
+    pub(crate) fn bytes(&mut self) -> &mut [u8] {
         // SAFETY: The mapping is `len` bytes, readable and writable, and
         // only this process (through system calls it makes) writes it.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }

@@ -67,6 +67,7 @@ macro_rules! expect_errno {
 }
 
 mod guest_memory;
+mod vf_traffic;
 
 fn errno_name(e: i32) -> String {
     format!("{} (errno {e})", io::Error::from_raw_os_error(e))
@@ -2781,6 +2782,7 @@ fn main() {
             ["migrate-mdev", src, dst] => Some(igbvf::migrate_mdev(src, dst)),
             ["load-mdev", uuid, file] => Some(igbvf::load_mdev(uuid, file)),
             ["hold", uuid, state] => Some(igbvf::hold(uuid, state)),
+            ["vf-tx", uuid, other, pf_if] => Some(vf_traffic::vf_tx(uuid, other, pf_if)),
             ["session-memcg", cg] => Some(session_memcg(cg)),
             ["contend", uuid, rounds] => Some(contend(uuid, rounds)),
             ["stream-campaign", seed, count] => Some(campaign::stream_campaign(seed, count)),

@@ -1,0 +1,35 @@
+# SPDX-License-Identifier: GPL-2.0
+# rmdev_igbvf's shadowed transmit queue carries real frames: with the PF's
+# interface up, the test program drives an mdev on VF0 as a guest driver
+# drives the VF (its own memory mapped into the mdev's container, a ring of
+# advanced descriptors, the tail doorbell) and captures what arrives on
+# the PF's netdev: every frame as sent, in order, none extra; then the
+# refusals, a ring the device cannot read, memory unmapped under the queue,
+# frames queued on a stopped mdev migrated to an mdev on VF1 and sent from
+# there, a reset and the next user (tests/vm/uapi/src/vf_traffic.rs).
+. "$(dirname "$0")/lib.sh"
+
+[ -x "$VM_TEST" ] || fail "$VM_TEST not built"
+PF=$(igb_pf)
+PFIF=$(ls "$PF/net" | head -n1)
+[ -n "$PFIF" ] || fail "the igb PF has no netdev"
+cleanup() {
+	remove_all_mdevs
+	igbvf_release
+	ip link set "$PFIF" down 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# The PF's igb answers the VF's mailbox from its interrupt handler, and
+# its transmit and receive run only while its interface is up (QEMU's
+# user network gives it a link).
+ip link set "$PFIF" up
+expect_eventually "carrier on $PFIF" "/sys/class/net/$PFIF/carrier" 1
+igbvf_bind_two
+M0=$(new_uuid) M1=$(new_uuid)
+sysfs_write "/sys/class/mdev_bus/${VFS[0]}/mdev_supported_types/rmdev_igbvf-vf/create" "$M0"
+sysfs_write "/sys/class/mdev_bus/${VFS[1]}/mdev_supported_types/rmdev_igbvf-vf/create" "$M1"
+klog_mark
+"$VM_TEST" vf-tx "$M0" "$M1" "$PFIF" || fail "frames through the mdev"
+# The refused ring stopped the queue, with one line in the log.
+[ "$(klog_count 'transmit queue stopped')" -ge 1 ] || fail "no log line for the stopped queue"

@@ -1,0 +1,559 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Transmit queue 0, shadowed: the user programs a ring of 82576 advanced
+//! transmit descriptors in its own memory and writes the tail doorbell;
+//! the vendor reads the user's descriptors, pins and maps the frames'
+//! buffers for the VF, writes translated descriptors into a ring of its own
+//! ([`Coherent`] memory), rings the VF's doorbell, waits for the hardware
+//! to complete them, unpins, and writes the completion (DD) back into the
+//! user's ring.
+//!
+//! Every address the VF sees is the vendor's ring or a page the vendor
+//! pinned and mapped for it ([`GuestMemory::pin_for`]); the user's
+//! addresses are IOVAs, never handed to the hardware. A frame is refused
+//! (dropped, its descriptors completed, nothing of it reaching the
+//! hardware) when a buffer is not mapped readable in the user's IOMMU
+//! context, is empty, or the descriptor is not an advanced data or context
+//! descriptor, or asks for segmentation (TSE). A ring the vendor cannot
+//! read or write back stops the queue (TXDCTL.ENABLE reads 0 again).
+//!
+//! A round runs inside the doorbell write (or when the device starts
+//! running again with descriptors pending), to its end: no pin outlives
+//! it, so [`Device::guest_unmapped`](super::rmdev::device::Device) only
+//! waits for a running round. The doorbell is only served while the device
+//! runs (migration states RUNNING and RUNNING_P2P); in the stopped states a
+//! tail written is kept and served when it runs again.
+
+use kernel::prelude::*;
+use kernel::sync::Arc;
+
+use super::mailbox::Mailbox;
+use super::rmdev::device::{GuestMemory, Pinned};
+use super::rmdev::pci::{sleep_ms, timed_out, Bar, Coherent, DmaFunction};
+
+/// The queue's registers (queue 0), user view and hardware alike.
+pub(crate) const TDBAL: u64 = 0x3800;
+pub(crate) const TDBAH: u64 = 0x3804;
+pub(crate) const TDLEN: u64 = 0x3808;
+pub(crate) const TDH: u64 = 0x3810;
+pub(crate) const TXCTL: u64 = 0x3814;
+pub(crate) const TDT: u64 = 0x3818;
+pub(crate) const TXDCTL: u64 = 0x3828;
+pub(crate) const TDWBAL: u64 = 0x3838;
+pub(crate) const TDWBAH: u64 = 0x383c;
+/// TXDCTL: queue enable.
+const ENABLE: u32 = 1 << 25;
+/// TXDCTL: the thresholds (bits 5:0, 13:8, 21:16) and the enable, the
+/// bits a user's write keeps.
+const TXDCTL_BITS: u32 = ENABLE | 0x003f_3f3f;
+/// TDLEN: a multiple of 128 bytes, below 1 MiB.
+const TDLEN_MASK: u32 = 0x000f_ff80;
+/// TDBAL: 128-byte aligned.
+const TDBAL_MASK: u32 = !0x7f;
+
+/// Descriptor fields (`cmd_type_len`, `olinfo_status`).
+const LEN_MASK: u32 = 0xffff;
+const DTYP_MASK: u32 = 0xf << 20;
+const DTYP_CONTEXT: u32 = 0x2 << 20;
+const DTYP_DATA: u32 = 0x3 << 20;
+const EOP: u32 = 1 << 24;
+const IFCS: u32 = 1 << 25;
+const RS: u32 = 1 << 27;
+const DEXT: u32 = 1 << 29;
+const VLE: u32 = 1 << 30;
+const TSE: u32 = 1 << 31;
+const DD: u32 = 1;
+/// The user's command bits a data descriptor passes on.
+const DATA_KEEP: u32 = DTYP_MASK | IFCS | DEXT | VLE;
+
+/// The vendor's ring: 256 descriptors.
+const HOST_DESCS: usize = 256;
+const DESC: usize = 16;
+/// The most descriptors of one frame, in the user's ring and in the
+/// vendor's (a frame's buffers split at page boundaries).
+const MAX_FRAME_DESCS: usize = 16;
+const MAX_HOST_FRAME_DESCS: usize = 32;
+/// The most frames of one round.
+const MAX_ROUND_FRAMES: usize = 32;
+/// The page size of pins.
+const PAGE: u64 = super::rmdev::dma::PAGE_SIZE;
+/// How long the hardware may take for a round, in ms.
+const HW_TIMEOUT_MS: u32 = 200;
+
+/// The user's view of the queue: what it programmed.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct TxRegs {
+    pub(crate) tdbal: u32,
+    pub(crate) tdbah: u32,
+    pub(crate) tdlen: u32,
+    pub(crate) tdh: u32,
+    pub(crate) txctl: u32,
+    pub(crate) tdt: u32,
+    pub(crate) txdctl: u32,
+    pub(crate) tdwbal: u32,
+    pub(crate) tdwbah: u32,
+}
+
+/// The stream record of the queue: the nine registers, in this order.
+pub(crate) const RECORD_LEN: usize = 9 * 4;
+
+impl TxRegs {
+    fn base(&self) -> u64 {
+        (u64::from(self.tdbah) << 32) | u64::from(self.tdbal)
+    }
+
+    /// Descriptors in the user's ring.
+    fn count(&self) -> u32 {
+        self.tdlen / DESC as u32
+    }
+
+    fn enabled(&self) -> bool {
+        self.txdctl & ENABLE != 0
+    }
+
+    /// The registers as the stream carries them.
+    pub(crate) fn to_record(self, out: &mut [u8]) -> Result {
+        let words = [
+            self.tdbal,
+            self.tdbah,
+            self.tdlen,
+            self.tdh,
+            self.txctl,
+            self.tdt,
+            self.txdctl,
+            self.tdwbal,
+            self.tdwbah,
+        ];
+        let out = out.get_mut(..RECORD_LEN).ok_or(EINVAL)?;
+        for (w, chunk) in words.iter().zip(out.chunks_exact_mut(4)) {
+            chunk.copy_from_slice(&w.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    /// The registers from a stream record, checked: values a user could
+    /// have written (masks), head and tail inside the ring.
+    pub(crate) fn from_record(rec: &[u8]) -> Result<Self> {
+        if rec.len() != RECORD_LEN {
+            return Err(EINVAL);
+        }
+        let mut w = [0u32; 9];
+        for (v, chunk) in w.iter_mut().zip(rec.chunks_exact(4)) {
+            *v = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
+        let r = TxRegs {
+            tdbal: w[0],
+            tdbah: w[1],
+            tdlen: w[2],
+            tdh: w[3],
+            txctl: w[4],
+            tdt: w[5],
+            txdctl: w[6],
+            tdwbal: w[7],
+            tdwbah: w[8],
+        };
+        let n = r.count();
+        let inside = |i: u32| i == 0 || i < n;
+        if r.tdbal & !TDBAL_MASK != 0
+            || r.tdlen & !TDLEN_MASK != 0
+            || r.txdctl & !TXDCTL_BITS != 0
+            || !inside(r.tdh)
+            || !inside(r.tdt)
+        {
+            return Err(EINVAL);
+        }
+        Ok(r)
+    }
+}
+
+/// The hardware side, once set up: the vendor's ring in the VF.
+struct HostRing {
+    ring: Coherent,
+    /// The next descriptor to fill (the hardware's tail).
+    tail: usize,
+}
+
+/// One frame of a round.
+struct Frame {
+    /// The user's descriptor after the frame's last one.
+    next: u32,
+    /// Where the completion goes (the IOVA of the last descriptor's status
+    /// word) and its value without DD, if the user asked for one (RS).
+    complete: Option<(u64, u32)>,
+    /// The vendor's last descriptor of the frame (`None`: refused).
+    host_last: Option<usize>,
+    pins: KVec<Pinned>,
+}
+
+/// The queue.
+pub(crate) struct TxQueue {
+    pub(crate) regs: TxRegs,
+    /// Whether the device runs (doorbells are served).
+    pub(crate) running: bool,
+    host: Option<HostRing>,
+    mailbox: Mailbox,
+    /// Whether the queue stopped since the last reset (one log line per
+    /// user, whatever it does).
+    stopped_once: bool,
+}
+
+/// What the queue works with.
+pub(crate) struct Ctx<'a> {
+    pub(crate) bar: &'a Bar,
+    pub(crate) func: &'a Arc<DmaFunction>,
+    pub(crate) guest: &'a GuestMemory,
+}
+
+/// Whether a descriptor with command word `cmd` ends a frame: EOP, in
+/// any descriptor but a context one (which has no EOP bit).
+fn ends_frame(cmd: u32) -> bool {
+    let context = cmd & DEXT != 0 && cmd & DTYP_MASK == DTYP_CONTEXT;
+    cmd & EOP != 0 && !context
+}
+
+fn words(raw: &[u8; DESC]) -> [u32; 4] {
+    let mut d = [0u32; 4];
+    for (w, c) in d.iter_mut().zip(raw.chunks_exact(4)) {
+        *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
+    d
+}
+
+impl TxQueue {
+    pub(crate) fn new() -> Self {
+        TxQueue {
+            regs: TxRegs::default(),
+            running: true,
+            host: None,
+            mailbox: Mailbox::default(),
+            stopped_once: false,
+        }
+    }
+
+    /// The user reads a queue register.
+    pub(crate) fn read(&self, offset: u64) -> u32 {
+        let r = &self.regs;
+        match offset {
+            TDBAL => r.tdbal,
+            TDBAH => r.tdbah,
+            TDLEN => r.tdlen,
+            TDH => r.tdh,
+            TXCTL => r.txctl,
+            TDT => r.tdt,
+            TXDCTL => r.txdctl,
+            TDWBAL => r.tdwbal,
+            TDWBAH => r.tdwbah,
+            _ => 0,
+        }
+    }
+
+    /// Whether `offset` is one of the queue's registers.
+    pub(crate) fn owns(offset: u64) -> bool {
+        matches!(
+            offset,
+            TDBAL | TDBAH | TDLEN | TDH | TXCTL | TDT | TXDCTL | TDWBAL | TDWBAH
+        )
+    }
+
+    /// The user writes a queue register. The ring's set-up only changes
+    /// while the queue is disabled, as the hardware requires.
+    pub(crate) fn write(&mut self, cx: &Ctx<'_>, offset: u64, value: u32) {
+        let r = &mut self.regs;
+        let idle = !r.enabled();
+        match offset {
+            TDBAL if idle => r.tdbal = value & TDBAL_MASK,
+            TDBAH if idle => r.tdbah = value,
+            TDLEN if idle => r.tdlen = value & TDLEN_MASK,
+            TDH if idle => r.tdh = value & 0xffff,
+            TXCTL => r.txctl = value,
+            TDWBAL => r.tdwbal = value,
+            TDWBAH => r.tdwbah = value,
+            TDT => {
+                r.tdt = value & 0xffff;
+                self.kick(cx);
+            }
+            TXDCTL => {
+                r.txdctl = value & TXDCTL_BITS;
+                self.kick(cx);
+            }
+            _ => {}
+        }
+    }
+
+    /// Stops the hardware queue and forgets the user's set-up (a function
+    /// reset, or the device closed).
+    pub(crate) fn reset(&mut self, cx: &Ctx<'_>) {
+        self.stop_hw(cx);
+        self.regs = TxRegs::default();
+        self.running = true;
+        self.stopped_once = false;
+    }
+
+    /// Disables the VF's queue and bus mastering and waits until the
+    /// hardware says the queue stopped; the vendor's ring is set up again
+    /// at the next round. Whether or not the vendor ran it: the queue's
+    /// reset value is enabled (82576 queue 0), and a queue the vendor is not
+    /// running stays disabled.
+    fn stop_hw(&mut self, cx: &Ctx<'_>) {
+        let _ = cx.bar.write32(TXDCTL as usize, 0);
+        for _ in 0..HW_TIMEOUT_MS {
+            match cx.bar.read32(TXDCTL as usize) {
+                Ok(v) if v & ENABLE != 0 => sleep_ms(1),
+                _ => break,
+            }
+        }
+        let _ = cx.func.set_bus_master(false);
+        // The ring is freed once the hardware no longer reaches it.
+        self.host = None;
+    }
+
+    /// Sets the VF up for the vendor's ring: reset and handshake with the
+    /// PF, bus mastering, the ring programmed and enabled.
+    fn start_hw(&mut self, cx: &Ctx<'_>) -> Result {
+        if self.host.is_some() {
+            return Ok(());
+        }
+        // Zeroed by the allocator: no descriptor is done.
+        let ring = cx.func.alloc_coherent(HOST_DESCS * DESC)?;
+        // `ETIMEDOUT`: the PF did not answer (its interface is down).
+        self.mailbox.reset(cx.bar)?;
+        let bar = cx.bar;
+        let a = ring.dma_addr();
+        bar.write32(TXDCTL as usize, 0)?;
+        bar.write32(TDBAL as usize, a as u32)?;
+        bar.write32(TDBAH as usize, (a >> 32) as u32)?;
+        bar.write32(TDLEN as usize, (HOST_DESCS * DESC) as u32)?;
+        bar.write32(TDH as usize, 0)?;
+        bar.write32(TDT as usize, 0)?;
+        bar.write32(TDWBAL as usize, 0)?;
+        bar.write32(TDWBAH as usize, 0)?;
+        cx.func.set_bus_master(true)?;
+        self.host = Some(HostRing { ring, tail: 0 });
+        bar.write32(TXDCTL as usize, ENABLE)
+    }
+
+    /// Serves the doorbell: rounds until the user's ring has no complete
+    /// frame left, or the queue stopped.
+    pub(crate) fn kick(&mut self, cx: &Ctx<'_>) {
+        while self.running && self.regs.enabled() && self.pending() {
+            match self.round(cx) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    // The user's ring cannot be read or completed, or the
+                    // hardware failed: the queue stops, as a DMA error
+                    // stops the real one.
+                    if !self.stopped_once {
+                        // ETIMEDOUT may be the PF's: its interface down.
+                        pr_warn!("transmit queue stopped ({:?})\n", e);
+                        self.stopped_once = true;
+                    }
+                    self.regs.txdctl &= !ENABLE;
+                    self.stop_hw(cx);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn pending(&self) -> bool {
+        let n = self.regs.count();
+        n > 0 && self.regs.tdh < n && self.regs.tdt < n && self.regs.tdh != self.regs.tdt
+    }
+
+    /// One round: up to [`MAX_ROUND_FRAMES`] complete frames from the
+    /// user's ring to the hardware and back. `false`: the frame at the
+    /// head has no end (EOP) before the tail yet.
+    fn round(&mut self, cx: &Ctx<'_>) -> Result<bool> {
+        // A ring the device cannot read stops the queue before the
+        // hardware is involved.
+        let mut raw = [0u8; DESC];
+        let head_at = self.regs.base() + u64::from(self.regs.tdh) * DESC as u64;
+        cx.guest.read(head_at, &mut raw)?;
+        self.start_hw(cx)?;
+        let mut frames: KVec<Frame> = KVec::new();
+        let mut head = self.regs.tdh;
+        let mut host_used = 0;
+        let mut built = Ok(());
+        while frames.len() < MAX_ROUND_FRAMES {
+            match self.frame(cx, head, &mut host_used) {
+                Ok(Some(f)) => {
+                    head = f.next;
+                    if let Err(e) = frames.push(f, GFP_KERNEL) {
+                        built = Err(e.into());
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    built = Err(e);
+                    break;
+                }
+            }
+        }
+        let done = built.and_then(|()| self.run_hw(cx, &frames));
+        if done.is_err() {
+            // The hardware must be off the pages before they go.
+            self.stop_hw(cx);
+        }
+        for f in frames.iter_mut() {
+            for p in core::mem::replace(&mut f.pins, KVec::new()) {
+                // A pin the framework took back (the user unmapped it) is
+                // gone already.
+                let _ = cx.guest.unpin(p);
+            }
+        }
+        done?;
+        for f in frames.iter() {
+            if let Some((at, olinfo)) = f.complete {
+                cx.guest.write(at, &(olinfo | DD).to_le_bytes())?;
+            }
+            self.regs.tdh = f.next;
+        }
+        Ok(!frames.is_empty())
+    }
+
+    /// Rings the hardware's doorbell for the round's descriptors and waits
+    /// until it completed them all.
+    fn run_hw(&mut self, cx: &Ctx<'_>, frames: &[Frame]) -> Result {
+        let Some(last) = frames.iter().rev().find_map(|f| f.host_last) else {
+            return Ok(());
+        };
+        let host = self.host.as_mut().ok_or(EIO)?;
+        // The descriptors are in memory before the doorbell (x86 orders
+        // the stores; the fence keeps the compiler from moving them).
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        cx.bar.write32(TDT as usize, host.tail as u32)?;
+        for _ in 0..HW_TIMEOUT_MS {
+            if host.ring.read32(last * DESC + 12)? & DD != 0 {
+                return Ok(());
+            }
+            sleep_ms(1);
+        }
+        Err(timed_out())
+    }
+
+    /// Reads the frame at user descriptor `head`, and unless it is refused
+    /// pins and maps its buffers and writes its descriptors into the
+    /// vendor's ring. `None`: no complete frame there, or no room left in
+    /// the vendor's ring this round. An error: the user's ring cannot be
+    /// read.
+    fn frame(&mut self, cx: &Ctx<'_>, head: u32, host_used: &mut usize) -> Result<Option<Frame>> {
+        let regs = self.regs;
+        let n = regs.count();
+        if *host_used + MAX_HOST_FRAME_DESCS > HOST_DESCS - 1 {
+            return Ok(None);
+        }
+        let mut descs = [[0u32; 4]; MAX_FRAME_DESCS];
+        let mut count = 0;
+        let mut too_long = false;
+        let mut i = head;
+        let last = loop {
+            if i == regs.tdt {
+                return Ok(None);
+            }
+            let at = regs.base() + u64::from(i) * DESC as u64;
+            let mut raw = [0u8; DESC];
+            cx.guest.read(at, &mut raw)?;
+            let d = words(&raw);
+            i = (i + 1) % n;
+            if count < MAX_FRAME_DESCS {
+                descs[count] = d;
+                count += 1;
+            } else {
+                too_long = true;
+            }
+            if ends_frame(d[2]) {
+                break (d, at);
+            }
+        };
+        let (d, at) = last;
+        let mut frame = Frame {
+            next: i,
+            complete: (d[2] & RS != 0).then_some((at + 12, d[3] & !DD)),
+            host_last: None,
+            pins: KVec::new(),
+        };
+        if !too_long {
+            // Refused: nothing reaches the hardware; the frame completes.
+            frame.host_last = self
+                .translate(cx, &descs[..count], host_used, &mut frame.pins)
+                .ok();
+        }
+        Ok(Some(frame))
+    }
+
+    /// Writes the vendor's descriptors for the user's `descs` (one frame):
+    /// context descriptors as they are, data descriptors with their
+    /// buffers pinned, mapped and split at page boundaries. Returns the
+    /// frame's last descriptor in the vendor's ring.
+    fn translate(
+        &mut self,
+        cx: &Ctx<'_>,
+        descs: &[[u32; 4]],
+        host_used: &mut usize,
+        pins: &mut KVec<Pinned>,
+    ) -> Result<usize> {
+        let host = self.host.as_mut().ok_or(EIO)?;
+        let mut k = 0;
+        let mut put = |k: &mut usize, d: [u32; 4]| -> Result {
+            if *k == MAX_HOST_FRAME_DESCS {
+                return Err(E2BIG);
+            }
+            let at = ((host.tail + *k) % HOST_DESCS) * DESC;
+            for (j, w) in d.iter().enumerate() {
+                host.ring.write32(at + 4 * j, *w)?;
+            }
+            *k += 1;
+            Ok(())
+        };
+        for (j, d) in descs.iter().enumerate() {
+            let cmd = d[2];
+            if cmd & DEXT == 0 {
+                return Err(EINVAL);
+            }
+            match cmd & DTYP_MASK {
+                // No address in it: the offload context, as it is.
+                DTYP_CONTEXT => put(&mut k, *d)?,
+                DTYP_DATA => {
+                    let len = u64::from(cmd & LEN_MASK);
+                    if cmd & TSE != 0 || len == 0 {
+                        return Err(EINVAL);
+                    }
+                    let addr = (u64::from(d[1]) << 32) | u64::from(d[0]);
+                    let end = addr.checked_add(len).ok_or(EINVAL)?;
+                    let first = addr & !(PAGE - 1);
+                    let pages = ((end - 1) / PAGE - first / PAGE + 1) as usize;
+                    pins.push(cx.guest.pin_for(cx.func, first, pages, false)?, GFP_KERNEL)?;
+                    let pin = pins.last().ok_or(EINVAL)?;
+                    let mut off = (addr - first) as usize;
+                    let mut left = len as usize;
+                    while left > 0 {
+                        let piece = left.min(PAGE as usize - off % PAGE as usize);
+                        let dma = cx.guest.device_address(pin, off)?;
+                        let end_of_frame = j == descs.len() - 1 && piece == left;
+                        let flags = if end_of_frame { EOP | RS } else { 0 };
+                        put(
+                            &mut k,
+                            [
+                                dma as u32,
+                                (dma >> 32) as u32,
+                                (cmd & DATA_KEEP) | piece as u32 | flags,
+                                d[3] & !DD,
+                            ],
+                        )?;
+                        off += piece;
+                        left -= piece;
+                    }
+                }
+                _ => return Err(EINVAL),
+            }
+        }
+        // Committed: the hardware's tail covers the frame at the next
+        // doorbell.
+        let last = (host.tail + k - 1) % HOST_DESCS;
+        host.tail = (host.tail + k) % HOST_DESCS;
+        *host_used += k;
+        Ok(last)
+    }
+}
