@@ -117,7 +117,10 @@ impl Mapped {
     /// Unmaps every page (the device must no longer reach them).
     fn unmap(&self, writable: bool) {
         for a in self.addrs.iter() {
-            self.func.unmap_page(*a, !writable);
+            // SAFETY: Each address is a mapping `map_pages` made on this
+            // function with this direction, unmapped once (the pin goes
+            // with it).
+            unsafe { self.func.unmap_page(*a, !writable) };
         }
     }
 }
@@ -517,12 +520,14 @@ fn map_pages(
 ) -> Result<KVec<u64>> {
     let mut addrs = KVec::with_capacity(pages.len(), GFP_KERNEL)?;
     for p in pages {
-        match func.map_page(*p, !writable) {
+        // SAFETY: The caller holds the pages pinned.
+        match unsafe { func.map_page(*p, !writable) } {
             // Cannot fail: the capacity was reserved.
             Ok(a) => addrs.push(a, GFP_KERNEL)?,
             Err(e) => {
                 for a in addrs.iter() {
-                    func.unmap_page(*a, !writable);
+                    // SAFETY: Mapped just above, with this direction.
+                    unsafe { func.unmap_page(*a, !writable) };
                 }
                 return Err(e);
             }
@@ -600,10 +605,15 @@ impl DmaState {
         let end = iova.saturating_add(length);
         let mut inner = self.inner.lock();
         inner.unmapping = None;
+        inner.unpin_range(iova, end);
         // Only type1 needs the fence: iommufd refuses pins into a range
         // while it unmaps it, and its detach (everything unmapped) would
-        // otherwise fence the whole address space.
-        if inner.unpin_range(iova, end) > 0 && !inner.on_iommufd() {
+        // otherwise fence the whole address space. type1 calls only for a
+        // range something pinned, so it always fences, even when the
+        // device had let go of its pins before it was told (a vendor
+        // whose pins last one round): a pin in type1's re-check window is
+        // what the fence is for.
+        if !inner.on_iommufd() {
             inner.fence(iova, end);
         }
     }

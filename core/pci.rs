@@ -253,7 +253,12 @@ impl Binding {
                 live <- Mutex::new(true, lock_name!("dma_function"), static_lock_class!()),
             }),
             GFP_KERNEL,
-        )?;
+        )
+        .inspect_err(|_| {
+            // SAFETY: The reference taken just above, which no handle
+            // holds.
+            unsafe { bindings::put_device(dev.as_ptr()) };
+        })?;
         self.dma = Some(d.clone());
         Ok(d)
     }
@@ -419,14 +424,22 @@ impl DmaFunction {
     }
 
     /// Maps one pinned page for the function; returns its DMA address.
-    pub(crate) fn map_page(&self, page: *mut bindings::page, to_device_only: bool) -> Result<u64> {
+    ///
+    /// # Safety
+    ///
+    /// `page` is a page the caller holds pinned until it unmaps it.
+    pub(crate) unsafe fn map_page(
+        &self,
+        page: *mut bindings::page,
+        to_device_only: bool,
+    ) -> Result<u64> {
         let live = self.live.lock();
         if !*live {
             return Err(ENODEV);
         }
         let mut addr: bindings::dma_addr_t = 0;
-        // SAFETY: `dev` is valid (type invariant); the caller passes a page
-        // it holds pinned; `addr` is writable.
+        // SAFETY: `dev` is valid (type invariant); the page is pinned (the
+        // function's contract); `addr` is writable.
         to_result(unsafe {
             bindings::rmdev_dma_map_page(self.dev.as_ptr(), page, to_device_only, &mut addr)
         })?;
@@ -435,9 +448,14 @@ impl DmaFunction {
 
     /// Unmaps what [`DmaFunction::map_page`] returned, with the same
     /// direction.
-    pub(crate) fn unmap_page(&self, addr: u64, to_device_only: bool) {
-        // SAFETY: `dev` is valid (type invariant), and the caller unmaps a
-        // mapping `map_page` made on it, once.
+    ///
+    /// # Safety
+    ///
+    /// `addr` is a mapping `map_page` made on this function with
+    /// `to_device_only`, not unmapped yet.
+    pub(crate) unsafe fn unmap_page(&self, addr: u64, to_device_only: bool) {
+        // SAFETY: `dev` is valid (type invariant); the mapping is live and
+        // this function's (the function's contract).
         unsafe { bindings::rmdev_dma_unmap_page(self.dev.as_ptr(), addr, to_device_only) };
     }
 

@@ -35,9 +35,9 @@ const VMBMEM: usize = 0x0800;
 const VF_RESET: u32 = 0x01;
 const MSG_ACK: u32 = 1 << 31;
 const MSG_NACK: u32 = 1 << 30;
-/// How long the PF may take to answer, in ms (the igbvf driver's 1 s;
-/// the PF answers from its interrupt handler).
-const PF_TIMEOUT_MS: u32 = 2000;
+/// How many 1 ms waits the PF may take to answer (the igbvf driver
+/// waits 1 s; the PF answers from its interrupt handler).
+const PF_TIMEOUT_MS: u32 = 1000;
 
 /// The mailbox's state: the read-clear bits seen but not used yet.
 #[derive(Default)]

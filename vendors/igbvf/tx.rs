@@ -75,6 +75,10 @@ const MAX_FRAME_DESCS: usize = 16;
 const MAX_HOST_FRAME_DESCS: usize = 32;
 /// The most frames of one round.
 const MAX_ROUND_FRAMES: usize = 32;
+/// The VF's other queues' control registers (RXDCTL0, RXDCTL1, TXDCTL1),
+/// whose enable bit (the same bit 25) stays clear while the vendor runs
+/// bus mastering.
+const OTHER_QUEUES: [usize; 3] = [0x2828, 0x2928, 0x3928];
 /// The page size of pins.
 const PAGE: u64 = super::rmdev::dma::PAGE_SIZE;
 /// How long the hardware may take for a round, in ms.
@@ -100,6 +104,19 @@ pub(crate) const RECORD_LEN: usize = 9 * 4;
 impl TxRegs {
     fn base(&self) -> u64 {
         (u64::from(self.tdbah) << 32) | u64::from(self.tdbal)
+    }
+
+    /// The IOVA of descriptor `i`; `EINVAL` past the address space.
+    fn desc_at(&self, i: u32) -> Result<u64> {
+        self.base()
+            .checked_add(u64::from(i) * DESC as u64)
+            .ok_or(EINVAL)
+    }
+
+    /// Whether the ring ends inside the address space (a ring that does
+    /// not is never enabled).
+    fn fits(&self) -> bool {
+        self.base().checked_add(u64::from(self.tdlen)).is_some()
     }
 
     /// Descriptors in the user's ring.
@@ -159,6 +176,7 @@ impl TxRegs {
             || r.txdctl & !TXDCTL_BITS != 0
             || !inside(r.tdh)
             || !inside(r.tdt)
+            || !r.fits()
         {
             return Err(EINVAL);
         }
@@ -273,7 +291,17 @@ impl TxQueue {
                 self.kick(cx);
             }
             TXDCTL => {
-                r.txdctl = value & TXDCTL_BITS;
+                let mut v = value & TXDCTL_BITS;
+                if !r.fits() {
+                    // A ring past the end of the address space: refused.
+                    v &= !ENABLE;
+                }
+                r.txdctl = v;
+                if v & ENABLE == 0 {
+                    // The hardware is off the user's pages and bus
+                    // mastering goes off with the queue.
+                    self.stop_hw(cx);
+                }
                 self.kick(cx);
             }
             _ => {}
@@ -307,6 +335,21 @@ impl TxQueue {
         self.host = None;
     }
 
+    /// Sets the vendor's ring up again if the VF lost it (a PF reset
+    /// clears the VF's registers behind the vendor's back).
+    fn check_hw(&mut self, cx: &Ctx<'_>) {
+        let Some(host) = &self.host else {
+            return;
+        };
+        let a = host.ring.dma_addr();
+        let kept = cx.bar.read32(TDBAL as usize).ok() == Some(a as u32)
+            && cx.bar.read32(TDBAH as usize).ok() == Some((a >> 32) as u32)
+            && cx.bar.read32(TDLEN as usize).ok() == Some((HOST_DESCS * DESC) as u32);
+        if !kept {
+            self.stop_hw(cx);
+        }
+    }
+
     /// Sets the VF up for the vendor's ring: reset and handshake with the
     /// PF, bus mastering, the ring programmed and enabled.
     fn start_hw(&mut self, cx: &Ctx<'_>) -> Result {
@@ -319,6 +362,16 @@ impl TxQueue {
         self.mailbox.reset(cx.bar)?;
         let bar = cx.bar;
         let a = ring.dma_addr();
+        // Every other queue of the VF disabled before bus mastering goes
+        // on (queue 0's reset value is enabled, and their set-up registers
+        // are the user's).
+        for q in OTHER_QUEUES {
+            let v = bar.read32(q)?;
+            bar.write32(q, v & !ENABLE)?;
+            if bar.read32(q)? & ENABLE != 0 {
+                return Err(EIO);
+            }
+        }
         bar.write32(TXDCTL as usize, 0)?;
         bar.write32(TDBAL as usize, a as u32)?;
         bar.write32(TDBAH as usize, (a >> 32) as u32)?;
@@ -368,21 +421,23 @@ impl TxQueue {
         // A ring the device cannot read stops the queue before the
         // hardware is involved.
         let mut raw = [0u8; DESC];
-        let head_at = self.regs.base() + u64::from(self.regs.tdh) * DESC as u64;
-        cx.guest.read(head_at, &mut raw)?;
+        cx.guest.read(self.regs.desc_at(self.regs.tdh)?, &mut raw)?;
+        self.check_hw(cx);
         self.start_hw(cx)?;
         let mut frames: KVec<Frame> = KVec::new();
         let mut head = self.regs.tdh;
         let mut host_used = 0;
         let mut built = Ok(());
-        while frames.len() < MAX_ROUND_FRAMES {
+        if let Err(e) = frames.reserve(MAX_ROUND_FRAMES, GFP_KERNEL) {
+            built = Err(e.into());
+        }
+        while built.is_ok() && frames.len() < MAX_ROUND_FRAMES {
             match self.frame(cx, head, &mut host_used) {
                 Ok(Some(f)) => {
                     head = f.next;
-                    if let Err(e) = frames.push(f, GFP_KERNEL) {
-                        built = Err(e.into());
-                        break;
-                    }
+                    // Cannot fail: the capacity was reserved, so no frame
+                    // (and none of its pins) is dropped here.
+                    let _ = frames.push(f, GFP_KERNEL);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -452,7 +507,7 @@ impl TxQueue {
             if i == regs.tdt {
                 return Ok(None);
             }
-            let at = regs.base() + u64::from(i) * DESC as u64;
+            let at = regs.desc_at(i)?;
             let mut raw = [0u8; DESC];
             cx.guest.read(at, &mut raw)?;
             let d = words(&raw);
@@ -524,6 +579,8 @@ impl TxQueue {
                     let end = addr.checked_add(len).ok_or(EINVAL)?;
                     let first = addr & !(PAGE - 1);
                     let pages = ((end - 1) / PAGE - first / PAGE + 1) as usize;
+                    // Room first: a pin is never dropped without its unpin.
+                    pins.reserve(1, GFP_KERNEL)?;
                     pins.push(cx.guest.pin_for(cx.func, first, pages, false)?, GFP_KERNEL)?;
                     let pin = pins.last().ok_or(EINVAL)?;
                     let mut off = (addr - first) as usize;
