@@ -381,6 +381,19 @@ pub(crate) fn vf_tx(uuid: &str, other: &str, pf_if: &str) -> TestResult {
         q.reg(TXDCTL)? & ENABLE == 0,
         "a ring the device cannot read: the queue still enabled"
     );
+    // A ring that would end past the top of the address space is never
+    // enabled (its last descriptor's address does not exist).
+    q.set(TXDCTL, 0)?;
+    q.set(TDBAH, u32::MAX)?;
+    q.set(TDBAL, 0xffff_ff80)?;
+    q.set(TDLEN, RING_DESCS * 16)?;
+    q.set(TDH, 8)?;
+    q.set(TXDCTL, ENABLE)?;
+    q.set(TDT, 9)?;
+    ensure!(
+        q.reg(TXDCTL)? & ENABLE == 0,
+        "a ring past the top of the address space: the queue enabled"
+    );
     // Memory unmapped under the queue: the frames there are refused; once
     // mapped again they go.
     q.program(IOVA_RING)?;
@@ -398,7 +411,9 @@ pub(crate) fn vf_tx(uuid: &str, other: &str, pf_if: &str) -> TestResult {
     let f = frame(&dst, 201, 300);
     q.send_frame(&f, 1, 0, 1)?;
     expect_frames(&cap, &[f], "buffers mapped again")?;
-    println!("  a ring nothing is mapped at stops the queue; unmapped buffers are not sent");
+    println!(
+        "  a ring nothing is mapped at stops the queue, one past the address space is refused; unmapped buffers are not sent"
+    );
 
     // A reset forgets the queue; so does closing the device.
     ctx(dev.reset(), "VFIO_DEVICE_RESET")?;
