@@ -35,11 +35,12 @@ use super::dma::DmaState;
 pub use super::dma::{GuestMemory, Pinned};
 use super::fsm::{ArcSet, FlagSet, StepFailure};
 pub use super::irq::Interrupts;
+pub use super::irq::MAX_MSI_VECTORS;
 use super::irq::{self, IrqState};
 use super::mdev::Anchor;
 use super::migration::{self, MigState};
-use super::pci_config::{command, ConfigSpace, CONFIG_SIZE, NUM_BARS};
-pub use super::pci_config::{BarKind, Capability, Identity};
+use super::pci_config::{command, ConfigSpace, CAP_ID_MSIX, CONFIG_SIZE, NUM_BARS};
+pub use super::pci_config::{BarKind, Capability, Identity, Msix};
 pub use super::stream::RecordOut;
 use super::stream::SaveStream;
 use super::user;
@@ -78,6 +79,15 @@ pub struct PciConfig {
     /// them through its [`Interrupts`]. With an interrupt pin in `identity`,
     /// it also has INTx.
     pub msi_vectors: u8,
+    /// MSI-X: the vector count (at most [`MAX_MSI_VECTORS`]) and where the
+    /// table and the pending-bit array are in one of the BARs. The
+    /// framework adds the MSI-X capability (after MSI's) and the MSI-X
+    /// interrupt index, and keeps the table's bytes from the vendor: as on
+    /// vfio-pci, the user reads them as all ones and its writes are
+    /// dropped (QEMU emulates the table and the PBA itself and masks a
+    /// vector by taking its eventfd away). The vendor serves the rest of
+    /// the BAR, the PBA included.
+    pub msix: Option<Msix>,
 }
 
 /// What a region offers.
@@ -559,6 +569,52 @@ impl<D: Device> Core<D> {
         Ok(count)
     }
 
+    /// The bytes `[start, end)` of an access of `len` bytes at `offset` of
+    /// region `index` that fall in the MSI-X table, if any.
+    fn msix_table_part(&self, index: u32, offset: u64, len: usize) -> Option<(usize, usize)> {
+        let m = self.irqs.msix()?;
+        if index as usize != m.bar || !m.in_table(offset, len as u64) {
+            return None;
+        }
+        let table = u64::from(m.table_offset);
+        let start = table.saturating_sub(offset);
+        let end = (table + m.table_len()).min(offset + len as u64) - offset;
+        Some((start as usize, end as usize))
+    }
+
+    /// The vendor's read of a region, the MSI-X table's bytes read as all
+    /// ones (vfio-pci's `vfio_pci_core_do_io_rw()` excludes them too).
+    fn dev_read(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result {
+        let Some((start, end)) = self.msix_table_part(index, offset, buf.len()) else {
+            return self.dev.read(index, offset, buf);
+        };
+        let (head, rest) = buf.split_at_mut(start);
+        let (table, tail) = rest.split_at_mut(end - start);
+        if !head.is_empty() {
+            self.dev.read(index, offset, head)?;
+        }
+        table.fill(0xff);
+        if !tail.is_empty() {
+            self.dev.read(index, offset + end as u64, tail)?;
+        }
+        Ok(())
+    }
+
+    /// The vendor's write of a region, what falls in the MSI-X table
+    /// dropped.
+    fn dev_write(&self, index: u32, offset: u64, data: &[u8]) -> Result {
+        let Some((start, end)) = self.msix_table_part(index, offset, data.len()) else {
+            return self.dev.write(index, offset, data);
+        };
+        if start > 0 {
+            self.dev.write(index, offset, &data[..start])?;
+        }
+        if end < data.len() {
+            self.dev.write(index, offset + end as u64, &data[end..])?;
+        }
+        Ok(())
+    }
+
     fn rw(&self, buf: usize, count: usize, pos: i64, write: bool) -> Result<usize> {
         let pos = u64::try_from(pos).map_err(|_| EINVAL)?;
         let index = (pos >> OFFSET_SHIFT) as u32;
@@ -585,7 +641,7 @@ impl<D: Device> Core<D> {
             while done < count {
                 let n = (count - done).min(chunk.len());
                 reader.read_slice(&mut chunk[..n])?;
-                self.dev.write(index, offset + done as u64, &chunk[..n])?;
+                self.dev_write(index, offset + done as u64, &chunk[..n])?;
                 done += n;
             }
             self.wake_savers();
@@ -593,8 +649,7 @@ impl<D: Device> Core<D> {
             let mut writer = slice.writer();
             while done < count {
                 let n = (count - done).min(chunk.len());
-                self.dev
-                    .read(index, offset + done as u64, &mut chunk[..n])?;
+                self.dev_read(index, offset + done as u64, &mut chunk[..n])?;
                 writer.write_slice(&chunk[..n])?;
                 done += n;
             }
@@ -881,13 +936,23 @@ pub(crate) unsafe fn core_of<'a, D: Device>(vdev: *mut bindings::vfio_device) ->
     unsafe { &(*vdev.cast::<VfioDevice<D>>()).core }
 }
 
+/// What a device's PCI configuration declares: the space the framework
+/// emulates and the interrupts.
+struct Declared {
+    config: Option<ConfigSpace>,
+    irqs: irq::Declared,
+}
+
 /// The emulated configuration space of a new device, if its vendor asks
-/// for one, and the interrupts it declares (INTx pin, MSI vectors): the BARs
-/// take the sizes of their regions; MSI gets its capability, first in the
-/// list.
-fn config_space<D: Device>(core: &Core<D>) -> Result<(Option<ConfigSpace>, bool, u32)> {
+/// for one, and the interrupts it declares (INTx pin, MSI vectors, MSI-X):
+/// the BARs take the sizes of their regions; MSI gets its capability,
+/// first in the list, then MSI-X.
+fn config_space<D: Device>(core: &Core<D>) -> Result<Declared> {
     let Some(pci) = core.dev.pci_config() else {
-        return Ok((None, false, 0));
+        return Ok(Declared {
+            config: None,
+            irqs: irq::Declared::default(),
+        });
     };
     let mut bars = [super::pci_config::Bar {
         index: 0,
@@ -934,13 +999,34 @@ fn config_space<D: Device>(core: &Core<D>) -> Result<(Option<ConfigSpace>, bool,
     let msi_wmask = [
         0x71, 0, 0xfc, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
     ];
-    let mut caps = KVec::with_capacity(pci.capabilities.len() + 1, GFP_KERNEL)?;
+    let msix_body = pci.msix.map(|m| m.body()).unwrap_or_default();
+    let mut caps = KVec::with_capacity(pci.capabilities.len() + 2, GFP_KERNEL)?;
     if vectors > 0 {
         caps.push(
             Capability {
                 id: PCI_CAP_ID_MSI,
                 body: &msi_body,
                 wmask: &msi_wmask,
+            },
+            GFP_KERNEL,
+        )?;
+    }
+    if let Some(msix) = pci.msix {
+        let fits = msix.check(&bars[..n]).is_ok();
+        if !fits || usize::from(msix.vectors) > irq::MAX_MSI_VECTORS {
+            pr_err!(
+                "{}: MSI-X layout {:?} refused: 1 to {} vectors, the table and the PBA 8-byte aligned, apart, inside one memory BAR\n",
+                core.name(),
+                msix,
+                irq::MAX_MSI_VECTORS
+            );
+            return Err(EINVAL);
+        }
+        caps.push(
+            Capability {
+                id: CAP_ID_MSIX,
+                body: &msix_body,
+                wmask: &Msix::WMASK,
             },
             GFP_KERNEL,
         )?;
@@ -952,7 +1038,14 @@ fn config_space<D: Device>(core: &Core<D>) -> Result<(Option<ConfigSpace>, bool,
         pr_err!("{}: unusable PCI configuration: {}\n", core.name(), e);
         EINVAL
     })?;
-    Ok((Some(config), pci.identity.interrupt_pin != 0, vectors))
+    Ok(Declared {
+        config: Some(config),
+        irqs: irq::Declared {
+            has_intx: pci.identity.interrupt_pin != 0,
+            msi_vectors: vectors,
+            msix: pci.msix,
+        },
+    })
 }
 
 /// The MSI capability's ID (`PCI_CAP_ID_MSI`).
@@ -1001,9 +1094,9 @@ pub(crate) unsafe fn register<D: Device, I: PinInit<D, Error>>(
         }),
         GFP_KERNEL,
     )?;
-    let (config, has_intx, msi_vectors) = config_space(&core)?;
-    *core.config.lock() = config;
-    core.irqs.declare(has_intx, msi_vectors);
+    let declared = config_space(&core)?;
+    *core.config.lock() = declared.config;
+    core.irqs.declare(declared.irqs);
     let setup = migration::check_device(&core)?;
     let flags = setup.map(|(f, _)| f);
     {

@@ -17,8 +17,17 @@
 //!   `virqfd` as on vfio-pci; masking through an eventfd is `-ETIMEDOUT`,
 //!   as there.
 //! - MSI (index 1, as many vectors as the device declares): each vector has
-//!   its own eventfd. INTx and MSI exclude each other: enabling one while
-//!   the other is enabled is `-EINVAL`, as on vfio-pci.
+//!   its own eventfd.
+//! - MSI-X (index 2, as many vectors as the device's MSI-X capability
+//!   declares, `NORESIZE`): each vector has its own eventfd, as for MSI.
+//!   The table and the pending-bit array are the user's to emulate, as on
+//!   vfio-pci (QEMU does): the framework hides the table's bytes of the BAR
+//!   from the vendor, and a vector the user masked has no eventfd, so what
+//!   the device raises on it is the user's pending bit. Masking through
+//!   `VFIO_IRQ_SET_ACTION_MASK` is `-ENOTTY`, as on vfio-pci.
+//!
+//! INTx, MSI and MSI-X exclude each other: enabling one while another is
+//! enabled is `-EINVAL`, as on vfio-pci.
 //! - The request channel (index 4): signalled when the mdev is removed
 //!   while the user holds it open.
 //!
@@ -42,6 +51,7 @@ use kernel::types::Opaque;
 use kernel::uaccess::UserSlice;
 
 use super::bindings;
+use super::pci_config::Msix;
 use super::user::{self, EventFd};
 
 /// Interrupt indexes of the vfio-pci layout (`VFIO_PCI_NUM_IRQS`).
@@ -50,11 +60,14 @@ pub(crate) const NUM_IRQS: u32 = 5;
 const INTX: u32 = 0;
 /// MSI (`VFIO_PCI_MSI_IRQ_INDEX`).
 const MSI: u32 = 1;
+/// MSI-X (`VFIO_PCI_MSIX_IRQ_INDEX`).
+const MSIX: u32 = 2;
 /// The error index (`VFIO_PCI_ERR_IRQ_INDEX`), PCIe only.
 const ERR: u32 = 3;
 /// The request channel (`VFIO_PCI_REQ_IRQ_INDEX`).
 const REQ: u32 = 4;
-/// The most MSI vectors a function has.
+/// The most MSI vectors a function has, and the most MSI-X vectors an
+/// rmdev device may declare.
 pub const MAX_MSI_VECTORS: usize = 32;
 
 /// Which interrupts the user enabled (vfio-pci's `irq_type`).
@@ -63,6 +76,19 @@ enum Mode {
     None,
     Intx,
     Msi,
+    Msix,
+}
+
+/// The interrupts a device declares in its PCI configuration.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Declared {
+    /// An INTx pin.
+    pub(crate) has_intx: bool,
+    /// MSI vectors.
+    pub(crate) msi_vectors: u32,
+    /// MSI-X, its vectors and table (checked: at most
+    /// [`MAX_MSI_VECTORS`]).
+    pub(crate) msix: Option<Msix>,
 }
 
 /// The interrupt state of one device, under its lock.
@@ -71,6 +97,8 @@ struct Irqs {
     has_intx: bool,
     /// The device's MSI vectors.
     msi_vectors: u32,
+    /// The device's MSI-X vectors and table.
+    msix: Option<Msix>,
     mode: Mode,
     /// INTx: the eventfd (`None`: enabled but not signalling), masked, and
     /// raised while masked or disabled.
@@ -83,7 +111,7 @@ struct Irqs {
     /// The pin as the status register's interrupt bit shows it: raised and
     /// not yet serviced (the user's unmask), whether delivered or not.
     intx_asserted: bool,
-    /// MSI: one eventfd per vector.
+    /// MSI or MSI-X (whichever `mode` says): one eventfd per vector.
     msi: [Option<EventFd>; MAX_MSI_VECTORS],
     /// The request channel's eventfd.
     req: Option<EventFd>,
@@ -94,6 +122,7 @@ impl Irqs {
         match index {
             INTX => u32::from(self.has_intx),
             MSI => self.msi_vectors,
+            MSIX => self.msix.map_or(0, |m| u32::from(m.vectors)),
             REQ => 1,
             _ => 0,
         }
@@ -210,12 +239,14 @@ impl Interrupts {
         self.raise_vector(0);
     }
 
-    /// Raises MSI vector `vector` when the user enabled MSI (INTx for any
-    /// vector otherwise, as a function that falls back to its pin does).
+    /// Raises MSI or MSI-X vector `vector`, whichever the user enabled
+    /// (INTx for any vector otherwise, as a function that falls back to its
+    /// pin does). A vector without an eventfd (the user masked it) is
+    /// dropped: the user keeps its pending bits.
     pub fn raise_vector(&self, vector: u32) {
         let mut irqs = self.0.inner.lock();
         match irqs.mode {
-            Mode::Msi => {
+            Mode::Msi | Mode::Msix => {
                 if let Some(Some(efd)) = irqs.msi.get(vector as usize) {
                     efd.signal();
                 }
@@ -237,6 +268,7 @@ impl IrqState {
                     Irqs {
                         has_intx: false,
                         msi_vectors: 0,
+                        msix: None,
                         mode: Mode::None,
                         intx: None,
                         intx_masked: false,
@@ -260,10 +292,16 @@ impl IrqState {
     }
 
     /// Declares the device's interrupts (before it is registered).
-    pub(crate) fn declare(&self, has_intx: bool, msi_vectors: u32) {
+    pub(crate) fn declare(&self, d: Declared) {
         let mut irqs = self.inner.lock();
-        irqs.has_intx = has_intx;
-        irqs.msi_vectors = msi_vectors.min(MAX_MSI_VECTORS as u32);
+        irqs.has_intx = d.has_intx;
+        irqs.msi_vectors = d.msi_vectors.min(MAX_MSI_VECTORS as u32);
+        irqs.msix = d.msix.filter(|m| usize::from(m.vectors) <= MAX_MSI_VECTORS);
+    }
+
+    /// The device's MSI-X layout, if it has MSI-X.
+    pub(crate) fn msix(&self) -> Option<Msix> {
+        self.inner.lock().msix
     }
 
     /// The emulated command register's INTx-disable bit is now `disabled`
@@ -407,7 +445,8 @@ impl IrqState {
             (INTX, bindings::VFIO_IRQ_SET_ACTION_MASK) => self.intx_mask(&set, true),
             (INTX, bindings::VFIO_IRQ_SET_ACTION_UNMASK) => self.intx_mask(&set, false),
             (INTX, bindings::VFIO_IRQ_SET_ACTION_TRIGGER) => self.intx_trigger(&set),
-            (MSI, bindings::VFIO_IRQ_SET_ACTION_TRIGGER) => self.msi_trigger(&set),
+            (MSI, bindings::VFIO_IRQ_SET_ACTION_TRIGGER) => self.msi_trigger(&set, Mode::Msi),
+            (MSIX, bindings::VFIO_IRQ_SET_ACTION_TRIGGER) => self.msi_trigger(&set, Mode::Msix),
             (REQ, bindings::VFIO_IRQ_SET_ACTION_TRIGGER) => self.req_trigger(&set),
             // No handler for this index and action (vfio-pci: `-ENOTTY`).
             _ => Err(ENOTTY),
@@ -483,15 +522,15 @@ impl IrqState {
         Ok(())
     }
 
-    /// `vfio_pci_set_msi_trigger()`.
-    fn msi_trigger(&self, set: &Set<'_>) -> Result {
+    /// `vfio_pci_set_msi_trigger()`, for MSI or MSI-X (`mode`): the two,
+    /// and INTx, exclude each other.
+    fn msi_trigger(&self, set: &Set<'_>, mode: Mode) -> Result {
         let mut irqs = self.inner.lock();
-        if irqs.mode == Mode::Msi && set.count == 0 && set.data == bindings::VFIO_IRQ_SET_DATA_NONE
-        {
+        if irqs.mode == mode && set.count == 0 && set.data == bindings::VFIO_IRQ_SET_DATA_NONE {
             irqs.disable_msi();
             return Ok(());
         }
-        if !matches!(irqs.mode, Mode::Msi | Mode::None) {
+        if irqs.mode != mode && irqs.mode != Mode::None {
             return Err(EINVAL);
         }
         if set.data == bindings::VFIO_IRQ_SET_DATA_EVENTFD {
@@ -500,13 +539,13 @@ impl IrqState {
             for (i, slot) in new.iter_mut().enumerate().take(set.count) {
                 *slot = eventfd_arg(set.fd(i))?;
             }
-            irqs.mode = Mode::Msi;
+            irqs.mode = mode;
             for (i, efd) in new.into_iter().enumerate().take(set.count) {
                 irqs.msi[set.start + i] = efd;
             }
             return Ok(());
         }
-        if irqs.mode != Mode::Msi {
+        if irqs.mode != mode {
             return Err(EINVAL);
         }
         for i in 0..set.count {

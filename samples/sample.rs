@@ -910,6 +910,7 @@ impl Device for SampleDevice {
             ],
             capabilities: &[],
             msi_vectors: 1,
+            msix: None,
         })
     }
 

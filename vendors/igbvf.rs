@@ -15,27 +15,34 @@
 //!   the bits in their `deny` mask kept clear; transmit queue 0's registers
 //!   are the vendor's shadow ([`tx`]): the user's ring is read through its
 //!   IOMMU context and its frames sent through a ring of the vendor's own;
-//!   every other offset reads as zero and ignores writes. The VF only ever
-//!   reaches memory the vendor mapped for it: its own ring and the pages of
-//!   the frames of a running round (see `Documentation/vendors/igbvf.rst`).
-//!   The VF's mailbox is the vendor's ([`mailbox`]).
+//!   the interrupt registers are emulated ([`intr`]); every other offset
+//!   reads as zero and ignores writes. The VF only ever reaches memory the
+//!   vendor mapped for it: its own ring and the pages of the frames of a
+//!   running round (see `Documentation/vendors/igbvf.rst`). The VF's
+//!   mailbox is the vendor's ([`mailbox`]);
+//! - BAR3 (region 3), 16 KiB like the VF's: its MSI-X table (3 vectors, at
+//!   0, the framework's) and pending-bit array (at 0x2000, reads as zero:
+//!   the user's emulation keeps what is pending).
 //!
 //! It migrates with `STOP_COPY | P2P`: the stream carries the emulated
 //! config space (the framework's record), one record with the allowed
 //! registers, read from the source VF's hardware and written into the
-//! target VF's, and one with transmit queue 0 as the user programmed it.
-//! The `migration_version` names the hardware (VF IDs and revision, the
-//! PF's device ID) and the data format (`2.<format_minor>`), in the default
-//! format, so the default rule refuses other hardware, a source with a
-//! newer format and format 1.
+//! target VF's, one with transmit queue 0 as the user programmed it and
+//! one with the interrupt registers. The `migration_version` names the
+//! hardware (VF IDs and revision, the PF's device ID) and the data format
+//! (`3.<format_minor>`), in the default format, so the default rule refuses
+//! other hardware, a source with a newer format and formats 1 and 2.
 //!
 //! Stream records (little-endian): [`TAG_REGS`]: `u32` count, then `count`
 //! pairs of `u32` offset and `u32` value, in the order of [`ALLOWED`];
-//! [`TAG_TX`]: the nine registers of transmit queue 0.
+//! [`TAG_TX`]: the nine registers of transmit queue 0; [`TAG_INTR`]: EICR,
+//! EIMS, EIAC, EIAM, IVAR0, IVAR_MISC.
 
 #[path = "../core/rmdev.rs"]
 pub mod rmdev;
 
+#[path = "igbvf/intr.rs"]
+mod intr;
 #[path = "igbvf/mailbox.rs"]
 mod mailbox;
 #[path = "igbvf/tx.rs"]
@@ -45,8 +52,9 @@ use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
 use kernel::{c_str, new_mutex};
 
+use intr::IntrRegs;
 use rmdev::device::{
-    region, BarKind, Device, GuestMemory, Identity, Interrupts, PciConfig, Region, SavePhase,
+    region, BarKind, Device, GuestMemory, Identity, Interrupts, Msix, PciConfig, Region, SavePhase,
     Saved, StopCopySize,
 };
 use rmdev::fsm::{FlagSet, StepFailure, StopCopyP2pArc};
@@ -72,14 +80,28 @@ const VF_ID: DeviceId = DeviceId {
 };
 /// The data format's major version; the minor is the `format_minor`
 /// parameter. Format 1 (before transmit queue 0 was shadowed) carried
-/// queue 0's transmit registers in [`TAG_REGS`]; its streams are refused.
-const FORMAT_MAJOR: u16 = 2;
+/// queue 0's transmit registers in [`TAG_REGS`], format 2 (before MSI-X)
+/// IVAR0 and IVAR_MISC there and had no interrupt record; their streams
+/// are refused.
+const FORMAT_MAJOR: u16 = 3;
 /// Record tag: the allowed registers.
 pub const TAG_REGS: u16 = 1;
 /// Record tag: transmit queue 0 as the user programmed it
 /// ([`tx::RECORD_LEN`] bytes: TDBAL, TDBAH, TDLEN, TDH, TXCTL, TDT,
 /// TXDCTL, TDWBAL, TDWBAH).
 pub const TAG_TX: u16 = 2;
+/// Record tag: the interrupt registers ([`intr::RECORD_LEN`] bytes).
+pub const TAG_INTR: u16 = 3;
+/// BAR3: the MSI-X table and PBA, the size of the VF's.
+const MSIX_BAR: u32 = 3;
+const MSIX_BAR_LEN: u64 = 16 * 1024;
+/// The VF's MSI-X layout (82576 datasheet; QEMU's igbvf alike).
+const MSIX: Msix = Msix {
+    vectors: intr::VECTORS,
+    bar: MSIX_BAR as usize,
+    table_offset: 0,
+    pba_offset: 0x2000,
+};
 
 /// One register the mdev forwards to the hardware.
 pub struct Allowed {
@@ -98,17 +120,13 @@ const fn reg(offset: u32, deny: u32) -> Allowed {
 const QUEUE_ENABLE: u32 = 1 << 25;
 /// TDWBAL bit 0: head write-back enable, a DMA write of the head pointer.
 const HEAD_WB_ENABLE: u32 = 1;
-/// IVAR valid bits (one per byte): route a queue cause to an MSI-X vector,
-/// which is a memory write. The mdev offers no MSI-X.
-const IVAR_VALID: u32 = 0x8080_8080;
-
 /// The registers forwarded to the hardware, per VF queue (the VF has two:
 /// queue 1 is 0x100 above queue 0) and for its interrupt moderation. Tail
 /// registers (RDT 0x2818, TDT 0x3818) are doorbells and are not here;
-/// neither are CTRL (reset), the interrupt cause/mask registers (they reach
-/// the PF's state), the mailbox and the statistics. Transmit queue 0 is
-/// not forwarded either: the vendor shadows it ([`tx`]).
-pub const ALLOWED: [Allowed; 25] = [
+/// neither are CTRL (reset), the mailbox and the statistics. Transmit
+/// queue 0 and the interrupt cause, mask and routing registers are not
+/// forwarded either: the vendor shadows them ([`tx`], [`intr`]).
+pub const ALLOWED: [Allowed; 23] = [
     // Receive queue 0: RDBAL, RDBAH, RDLEN, SRRCTL, RDH, RXDCTL.
     reg(0x2800, 0),
     reg(0x2804, 0),
@@ -137,10 +155,6 @@ pub const ALLOWED: [Allowed; 25] = [
     reg(0x1680, 0),
     reg(0x1684, 0),
     reg(0x1688, 0),
-    // IVAR0 and IVAR_MISC: queue and other causes to vector routing, with
-    // the valid bits denied.
-    reg(0x1700, IVAR_VALID),
-    reg(0x1740, 0x80),
 ];
 
 /// Number of allowed registers.
@@ -187,15 +201,17 @@ impl mdev::Driver for VfParent {
     fn create(
         &self,
         _type_index: usize,
-        _irqs: Interrupts,
+        irqs: Interrupts,
         guest: GuestMemory,
     ) -> impl PinInit<VfDevice, Error> {
         try_pin_init!(VfDevice {
             bar: self.bar.clone(),
             func: self.func.clone(),
             guest,
+            irqs,
             ids: self.ids,
             tx <- new_mutex!(TxQueue::new(), "rmdev_igbvf:tx"),
+            intr <- new_mutex!(IntrRegs::default(), "rmdev_igbvf:intr"),
         })
     }
 
@@ -243,19 +259,23 @@ fn hex_pair(buf: &mut [u8; 9], a: u16, b: u16) -> &str {
     core::str::from_utf8(buf).unwrap_or("")
 }
 
-/// One mdev: the VF's registers, mediated, and its transmit queue 0,
-/// shadowed.
+/// One mdev: the VF's registers, mediated, its transmit queue 0, shadowed,
+/// and its interrupts, emulated.
 #[pin_data]
 struct VfDevice {
     bar: Arc<Bar>,
     func: Arc<DmaFunction>,
     guest: GuestMemory,
+    irqs: Interrupts,
     ids: pci::Ids,
+    /// Taken before `intr`.
     #[pin]
     tx: Mutex<TxQueue>,
+    #[pin]
+    intr: Mutex<IntrRegs>,
 }
 
-/// A save session: how many of the two records were sent.
+/// A save session: how many of the three records were sent.
 struct VfSave {
     sent: usize,
 }
@@ -264,10 +284,11 @@ struct VfSave {
 struct VfLoad {
     regs: bool,
     tx: bool,
+    intr: bool,
 }
 
 /// The stream's records, in their order.
-const RECORDS: usize = 2;
+const RECORDS: usize = 3;
 
 impl VfDevice {
     /// Writes an allowed register, its denied bits clear.
@@ -284,9 +305,11 @@ impl VfDevice {
         }
     }
 
-    /// Stops and forgets the transmit queue.
-    fn reset_tx(&self) {
-        self.tx.lock().reset(&self.tx_ctx());
+    /// Stops and forgets the transmit queue and the interrupt set-up.
+    fn reset_queue(&self) {
+        let mut q = self.tx.lock();
+        q.reset(&self.tx_ctx());
+        *self.intr.lock() = IntrRegs::default();
     }
 
     /// Whether doorbells are served, and if so serves what is pending.
@@ -295,6 +318,25 @@ impl VfDevice {
         q.running = running;
         if running {
             q.kick(&self.tx_ctx());
+            self.tx_completions(&mut q);
+        }
+    }
+
+    /// Raises the transmit queue's interrupt if a round completed
+    /// descriptors the user asked to hear about (RS).
+    fn tx_completions(&self, q: &mut TxQueue) {
+        if q.take_completed() {
+            let sent = self.intr.lock().tx_done();
+            self.send(sent);
+        }
+    }
+
+    /// Sends the MSI-X messages of the vectors in `vectors` (a bit each).
+    fn send(&self, vectors: u32) {
+        for v in 0..u32::from(intr::VECTORS) {
+            if vectors & (1 << v) != 0 {
+                self.irqs.raise_vector(v);
+            }
         }
     }
 }
@@ -315,11 +357,19 @@ impl Device for VfDevice {
     fn region(&self, index: u32) -> Region {
         match index {
             region::BAR0 => Region::read_write(self.bar.len() as u64),
+            MSIX_BAR => Region::read_write(MSIX_BAR_LEN),
             _ => Region::NONE,
         }
     }
 
     fn read(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result {
+        if index == MSIX_BAR {
+            // The PBA and the rest: nothing is pending at the device (what
+            // it raises goes straight to the user's eventfds); the table is
+            // the framework's.
+            buf.fill(0);
+            return Ok(());
+        }
         if index != region::BAR0 {
             return Err(EINVAL);
         }
@@ -328,6 +378,7 @@ impl Device for VfDevice {
         let value = match find(offset) {
             Some(a) if buf.len() == 4 => self.bar.read32(a.offset as usize)?,
             _ if buf.len() == 4 && TxQueue::owns(offset) => self.tx.lock().read(offset),
+            _ if buf.len() == 4 && IntrRegs::owns(offset) => self.intr.lock().read(offset),
             _ => 0,
         };
         if buf.len() == 4 {
@@ -339,13 +390,23 @@ impl Device for VfDevice {
     }
 
     fn write(&self, index: u32, offset: u64, data: &[u8]) -> Result {
+        if index == MSIX_BAR {
+            return Ok(());
+        }
         if index != region::BAR0 {
             return Err(EINVAL);
         }
         match find(offset) {
             Some(a) if data.len() == 4 => self.write_hw(a, le32(data)?),
             _ if data.len() == 4 && TxQueue::owns(offset) => {
-                self.tx.lock().write(&self.tx_ctx(), offset, le32(data)?);
+                let mut q = self.tx.lock();
+                q.write(&self.tx_ctx(), offset, le32(data)?);
+                self.tx_completions(&mut q);
+                Ok(())
+            }
+            _ if data.len() == 4 && IntrRegs::owns(offset) => {
+                let sent = self.intr.lock().write(offset, le32(data)?);
+                self.send(sent);
                 Ok(())
             }
             // Not forwarded: ignored, as absent registers are.
@@ -354,16 +415,16 @@ impl Device for VfDevice {
     }
 
     fn open(&self) -> Result {
-        // A new user meets the queue as after a reset (and the VF's queue
-        // disabled, whatever a PF reset left in it).
-        self.reset_tx();
+        // A new user meets the queue and the interrupts as after a reset
+        // (and the VF's queue disabled, whatever a PF reset left in it).
+        self.reset_queue();
         Ok(())
     }
 
     fn close(&self) {
         // The hardware is off the user's pages before the framework unpins
         // them.
-        self.reset_tx();
+        self.reset_queue();
     }
 
     fn guest_unmapped(&self, _iova: u64, _length: u64) {
@@ -376,8 +437,8 @@ impl Device for VfDevice {
 
     fn pci_config(&self) -> Option<PciConfig> {
         // The VF's own identity, so a guest driver and QEMU's config check
-        // see the hardware; BAR0 like the VF's (64-bit, prefetchable);
-        // no interrupts (the VF's MSI-X is not mediated).
+        // see the hardware; BAR0 and BAR3 like the VF's (64-bit,
+        // prefetchable); MSI-X like the VF's, no INTx or MSI.
         Some(PciConfig {
             identity: Identity {
                 vendor: self.ids.vendor,
@@ -392,19 +453,20 @@ impl Device for VfDevice {
                 Some(BarKind::Mem64 { prefetchable: true }),
                 None,
                 None,
-                None,
+                Some(BarKind::Mem64 { prefetchable: true }),
                 None,
                 None,
             ],
             capabilities: &[],
             msi_vectors: 0,
+            msix: Some(MSIX),
         })
     }
 
     fn reset(&self) {
         // A function reset clears the queue and interrupt set-up. A BAR
         // revoked under us (the VF is going) has nothing left to reset.
-        self.reset_tx();
+        self.reset_queue();
         for a in ALLOWED.iter() {
             let _ = self.write_hw(a, 0);
         }
@@ -442,11 +504,15 @@ impl Device for VfDevice {
     fn stop_copy_size(&self, s: Option<&VfSave>) -> StopCopySize {
         match s.map_or(0, |s| s.sent) {
             0 => StopCopySize {
-                bytes: REGS_LEN + tx::RECORD_LEN,
+                bytes: REGS_LEN + tx::RECORD_LEN + intr::RECORD_LEN,
                 records: RECORDS,
             },
             1 => StopCopySize {
-                bytes: tx::RECORD_LEN,
+                bytes: tx::RECORD_LEN + intr::RECORD_LEN,
+                records: 2,
+            },
+            2 => StopCopySize {
+                bytes: intr::RECORD_LEN,
                 records: 1,
             },
             _ => StopCopySize::default(),
@@ -473,6 +539,14 @@ impl Device for VfDevice {
                     len: tx::RECORD_LEN,
                 });
             }
+            2 => {
+                self.intr.lock().to_record(buf)?;
+                s.sent = 3;
+                return Ok(Saved::Record {
+                    tag: TAG_INTR,
+                    len: intr::RECORD_LEN,
+                });
+            }
             _ => return Ok(Saved::Done),
         }
         let out = buf.get_mut(..REGS_LEN).ok_or(EINVAL)?;
@@ -493,6 +567,7 @@ impl Device for VfDevice {
         Ok(VfLoad {
             regs: false,
             tx: false,
+            intr: false,
         })
     }
 
@@ -506,6 +581,13 @@ impl Device for VfDevice {
             q.regs = regs;
             q.running = false;
             l.tx = true;
+            return Ok(());
+        }
+        if tag == TAG_INTR && !l.intr {
+            // The user's emulation keeps its own pending bits: nothing is
+            // sent at load.
+            *self.intr.lock() = IntrRegs::from_record(payload)?;
+            l.intr = true;
             return Ok(());
         }
         if tag != TAG_REGS || l.regs || payload.len() != REGS_LEN {
@@ -529,7 +611,7 @@ impl Device for VfDevice {
     }
 
     fn load_finish(&self, l: VfLoad) -> Result {
-        if l.regs && l.tx {
+        if l.regs && l.tx && l.intr {
             Ok(())
         } else {
             Err(EINVAL)

@@ -79,7 +79,7 @@ expect_eq device_api "$(cat $t/device_api)" vfio-pci
 expect_eq available_instances "$(cat $t/available_instances)" 1
 hx() { local v; v=$(cat "$1"); echo "${v#0x}"; }
 d=/sys/bus/pci/devices/$VF0
-want="rmdev_igbvf:vf:2.0:id=$(hx $d/vendor)-$(hx $d/device):subsys=$(hx $d/subsystem_vendor)-$(hx $d/subsystem_device):rev=$(hx $d/revision):pf=$(hx $d/physfn/device)"
+want="rmdev_igbvf:vf:3.0:id=$(hx $d/vendor)-$(hx $d/device):subsys=$(hx $d/subsystem_vendor)-$(hx $d/subsystem_device):rev=$(hx $d/revision):pf=$(hx $d/physfn/device)"
 expect_eq "type migration_version" "$(cat $t/migration_version)" "$want"
 note "$want"
 
@@ -112,7 +112,7 @@ echo "$VF1" >/sys/bus/pci/drivers/rmdev_igbvf/unbind
 bind_vf $VF1
 echo 0 >/sys/module/rmdev_igbvf/parameters/format_minor
 v11=$(cat "$(types_of $VF1)/migration_version")
-expect_eq "VF1 type version with format_minor=1" "$v11" "${want/:2.0:/:2.1:}"
+expect_eq "VF1 type version with format_minor=1" "$v11" "${want/:3.0:/:3.1:}"
 sysfs_write "$(types_of $VF1)/migration_version" "$v0" || fail "1.1 refuses 1.0"
 expect_errno "Invalid argument" sysfs_write /sys/bus/mdev/devices/$M0/migration_version "$v11"
 echo "$VF1" >/sys/bus/pci/drivers/rmdev_igbvf/unbind
@@ -163,8 +163,13 @@ note "the allow-list: doorbells and other registers are not forwarded"
 [ $(( $(hw $VF0 0x3828) & 0x02000000 )) = 0 ] || fail "TXDCTL0 queue enable reached the hardware"
 "$VM_TEST" region-write "$M0" 0 0x3838 0x00001001
 [ $(( $(hw $VF0 0x3838) & 1 )) = 0 ] || fail "TDWBAL0 head write-back enable reached the hardware"
-"$VM_TEST" region-write "$M0" 0 0x1700 0x81818181
-[ $(( $(hw $VF0 0x1700) & 0x80808080 )) = 0 ] || fail "IVAR0 valid bits reached the hardware"
+# The interrupt registers are the vendor's emulation (t-igbvf-tx.sh):
+# none reaches the VF.
+for r in 0x1700 0x1740 0x1524 0x1520 0x152c; do
+	before=$(hw $VF0 $r)
+	"$VM_TEST" region-write "$M0" 0 $r 0x83838383
+	expect_eq "VF0 hardware $r after a write through the mdev" "$(hw $VF0 $r)" "$before"
+done
 for doorbell in 0x2818 0x3818 0x2918 0x3918; do
 	before=$(hw $VF0 $doorbell)
 	"$VM_TEST" region-write "$M0" 0 $doorbell 0x00000007
@@ -200,7 +205,7 @@ for p in $PATTERN; do
 	expect_eq "VF1 mdev ${p%=*} after migration" "$(via $M1 ${p%=*})" "$(hw $VF1 ${p%=*})"
 	expect_eq "VF1 hardware ${p%=*} after migration" "$(hw $VF1 ${p%=*})" "${p#*=}"
 done
-for r in 0x2828 0x3828 0x3838 0x1700; do
+for r in 0x2828 0x3828 0x3838; do
 	expect_eq "VF1 hardware $r equals VF0's" "$(hw $VF1 $r)" "$(hw $VF0 $r)"
 done
 

@@ -324,7 +324,7 @@ M0=$(new_uuid) M1=$(new_uuid)
 mdevctl start -u "$M0" -p "${VFS[0]}" -t rmdev_igbvf-vf
 mdevctl start -u "$M1" -p "${VFS[1]}" -t rmdev_igbvf-vf
 expect_status 0 "$RMDEV" list --probe
-has "$M0 ${VFS[0]}/rmdev_igbvf-vf  flags STOP_COPY|P2P  migration_version rmdev_igbvf:vf:2.1:"
+has "$M0 ${VFS[0]}/rmdev_igbvf-vf  flags STOP_COPY|P2P  migration_version rmdev_igbvf:vf:3.1:"
 expect_status 0 "$RMDEV" version "$M0"
 expect_eq "version of the VF mdev" "$out" "$(cat /sys/bus/mdev/devices/$M0/migration_version)"
 expect_status 0 "$RMDEV" check "$M0" "${VFS[1]}/rmdev_igbvf-vf"

@@ -213,6 +213,9 @@ pub(crate) struct TxQueue {
     /// Whether the queue stopped since the last reset (one log line per
     /// user, whatever it does).
     stopped_once: bool,
+    /// A completion (DD) was written back since the owner last asked: the
+    /// queue's interrupt cause.
+    completed: bool,
 }
 
 /// What the queue works with.
@@ -245,7 +248,13 @@ impl TxQueue {
             host: None,
             mailbox: Mailbox::default(),
             stopped_once: false,
+            completed: false,
         }
+    }
+
+    /// Whether a completion was written back since the last call.
+    pub(crate) fn take_completed(&mut self) -> bool {
+        core::mem::take(&mut self.completed)
     }
 
     /// The user reads a queue register.
@@ -315,6 +324,7 @@ impl TxQueue {
         self.regs = TxRegs::default();
         self.running = true;
         self.stopped_once = false;
+        self.completed = false;
     }
 
     /// Disables the VF's queue and bus mastering and waits until the
@@ -462,6 +472,7 @@ impl TxQueue {
         for f in frames.iter() {
             if let Some((at, olinfo)) = f.complete {
                 cx.guest.write(at, &(olinfo | DD).to_le_bytes())?;
+                self.completed = true;
             }
             self.regs.tdh = f.next;
         }

@@ -157,6 +157,78 @@ pub struct Capability<'a> {
     pub wmask: &'a [u8],
 }
 
+/// Where a function's MSI-X table and pending-bit array (PBA) live, and how
+/// many vectors it has: the body of its MSI-X capability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Msix {
+    /// Number of vectors, 1 to 2048.
+    pub vectors: u16,
+    /// The BAR (0 to 5) holding the table and the PBA.
+    pub bar: usize,
+    /// The table's offset in the BAR: 16 bytes per vector.
+    pub table_offset: u32,
+    /// The PBA's offset in the BAR: one bit per vector, in 64-bit words.
+    pub pba_offset: u32,
+}
+
+/// The MSI-X capability's ID (`PCI_CAP_ID_MSIX`).
+pub const CAP_ID_MSIX: u8 = 0x11;
+
+impl Msix {
+    /// The capability's write mask: only the message control's function
+    /// mask (bit 14) and enable (bit 15) are writable.
+    pub const WMASK: [u8; 10] = [0, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    /// The table's length in bytes.
+    pub fn table_len(&self) -> u64 {
+        u64::from(self.vectors) * 16
+    }
+
+    /// The PBA's length in bytes.
+    pub fn pba_len(&self) -> u64 {
+        u64::from(self.vectors).div_ceil(64) * 8
+    }
+
+    /// Whether `[offset, offset + len)` of the BAR touches the table.
+    pub fn in_table(&self, offset: u64, len: u64) -> bool {
+        let start = u64::from(self.table_offset);
+        offset < start + self.table_len() && start < offset.saturating_add(len)
+    }
+
+    /// Checks the layout against the function's BARs: a memory BAR holds
+    /// the table and the PBA, both 8-byte aligned, inside it and apart.
+    pub fn check(&self, bars: &[Bar]) -> Result<(), ConfigError> {
+        let bad = Err(ConfigError::BadMsix);
+        if !(1..=2048).contains(&self.vectors) {
+            return bad;
+        }
+        let Some(bar) = bars.iter().find(|b| b.index == self.bar) else {
+            return bad;
+        };
+        if bar.kind == BarKind::Io {
+            return bad;
+        }
+        let (t, p) = (u64::from(self.table_offset), u64::from(self.pba_offset));
+        let (tl, pl) = (self.table_len(), self.pba_len());
+        let apart = t + tl <= p || p + pl <= t;
+        if t % 8 != 0 || p % 8 != 0 || t + tl > bar.size || p + pl > bar.size || !apart {
+            return bad;
+        }
+        Ok(())
+    }
+
+    /// The capability's body after its header: message control (table size
+    /// minus one; masked and disabled), table offset and BIR, PBA offset
+    /// and BIR.
+    pub fn body(&self) -> [u8; 10] {
+        let mut b = [0u8; 10];
+        b[..2].copy_from_slice(&(self.vectors.saturating_sub(1) & 0x7ff).to_le_bytes());
+        b[2..6].copy_from_slice(&(self.table_offset | self.bar as u32).to_le_bytes());
+        b[6..].copy_from_slice(&(self.pba_offset | self.bar as u32).to_le_bytes());
+        b
+    }
+}
+
 /// Why a configuration space cannot be built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConfigError {
@@ -171,6 +243,10 @@ pub enum ConfigError {
     /// The capabilities do not fit in the space, or a write mask's length
     /// differs from its body's.
     BadCapabilities,
+    /// The MSI-X table or PBA is not 8-byte aligned, not inside a memory
+    /// BAR of the function, or they overlap; or the vector count is not 1
+    /// to 2048.
+    BadMsix,
 }
 
 impl fmt::Display for ConfigError {
@@ -185,6 +261,9 @@ impl fmt::Display for ConfigError {
             ConfigError::BadInterruptPin(p) => write!(f, "interrupt pin {p} (0 to 4)"),
             ConfigError::BadCapabilities => f.write_str(
                 "the capabilities do not fit in the 192 bytes after the header, or a write mask's length differs from its body's",
+            ),
+            ConfigError::BadMsix => f.write_str(
+                "MSI-X: 1 to 2048 vectors, the table and the PBA 8-byte aligned, apart, inside one memory BAR",
             ),
         }
     }

@@ -382,3 +382,149 @@ fn random_writes_never_touch_read_only_bits() {
         assert_eq!(rd32(&c, bar), want);
     }
 }
+
+/// The 82576 VF's MSI-X layout (datasheet, and QEMU's igbvf): three
+/// vectors, table at 0 and PBA at 0x2000 of BAR3 (16 KiB).
+const VF_MSIX: Msix = Msix {
+    vectors: 3,
+    bar: 3,
+    table_offset: 0,
+    pba_offset: 0x2000,
+};
+
+fn vf_bars() -> [Bar; 2] {
+    [
+        Bar {
+            index: 0,
+            size: 16 << 10,
+            kind: BarKind::Mem64 { prefetchable: true },
+        },
+        Bar {
+            index: 3,
+            size: 16 << 10,
+            kind: BarKind::Mem64 { prefetchable: true },
+        },
+    ]
+}
+
+#[test]
+fn msix_capability_as_the_specification_lays_it_out() {
+    assert_eq!(VF_MSIX.check(&vf_bars()), Ok(()));
+    // Message control: table size 3 - 1, function mask and enable clear;
+    // table offset/BIR 0x00000003; PBA offset/BIR 0x00002003.
+    assert_eq!(
+        VF_MSIX.body(),
+        [0x02, 0x00, 0x03, 0x00, 0x00, 0x00, 0x03, 0x20, 0x00, 0x00]
+    );
+    assert_eq!(VF_MSIX.table_len(), 48);
+    assert_eq!(VF_MSIX.pba_len(), 8);
+    let big = Msix {
+        vectors: 2048,
+        ..VF_MSIX
+    };
+    assert_eq!(big.body()[..2], [0xff, 0x07]);
+    assert_eq!(big.pba_len(), 256);
+    let body = VF_MSIX.body();
+    let c = ConfigSpace::new(
+        &Identity {
+            interrupt_pin: 0,
+            ..ID
+        },
+        &vf_bars(),
+        &[Capability {
+            id: CAP_ID_MSIX,
+            body: &body,
+            wmask: &Msix::WMASK,
+        }],
+    )
+    .unwrap();
+    let mut c = c;
+    assert_eq!(rd16(&c, 0x40), 0x0011);
+    // Everything but enable and function mask is read-only.
+    wr32(&mut c, 0x40, 0xffff_ffff);
+    assert_eq!(rd32(&c, 0x40), 0xc002_0011);
+    wr32(&mut c, 0x44, 0xffff_ffff);
+    assert_eq!(rd32(&c, 0x44), 0x0000_0003);
+    wr32(&mut c, 0x48, 0xffff_ffff);
+    assert_eq!(rd32(&c, 0x48), 0x0000_2003);
+}
+
+#[test]
+fn msix_layouts_refused() {
+    let bars = vf_bars();
+    let bad = |m: Msix| assert_eq!(m.check(&bars), Err(ConfigError::BadMsix), "{m:?}");
+    bad(Msix {
+        vectors: 0,
+        ..VF_MSIX
+    });
+    bad(Msix {
+        vectors: 2049,
+        ..VF_MSIX
+    });
+    // No BAR 2 (nor the upper half of BAR 0 as a BAR of its own).
+    bad(Msix { bar: 2, ..VF_MSIX });
+    bad(Msix { bar: 1, ..VF_MSIX });
+    // Unaligned.
+    bad(Msix {
+        table_offset: 4,
+        ..VF_MSIX
+    });
+    bad(Msix {
+        pba_offset: 0x2004,
+        ..VF_MSIX
+    });
+    // Past the BAR's end: the table, the PBA.
+    bad(Msix {
+        table_offset: 0x3fd8,
+        ..VF_MSIX
+    });
+    bad(Msix {
+        pba_offset: 0x4000,
+        ..VF_MSIX
+    });
+    // Overlapping: the PBA inside the table.
+    bad(Msix {
+        pba_offset: 0x28,
+        ..VF_MSIX
+    });
+    // An I/O BAR.
+    let io = [Bar {
+        index: 3,
+        size: 256,
+        kind: BarKind::Io,
+    }];
+    assert_eq!(VF_MSIX.check(&io), Err(ConfigError::BadMsix));
+    // Exactly fitting ones are fine: table at the end, PBA right after it.
+    let ok = |m: Msix| assert_eq!(m.check(&bars), Ok(()), "{m:?}");
+    ok(Msix {
+        table_offset: 0x3fd0,
+        pba_offset: 0,
+        ..VF_MSIX
+    });
+    ok(Msix {
+        pba_offset: 0x30,
+        ..VF_MSIX
+    });
+    ok(Msix {
+        pba_offset: 0x3ff8,
+        ..VF_MSIX
+    });
+}
+
+#[test]
+fn msix_table_window() {
+    // Table bytes 0..48 of the BAR.
+    assert!(VF_MSIX.in_table(0, 4));
+    assert!(VF_MSIX.in_table(44, 4));
+    assert!(VF_MSIX.in_table(40, 16));
+    assert!(!VF_MSIX.in_table(48, 4));
+    assert!(!VF_MSIX.in_table(0x2000, 8));
+    assert!(VF_MSIX.in_table(0, u64::MAX));
+    let high = Msix {
+        table_offset: 0x100,
+        ..VF_MSIX
+    };
+    assert!(!high.in_table(0xfc, 4));
+    assert!(high.in_table(0xfc, 5));
+    assert!(!high.in_table(u64::MAX - 1, 2));
+}

@@ -1131,14 +1131,15 @@ fn vf_case(rng: &mut StdRng, class: usize, p: &Parsed) -> Case {
             expect: Expect::Loads,
             mem: Vec::new(),
         },
-        _ => match rng.gen_range(0..4) {
+        _ => match rng.gen_range(0..6) {
             0 => Case {
                 class: "registers all ones",
                 bytes: forge(&with(vf_regs(&regs, |_| u32::MAX))),
                 expect: Expect::Loads,
                 mem: Vec::new(),
             },
-            kind => vf_tx_case(rng, kind, p),
+            kind @ 1..=3 => vf_tx_case(rng, kind, p),
+            kind => vf_intr_case(rng, kind == 4, p),
         },
     }
 }
@@ -1199,6 +1200,52 @@ fn vf_tx_case(rng: &mut StdRng, kind: usize, p: &Parsed) -> Case {
         recs.remove(ti);
     }
     refused("a transmit ring no user could program", forge(&recs))
+}
+
+/// rmdev_igbvf's interrupt record (vendors/igbvf/intr.rs): tag 3, six
+/// `u32`: EICR, EIMS, EIAC, EIAM, IVAR0, IVAR_MISC.
+const VF_TAG_INTR: u16 = 3;
+
+/// Forged interrupt records: values a user could program (from the 82576
+/// datasheet: a bit per vector, 0 to 2, in the cause and mask registers;
+/// IVAR entries of a vector number, bits 1:0, and a valid bit 7) load
+/// (`good`); one bit beyond them, or the record missing or twice, is
+/// refused.
+fn vf_intr_case(rng: &mut StdRng, good: bool, p: &Parsed) -> Case {
+    let forge = |recs: &[(u16, u16, Vec<u8>)]| Forge::valid(&p.version).finish(recs);
+    let Some(ii) = p.records.iter().position(|r| r.1 == VF_TAG_INTR) else {
+        return refused("truncated", Vec::new());
+    };
+    let masks = [0x7u32, 0x7, 0x7, 0x7, 0x8383_8383, 0x83];
+    let mut w: Vec<u32> = masks.iter().map(|m| rng.gen::<u32>() & m).collect();
+    let mut recs = p.records.clone();
+    if good {
+        recs[ii].2 = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+        return Case {
+            class: "interrupt registers a user could program",
+            bytes: forge(&recs),
+            expect: Expect::Loads,
+            mem: Vec::new(),
+        };
+    }
+    match rng.gen_range(0..3) {
+        0 => {
+            let i = rng.gen_range(0..w.len());
+            let outside = !masks[i];
+            let bit = (0..32)
+                .filter(|b| outside & (1 << b) != 0)
+                .nth(rng.gen_range(0..8));
+            w[i] |= 1 << bit.unwrap_or(31);
+            recs[ii].2 = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+        }
+        1 => {
+            recs.insert(ii, recs[ii].clone());
+        }
+        _ => {
+            recs.remove(ii);
+        }
+    }
+    refused("interrupt registers no user could program", forge(&recs))
 }
 
 /// `vf-stream-campaign SRC-UUID DST-UUID DST-PCI SEED COUNT`: the stream

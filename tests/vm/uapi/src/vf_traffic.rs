@@ -12,15 +12,23 @@
 //! sent); a ring the device cannot read (the queue stops); memory unmapped
 //! under the queue; frames queued while the device is stopped, migrated
 //! with the queue to an mdev on another VF and sent from there; a reset and
-//! a new user see no state of the last.
+//! a new user see no state of the last. And the interrupts: the mdev's
+//! MSI-X as the 82576 VF has it (capability, BAR3, three vectors), the
+//! transmit completion raised on the vector IVAR0 routes it to, with the
+//! VF's cause, enable, auto-clear and auto-mask registers, across the
+//! migration too.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use rmdev::vfio::Device;
 use rmdev_logic::fsm::State;
 
+use rmdev::vfio;
+
 use super::guest_memory::Buffer;
-use super::{ctx, load_into, pattern, read_to_eof, TestResult, PAGE};
+use super::{
+    ctx, errno_name, eventfd_take, load_into, new_eventfd, pattern, read_to_eof, TestResult, PAGE,
+};
 
 /// Transmit queue 0's registers (82576 VF BAR0).
 const TDBAL: u64 = 0x3800;
@@ -38,6 +46,19 @@ const RS: u32 = 1 << 27;
 const DEXT: u32 = 1 << 29;
 const TSE: u32 = 1 << 31;
 const DD: u32 = 1;
+/// The interrupt registers (82576 datasheet 8.9; VF view).
+const EICS: u64 = 0x1520;
+const EIMS: u64 = 0x1524;
+const EIMC: u64 = 0x1528;
+const EIAC: u64 = 0x152c;
+const EIAM: u64 = 0x1530;
+const EICR: u64 = 0x1580;
+const IVAR0: u64 = 0x1700;
+/// IVAR0 routing transmit queue 0 (byte 1) to vector 1, valid.
+const TX_TO_VECTOR1: u32 = 0x81 << 8;
+/// The MSI-X interrupt index and the VF's BAR3 region.
+const MSIX_INDEX: u32 = 2;
+const BAR3: u32 = 3;
 /// The test's EtherType (IEEE local experimental).
 const ETHERTYPE: u16 = 0x88b5;
 
@@ -277,11 +298,285 @@ fn map(dev: &Device, mem: &Buffer) -> TestResult {
     )
 }
 
+/// `VFIO_DEVICE_GET_IRQ_INFO`: (flags, count).
+fn irq_info(dev: &Device, index: u32) -> Result<(u32, u32), String> {
+    let mut irq = [16u32, 0, index, 0];
+    // SAFETY: A 16-byte `vfio_irq_info` with its argsz.
+    let r = unsafe { vfio::ioctl(dev.raw(), vfio::DEVICE_GET_IRQ_INFO, irq.as_mut_ptr() as _) };
+    ctx(r, &format!("GET_IRQ_INFO {index}"))?;
+    Ok((irq[1], irq[3]))
+}
+
+/// Three new eventfds registered as the device's MSI-X vectors.
+fn enable_msix(dev: &Device) -> Result<Vec<OwnedFd>, String> {
+    let efds = (0..3)
+        .map(|_| new_eventfd())
+        .collect::<Result<Vec<_>, _>>()?;
+    let fds: Vec<u8> = efds
+        .iter()
+        .flat_map(|e| e.as_raw_fd().to_ne_bytes())
+        .collect();
+    ctx(
+        dev.set_irqs(
+            MSIX_INDEX,
+            vfio::IRQ_SET_DATA_EVENTFD | vfio::IRQ_SET_ACTION_TRIGGER,
+            0,
+            3,
+            &fds,
+        ),
+        "SET_IRQS MSI-X, three eventfds",
+    )?;
+    Ok(efds)
+}
+
+/// How often each vector fired since the last look, vector 0 first.
+fn fired(efds: &[OwnedFd]) -> Result<Vec<u64>, String> {
+    efds.iter().map(eventfd_take).collect()
+}
+
+/// The mdev's MSI-X as the VF's, and the transmit interrupt through the
+/// VF's interrupt registers (expected values from the 82576 datasheet and
+/// the PCI specification).
+fn interrupts(q: &mut Queue<'_>, cap: &Capture, dst: &[u8; 6]) -> TestResult {
+    let dev = q.dev;
+    // GET_IRQ_INFO as vfio-pci answers for the VF: no INTx, no MSI, three
+    // MSI-X vectors (EVENTFD | NORESIZE).
+    for (index, want) in [(0u32, (0x9u32, 0u32)), (1, (0x9, 0)), (2, (0x9, 3))] {
+        let got = irq_info(dev, index)?;
+        ensure!(
+            got == want,
+            "IRQ index {index}: flags, count {got:?}, expected {want:?}"
+        );
+    }
+    // The configuration space: the capability list (status bit 4, pointer
+    // 0x40), MSI-X first: ID 0x11, table size 3 - 1, table in BAR3 at 0,
+    // PBA in BAR3 at 0x2000.
+    let cfg = |at: u64| ctx(dev.config32(at), &format!("config {at:#x}"));
+    ensure!(cfg(4)? & (1 << 20) != 0, "status: no capability list");
+    ensure!(
+        cfg(0x34)? & 0xff == 0x40,
+        "capabilities pointer {:#x}",
+        cfg(0x34)?
+    );
+    let want = [(0x40u64, 0x0002_0011u32), (0x44, 0x3), (0x48, 0x2003)];
+    for (at, v) in want {
+        ensure!(
+            cfg(at)? == v,
+            "MSI-X capability at {at:#x}: {:#x}, expected {v:#x}",
+            cfg(at)?
+        );
+    }
+    // Enable and function mask are writable, nothing else.
+    ctx(
+        dev.set_config32(0x40, u32::MAX),
+        "write the MSI-X capability",
+    )?;
+    ensure!(
+        cfg(0x40)? == 0xc002_0011,
+        "MSI-X control after writing ones: {:#x}",
+        cfg(0x40)?
+    );
+    ctx(dev.set_config32(0x40, 0), "clear the MSI-X control")?;
+    // BAR3 is 16 KiB; the table's 48 bytes read as ones and ignore writes,
+    // the PBA and the rest read as zeros.
+    let (_, size, _) = ctx(dev.region(BAR3), "region info BAR3")?;
+    ensure!(size == 16 << 10, "BAR3 of {size} bytes");
+    let bar3 = |at: u64| -> Result<u32, String> {
+        let mut b = [0u8; 4];
+        ctx(dev.read_at(BAR3, at, &mut b), &format!("read BAR3 {at:#x}"))?;
+        Ok(u32::from_le_bytes(b))
+    };
+    ctx(
+        dev.write_at(BAR3, 0x0c, &0u32.to_le_bytes()),
+        "write the table",
+    )?;
+    for (at, v) in [
+        (0u64, u32::MAX),
+        (0x0c, u32::MAX),
+        (0x2c, u32::MAX),
+        (0x30, 0),
+        (0x2000, 0),
+    ] {
+        ensure!(
+            bar3(at)? == v,
+            "BAR3 {at:#x}: {:#x}, expected {v:#x}",
+            bar3(at)?
+        );
+    }
+    let mut b = [0u8; 8];
+    ctx(
+        dev.read_at(BAR3, 0x2c, &mut b),
+        "read across the table's end",
+    )?;
+    ensure!(
+        b == [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0],
+        "BAR3 0x2c..0x34: {b:?}"
+    );
+
+    // The eventfds; MSI-X excludes MSI (which the VF does not have anyway)
+    // and masking through SET_IRQS is vfio-pci's ENOTTY.
+    let efds = enable_msix(dev)?;
+    expect_errno!(
+        dev.set_irqs(
+            1,
+            vfio::IRQ_SET_DATA_NONE | vfio::IRQ_SET_ACTION_TRIGGER,
+            0,
+            1,
+            &[]
+        ),
+        libc::EINVAL,
+        "MSI loopback while MSI-X is on"
+    );
+    expect_errno!(
+        dev.set_irqs(
+            MSIX_INDEX,
+            vfio::IRQ_SET_DATA_NONE | vfio::IRQ_SET_ACTION_MASK,
+            0,
+            1,
+            &[]
+        ),
+        libc::ENOTTY,
+        "mask an MSI-X vector"
+    );
+    ctx(
+        dev.set_irqs(
+            MSIX_INDEX,
+            vfio::IRQ_SET_DATA_NONE | vfio::IRQ_SET_ACTION_TRIGGER,
+            2,
+            1,
+            &[],
+        ),
+        "MSI-X loopback of vector 2",
+    )?;
+    ensure!(fired(&efds)? == [0, 0, 1], "loopback of vector 2");
+
+    let mut sent = Vec::new();
+    let mut seq = 500u32;
+    let mut send = |q: &mut Queue<'_>, sent: &mut Vec<Vec<u8>>| -> TestResult {
+        let f = frame(dst, seq, 100 + seq as usize % 50);
+        seq += 1;
+        q.send_frame(&f, seq as usize % RING_DESCS as usize, 0, 1)?;
+        sent.push(f);
+        Ok(())
+    };
+    // Routed to vector 1, enabled, auto-cleared: one message per
+    // completion, none on the other vectors, EICR left clear.
+    q.set(IVAR0, TX_TO_VECTOR1)?;
+    ensure!(
+        q.reg(IVAR0)? == TX_TO_VECTOR1,
+        "IVAR0 reads {:#x}",
+        q.reg(IVAR0)?
+    );
+    q.set(EIAC, 0x2)?;
+    q.set(EIMS, 0x2)?;
+    for _ in 0..3 {
+        send(q, &mut sent)?;
+        ensure!(
+            fired(&efds)? == [0, 1, 0],
+            "a completion with EIAC: one message on vector 1"
+        );
+    }
+    ensure!(q.reg(EICR)? == 0, "EICR after auto-clear");
+    // Without auto-clear the cause stays: the next completion sends
+    // nothing until the cause is read (EICR clears on read).
+    q.set(EIAC, 0)?;
+    send(q, &mut sent)?;
+    ensure!(fired(&efds)? == [0, 1, 0], "first completion without EIAC");
+    send(q, &mut sent)?;
+    ensure!(
+        fired(&efds)? == [0, 0, 0],
+        "a completion while the cause is still set"
+    );
+    ensure!(q.reg(EICR)? == 0x2, "EICR without auto-clear");
+    ensure!(q.reg(EICR)? == 0, "EICR after it was read");
+    send(q, &mut sent)?;
+    ensure!(
+        fired(&efds)? == [0, 1, 0],
+        "a completion after EICR was read"
+    );
+    q.set(EICR, 0x2)?;
+    // Disabled (EIMC): the cause is kept and fires once enabled again.
+    q.set(EIMC, 0x2)?;
+    ensure!(q.reg(EIMS)? == 0, "EIMS after EIMC");
+    send(q, &mut sent)?;
+    ensure!(fired(&efds)? == [0, 0, 0], "a completion while disabled");
+    q.set(EIMS, 0x2)?;
+    ensure!(fired(&efds)? == [0, 1, 0], "the pending cause when enabled");
+    q.set(EICR, 0x2)?;
+    // Auto-mask: the message disables its vector.
+    q.set(EIAM, 0x2)?;
+    send(q, &mut sent)?;
+    ensure!(fired(&efds)? == [0, 1, 0], "a completion with EIAM");
+    ensure!(
+        q.reg(EIMS)? == 0,
+        "EIMS after an auto-masked message: {:#x}",
+        q.reg(EIMS)?
+    );
+    q.set(EIAM, 0)?;
+    q.set(EICR, 0x7)?;
+    // Software causes (EICS) on vector 0 and 2.
+    q.set(EIMS, 0x5)?;
+    q.set(EICS, 0x5)?;
+    ensure!(fired(&efds)? == [1, 0, 1], "EICS of vectors 0 and 2");
+    q.set(EICR, 0x7)?;
+    // IVAR's valid bit clear: the completion raises nothing.
+    q.set(IVAR0, 0x01 << 8)?;
+    q.set(EIMS, 0x7)?;
+    send(q, &mut sent)?;
+    ensure!(fired(&efds)? == [0, 0, 0], "a completion routed nowhere");
+    ensure!(q.reg(EICR)? == 0, "EICR after a completion routed nowhere");
+    // A vector the user took the eventfd away from (as QEMU masks): the
+    // message is dropped, the others still go.
+    q.set(IVAR0, TX_TO_VECTOR1)?;
+    q.set(EIAC, 0x7)?;
+    let minus1 = (-1i32).to_ne_bytes();
+    ctx(
+        dev.set_irqs(
+            MSIX_INDEX,
+            vfio::IRQ_SET_DATA_EVENTFD | vfio::IRQ_SET_ACTION_TRIGGER,
+            1,
+            1,
+            &minus1,
+        ),
+        "vector 1 without an eventfd",
+    )?;
+    send(q, &mut sent)?;
+    q.set(EICS, 0x1)?;
+    ensure!(fired(&efds)? == [1, 0, 0], "vector 1 without its eventfd");
+    // MSI-X off: nothing is signalled, and the device goes on sending.
+    ctx(
+        dev.set_irqs(
+            MSIX_INDEX,
+            vfio::IRQ_SET_DATA_NONE | vfio::IRQ_SET_ACTION_TRIGGER,
+            0,
+            0,
+            &[],
+        ),
+        "disable MSI-X",
+    )?;
+    send(q, &mut sent)?;
+    q.set(EICS, 0x7)?;
+    ensure!(
+        fired(&efds)? == [0, 0, 0],
+        "messages after MSI-X was disabled"
+    );
+    expect_frames(cap, &sent, "frames of the interrupt steps")?;
+    println!(
+        "  MSI-X like the VF's (capability, BAR3, 3 vectors); transmit completions on the vector IVAR0 names, with EIMS/EIMC, EIAC, EIAM, EICS and EICR as the datasheet has them"
+    );
+    Ok(())
+}
+
 /// Frames queued while the source is stopped are not sent; migrated with
 /// the queue into `target` (an mdev on another VF, the same memory mapped
 /// into its container, as a VMM's guest RAM moves), they go from there when
-/// it runs, and the target's head reaches the tail.
+/// it runs, and the target's head reaches the tail. The interrupt set-up
+/// goes along: the target raises the vector the source's IVAR0 named.
 fn migrate_pending(q: &mut Queue<'_>, target: &Device, cap: &Capture, dst: &[u8; 6]) -> TestResult {
+    q.set(IVAR0, TX_TO_VECTOR1)?;
+    q.set(EIAC, 0x2)?;
+    q.set(EIMS, 0x2)?;
+    q.set(EICR, 0x7)?;
     ctx(q.dev.set_state(State::Stop.raw()), "SET STOP")?;
     let mut pending = Vec::new();
     for seq in 300..303u32 {
@@ -305,7 +600,13 @@ fn migrate_pending(q: &mut Queue<'_>, target: &Device, cap: &Capture, dst: &[u8;
     drop(fd);
     ctx(q.dev.set_state(State::Stop.raw()), "SET STOP")?;
     map(target, &q.mem)?;
+    let efds = enable_msix(target)?;
     load_into(target, &stream)?;
+    for (r, v) in [(IVAR0, TX_TO_VECTOR1), (EIAC, 0x2), (EIMS, 0x2)] {
+        let got = ctx(target.read_reg(r), "read the target's interrupt registers")?;
+        ensure!(got == v, "the target's {r:#x}: {got:#x}, expected {v:#x}");
+    }
+    ensure!(fired(&efds)? == [0, 0, 0], "the target raised at load");
     ctx(
         target.set_state(State::Running.raw()),
         "SET RUNNING on the target",
@@ -313,6 +614,11 @@ fn migrate_pending(q: &mut Queue<'_>, target: &Device, cap: &Capture, dst: &[u8;
     expect_frames(cap, &pending, "pending frames sent by the target")?;
     let t = ctx(target.read_reg(TDH), "read the target's TDH")?;
     ensure!(t == q.tail, "the target's TDH {t}, tail {}", q.tail);
+    let f = fired(&efds)?;
+    ensure!(
+        f[0] == 0 && f[1] >= 1 && f[2] == 0,
+        "the target's completions: vectors fired {f:?}, expected vector 1"
+    );
     ctx(q.dev.reset(), "reset the source")?;
     println!("  3 frames queued on the stopped source went from the target after the migration");
     Ok(())
@@ -346,6 +652,7 @@ pub(crate) fn vf_tx(uuid: &str, other: &str, pf_if: &str) -> TestResult {
     }
     expect_frames(&cap, &sent, "40 frames")?;
     println!("  40 frames sent through the mdev, all captured on {pf_if} as sent");
+    interrupts(&mut q, &cap, &dst)?;
     let target = ctx(Device::open(other), "open the target mdev")?;
     migrate_pending(&mut q, &target, &cap, &dst)?;
     drop(target);
@@ -416,15 +723,20 @@ pub(crate) fn vf_tx(uuid: &str, other: &str, pf_if: &str) -> TestResult {
     );
 
     // A reset forgets the queue; so does closing the device.
+    q.set(IVAR0, TX_TO_VECTOR1)?;
+    q.set(EIMS, 0x7)?;
+    q.set(EIAC, 0x7)?;
     ctx(dev.reset(), "VFIO_DEVICE_RESET")?;
-    for r in [TDBAL, TDLEN, TDT, TXDCTL] {
+    for r in [TDBAL, TDLEN, TDT, TXDCTL, IVAR0, EIMS, EIAC] {
         ensure!(q.reg(r)? == 0, "register {r:#x} after a reset");
     }
     q.program(IOVA_RING)?;
+    q.set(IVAR0, TX_TO_VECTOR1)?;
+    q.set(EIMS, 0x7)?;
     drop(q);
     drop(dev);
     let dev = ctx(Device::open(uuid), "open the mdev again")?;
-    for r in [TDBAL, TDLEN, TDT, TXDCTL] {
+    for r in [TDBAL, TDLEN, TDT, TXDCTL, IVAR0, EIMS] {
         let v = ctx(dev.read_reg(r), "read")?;
         ensure!(v == 0, "register {r:#x} for the next user: {v:#x}");
     }
