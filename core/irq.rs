@@ -19,17 +19,21 @@
 //! - MSI (index 1, as many vectors as the device declares): each vector has
 //!   its own eventfd.
 //! - MSI-X (index 2, as many vectors as the device's MSI-X capability
-//!   declares, `NORESIZE`): each vector has its own eventfd, as for MSI.
-//!   The table and the pending-bit array are the user's to emulate, as on
-//!   vfio-pci (QEMU does): the framework hides the table's bytes of the BAR
-//!   from the vendor, and a vector the user masked has no eventfd, so what
-//!   the device raises on it is the user's pending bit. Masking through
-//!   `VFIO_IRQ_SET_ACTION_MASK` is `-ENOTTY`, as on vfio-pci.
+//!   declares): each vector has its own eventfd, as for MSI. The table and
+//!   the pending-bit array are the user's to emulate, as on vfio-pci (QEMU
+//!   does, and points a vector its guest masked at an eventfd of its own,
+//!   setting the pending bit when it fires): the framework hides the
+//!   table's bytes of the BAR from the vendor. A vector registered with
+//!   fd -1 drops what the device raises on it. Masking through
+//!   `VFIO_IRQ_SET_ACTION_MASK` is `-ENOTTY`, as on vfio-pci. Unlike
+//!   vfio-pci on a host that allocates MSI-X vectors dynamically, the index
+//!   is always `NORESIZE` (QEMU then re-enables the whole block when its
+//!   guest uses another vector).
+//! - The request channel (index 4): signalled when the mdev is removed
+//!   while the user holds it open.
 //!
 //! INTx, MSI and MSI-X exclude each other: enabling one while another is
 //! enabled is `-EINVAL`, as on vfio-pci.
-//! - The request channel (index 4): signalled when the mdev is removed
-//!   while the user holds it open.
 //!
 //! Every check and result follows Linux 6.12's vfio-pci
 //! (`vfio_set_irqs_validate_and_prepare()`, `vfio_pci_set_irqs_ioctl()` and
@@ -232,8 +236,8 @@ unsafe extern "C" fn unmask_thread(opaque: *mut c_void, _data: *mut c_void) {
 pub struct Interrupts(Arc<IrqState>);
 
 impl Interrupts {
-    /// Raises the device's interrupt: MSI vector 0 when the user enabled
-    /// MSI, else INTx. From any context: process, softirq (timers) or a
+    /// Raises the device's interrupt: vector 0 when the user enabled MSI or
+    /// MSI-X, else INTx. From any context: process, softirq (timers) or a
     /// hardware interrupt handler; it never sleeps.
     pub fn raise(&self) {
         self.raise_vector(0);
@@ -534,6 +538,11 @@ impl IrqState {
             return Err(EINVAL);
         }
         if set.data == bindings::VFIO_IRQ_SET_DATA_EVENTFD {
+            // Enabling no vector: vfio-pci's `pci_alloc_irq_vectors(1, 0)`
+            // answers `-ERANGE`.
+            if irqs.mode == Mode::None && set.count == 0 {
+                return Err(ERANGE);
+            }
             // Take every eventfd first: a bad one changes nothing.
             let mut new: [Option<EventFd>; MAX_MSI_VECTORS] = [const { None }; MAX_MSI_VECTORS];
             for (i, slot) in new.iter_mut().enumerate().take(set.count) {

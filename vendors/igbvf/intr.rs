@@ -11,9 +11,10 @@
 //! on a vector sets its EICR bit, and the vector's message is sent when its
 //! bit becomes both set in EICR and enabled in EIMS. Sending it clears the
 //! cause when the vector is in EIAC (auto-clear) and the enable when it is
-//! in EIAM (auto-mask). EICR reads clear it (as QEMU's igb models the VF's
-//! EICR) and 1s written clear those bits; EICS sets causes; EIMS sets
-//! enables, EIMC clears them.
+//! in EIAM (auto-mask). EICR reads clear it and 1s written clear those
+//! bits; EICS sets causes, and enables again those of its vectors that are
+//! in EIAM (Linux's igbvf relies on that to fire a masked vector once
+//! more); EIMS sets enables, EIMC clears them.
 
 use kernel::prelude::*;
 
@@ -79,7 +80,10 @@ impl IntrRegs {
         let active = self.active();
         let v = value & VECTOR_BITS;
         match offset {
-            EICS => self.eicr |= v,
+            EICS => {
+                self.eims |= v & self.eiam;
+                self.eicr |= v;
+            }
             EIMS => self.eims |= v,
             EIMC => self.eims &= !v,
             EIAC => self.eiac = v,

@@ -189,10 +189,11 @@ impl Msix {
         u64::from(self.vectors).div_ceil(64) * 8
     }
 
-    /// Whether `[offset, offset + len)` of the BAR touches the table.
+    /// Whether `[offset, offset + len)` of the BAR touches the table (an
+    /// empty range touches nothing).
     pub fn in_table(&self, offset: u64, len: u64) -> bool {
         let start = u64::from(self.table_offset);
-        offset < start + self.table_len() && start < offset.saturating_add(len)
+        len > 0 && offset < start + self.table_len() && start < offset.saturating_add(len)
     }
 
     /// Checks the layout against the function's BARs: a memory BAR holds

@@ -520,6 +520,8 @@ fn msix_table_window() {
     assert!(!VF_MSIX.in_table(48, 4));
     assert!(!VF_MSIX.in_table(0x2000, 8));
     assert!(VF_MSIX.in_table(0, u64::MAX));
+    assert!(!VF_MSIX.in_table(0, 0));
+    assert!(!VF_MSIX.in_table(16, 0));
     let high = Msix {
         table_offset: 0x100,
         ..VF_MSIX

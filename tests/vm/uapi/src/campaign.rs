@@ -1231,11 +1231,8 @@ fn vf_intr_case(rng: &mut StdRng, good: bool, p: &Parsed) -> Case {
     match rng.gen_range(0..3) {
         0 => {
             let i = rng.gen_range(0..w.len());
-            let outside = !masks[i];
-            let bit = (0..32)
-                .filter(|b| outside & (1 << b) != 0)
-                .nth(rng.gen_range(0..8));
-            w[i] |= 1 << bit.unwrap_or(31);
+            let outside: Vec<u32> = (0..32).filter(|b| !masks[i] & (1 << b) != 0).collect();
+            w[i] |= 1 << outside[rng.gen_range(0..outside.len())];
             recs[ii].2 = w.iter().flat_map(|v| v.to_le_bytes()).collect();
         }
         1 => {
