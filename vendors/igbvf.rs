@@ -19,7 +19,8 @@
 //!   reads as zero and ignores writes. The VF only ever reaches memory the
 //!   vendor mapped for it: its own ring and the pages of the frames of a
 //!   running round (see `Documentation/vendors/igbvf.rst`). The VF's
-//!   mailbox is the vendor's ([`mailbox`]);
+//!   mailbox is the vendor's ([`mailbox`]); the user's is an emulation of
+//!   the PF's side ([`user_mailbox`]);
 //! - BAR3 (region 3), 16 KiB like the VF's: its MSI-X table (3 vectors, at
 //!   0, the framework's) and pending-bit array (at 0x2000, reads as zero:
 //!   the user's emulation keeps what is pending).
@@ -27,8 +28,8 @@
 //! It migrates with `STOP_COPY | P2P`: the stream carries the emulated
 //! config space (the framework's record), one record with the allowed
 //! registers, read from the source VF's hardware and written into the
-//! target VF's, one with transmit queue 0 as the user programmed it and
-//! one with the interrupt registers. The `migration_version` names the
+//! target VF's, one with transmit queue 0 as the user programmed it, one
+//! with the interrupt registers and one with the user's mailbox. The `migration_version` names the
 //! hardware (VF IDs and revision, the PF's device ID) and the data format
 //! (`3.<format_minor>`), in the default format, so the default rule refuses
 //! other hardware, a source with a newer format and formats 1 and 2.
@@ -36,7 +37,8 @@
 //! Stream records (little-endian): [`TAG_REGS`]: `u32` count, then `count`
 //! pairs of `u32` offset and `u32` value, in the order of [`ALLOWED`];
 //! [`TAG_TX`]: the nine registers of transmit queue 0; [`TAG_INTR`]: EICR,
-//! EIMS, EIAC, EIAM, IVAR0, IVAR_MISC.
+//! EIMS, EIAC, EIAM, IVAR0, IVAR_MISC; [`TAG_MBX`]: the user's mailbox
+//! (16 buffer words, then its state bits).
 
 #[path = "../core/rmdev.rs"]
 pub mod rmdev;
@@ -47,6 +49,8 @@ mod intr;
 mod mailbox;
 #[path = "igbvf/tx.rs"]
 mod tx;
+#[path = "igbvf/user_mailbox.rs"]
+mod user_mailbox;
 
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
@@ -62,6 +66,7 @@ use rmdev::mdev::{self, Parent, TypeInfo};
 use rmdev::pci::{self, Bar, Binding, DeviceId, DmaFunction};
 use rmdev::version::VersionBuf;
 use tx::{TxQueue, TxRegs};
+use user_mailbox::{Request, UserMailbox};
 
 module! {
     type: IgbVfModule,
@@ -92,6 +97,8 @@ pub const TAG_REGS: u16 = 1;
 pub const TAG_TX: u16 = 2;
 /// Record tag: the interrupt registers ([`intr::RECORD_LEN`] bytes).
 pub const TAG_INTR: u16 = 3;
+/// Record tag: the user's mailbox ([`user_mailbox::RECORD_LEN`] bytes).
+pub const TAG_MBX: u16 = 4;
 /// BAR3: the MSI-X table and PBA, the size of the VF's.
 const MSIX_BAR: u32 = 3;
 const MSIX_BAR_LEN: u64 = 16 * 1024;
@@ -212,6 +219,7 @@ impl mdev::Driver for VfParent {
             ids: self.ids,
             tx <- new_mutex!(TxQueue::new(), "rmdev_igbvf:tx"),
             intr <- new_mutex!(IntrRegs::default(), "rmdev_igbvf:intr"),
+            mbx <- new_mutex!(UserMailbox::default(), "rmdev_igbvf:mbx"),
         })
     }
 
@@ -273,9 +281,12 @@ struct VfDevice {
     tx: Mutex<TxQueue>,
     #[pin]
     intr: Mutex<IntrRegs>,
+    /// The user's mailbox; taken before `tx`.
+    #[pin]
+    mbx: Mutex<UserMailbox>,
 }
 
-/// A save session: how many of the three records were sent.
+/// A save session: how many of the records were sent.
 struct VfSave {
     sent: usize,
 }
@@ -285,15 +296,33 @@ struct VfLoad {
     regs: bool,
     tx: bool,
     intr: bool,
+    mbx: bool,
 }
 
-/// The stream's records, in their order.
-const RECORDS: usize = 3;
+/// The stream's records, in their order: tag and length.
+const RECORDS: [(u16, usize); 4] = [
+    (TAG_REGS, REGS_LEN),
+    (TAG_TX, tx::RECORD_LEN),
+    (TAG_INTR, intr::RECORD_LEN),
+    (TAG_MBX, user_mailbox::RECORD_LEN),
+];
 
 impl VfDevice {
     /// Writes an allowed register, its denied bits clear.
     fn write_hw(&self, a: &Allowed, value: u32) -> Result {
         self.bar.write32(a.offset as usize, value & !a.deny)
+    }
+
+    /// The register record: every allowed register, read from the VF.
+    fn regs_record(&self, buf: &mut [u8]) -> Result {
+        let out = buf.get_mut(..REGS_LEN).ok_or(EINVAL)?;
+        out[..4].copy_from_slice(&(NR_ALLOWED as u32).to_le_bytes());
+        for (a, chunk) in ALLOWED.iter().zip(out[4..].chunks_exact_mut(8)) {
+            let value = self.bar.read32(a.offset as usize)?;
+            chunk[..4].copy_from_slice(&a.offset.to_le_bytes());
+            chunk[4..].copy_from_slice(&value.to_le_bytes());
+        }
+        Ok(())
     }
 
     /// What the transmit queue works with.
@@ -305,11 +334,34 @@ impl VfDevice {
         }
     }
 
-    /// Stops and forgets the transmit queue and the interrupt set-up.
+    /// Stops and forgets the transmit queue, the interrupt set-up and the
+    /// user's mailbox.
     fn reset_queue(&self) {
+        let mut m = self.mbx.lock();
         let mut q = self.tx.lock();
         q.reset(&self.tx_ctx());
         *self.intr.lock() = IntrRegs::default();
+        *m = UserMailbox::default();
+    }
+
+    /// The user wrote a mailbox register: a request is answered, a
+    /// `VF_RESET` after the vendor reset the VF; a reply raises the
+    /// mailbox's interrupt.
+    fn mailbox_write(&self, offset: u64, value: u32) {
+        let mut m = self.mbx.lock();
+        let replied = match m.write(offset, value) {
+            Request::None => false,
+            Request::Answered => true,
+            Request::Reset => {
+                let result = self.tx.lock().reset_vf(&self.tx_ctx());
+                m.reset_done(result)
+            }
+        };
+        drop(m);
+        if replied {
+            let sent = self.intr.lock().mailbox_done();
+            self.send(sent);
+        }
     }
 
     /// Whether doorbells are served, and if so serves what is pending.
@@ -379,6 +431,7 @@ impl Device for VfDevice {
             Some(a) if buf.len() == 4 => self.bar.read32(a.offset as usize)?,
             _ if buf.len() == 4 && TxQueue::owns(offset) => self.tx.lock().read(offset),
             _ if buf.len() == 4 && IntrRegs::owns(offset) => self.intr.lock().read(offset),
+            _ if buf.len() == 4 && UserMailbox::owns(offset) => self.mbx.lock().read(offset),
             _ => 0,
         };
         if buf.len() == 4 {
@@ -407,6 +460,10 @@ impl Device for VfDevice {
             _ if data.len() == 4 && IntrRegs::owns(offset) => {
                 let sent = self.intr.lock().write(offset, le32(data)?);
                 self.send(sent);
+                Ok(())
+            }
+            _ if data.len() == 4 && UserMailbox::owns(offset) => {
+                self.mailbox_write(offset, le32(data)?);
                 Ok(())
             }
             // Not forwarded: ignored, as absent registers are.
@@ -502,20 +559,10 @@ impl Device for VfDevice {
     }
 
     fn stop_copy_size(&self, s: Option<&VfSave>) -> StopCopySize {
-        match s.map_or(0, |s| s.sent) {
-            0 => StopCopySize {
-                bytes: REGS_LEN + tx::RECORD_LEN + intr::RECORD_LEN,
-                records: RECORDS,
-            },
-            1 => StopCopySize {
-                bytes: tx::RECORD_LEN + intr::RECORD_LEN,
-                records: 2,
-            },
-            2 => StopCopySize {
-                bytes: intr::RECORD_LEN,
-                records: 1,
-            },
-            _ => StopCopySize::default(),
+        let left = RECORDS.get(s.map_or(0, |s| s.sent)..).unwrap_or_default();
+        StopCopySize {
+            bytes: left.iter().map(|r| r.1).sum(),
+            records: left.len(),
         }
     }
 
@@ -527,40 +574,19 @@ impl Device for VfDevice {
         if phase != SavePhase::StopCopy {
             return Ok(Saved::Later);
         }
-        match s.sent {
-            0 => {}
-            1 => {
-                // The device is stopped: no round runs, the registers are
-                // what the target's queue starts from.
-                self.tx.lock().regs.to_record(buf)?;
-                s.sent = 2;
-                return Ok(Saved::Record {
-                    tag: TAG_TX,
-                    len: tx::RECORD_LEN,
-                });
-            }
-            2 => {
-                self.intr.lock().to_record(buf)?;
-                s.sent = 3;
-                return Ok(Saved::Record {
-                    tag: TAG_INTR,
-                    len: intr::RECORD_LEN,
-                });
-            }
-            _ => return Ok(Saved::Done),
+        let Some(&(tag, len)) = RECORDS.get(s.sent) else {
+            return Ok(Saved::Done);
+        };
+        // The device is stopped: no round runs, and what is saved is what
+        // the target starts from.
+        match tag {
+            TAG_TX => self.tx.lock().regs.to_record(buf)?,
+            TAG_INTR => self.intr.lock().to_record(buf)?,
+            TAG_MBX => self.mbx.lock().to_record(buf)?,
+            _ => self.regs_record(buf)?,
         }
-        let out = buf.get_mut(..REGS_LEN).ok_or(EINVAL)?;
-        out[..4].copy_from_slice(&(NR_ALLOWED as u32).to_le_bytes());
-        for (a, chunk) in ALLOWED.iter().zip(out[4..].chunks_exact_mut(8)) {
-            let value = self.bar.read32(a.offset as usize)?;
-            chunk[..4].copy_from_slice(&a.offset.to_le_bytes());
-            chunk[4..].copy_from_slice(&value.to_le_bytes());
-        }
-        s.sent = 1;
-        Ok(Saved::Record {
-            tag: TAG_REGS,
-            len: REGS_LEN,
-        })
+        s.sent += 1;
+        Ok(Saved::Record { tag, len })
     }
 
     fn load_open(&self) -> Result<VfLoad> {
@@ -568,6 +594,7 @@ impl Device for VfDevice {
             regs: false,
             tx: false,
             intr: false,
+            mbx: false,
         })
     }
 
@@ -588,6 +615,13 @@ impl Device for VfDevice {
             // sent at load.
             *self.intr.lock() = IntrRegs::from_record(payload)?;
             l.intr = true;
+            return Ok(());
+        }
+        if tag == TAG_MBX && !l.mbx {
+            // A reply the source's user had not read yet stays for the
+            // target's.
+            *self.mbx.lock() = UserMailbox::from_record(payload)?;
+            l.mbx = true;
             return Ok(());
         }
         if tag != TAG_REGS || l.regs || payload.len() != REGS_LEN {
@@ -611,7 +645,7 @@ impl Device for VfDevice {
     }
 
     fn load_finish(&self, l: VfLoad) -> Result {
-        if l.regs && l.tx && l.intr {
+        if l.regs && l.tx && l.intr && l.mbx {
             Ok(())
         } else {
             Err(EINVAL)

@@ -6,7 +6,9 @@
 # the PF's netdev: every frame as sent, in order, none extra; then the
 # refusals, a ring the device cannot read, memory unmapped under the queue,
 # frames queued on a stopped mdev migrated to an mdev on VF1 and sent from
-# there, a reset and the next user (tests/vm/uapi/src/vf_traffic.rs).
+# there, a reset and the next user; the MSI-X interrupts and the mailbox,
+# where the vendor answers VF_RESET with the MAC set here
+# (tests/vm/uapi/src/vf_traffic.rs).
 . "$(dirname "$0")/lib.sh"
 
 [ -x "$VM_TEST" ] || fail "$VM_TEST not built"
@@ -29,7 +31,10 @@ igbvf_bind_two
 M0=$(new_uuid) M1=$(new_uuid)
 sysfs_write "/sys/class/mdev_bus/${VFS[0]}/mdev_supported_types/rmdev_igbvf-vf/create" "$M0"
 sysfs_write "/sys/class/mdev_bus/${VFS[1]}/mdev_supported_types/rmdev_igbvf-vf/create" "$M1"
+# The operator's MAC address for VF0: what the mailbox must answer.
+VF0_MAC=02:52:4d:56:46:30
+ip link set "$PFIF" vf 0 mac $VF0_MAC
 klog_mark
-"$VM_TEST" vf-tx "$M0" "$M1" "$PFIF" || fail "frames through the mdev"
+"$VM_TEST" vf-tx "$M0" "$M1" "$PFIF" $VF0_MAC || fail "frames through the mdev"
 # The refused ring stopped the queue, with one line in the log.
 [ "$(klog_count 'transmit queue stopped')" -ge 1 ] || fail "no log line for the stopped queue"

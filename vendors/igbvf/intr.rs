@@ -100,7 +100,18 @@ impl IntrRegs {
     /// vector IVAR0 routes it to, if valid. Returns the vectors sent.
     #[must_use]
     pub(crate) fn tx_done(&mut self) -> u32 {
-        let entry = (self.ivar0 >> 8) & IVAR_ENTRY;
+        self.cause((self.ivar0 >> 8) & IVAR_ENTRY)
+    }
+
+    /// The PF (the vendor) answered on the mailbox: its cause goes to the
+    /// vector IVAR_MISC routes it to, if valid. Returns the vectors sent.
+    #[must_use]
+    pub(crate) fn mailbox_done(&mut self) -> u32 {
+        self.cause(self.ivar_misc & IVAR_ENTRY)
+    }
+
+    /// A cause on the vector of IVAR entry `entry`, if valid.
+    fn cause(&mut self, entry: u32) -> u32 {
         let vector = entry & 0x3;
         if entry & IVAR_VALID == 0 || u32::from(VECTORS) <= vector {
             return 0;

@@ -327,6 +327,15 @@ impl TxQueue {
         self.completed = false;
     }
 
+    /// The user asked for a VF reset (its `VF_RESET` message): the VF's
+    /// queue stops, the VF is reset and the vendor makes the handshake
+    /// with the PF, which tells the VF's MAC address. The queue's hardware
+    /// is set up again at its next round.
+    pub(crate) fn reset_vf(&mut self, cx: &Ctx<'_>) -> Result<Option<[u8; 6]>> {
+        self.stop_hw(cx);
+        self.mailbox.reset(cx.bar)
+    }
+
     /// Disables the VF's queue and bus mastering and waits until the
     /// hardware says the queue stopped; the vendor's ring is set up again
     /// at the next round. Whether or not the vendor ran it: the queue's

@@ -1139,7 +1139,7 @@ fn vf_case(rng: &mut StdRng, class: usize, p: &Parsed) -> Case {
                 mem: Vec::new(),
             },
             kind @ 1..=3 => vf_tx_case(rng, kind, p),
-            kind => vf_intr_case(rng, kind == 4, p),
+            kind => vf_small_record_case(rng, kind == 4, p),
         },
     }
 }
@@ -1205,24 +1205,34 @@ fn vf_tx_case(rng: &mut StdRng, kind: usize, p: &Parsed) -> Case {
 /// rmdev_igbvf's interrupt record (vendors/igbvf/intr.rs): tag 3, six
 /// `u32`: EICR, EIMS, EIAC, EIAM, IVAR0, IVAR_MISC.
 const VF_TAG_INTR: u16 = 3;
+/// Its user-mailbox record (vendors/igbvf/user_mailbox.rs): tag 4, the 16
+/// buffer words, then V2PMAILBOX's VFU, PFSTS and PFACK.
+const VF_TAG_MBX: u16 = 4;
 
-/// Forged interrupt records: values a user could program (from the 82576
-/// datasheet: a bit per vector, 0 to 2, in the cause and mask registers;
-/// IVAR entries of a vector number, bits 1:0, and a valid bit 7) load
-/// (`good`); one bit beyond them, or the record missing or twice, is
-/// refused.
-fn vf_intr_case(rng: &mut StdRng, good: bool, p: &Parsed) -> Case {
+/// Forged interrupt or mailbox records (`rng` picks): values a user could
+/// program (from the 82576 datasheet: a bit per vector, 0 to 2, in the
+/// cause and mask registers; IVAR entries of a vector number, bits 1:0,
+/// and a valid bit 7; any buffer words, and the mailbox bits VFU (2),
+/// PFSTS (4), PFACK (5)) load (`good`); one bit beyond them, or the record
+/// missing or twice, is refused.
+fn vf_small_record_case(rng: &mut StdRng, good: bool, p: &Parsed) -> Case {
     let forge = |recs: &[(u16, u16, Vec<u8>)]| Forge::valid(&p.version).finish(recs);
-    let Some(ii) = p.records.iter().position(|r| r.1 == VF_TAG_INTR) else {
+    let (tag, masks) = if rng.gen_bool(0.5) {
+        (VF_TAG_INTR, vec![0x7u32, 0x7, 0x7, 0x7, 0x8383_8383, 0x83])
+    } else {
+        let mut m = vec![u32::MAX; 16];
+        m.push(0x34);
+        (VF_TAG_MBX, m)
+    };
+    let Some(ii) = p.records.iter().position(|r| r.1 == tag) else {
         return refused("truncated", Vec::new());
     };
-    let masks = [0x7u32, 0x7, 0x7, 0x7, 0x8383_8383, 0x83];
     let mut w: Vec<u32> = masks.iter().map(|m| rng.gen::<u32>() & m).collect();
     let mut recs = p.records.clone();
     if good {
         recs[ii].2 = w.iter().flat_map(|v| v.to_le_bytes()).collect();
         return Case {
-            class: "interrupt registers a user could program",
+            class: "interrupt or mailbox registers a user could program",
             bytes: forge(&recs),
             expect: Expect::Loads,
             mem: Vec::new(),
@@ -1230,7 +1240,13 @@ fn vf_intr_case(rng: &mut StdRng, good: bool, p: &Parsed) -> Case {
     }
     match rng.gen_range(0..3) {
         0 => {
-            let i = rng.gen_range(0..w.len());
+            // A word with bits a user cannot set (the buffer's words take
+            // any value).
+            let i = if tag == VF_TAG_MBX {
+                w.len() - 1
+            } else {
+                rng.gen_range(0..w.len())
+            };
             let outside: Vec<u32> = (0..32).filter(|b| !masks[i] & (1 << b) != 0).collect();
             w[i] |= 1 << outside[rng.gen_range(0..outside.len())];
             recs[ii].2 = w.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -1242,7 +1258,10 @@ fn vf_intr_case(rng: &mut StdRng, good: bool, p: &Parsed) -> Case {
             recs.remove(ii);
         }
     }
-    refused("interrupt registers no user could program", forge(&recs))
+    refused(
+        "interrupt or mailbox registers no user could program",
+        forge(&recs),
+    )
 }
 
 /// `vf-stream-campaign SRC-UUID DST-UUID DST-PCI SEED COUNT`: the stream

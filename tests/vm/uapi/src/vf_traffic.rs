@@ -16,7 +16,8 @@
 //! MSI-X as the 82576 VF has it (capability, BAR3, three vectors), the
 //! transmit completion raised on the vector IVAR0 routes it to, with the
 //! VF's cause, enable, auto-clear and auto-mask registers, across the
-//! migration too.
+//! migration too; and the mailbox, where the vendor answers as the PF:
+//! the VF's MAC address the operator set, requests refused.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -54,6 +55,19 @@ const EIAC: u64 = 0x152c;
 const EIAM: u64 = 0x1530;
 const EICR: u64 = 0x1580;
 const IVAR0: u64 = 0x1700;
+const IVAR_MISC: u64 = 0x1740;
+/// The mailbox (82576 datasheet 7.8.2.9; Linux's igbvf mbx.h).
+const V2PMAILBOX: u64 = 0x0c40;
+const VMBMEM: u64 = 0x0800;
+const MBX_REQ: u32 = 1 << 0;
+const MBX_VFU: u32 = 1 << 2;
+const MBX_PFSTS: u32 = 1 << 4;
+const MBX_PFACK: u32 = 1 << 5;
+const VF_RESET: u32 = 0x01;
+const VF_SET_MAC_ADDR: u32 = 0x02;
+const VF_SET_MULTICAST: u32 = 0x03;
+const MSG_ACK: u32 = 1 << 31;
+const MSG_NACK: u32 = 1 << 30;
 /// IVAR0 routing transmit queue 0 (byte 1) to vector 1, valid.
 const TX_TO_VECTOR1: u32 = 0x81 << 8;
 /// The MSI-X interrupt index and the VF's BAR3 region.
@@ -175,6 +189,18 @@ fn frame(dst: &[u8; 6], seq: u32, len: usize) -> Vec<u8> {
     let rest = len - f.len();
     f.extend_from_slice(&pattern(u64::from(seq) + 1000, rest));
     f
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bytes: Vec<u8> = s
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("MAC {s}: {e}"))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("MAC {s}: not six bytes"))
 }
 
 /// The test's side of the queue: the mapped memory and where the tail is.
@@ -573,6 +599,90 @@ fn interrupts(q: &mut Queue<'_>, cap: &Capture, dst: &[u8; 6]) -> TestResult {
     Ok(())
 }
 
+/// Sends `msg` (word 0, then `rest`) through the mailbox as Linux's igbvf
+/// does: lock (VFU), write, request.
+fn mailbox_send(q: &Queue<'_>, msg: u32, rest: &[u32]) -> TestResult {
+    q.set(V2PMAILBOX, MBX_VFU)?;
+    q.set(VMBMEM, msg)?;
+    for (i, w) in rest.iter().enumerate() {
+        q.set(VMBMEM + 4 * (i as u64 + 1), *w)?;
+    }
+    q.set(V2PMAILBOX, MBX_REQ)
+}
+
+/// The mailbox: the vendor answers `VF_RESET` with the MAC address the
+/// operator set for the VF (`mac`, set by the test script with `ip link
+/// set <pf> vf 0 mac`), refuses every other request, raises the mailbox's
+/// vector (IVAR_MISC), and the queue goes on after the VF's reset. Leaves
+/// a refusal unread, for the migration.
+fn user_mailbox(q: &mut Queue<'_>, cap: &Capture, dst: &[u8; 6], mac: &[u8; 6]) -> TestResult {
+    let efds = enable_msix(q.dev)?;
+    ensure!(q.reg(V2PMAILBOX)? == 0, "V2PMAILBOX at first");
+    q.set(V2PMAILBOX, MBX_VFU)?;
+    ensure!(
+        q.reg(V2PMAILBOX)? == MBX_VFU,
+        "V2PMAILBOX with the buffer taken"
+    );
+    q.set(IVAR_MISC, 0x82)?;
+    q.set(EIAC, 0x4)?;
+    q.set(EIMS, 0x4)?;
+    mailbox_send(q, VF_RESET, &[])?;
+    let bits = q.reg(V2PMAILBOX)?;
+    ensure!(
+        bits == MBX_PFSTS | MBX_PFACK,
+        "V2PMAILBOX after VF_RESET: {bits:#x}, expected PFSTS | PFACK"
+    );
+    ensure!(q.reg(V2PMAILBOX)? == 0, "PFSTS and PFACK clear when read");
+    let w: Vec<u32> = (0..3)
+        .map(|i| q.reg(VMBMEM + 4 * i))
+        .collect::<Result<_, _>>()?;
+    let want = [
+        VF_RESET | MSG_ACK,
+        u32::from_le_bytes([mac[0], mac[1], mac[2], mac[3]]),
+        u32::from_le_bytes([mac[4], mac[5], 0, 0]),
+    ];
+    ensure!(
+        w == want,
+        "the reply to VF_RESET: {w:08x?}, expected {want:08x?} (the MAC the operator set)"
+    );
+    ensure!(
+        fired(&efds)? == [0, 0, 1],
+        "the reply's vector (IVAR_MISC: 2)"
+    );
+    // Another MAC address: refused, the operator's stays.
+    mailbox_send(q, VF_SET_MAC_ADDR, &[0x0403_0252, 0x0605])?;
+    ensure!(
+        q.reg(V2PMAILBOX)? == MBX_PFSTS | MBX_PFACK,
+        "V2PMAILBOX after SET_MAC_ADDR"
+    );
+    let w0 = q.reg(VMBMEM)?;
+    ensure!(
+        w0 == VF_SET_MAC_ADDR | MSG_NACK,
+        "the reply to SET_MAC_ADDR: {w0:#x}"
+    );
+    ensure!(fired(&efds)? == [0, 0, 1], "the refusal's vector");
+    // The VF was reset under the queue: the next frame goes all the same.
+    let f = frame(dst, 700, 321);
+    q.send_frame(&f, 3, 0, 1)?;
+    expect_frames(cap, &[f], "a frame after the VF_RESET")?;
+    // A refusal left unread for the migration.
+    mailbox_send(q, VF_SET_MULTICAST, &[0x0000_0001])?;
+    ctx(
+        q.dev.set_irqs(
+            MSIX_INDEX,
+            vfio::IRQ_SET_DATA_NONE | vfio::IRQ_SET_ACTION_TRIGGER,
+            0,
+            0,
+            &[],
+        ),
+        "disable MSI-X",
+    )?;
+    println!(
+        "  the mailbox: VF_RESET answered with the MAC the operator set, other requests refused, on IVAR_MISC's vector; frames go on"
+    );
+    Ok(())
+}
+
 /// Frames queued while the source is stopped are not sent; migrated with
 /// the queue into `target` (an mdev on another VF, the same memory mapped
 /// into its container, as a VMM's guest RAM moves), they go from there when
@@ -614,6 +724,13 @@ fn migrate_pending(q: &mut Queue<'_>, target: &Device, cap: &Capture, dst: &[u8;
     let efds = enable_msix(target)?;
     load_into(target, &stream)?;
     ensure!(fired(&efds)? == [0, 0, 0], "the target raised at load");
+    // The mailbox's unread reply came along.
+    let bits = ctx(target.read_reg(V2PMAILBOX), "the target's V2PMAILBOX")?;
+    let w0 = ctx(target.read_reg(VMBMEM), "the target's VMBMEM")?;
+    ensure!(
+        bits == MBX_PFSTS | MBX_PFACK && w0 == VF_SET_MULTICAST | MSG_NACK,
+        "the target's mailbox: {bits:#x}, word 0 {w0:#x}"
+    );
     // The cause came along (and this read clears it, so the target's
     // completions send vector 1 again).
     for (r, v) in [(IVAR0, TX_TO_VECTOR1), (EIAC, 0), (EIMS, 0x2), (EICR, 0x2)] {
@@ -639,7 +756,8 @@ fn migrate_pending(q: &mut Queue<'_>, target: &Device, cap: &Capture, dst: &[u8;
 
 /// `rmdev-vm-test vf-tx UUID OTHER-UUID PF-NETDEV`: OTHER-UUID is an mdev on
 /// another VF, the migration target.
-pub(crate) fn vf_tx(uuid: &str, other: &str, pf_if: &str) -> TestResult {
+pub(crate) fn vf_tx(uuid: &str, other: &str, pf_if: &str, vf_mac: &str) -> TestResult {
+    let mac = parse_mac(vf_mac)?;
     let dst = mac_of(pf_if)?;
     let cap = Capture::open(pf_if)?;
     let dev = ctx(Device::open(uuid), "open the mdev")?;
@@ -666,6 +784,7 @@ pub(crate) fn vf_tx(uuid: &str, other: &str, pf_if: &str) -> TestResult {
     expect_frames(&cap, &sent, "40 frames")?;
     println!("  40 frames sent through the mdev, all captured on {pf_if} as sent");
     interrupts(&mut q, &cap, &dst)?;
+    user_mailbox(&mut q, &cap, &dst, &mac)?;
     let target = ctx(Device::open(other), "open the target mdev")?;
     migrate_pending(&mut q, &target, &cap, &dst)?;
     drop(target);
@@ -740,7 +859,10 @@ pub(crate) fn vf_tx(uuid: &str, other: &str, pf_if: &str) -> TestResult {
     q.set(EIMS, 0x7)?;
     q.set(EIAC, 0x7)?;
     ctx(dev.reset(), "VFIO_DEVICE_RESET")?;
-    for r in [TDBAL, TDLEN, TDT, TXDCTL, IVAR0, EIMS, EIAC] {
+    mailbox_send(&q, VF_SET_MULTICAST, &[1])?;
+    for r in [
+        TDBAL, TDLEN, TDT, TXDCTL, IVAR0, EIMS, EIAC, V2PMAILBOX, VMBMEM,
+    ] {
         ensure!(q.reg(r)? == 0, "register {r:#x} after a reset");
     }
     q.program(IOVA_RING)?;

@@ -1,0 +1,158 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The user's mailbox: the PF's side of the 82576 VF mailbox, emulated by
+//! the vendor (the VF's real mailbox is the vendor's, [`super::mailbox`]).
+//!
+//! The user (a guest's igbvf driver) sees V2PMAILBOX (0x0c40) and the
+//! 16-word buffer VMBMEM (0x0800-0x083c) as on the VF: it takes the buffer
+//! (VFU), writes a message, requests (REQ), and waits for the PF's
+//! acknowledgement (PFACK) and reply (PFSTS), which a read of V2PMAILBOX
+//! clears. The vendor answers at once, in the REQ write:
+//!
+//! - `VF_RESET`: the vendor resets the VF and makes the handshake with the
+//!   PF's igb itself; the reply is `VF_RESET | ACK` with the MAC address
+//!   the operator gave the VF (`ip link set <pf> vf <n> mac ...`), or
+//!   `VF_RESET | NACK` if it has none. If the PF does not answer the
+//!   vendor (its interface is down), the user gets PFACK and no reply, as
+//!   from a PF that does not answer.
+//! - every other message (MAC, multicast, VLAN, packet size requests):
+//!   `NACK`, nothing changed; what the VF may use is the operator's.
+//!
+//! A reply raises the mailbox cause on the vector IVAR_MISC routes it to.
+
+use kernel::prelude::*;
+
+/// The registers (VF BAR0 offsets).
+pub(crate) const V2PMAILBOX: u64 = 0x0c40;
+pub(crate) const VMBMEM: u64 = 0x0800;
+const WORDS: usize = 16;
+/// V2PMAILBOX bits.
+const REQ: u32 = 1 << 0;
+const VFU: u32 = 1 << 2;
+const PFSTS: u32 = 1 << 4;
+const PFACK: u32 = 1 << 5;
+/// The bits the vendor keeps: the buffer's lock and the read-clear ones.
+const STATE_BITS: u32 = VFU | PFSTS | PFACK;
+/// Messages (word 0: type in bits 15:0, then information, then flags).
+const VF_RESET: u32 = 0x01;
+const MSG_TYPE: u32 = 0xffff;
+const MSG_ACK: u32 = 1 << 31;
+const MSG_NACK: u32 = 1 << 30;
+/// The stream record: the 16 words, then the state bits.
+pub(crate) const RECORD_LEN: usize = 4 * (WORDS + 1);
+
+/// What a REQ asks of the vendor.
+pub(crate) enum Request {
+    /// Nothing (no REQ written).
+    None,
+    /// A `VF_RESET`: the vendor resets the VF and tells
+    /// [`UserMailbox::reset_done`] what the PF said.
+    Reset,
+    /// Another message, answered already.
+    Answered,
+}
+
+/// The user's side of the mailbox.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct UserMailbox {
+    mem: [u32; WORDS],
+    /// VFU, PFSTS, PFACK.
+    bits: u32,
+}
+
+impl UserMailbox {
+    /// Whether `offset` is one of the mailbox's registers.
+    pub(crate) fn owns(offset: u64) -> bool {
+        offset == V2PMAILBOX
+            || (offset % 4 == 0 && (VMBMEM..VMBMEM + 4 * WORDS as u64).contains(&offset))
+    }
+
+    /// The user reads a register; a read of V2PMAILBOX clears PFSTS and
+    /// PFACK.
+    pub(crate) fn read(&mut self, offset: u64) -> u32 {
+        if offset == V2PMAILBOX {
+            let v = self.bits;
+            self.bits &= VFU;
+            return v;
+        }
+        self.mem.get(word(offset)).copied().unwrap_or(0)
+    }
+
+    /// The user writes a register; says what a REQ asks.
+    pub(crate) fn write(&mut self, offset: u64, value: u32) -> Request {
+        if offset != V2PMAILBOX {
+            if let Some(w) = self.mem.get_mut(word(offset)) {
+                *w = value;
+            }
+            return Request::None;
+        }
+        // VFU is a lock the user holds while the bit is written as 1.
+        self.bits = (self.bits & !VFU) | (value & VFU);
+        if value & REQ == 0 {
+            return Request::None;
+        }
+        // The PF took the message.
+        self.bits |= PFACK;
+        if self.mem[0] & MSG_TYPE == VF_RESET {
+            return Request::Reset;
+        }
+        self.mem[0] = (self.mem[0] & !(MSG_ACK | MSG_NACK)) | MSG_NACK;
+        self.bits |= PFSTS;
+        Request::Answered
+    }
+
+    /// The vendor's reset of the VF is done: `Ok(mac)` what the PF told it
+    /// (`None`: no address set), `Err` the PF did not answer (no reply).
+    /// Whether a reply is there.
+    pub(crate) fn reset_done(&mut self, result: Result<Option<[u8; 6]>>) -> bool {
+        let Ok(mac) = result else {
+            return false;
+        };
+        self.mem = [0; WORDS];
+        match mac {
+            Some(m) => {
+                self.mem[0] = VF_RESET | MSG_ACK;
+                self.mem[1] = u32::from_le_bytes([m[0], m[1], m[2], m[3]]);
+                self.mem[2] = u32::from_le_bytes([m[4], m[5], 0, 0]);
+            }
+            None => self.mem[0] = VF_RESET | MSG_NACK,
+        }
+        self.bits |= PFSTS;
+        true
+    }
+
+    /// The state as the stream carries it.
+    pub(crate) fn to_record(self, out: &mut [u8]) -> Result {
+        let out = out.get_mut(..RECORD_LEN).ok_or(EINVAL)?;
+        let (mem, bits) = out.split_at_mut(4 * WORDS);
+        for (w, chunk) in self.mem.iter().zip(mem.chunks_exact_mut(4)) {
+            chunk.copy_from_slice(&w.to_le_bytes());
+        }
+        bits.copy_from_slice(&self.bits.to_le_bytes());
+        Ok(())
+    }
+
+    /// The state from a stream record, checked: only the kept bits.
+    pub(crate) fn from_record(rec: &[u8]) -> Result<Self> {
+        if rec.len() != RECORD_LEN {
+            return Err(EINVAL);
+        }
+        let mut m = UserMailbox::default();
+        let mut words = rec
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        for w in m.mem.iter_mut() {
+            *w = words.next().ok_or(EINVAL)?;
+        }
+        m.bits = words.next().ok_or(EINVAL)?;
+        if m.bits & !STATE_BITS != 0 {
+            return Err(EINVAL);
+        }
+        Ok(m)
+    }
+}
+
+/// The buffer word at `offset` (an index past the buffer if not in it).
+fn word(offset: u64) -> usize {
+    usize::try_from(offset.wrapping_sub(VMBMEM) / 4).unwrap_or(usize::MAX)
+}
