@@ -393,6 +393,27 @@ impl VfDevice {
     }
 }
 
+/// Writes `words` little-endian at the start of `out` (a record).
+fn put_words(out: &mut [u8], words: &[u32]) -> Result {
+    let out = out.get_mut(..4 * words.len()).ok_or(EINVAL)?;
+    for (w, chunk) in words.iter().zip(out.chunks_exact_mut(4)) {
+        chunk.copy_from_slice(&w.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// The `N` little-endian words of a record of exactly `4 * N` bytes.
+fn get_words<const N: usize>(rec: &[u8]) -> Result<[u32; N]> {
+    if rec.len() != 4 * N {
+        return Err(EINVAL);
+    }
+    let mut w = [0u32; N];
+    for (v, chunk) in w.iter_mut().zip(rec.chunks_exact(4)) {
+        *v = le32(chunk)?;
+    }
+    Ok(w)
+}
+
 fn le32(b: &[u8]) -> Result<u32> {
     let b: [u8; 4] = b.try_into().map_err(|_| EINVAL)?;
     Ok(u32::from_le_bytes(b))

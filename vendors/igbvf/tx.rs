@@ -141,23 +141,13 @@ impl TxRegs {
             self.tdwbal,
             self.tdwbah,
         ];
-        let out = out.get_mut(..RECORD_LEN).ok_or(EINVAL)?;
-        for (w, chunk) in words.iter().zip(out.chunks_exact_mut(4)) {
-            chunk.copy_from_slice(&w.to_le_bytes());
-        }
-        Ok(())
+        super::put_words(out, &words)
     }
 
     /// The registers from a stream record, checked: values a user could
     /// have written (masks), head and tail inside the ring.
     pub(crate) fn from_record(rec: &[u8]) -> Result<Self> {
-        if rec.len() != RECORD_LEN {
-            return Err(EINVAL);
-        }
-        let mut w = [0u32; 9];
-        for (v, chunk) in w.iter_mut().zip(rec.chunks_exact(4)) {
-            *v = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        }
+        let w: [u32; RECORD_LEN / 4] = super::get_words(rec)?;
         let r = TxRegs {
             tdbal: w[0],
             tdbah: w[1],

@@ -123,28 +123,18 @@ impl UserMailbox {
 
     /// The state as the stream carries it.
     pub(crate) fn to_record(self, out: &mut [u8]) -> Result {
-        let out = out.get_mut(..RECORD_LEN).ok_or(EINVAL)?;
-        let (mem, bits) = out.split_at_mut(4 * WORDS);
-        for (w, chunk) in self.mem.iter().zip(mem.chunks_exact_mut(4)) {
-            chunk.copy_from_slice(&w.to_le_bytes());
-        }
-        bits.copy_from_slice(&self.bits.to_le_bytes());
-        Ok(())
+        let mut words = [0u32; WORDS + 1];
+        words[..WORDS].copy_from_slice(&self.mem);
+        words[WORDS] = self.bits;
+        super::put_words(out, &words)
     }
 
     /// The state from a stream record, checked: only the kept bits.
     pub(crate) fn from_record(rec: &[u8]) -> Result<Self> {
-        if rec.len() != RECORD_LEN {
-            return Err(EINVAL);
-        }
+        let w: [u32; WORDS + 1] = super::get_words(rec)?;
         let mut m = UserMailbox::default();
-        let mut words = rec
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
-        for w in m.mem.iter_mut() {
-            *w = words.next().ok_or(EINVAL)?;
-        }
-        m.bits = words.next().ok_or(EINVAL)?;
+        m.mem.copy_from_slice(&w[..WORDS]);
+        m.bits = w[WORDS];
         if m.bits & !STATE_BITS != 0 {
             return Err(EINVAL);
         }
