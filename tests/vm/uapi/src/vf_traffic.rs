@@ -858,8 +858,8 @@ pub(crate) fn vf_tx(uuid: &str, other: &str, pf_if: &str, vf_mac: &str) -> TestR
     q.set(IVAR0, TX_TO_VECTOR1)?;
     q.set(EIMS, 0x7)?;
     q.set(EIAC, 0x7)?;
-    ctx(dev.reset(), "VFIO_DEVICE_RESET")?;
     mailbox_send(&q, VF_SET_MULTICAST, &[1])?;
+    ctx(dev.reset(), "VFIO_DEVICE_RESET")?;
     for r in [
         TDBAL, TDLEN, TDT, TXDCTL, IVAR0, EIMS, EIAC, V2PMAILBOX, VMBMEM,
     ] {
