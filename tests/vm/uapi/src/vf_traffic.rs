@@ -868,14 +868,15 @@ pub(crate) fn vf_tx(uuid: &str, other: &str, pf_if: &str, vf_mac: &str) -> TestR
     q.program(IOVA_RING)?;
     q.set(IVAR0, TX_TO_VECTOR1)?;
     q.set(EIMS, 0x7)?;
+    mailbox_send(&q, VF_SET_MULTICAST, &[1])?;
     drop(q);
     drop(dev);
     let dev = ctx(Device::open(uuid), "open the mdev again")?;
-    for r in [TDBAL, TDLEN, TDT, TXDCTL, IVAR0, EIMS] {
+    for r in [TDBAL, TDLEN, TDT, TXDCTL, IVAR0, EIMS, V2PMAILBOX, VMBMEM] {
         let v = ctx(dev.read_reg(r), "read")?;
         ensure!(v == 0, "register {r:#x} for the next user: {v:#x}");
     }
     expect_frames(&cap, &[], "after reset and close")?;
-    println!("  a reset and the next user see no transmit state");
+    println!("  a reset and the next user see no transmit, interrupt or mailbox state");
     Ok(())
 }
