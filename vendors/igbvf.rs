@@ -344,34 +344,53 @@ impl VfDevice {
         *m = UserMailbox::default();
     }
 
-    /// The user wrote a mailbox register: a request is answered, a
-    /// `VF_RESET` after the vendor reset the VF; a reply raises the
-    /// mailbox's interrupt.
+    /// The user wrote a mailbox register: a request it posted is answered
+    /// if the device runs.
     fn mailbox_write(&self, offset: u64, value: u32) {
         let mut m = self.mbx.lock();
-        let replied = match m.write(offset, value) {
+        if m.write(offset, value) {
+            self.mailbox_serve(&mut m);
+        }
+    }
+
+    /// Answers the mailbox's pending request, if the device runs (else it
+    /// waits until it runs again): a `VF_RESET` after the vendor reset
+    /// the VF, anything else refused; a reply raises the mailbox's
+    /// interrupt. Called with the mailbox's lock, which a reset takes too.
+    fn mailbox_serve(&self, m: &mut UserMailbox) {
+        let mut q = self.tx.lock();
+        if !q.running {
+            return;
+        }
+        let replied = match m.take_request() {
             Request::None => false,
-            Request::Answered => true,
+            Request::Other => m.refuse(),
             Request::Reset => {
-                let result = self.tx.lock().reset_vf(&self.tx_ctx());
+                let result = q.reset_vf(&self.tx_ctx());
                 m.reset_done(result)
             }
         };
-        drop(m);
+        drop(q);
         if replied {
             let sent = self.intr.lock().mailbox_done();
             self.send(sent);
         }
     }
 
-    /// Whether doorbells are served, and if so serves what is pending.
+    /// Whether doorbells and the mailbox are served, and if so serves what
+    /// is pending.
     fn set_running(&self, running: bool) {
-        let mut q = self.tx.lock();
-        q.running = running;
-        if running {
+        {
+            let mut q = self.tx.lock();
+            q.running = running;
+            if !running {
+                return;
+            }
             q.kick(&self.tx_ctx());
             self.tx_completions(&mut q);
         }
+        let mut m = self.mbx.lock();
+        self.mailbox_serve(&mut m);
     }
 
     /// Raises the transmit queue's interrupt if a round completed

@@ -34,6 +34,8 @@ sysfs_write "/sys/class/mdev_bus/${VFS[1]}/mdev_supported_types/rmdev_igbvf-vf/c
 # The operator's MAC address for VF0: what the mailbox must answer.
 VF0_MAC=02:52:4d:56:46:30
 ip link set "$PFIF" vf 0 mac $VF0_MAC
+# VF1, the migration target, has none.
+ip link set "$PFIF" vf 1 mac 00:00:00:00:00:00
 klog_mark
 "$VM_TEST" vf-tx "$M0" "$M1" "$PFIF" $VF0_MAC || fail "frames through the mdev"
 # The refused ring stopped the queue, with one line in the log.

@@ -26,6 +26,7 @@
 
 use kernel::prelude::*;
 use kernel::sync::Arc;
+use kernel::time::Ktime;
 
 use super::mailbox::Mailbox;
 use super::rmdev::device::{GuestMemory, Pinned};
@@ -81,6 +82,9 @@ const MAX_ROUND_FRAMES: usize = 32;
 const OTHER_QUEUES: [usize; 3] = [0x2828, 0x2928, 0x3928];
 /// The page size of pins.
 const PAGE: u64 = super::rmdev::dma::PAGE_SIZE;
+/// The shortest time between two of the user's VF resets that reach the
+/// hardware, in ms.
+const RESET_INTERVAL_MS: i64 = 1000;
 /// How long the hardware may take for a round, in ms.
 const HW_TIMEOUT_MS: u32 = 200;
 
@@ -206,6 +210,9 @@ pub(crate) struct TxQueue {
     /// A completion (DD) was written back since the owner last asked: the
     /// queue's interrupt cause.
     completed: bool,
+    /// The user's last `VF_RESET` that reached the hardware: when (ms) and
+    /// what the PF answered.
+    last_handshake: Option<(i64, Option<[u8; 6]>)>,
 }
 
 /// What the queue works with.
@@ -239,6 +246,7 @@ impl TxQueue {
             mailbox: Mailbox::default(),
             stopped_once: false,
             completed: false,
+            last_handshake: None,
         }
     }
 
@@ -315,15 +323,27 @@ impl TxQueue {
         self.running = true;
         self.stopped_once = false;
         self.completed = false;
+        self.last_handshake = None;
     }
 
     /// The user asked for a VF reset (its `VF_RESET` message): the VF's
     /// queue stops, the VF is reset and the vendor makes the handshake
     /// with the PF, which tells the VF's MAC address. The queue's hardware
     /// is set up again at its next round.
+    /// At most one a second: one asked again sooner is answered with the
+    /// last one's result, the hardware untouched (a user's storm of resets
+    /// does not become one of the PF's).
     pub(crate) fn reset_vf(&mut self, cx: &Ctx<'_>) -> Result<Option<[u8; 6]>> {
+        let now = Ktime::ktime_get().to_ms();
+        if let Some((at, mac)) = self.last_handshake {
+            if (0..RESET_INTERVAL_MS).contains(&(now - at)) {
+                return Ok(mac);
+            }
+        }
         self.stop_hw(cx);
-        self.mailbox.reset(cx.bar)
+        let mac = self.mailbox.reset(cx.bar)?;
+        self.last_handshake = Some((now, mac));
+        Ok(mac)
     }
 
     /// Disables the VF's queue and bus mastering and waits until the

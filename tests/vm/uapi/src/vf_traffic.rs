@@ -68,6 +68,8 @@ const VF_SET_MAC_ADDR: u32 = 0x02;
 const VF_SET_MULTICAST: u32 = 0x03;
 const MSG_ACK: u32 = 1 << 31;
 const MSG_NACK: u32 = 1 << 30;
+const MSG_CTS: u32 = 1 << 29;
+const VF_SET_VLAN: u32 = 0x04;
 /// IVAR0 routing transmit queue 0 (byte 1) to vector 1, valid.
 const TX_TO_VECTOR1: u32 = 0x81 << 8;
 /// The MSI-X interrupt index and the VF's BAR3 region.
@@ -626,6 +628,18 @@ fn user_mailbox(q: &mut Queue<'_>, cap: &Capture, dst: &[u8; 6], mac: &[u8; 6]) 
     q.set(IVAR_MISC, 0x82)?;
     q.set(EIAC, 0x4)?;
     q.set(EIMS, 0x4)?;
+    // Before any VF_RESET: refused, without CTS.
+    mailbox_send(q, VF_SET_MULTICAST, &[1])?;
+    ensure!(
+        q.reg(V2PMAILBOX)? == MBX_PFSTS | MBX_PFACK,
+        "V2PMAILBOX after a request"
+    );
+    let w0 = q.reg(VMBMEM)?;
+    ensure!(
+        w0 == VF_SET_MULTICAST | MSG_NACK,
+        "the reply to a request before VF_RESET: {w0:#x}"
+    );
+    ensure!(fired(&efds)? == [0, 0, 1], "the first reply's vector");
     mailbox_send(q, VF_RESET, &[])?;
     let bits = q.reg(V2PMAILBOX)?;
     ensure!(
@@ -657,16 +671,38 @@ fn user_mailbox(q: &mut Queue<'_>, cap: &Capture, dst: &[u8; 6], mac: &[u8; 6]) 
     );
     let w0 = q.reg(VMBMEM)?;
     ensure!(
-        w0 == VF_SET_MAC_ADDR | MSG_NACK,
+        w0 == VF_SET_MAC_ADDR | MSG_NACK | MSG_CTS,
         "the reply to SET_MAC_ADDR: {w0:#x}"
     );
     ensure!(fired(&efds)? == [0, 0, 1], "the refusal's vector");
+    // A reply sent back (ACK set): taken (PFACK), not answered.
+    q.set(V2PMAILBOX, MBX_VFU)?;
+    q.set(VMBMEM, VF_RESET | MSG_ACK)?;
+    q.set(V2PMAILBOX, MBX_REQ)?;
+    ensure!(
+        q.reg(V2PMAILBOX)? == MBX_PFACK,
+        "V2PMAILBOX after a message carrying ACK"
+    );
+    ensure!(
+        fired(&efds)? == [0, 0, 0],
+        "a message carrying ACK answered"
+    );
+    // VF_RESET again at once: the same MAC (the operator's stayed; the
+    // answer comes from the last handshake, less than a second old).
+    mailbox_send(q, VF_RESET, &[])?;
+    ensure!(
+        q.reg(V2PMAILBOX)? == MBX_PFSTS | MBX_PFACK,
+        "V2PMAILBOX after VF_RESET again"
+    );
+    let again: Vec<u32> = (0..3)
+        .map(|i| q.reg(VMBMEM + 4 * i))
+        .collect::<Result<_, _>>()?;
+    ensure!(again == want, "the second reply to VF_RESET: {again:08x?}");
+    ensure!(fired(&efds)? == [0, 0, 1], "the second reply's vector");
     // The VF was reset under the queue: the next frame goes all the same.
     let f = frame(dst, 700, 321);
     q.send_frame(&f, 3, 0, 1)?;
     expect_frames(cap, &[f], "a frame after the VF_RESET")?;
-    // A refusal left unread for the migration.
-    mailbox_send(q, VF_SET_MULTICAST, &[0x0000_0001])?;
     ctx(
         q.dev.set_irqs(
             MSIX_INDEX,
@@ -699,6 +735,14 @@ fn migrate_pending(q: &mut Queue<'_>, target: &Device, cap: &Capture, dst: &[u8;
     q.set(EIMS, 0x2)?;
     q.set(EICS, 0x2)?;
     ctx(q.dev.set_state(State::Stop.raw()), "SET STOP")?;
+    // A mailbox request while stopped: taken (PFACK), answered only when
+    // the device runs again, here on the target.
+    mailbox_send(q, VF_SET_VLAN, &[0x0000_0005])?;
+    let w0 = q.reg(VMBMEM)?;
+    ensure!(
+        w0 == VF_SET_VLAN,
+        "a request answered while stopped: {w0:#x}"
+    );
     let mut pending = Vec::new();
     for seq in 300..303u32 {
         let f = frame(dst, seq, 500 + seq as usize);
@@ -724,13 +768,7 @@ fn migrate_pending(q: &mut Queue<'_>, target: &Device, cap: &Capture, dst: &[u8;
     let efds = enable_msix(target)?;
     load_into(target, &stream)?;
     ensure!(fired(&efds)? == [0, 0, 0], "the target raised at load");
-    // The mailbox's unread reply came along.
-    let bits = ctx(target.read_reg(V2PMAILBOX), "the target's V2PMAILBOX")?;
-    let w0 = ctx(target.read_reg(VMBMEM), "the target's VMBMEM")?;
-    ensure!(
-        bits == MBX_PFSTS | MBX_PFACK && w0 == VF_SET_MULTICAST | MSG_NACK,
-        "the target's mailbox: {bits:#x}, word 0 {w0:#x}"
-    );
+
     // The cause came along (and this read clears it, so the target's
     // completions send vector 1 again).
     for (r, v) in [(IVAR0, TX_TO_VECTOR1), (EIAC, 0), (EIMS, 0x2), (EICR, 0x2)] {
@@ -748,6 +786,28 @@ fn migrate_pending(q: &mut Queue<'_>, target: &Device, cap: &Capture, dst: &[u8;
     ensure!(
         f[0] == 0 && f[1] >= 1 && f[2] == 0,
         "the target's completions: vectors fired {f:?}, expected vector 1"
+    );
+    // The source's pending request came along and is answered now, with
+    // CTS (the source's VF_RESET was answered).
+    let bits = ctx(target.read_reg(V2PMAILBOX), "the target's V2PMAILBOX")?;
+    let w0 = ctx(target.read_reg(VMBMEM), "the target's VMBMEM")?;
+    ensure!(
+        bits == MBX_PFSTS | MBX_PFACK && w0 == VF_SET_VLAN | MSG_NACK | MSG_CTS,
+        "the target's mailbox: {bits:#x}, word 0 {w0:#x}"
+    );
+    // The target's VF has no MAC address (the script cleared it): its
+    // VF_RESET is answered with NACK.
+    for (r, v) in [
+        (V2PMAILBOX, MBX_VFU),
+        (VMBMEM, VF_RESET),
+        (V2PMAILBOX, MBX_REQ),
+    ] {
+        ctx(target.write_reg(r, v), "the target's mailbox")?;
+    }
+    let w0 = ctx(target.read_reg(VMBMEM), "the target's VMBMEM")?;
+    ensure!(
+        w0 == VF_RESET | MSG_NACK,
+        "the reply to VF_RESET on a VF without a MAC: {w0:#x}"
     );
     ctx(q.dev.reset(), "reset the source")?;
     println!("  3 frames queued on the stopped source went from the target after the migration");
