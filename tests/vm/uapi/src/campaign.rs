@@ -1206,14 +1206,15 @@ fn vf_tx_case(rng: &mut StdRng, kind: usize, p: &Parsed) -> Case {
 /// `u32`: EICR, EIMS, EIAC, EIAM, IVAR0, IVAR_MISC.
 const VF_TAG_INTR: u16 = 3;
 /// Its user-mailbox record (vendors/igbvf/user_mailbox.rs): tag 4, the 16
-/// buffer words, then V2PMAILBOX's VFU, PFSTS and PFACK.
+/// buffer words, then V2PMAILBOX's VFU, PFSTS and PFACK with the vendor's
+/// bits 16 (a request waits) and 17 (replies carry CTS).
 const VF_TAG_MBX: u16 = 4;
 
 /// Forged interrupt or mailbox records (`rng` picks): values a user could
 /// program (from the 82576 datasheet: a bit per vector, 0 to 2, in the
 /// cause and mask registers; IVAR entries of a vector number, bits 1:0,
 /// and a valid bit 7; any buffer words, and the mailbox bits VFU (2),
-/// PFSTS (4), PFACK (5)) load (`good`); one bit beyond them, or the record
+/// PFSTS (4), PFACK (5), 16 and 17) load (`good`); one bit beyond them, or the record
 /// missing or twice, is refused.
 fn vf_small_record_case(rng: &mut StdRng, good: bool, p: &Parsed) -> Case {
     let forge = |recs: &[(u16, u16, Vec<u8>)]| Forge::valid(&p.version).finish(recs);
@@ -1221,7 +1222,7 @@ fn vf_small_record_case(rng: &mut StdRng, good: bool, p: &Parsed) -> Case {
         (VF_TAG_INTR, vec![0x7u32, 0x7, 0x7, 0x7, 0x8383_8383, 0x83])
     } else {
         let mut m = vec![u32::MAX; 16];
-        m.push(0x34);
+        m.push(0x0003_0034);
         (VF_TAG_MBX, m)
     };
     let Some(ii) = p.records.iter().position(|r| r.1 == tag) else {
