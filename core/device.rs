@@ -85,8 +85,8 @@ pub struct PciConfig {
     /// interrupt index, and keeps the table's bytes from the vendor: as on
     /// vfio-pci, the user reads them as all ones and its writes are
     /// dropped (QEMU emulates the table and the PBA itself and masks a
-    /// vector by taking its eventfd away). The vendor serves the rest of
-    /// the BAR, the PBA included.
+    /// vector by pointing it at an eventfd of its own). The vendor serves
+    /// the rest of the BAR, the PBA included.
     pub msix: Option<Msix>,
 }
 

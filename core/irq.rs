@@ -245,8 +245,9 @@ impl Interrupts {
 
     /// Raises MSI or MSI-X vector `vector`, whichever the user enabled
     /// (INTx for any vector otherwise, as a function that falls back to its
-    /// pin does). A vector without an eventfd (the user masked it) is
-    /// dropped: the user keeps its pending bits.
+    /// pin does). A vector the user registered without an eventfd (fd -1)
+    /// drops it; QEMU masks a vector by pointing it at an eventfd of its
+    /// own, which sets the pending bit it emulates.
     pub fn raise_vector(&self, vector: u32) {
         let mut irqs = self.0.inner.lock();
         match irqs.mode {
