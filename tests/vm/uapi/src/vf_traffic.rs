@@ -603,13 +603,14 @@ fn interrupts(q: &mut Queue<'_>, cap: &Capture, dst: &[u8; 6]) -> TestResult {
 
 /// Sends `msg` (word 0, then `rest`) through the mailbox as Linux's igbvf
 /// does: lock (VFU), write, request.
-fn mailbox_send(q: &Queue<'_>, msg: u32, rest: &[u32]) -> TestResult {
-    q.set(V2PMAILBOX, MBX_VFU)?;
-    q.set(VMBMEM, msg)?;
+fn mailbox_send(dev: &Device, msg: u32, rest: &[u32]) -> TestResult {
+    let set = |r: u64, v: u32| ctx(dev.write_reg(r, v), &format!("write register {r:#x}"));
+    set(V2PMAILBOX, MBX_VFU)?;
+    set(VMBMEM, msg)?;
     for (i, w) in rest.iter().enumerate() {
-        q.set(VMBMEM + 4 * (i as u64 + 1), *w)?;
+        set(VMBMEM + 4 * (i as u64 + 1), *w)?;
     }
-    q.set(V2PMAILBOX, MBX_REQ)
+    set(V2PMAILBOX, MBX_REQ)
 }
 
 /// The mailbox: the vendor answers `VF_RESET` with the MAC address the
@@ -629,7 +630,7 @@ fn user_mailbox(q: &mut Queue<'_>, cap: &Capture, dst: &[u8; 6], mac: &[u8; 6]) 
     q.set(EIAC, 0x4)?;
     q.set(EIMS, 0x4)?;
     // Before any VF_RESET: refused, without CTS.
-    mailbox_send(q, VF_SET_MULTICAST, &[1])?;
+    mailbox_send(q.dev, VF_SET_MULTICAST, &[1])?;
     ensure!(
         q.reg(V2PMAILBOX)? == MBX_PFSTS | MBX_PFACK,
         "V2PMAILBOX after a request"
@@ -640,7 +641,7 @@ fn user_mailbox(q: &mut Queue<'_>, cap: &Capture, dst: &[u8; 6], mac: &[u8; 6]) 
         "the reply to a request before VF_RESET: {w0:#x}"
     );
     ensure!(fired(&efds)? == [0, 0, 1], "the first reply's vector");
-    mailbox_send(q, VF_RESET, &[])?;
+    mailbox_send(q.dev, VF_RESET, &[])?;
     let bits = q.reg(V2PMAILBOX)?;
     ensure!(
         bits == MBX_PFSTS | MBX_PFACK,
@@ -664,7 +665,7 @@ fn user_mailbox(q: &mut Queue<'_>, cap: &Capture, dst: &[u8; 6], mac: &[u8; 6]) 
         "the reply's vector (IVAR_MISC: 2)"
     );
     // Another MAC address: refused, the operator's stays.
-    mailbox_send(q, VF_SET_MAC_ADDR, &[0x0403_0252, 0x0605])?;
+    mailbox_send(q.dev, VF_SET_MAC_ADDR, &[0x0403_0252, 0x0605])?;
     ensure!(
         q.reg(V2PMAILBOX)? == MBX_PFSTS | MBX_PFACK,
         "V2PMAILBOX after SET_MAC_ADDR"
@@ -676,9 +677,7 @@ fn user_mailbox(q: &mut Queue<'_>, cap: &Capture, dst: &[u8; 6], mac: &[u8; 6]) 
     );
     ensure!(fired(&efds)? == [0, 0, 1], "the refusal's vector");
     // A reply sent back (ACK set): taken (PFACK), not answered.
-    q.set(V2PMAILBOX, MBX_VFU)?;
-    q.set(VMBMEM, VF_RESET | MSG_ACK)?;
-    q.set(V2PMAILBOX, MBX_REQ)?;
+    mailbox_send(q.dev, VF_RESET | MSG_ACK, &[])?;
     ensure!(
         q.reg(V2PMAILBOX)? == MBX_PFACK,
         "V2PMAILBOX after a message carrying ACK"
@@ -689,7 +688,7 @@ fn user_mailbox(q: &mut Queue<'_>, cap: &Capture, dst: &[u8; 6], mac: &[u8; 6]) 
     );
     // VF_RESET again at once: the same MAC (the operator's stayed; the
     // answer comes from the last handshake, less than a second old).
-    mailbox_send(q, VF_RESET, &[])?;
+    mailbox_send(q.dev, VF_RESET, &[])?;
     ensure!(
         q.reg(V2PMAILBOX)? == MBX_PFSTS | MBX_PFACK,
         "V2PMAILBOX after VF_RESET again"
@@ -737,7 +736,7 @@ fn migrate_pending(q: &mut Queue<'_>, target: &Device, cap: &Capture, dst: &[u8;
     ctx(q.dev.set_state(State::Stop.raw()), "SET STOP")?;
     // A mailbox request while stopped: taken (PFACK), answered only when
     // the device runs again, here on the target.
-    mailbox_send(q, VF_SET_VLAN, &[0x0000_0005])?;
+    mailbox_send(q.dev, VF_SET_VLAN, &[0x0000_0005])?;
     let w0 = q.reg(VMBMEM)?;
     ensure!(
         w0 == VF_SET_VLAN,
@@ -797,13 +796,7 @@ fn migrate_pending(q: &mut Queue<'_>, target: &Device, cap: &Capture, dst: &[u8;
     );
     // The target's VF has no MAC address (the script cleared it): its
     // VF_RESET is answered with NACK.
-    for (r, v) in [
-        (V2PMAILBOX, MBX_VFU),
-        (VMBMEM, VF_RESET),
-        (V2PMAILBOX, MBX_REQ),
-    ] {
-        ctx(target.write_reg(r, v), "the target's mailbox")?;
-    }
+    mailbox_send(target, VF_RESET, &[])?;
     let w0 = ctx(target.read_reg(VMBMEM), "the target's VMBMEM")?;
     ensure!(
         w0 == VF_RESET | MSG_NACK,
@@ -918,7 +911,7 @@ pub(crate) fn vf_tx(uuid: &str, other: &str, pf_if: &str, vf_mac: &str) -> TestR
     q.set(IVAR0, TX_TO_VECTOR1)?;
     q.set(EIMS, 0x7)?;
     q.set(EIAC, 0x7)?;
-    mailbox_send(&q, VF_SET_MULTICAST, &[1])?;
+    mailbox_send(q.dev, VF_SET_MULTICAST, &[1])?;
     ctx(dev.reset(), "VFIO_DEVICE_RESET")?;
     for r in [
         TDBAL, TDLEN, TDT, TXDCTL, IVAR0, EIMS, EIAC, V2PMAILBOX, VMBMEM,
@@ -928,7 +921,7 @@ pub(crate) fn vf_tx(uuid: &str, other: &str, pf_if: &str, vf_mac: &str) -> TestR
     q.program(IOVA_RING)?;
     q.set(IVAR0, TX_TO_VECTOR1)?;
     q.set(EIMS, 0x7)?;
-    mailbox_send(&q, VF_SET_MULTICAST, &[1])?;
+    mailbox_send(q.dev, VF_SET_MULTICAST, &[1])?;
     drop(q);
     drop(dev);
     let dev = ctx(Device::open(uuid), "open the mdev again")?;
