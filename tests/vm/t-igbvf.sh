@@ -247,7 +247,7 @@ hold_then() {
 	grep -q "released on request" $log || fail "holder not asked: $(cat $log)"
 }
 
-note "resources: 100 create/open/migrate/close/remove cycles VF0 -> VF1"
+note "resources: 40 create/open/migrate/close/remove cycles VF0 -> VF1"
 sysfs_write /sys/bus/mdev/devices/$M0/remove 1
 sysfs_write /sys/bus/mdev/devices/$M1/remove 1
 # Teardown races first: 15 rounds each of a VF1 mdev removed, and of VF1
@@ -256,7 +256,7 @@ sysfs_write /sys/bus/mdev/devices/$M1/remove 1
 "$VM_TEST" teardown-campaign "$(types_of $VF1)" "$seed" 15 || fail "teardown campaign (remove), seed $seed"
 "$VM_TEST" teardown-campaign "$(types_of $VF1)" "$seed" 15 unbind "$VF1" ||
 	fail "teardown campaign (unbind), seed $seed"
-"$VM_TEST" cycles "$(types_of $VF0)" "$(types_of $VF1)" 100 || fail "resource cycles"
+"$VM_TEST" cycles "$(types_of $VF0)" "$(types_of $VF1)" 40 || fail "resource cycles"
 sysfs_write /sys/bus/mdev/devices/$MT/remove 1
 unload_sample
 M0=$(new_vf_mdev $VF0)
@@ -287,9 +287,9 @@ for HOLD in STOP_COPY RESUMING; do
 	expect_eq "VF0 driver after rmmod" "$(driver_of $VF0)" ""
 done
 
-note "teardown: sriov_numvfs=0 with mdevs, one held in a session (4 rounds)"
+note "teardown: sriov_numvfs=0 with mdevs, one held in a session (2 rounds)"
 insmod "$IGBVF_KO"
-for HOLD in STOP_COPY RESUMING STOP_COPY RESUMING; do
+for HOLD in STOP_COPY RESUMING; do
 	[ -e /sys/bus/pci/devices/$VF0 ] || make_vfs
 	two_mdevs
 	hold_then sysfs_write /sys/bus/pci/devices/$PF/sriov_numvfs 0
@@ -297,8 +297,8 @@ for HOLD in STOP_COPY RESUMING STOP_COPY RESUMING; do
 	[ ! -e /sys/bus/pci/devices/$VF0 ] || fail "VF0 still there"
 done
 
-note "teardown: rmmod igb (the PF driver) with mdevs, one held in a session (3 rounds), modprobe igb between"
-for HOLD in STOP_COPY RESUMING STOP_COPY; do
+note "teardown: rmmod igb (the PF driver) with mdevs, one held in a session (2 rounds), modprobe igb between"
+for HOLD in STOP_COPY RESUMING; do
 	[ -e /sys/bus/pci/devices/$VF0 ] || make_vfs
 	two_mdevs
 	hold_then rmmod igb

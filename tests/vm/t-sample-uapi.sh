@@ -12,7 +12,7 @@
 # pins, the dirty log and unmaps under a pin, on type1 and iommufd); the 256 MiB
 # migration; with mtty and rmdev_igbvf loaded alongside, 10,000 hostile
 # streams, 20,000 random ioctls, 50 rounds of races, 30 of teardown races
-# and 100 create-to-remove cycles. Then the envelope's bounds on the
+# and 40 create-to-remove cycles. Then the envelope's bounds on the
 # vendor's record size, the rate limit of the messages a user can trigger
 # at will, and a device without migration.
 . "$(dirname "$0")/lib.sh"
@@ -69,8 +69,8 @@ note "stream campaign seed $seed (replay: RMDEV_SEED=$seed tools/lab test t-samp
 # hammers its data FDs and migration_version, closing when asked.
 "$VM_TEST" teardown-campaign $SAMPLE_TYPES/rmdev_sample-16k "$seed" 30 ||
 	fail "teardown campaign, seed $seed"
-# 100 create/open/migrate/close/remove cycles: kernel memory measured.
-"$VM_TEST" cycles $SAMPLE_TYPES/rmdev_sample-16k $SAMPLE_TYPES/rmdev_sample-16k 100 ||
+# 40 create/open/migrate/close/remove cycles: kernel memory measured.
+"$VM_TEST" cycles $SAMPLE_TYPES/rmdev_sample-16k $SAMPLE_TYPES/rmdev_sample-16k 40 ||
 	fail "resource cycles"
 sysfs_write /sys/bus/mdev/devices/$mt/remove 1
 rmmod rmdev_igbvf

@@ -962,7 +962,8 @@ fn cycle(dirs: [&str; 2]) -> TestResult {
 /// `cycles SRC-TYPE-DIR DST-TYPE-DIR N`: N cycles (`cycle`) after 5 to
 /// warm the caches up.
 /// Prints the kernel's slab and vmalloc use before and after
-/// (`kernel_memory`). Vmalloc growing by more than 256 KiB fails. Slab is
+/// (`kernel_memory`). Vmalloc growing by more than 128 KiB fails (a page
+/// a cycle over 40 cycles; in the lab it moves by 0 to -32 KiB). Slab is
 /// only printed: in the lab's KASAN kernel it includes the freed objects
 /// KASAN keeps in quarantine (up to 1/32 of the memory, 128 MiB in the lab
 /// VM), so it grows with any activity until that fills. Leaks are
@@ -986,7 +987,7 @@ pub(crate) fn cycles(src: &str, dst: &str, n: &str) -> TestResult {
         before.0, after.0, before.1, after.1
     );
     let grew = after.1.saturating_sub(before.1);
-    if grew > 256 {
+    if grew > 128 {
         return Err(format!("vmalloc use grew by {grew} KiB over {n} cycles"));
     }
     Ok(())
