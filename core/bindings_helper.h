@@ -11,6 +11,7 @@
 #include <linux/eventfd.h>
 #include <linux/file.h>
 #include <linux/fs.h>
+#include <linux/interrupt.h>
 #include <linux/interval_tree.h>
 #include <linux/iova_bitmap.h>
 #include <linux/mdev.h>
@@ -32,6 +33,8 @@ const unsigned int RMDEV_EPOLLIN = EPOLLIN | EPOLLRDNORM;
 const unsigned int RMDEV_EPOLLHUP = EPOLLHUP;
 const unsigned int RMDEV_O_RDONLY = O_RDONLY;
 const unsigned int RMDEV_O_WRONLY = O_WRONLY;
+const unsigned int RMDEV_PCI_IRQ_MSIX = PCI_IRQ_MSIX;
+const unsigned long RMDEV_IRQF_ONESHOT = IRQF_ONESHOT;
 
 /* ioctl numbers: _IO() is a function-like macro bindgen cannot expand. */
 const unsigned int RMDEV_VFIO_DEVICE_GET_INFO = VFIO_DEVICE_GET_INFO;

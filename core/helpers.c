@@ -141,3 +141,34 @@ void rmdev_msleep(unsigned int ms)
 {
 	msleep(ms);
 }
+
+/*
+ * Events (core/pci.rs): wait_event_timeout() is a macro, and only it
+ * checks the condition again after queueing the waiter, so that a signal
+ * between the caller's check and its sleep is not lost.
+ */
+void rmdev_event_init(struct rmdev_event *e, const char *name)
+{
+	/* One lock class for the events of this module (as above). */
+	static struct lock_class_key key;
+
+	__init_waitqueue_head(&e->wq, name, &key);
+	atomic_set(&e->count, 0);
+}
+
+void rmdev_event_signal(struct rmdev_event *e)
+{
+	atomic_inc(&e->count);
+	wake_up_all(&e->wq);
+}
+
+int rmdev_event_count(struct rmdev_event *e)
+{
+	return atomic_read(&e->count);
+}
+
+bool rmdev_event_wait(struct rmdev_event *e, int seen, unsigned int ms)
+{
+	return wait_event_timeout(e->wq, atomic_read(&e->count) != seen,
+				  msecs_to_jiffies(ms)) != 0;
+}

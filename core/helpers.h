@@ -39,4 +39,14 @@ void *rmdev_dma_alloc_coherent(struct device *dev, size_t size, dma_addr_t *addr
 void rmdev_dma_free_coherent(struct device *dev, size_t size, void *cpu, dma_addr_t addr);
 void rmdev_msleep(unsigned int ms);
 
+/* An event a hardware interrupt signals and a driver waits for (pci.rs). */
+struct rmdev_event {
+	struct wait_queue_head wq;
+	atomic_t count;
+};
+void rmdev_event_init(struct rmdev_event *e, const char *name);
+void rmdev_event_signal(struct rmdev_event *e);
+int rmdev_event_count(struct rmdev_event *e);
+bool rmdev_event_wait(struct rmdev_event *e, int seen, unsigned int ms);
+
 #endif

@@ -26,6 +26,11 @@
 //!   mappings of pinned guest pages
 //!   ([`GuestMemory::pin_for`](super::dma::GuestMemory::pin_for)). Those
 //!   are the only addresses a vendor can learn to hand the function.
+//! - [`Binding::request_msix`] gives the function's own MSI-X vectors to
+//!   an [`IrqHandler`] of the vendor, which runs in the interrupt's kernel
+//!   thread; an [`Event`] lets the vendor's other paths wait for it. The
+//!   vectors are freed in remove before anything else is undone, so no
+//!   handler runs once remove goes on.
 //!
 //! Bus mastering is cleared at probe and stays off until the vendor turns it
 //! on through its [`DmaFunction`]; remove turns it off again.
@@ -104,6 +109,10 @@ pub struct Binding {
     enabled: bool,
     bars: KVec<(i32, Arc<Bar>)>,
     dma: Option<Arc<DmaFunction>>,
+    /// Whether MSI-X vectors were allocated ([`Binding::request_msix`]).
+    msix: bool,
+    /// The requested vectors; each box is its interrupt's `dev_id`.
+    vectors: KVec<KBox<Vector>>,
 }
 
 // SAFETY: The device pointer is only used for calls the PCI core allows from
@@ -263,10 +272,103 @@ impl Binding {
         Ok(d)
     }
 
-    /// Undoes what the probe set up: revokes the DMA handle (bus mastering
-    /// off), revokes and unmaps the BARs, releases them and disables the
-    /// device.
+    /// Allocates `count` MSI-X vectors of the function and requests each
+    /// of them for `handler`, which then runs in the interrupt's kernel
+    /// thread (it may sleep; the vector stays masked until it returns)
+    /// whenever the function signals the vector. Needs
+    /// [`Binding::enable_mem`] first; once per binding (`EBUSY` again).
+    /// The function only signals with bus mastering on
+    /// ([`DmaFunction::set_bus_master`]). Remove frees the vectors first,
+    /// waiting for a running handler.
+    pub fn request_msix(&mut self, count: u32, handler: Arc<dyn IrqHandler>) -> Result {
+        if !self.enabled || count == 0 {
+            return Err(EINVAL);
+        }
+        if self.msix {
+            return Err(EBUSY);
+        }
+        self.vectors.reserve(count as usize, GFP_KERNEL)?;
+        let p = self.raw();
+        // SAFETY: The device is bound and enabled (type invariant, checked
+        // above); this is its driver's probe or a method of its binding.
+        let n = unsafe {
+            bindings::pci_alloc_irq_vectors(p, count, count, bindings::RMDEV_PCI_IRQ_MSIX)
+        };
+        if n < 0 {
+            return Err(Error::from_errno(n));
+        }
+        self.msix = true;
+        for index in 0..count {
+            if let Err(e) = self.request_vector(index, handler.clone()) {
+                self.free_vectors();
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Requests vector `index` of the allocated ones for `handler`.
+    fn request_vector(&mut self, index: u32, handler: Arc<dyn IrqHandler>) -> Result {
+        // SAFETY: The vectors were allocated (`request_msix`) and `index`
+        // is one of them.
+        let irq = unsafe { bindings::pci_irq_vector(self.raw(), index) };
+        let irq = u32::try_from(irq).map_err(|_| Error::from_errno(irq))?;
+        // The push below must not fail once the interrupt is requested: a
+        // failed push would drop the box its handler reads.
+        if self.vectors.len() == self.vectors.capacity() {
+            return Err(ENOMEM);
+        }
+        let v = KBox::new(
+            Vector {
+                irq,
+                index,
+                handler,
+            },
+            GFP_KERNEL,
+        )?;
+        let dev_id = ptr::from_ref::<Vector>(&v).cast_mut().cast::<c_void>();
+        // SAFETY: `irq` is one of the function's vectors; the name is
+        // `'static`; `dev_id` points to the boxed `Vector`, which the
+        // binding keeps (the box does not move its contents) until
+        // `free_vectors` freed the interrupt, and `irq_thread` only reads
+        // it.
+        to_result(unsafe {
+            bindings::request_threaded_irq(
+                irq,
+                None,
+                Some(irq_thread),
+                bindings::RMDEV_IRQF_ONESHOT,
+                MODULE_NAME.as_char_ptr(),
+                dev_id,
+            )
+        })?;
+        // Cannot fail: there is room (checked above), so nothing is
+        // allocated.
+        self.vectors.push(v, GFP_KERNEL)?;
+        Ok(())
+    }
+
+    /// Frees the requested vectors, each once its handler no longer runs,
+    /// then the allocation.
+    fn free_vectors(&mut self) {
+        for v in core::mem::replace(&mut self.vectors, KVec::new()) {
+            let dev_id = ptr::from_ref::<Vector>(&v).cast_mut().cast::<c_void>();
+            // SAFETY: Requested in `request_vector` with this `dev_id`;
+            // `free_irq` returns once no handler runs, and none starts.
+            unsafe { bindings::free_irq(v.irq, dev_id) };
+        }
+        if core::mem::take(&mut self.msix) {
+            // SAFETY: Allocated in `request_msix` on this bound device; no
+            // vector is requested any more.
+            unsafe { bindings::pci_free_irq_vectors(self.raw()) };
+        }
+    }
+
+    /// Undoes what the probe set up: frees the interrupt vectors (no
+    /// handler runs after), revokes the DMA handle (bus mastering off),
+    /// revokes and unmaps the BARs, releases them and disables the device.
     fn teardown(&mut self) {
+        self.free_vectors();
         let p = self.raw();
         if let Some(d) = self.dma.take() {
             d.revoke();
@@ -290,6 +392,90 @@ impl Binding {
             // SAFETY: Enabled by `enable_mem` on this bound device.
             unsafe { bindings::pci_disable_device(p) };
         }
+    }
+}
+
+/// What runs when one of a function's MSI-X vectors fires
+/// ([`Binding::request_msix`]).
+pub trait IrqHandler: Send + Sync {
+    /// Vector `vector` (0 to the count requested - 1) fired. Runs in the
+    /// interrupt's kernel thread: it may sleep, and the vector does not
+    /// fire again until it returns.
+    fn handle(&self, vector: u32);
+}
+
+/// One requested vector, its interrupt's `dev_id`.
+struct Vector {
+    irq: u32,
+    index: u32,
+    handler: Arc<dyn IrqHandler>,
+}
+
+/// The thread function of every requested vector.
+///
+/// # Safety
+///
+/// `dev_id` is the `Vector` given to `request_threaded_irq`, alive until
+/// `free_irq` returned (which waits for this function).
+unsafe extern "C" fn irq_thread(_irq: c_int, dev_id: *mut c_void) -> bindings::irqreturn_t {
+    // SAFETY: The function's contract.
+    let v = unsafe { &*dev_id.cast::<Vector>() };
+    v.handler.handle(v.index);
+    bindings::irqreturn_IRQ_HANDLED
+}
+
+/// An event one context signals and another waits for: an interrupt
+/// handler's "the function did something", awaited by a path that kicked
+/// the function. A count of signals, so that a signal between a waiter's
+/// check of the function and its sleep is not lost: the waiter reads
+/// [`Event::count`] before it checks, then waits for the count to change.
+///
+/// # Invariants
+///
+/// `raw` was initialised by `rmdev_event_init` and is pinned.
+#[pin_data]
+pub struct Event {
+    #[pin]
+    raw: Opaque<bindings::rmdev_event>,
+}
+
+// SAFETY: The C event is made for concurrent use: an atomic count and a
+// wait queue with its own lock.
+unsafe impl Send for Event {}
+// SAFETY: As above.
+unsafe impl Sync for Event {}
+
+impl Event {
+    /// A new event, never signalled.
+    pub fn new() -> impl PinInit<Self> {
+        pin_init!(Self {
+            raw <- Opaque::ffi_init(|e| {
+                // SAFETY: `e` is valid for writes and pinned (pin-init
+                // contract); the name is `'static`.
+                unsafe { bindings::rmdev_event_init(e, lock_name!("event").as_char_ptr()) }
+            }),
+        })
+    }
+
+    /// Signals the event and wakes its waiters. Any context.
+    pub fn signal(&self) {
+        // SAFETY: Initialised (type invariant).
+        unsafe { bindings::rmdev_event_signal(self.raw.get()) };
+    }
+
+    /// How many times the event was signalled (wrapping).
+    pub fn count(&self) -> u32 {
+        // SAFETY: Initialised (type invariant).
+        unsafe { bindings::rmdev_event_count(self.raw.get()) as u32 }
+    }
+
+    /// Waits up to `ms` milliseconds (rounded up to the scheduler's tick)
+    /// until the count differs from `seen`; whether it does. Process
+    /// context only.
+    pub fn wait(&self, seen: u32, ms: u32) -> bool {
+        // SAFETY: Initialised (type invariant); the caller sleeps in
+        // process context.
+        unsafe { bindings::rmdev_event_wait(self.raw.get(), seen as c_int, ms) }
     }
 }
 
@@ -699,6 +885,8 @@ impl<T: Driver> Registration<T> {
             enabled: false,
             bars: KVec::new(),
             dma: None,
+            msix: false,
+            vectors: KVec::new(),
         };
         let data = match T::probe(ctx, &mut binding) {
             Ok(d) => d,

@@ -20,7 +20,9 @@
 //!   vendor mapped for it: its own ring and the pages of the frames of a
 //!   running round (see `Documentation/vendors/igbvf.rst`). The VF's
 //!   mailbox is the vendor's ([`mailbox`]); the user's is an emulation of
-//!   the PF's side ([`user_mailbox`]);
+//!   the PF's side ([`user_mailbox`]). The VF's own MSI-X vector 0 is the
+//!   vendor's too ([`VfIrq`]): the hardware signals the vendor's transmit
+//!   completions on it;
 //! - BAR3 (region 3), 16 KiB like the VF's: its MSI-X table (3 vectors, at
 //!   0, the framework's) and pending-bit array (at 0x2000, reads as zero:
 //!   the user's emulation keeps what is pending).
@@ -63,7 +65,7 @@ use rmdev::device::{
 };
 use rmdev::fsm::{FlagSet, StepFailure, StopCopyP2pArc};
 use rmdev::mdev::{self, Parent, TypeInfo};
-use rmdev::pci::{self, Bar, Binding, DeviceId, DmaFunction};
+use rmdev::pci::{self, Bar, Binding, DeviceId, DmaFunction, Event, IrqHandler};
 use rmdev::version::VersionBuf;
 use tx::{TxQueue, TxRegs};
 use user_mailbox::{Request, UserMailbox};
@@ -186,10 +188,27 @@ mod params {
     }
 }
 
+/// The VF's own interrupt, the vendor's: the hardware signals MSI-X vector
+/// 0 when it wrote back a descriptor of the vendor's ring (its IVAR0 routes
+/// transmit queue 0 there, [`tx`]), and the transmit round waiting for the
+/// hardware wakes up.
+#[pin_data]
+struct VfIrq {
+    #[pin]
+    done: Event,
+}
+
+impl IrqHandler for VfIrq {
+    fn handle(&self, _vector: u32) {
+        self.done.signal();
+    }
+}
+
 /// The parent: one bound VF.
 struct VfParent {
     bar: Arc<Bar>,
     func: Arc<DmaFunction>,
+    irq: Arc<VfIrq>,
     ids: pci::Ids,
     version: VersionBuf,
 }
@@ -214,6 +233,7 @@ impl mdev::Driver for VfParent {
         try_pin_init!(VfDevice {
             bar: self.bar.clone(),
             func: self.func.clone(),
+            irq: self.irq.clone(),
             guest,
             irqs,
             ids: self.ids,
@@ -273,6 +293,7 @@ fn hex_pair(buf: &mut [u8; 9], a: u16, b: u16) -> &str {
 struct VfDevice {
     bar: Arc<Bar>,
     func: Arc<DmaFunction>,
+    irq: Arc<VfIrq>,
     guest: GuestMemory,
     irqs: Interrupts,
     ids: pci::Ids,
@@ -330,6 +351,7 @@ impl VfDevice {
         tx::Ctx {
             bar: &self.bar,
             func: &self.func,
+            done: &self.irq.done,
             guest: &self.guest,
         }
     }
@@ -733,12 +755,15 @@ impl pci::Driver for IgbVf {
         }
         let version = vf_version(&ids, pf, minor)?;
         let func = b.dma()?;
+        let irq = Arc::pin_init(pin_init!(VfIrq { done <- Event::new() }), GFP_KERNEL)?;
+        b.request_msix(1, irq.clone())?;
         let parent = Parent::new_pci(
             mdev_driver,
             b,
             VfParent {
                 bar,
                 func,
+                irq,
                 ids,
                 version,
             },

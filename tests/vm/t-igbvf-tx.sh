@@ -36,7 +36,31 @@ VF0_MAC=02:52:4d:56:46:30
 ip link set "$PFIF" vf 0 mac $VF0_MAC
 # VF1, the migration target, has none.
 ip link set "$PFIF" vf 1 mac 00:00:00:00:00:00
+# The VF's own MSI-X vector is the vendor's: the hardware signals the
+# vendor's transmit completions on it (the interrupts counted in
+# /proc/interrupts, under the driver's name).
+vf_irqs() {
+	local n=0 i c
+	for i in $(ls /sys/bus/pci/devices/$1/msi_irqs); do
+		c=$(awk -v i="$i:" '$1 == i { s = 0; for (k = 2; k <= NF && $k ~ /^[0-9]+$/; k++) s += $k; print s }' /proc/interrupts)
+		n=$((n + ${c:-0}))
+	done
+	echo $n
+}
+expect_eq "VF0's MSI-X vectors" "$(ls /sys/bus/pci/devices/${VFS[0]}/msi_irqs | wc -l)" 1
+irq=$(ls /sys/bus/pci/devices/${VFS[0]}/msi_irqs)
+grep -Eq "^ *$irq:.* rmdev_igbvf\$" /proc/interrupts || fail "VF0's vector $irq is not rmdev_igbvf's: $(grep "^ *$irq:" /proc/interrupts)"
+irqs_before=$(vf_irqs ${VFS[0]})
 klog_mark
 "$VM_TEST" vf-tx "$M0" "$M1" "$PFIF" $VF0_MAC || fail "frames through the mdev"
+irqs_after=$(vf_irqs ${VFS[0]})
+[ "$irqs_after" -gt "$irqs_before" ] || fail "VF0 signalled no interrupt for the frames it sent ($irqs_before, then $irqs_after)"
+note "VF0's vector $irq: $((irqs_after - irqs_before)) interrupts for the vendor's transmit rounds"
 # The refused ring stopped the queue, with one line in the log.
 [ "$(klog_count 'transmit queue stopped')" -ge 1 ] || fail "no log line for the stopped queue"
+# Unbinding gives the vector back: MSI-X off on the VF again.
+remove_all_mdevs
+echo "${VFS[0]}" >/sys/bus/pci/drivers/rmdev_igbvf/unbind
+[ -z "$(ls /sys/bus/pci/devices/${VFS[0]}/msi_irqs 2>/dev/null)" ] || fail "VF0 kept MSI-X vectors after the unbind"
+grep -Eq "^ *$irq:.* rmdev_igbvf\$" /proc/interrupts && fail "vector $irq still rmdev_igbvf's after the unbind"
+true

@@ -30,7 +30,7 @@ use kernel::time::Ktime;
 
 use super::mailbox::Mailbox;
 use super::rmdev::device::{GuestMemory, Pinned};
-use super::rmdev::pci::{sleep_ms, timed_out, Bar, Coherent, DmaFunction};
+use super::rmdev::pci::{sleep_ms, timed_out, Bar, Coherent, DmaFunction, Event};
 
 /// The queue's registers (queue 0), user view and hardware alike.
 pub(crate) const TDBAL: u64 = 0x3800;
@@ -42,6 +42,15 @@ pub(crate) const TDT: u64 = 0x3818;
 pub(crate) const TXDCTL: u64 = 0x3828;
 pub(crate) const TDWBAL: u64 = 0x3838;
 pub(crate) const TDWBAH: u64 = 0x383c;
+/// The VF's interrupt registers the vendor programs for its own vector 0
+/// (82576 datasheet: EIMS, EIAC, IVAR0 byte 1 = transmit queue 0's vector
+/// with bit 7 valid).
+const EIMS: usize = 0x1524;
+const EIAC: usize = 0x152c;
+const IVAR0: usize = 0x1700;
+const IVAR0_TX0_VECTOR0: u32 = 0x80 << 8;
+/// The vendor's vector (bit 0 of EIMS and EIAC).
+const VECTOR0: u32 = 1;
 /// TXDCTL: queue enable.
 const ENABLE: u32 = 1 << 25;
 /// TXDCTL: the thresholds (bits 5:0, 13:8, 21:16) and the enable, the
@@ -219,6 +228,8 @@ pub(crate) struct TxQueue {
 pub(crate) struct Ctx<'a> {
     pub(crate) bar: &'a Bar,
     pub(crate) func: &'a Arc<DmaFunction>,
+    /// Signalled by the VF's vector 0.
+    pub(crate) done: &'a Event,
     pub(crate) guest: &'a GuestMemory,
 }
 
@@ -409,6 +420,13 @@ impl TxQueue {
         bar.write32(TDT as usize, 0)?;
         bar.write32(TDWBAL as usize, 0)?;
         bar.write32(TDWBAH as usize, 0)?;
+        // Write-backs of the vendor's ring signal vector 0, auto-cleared
+        // (QEMU's igb raises a vector only for a cause newly set). IVAR0
+        // holds nothing else of the vendor's; a VF or PF reset clears it,
+        // and the ring is set up again after either.
+        bar.write32(IVAR0, IVAR0_TX0_VECTOR0)?;
+        bar.write32(EIAC, VECTOR0)?;
+        bar.write32(EIMS, VECTOR0)?;
         cx.func.set_bus_master(true)?;
         self.host = Some(HostRing { ring, tail: 0 });
         bar.write32(TXDCTL as usize, ENABLE)
@@ -509,13 +527,22 @@ impl TxQueue {
         // the stores; the fence keeps the compiler from moving them).
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         cx.bar.write32(TDT as usize, host.tail as u32)?;
-        for _ in 0..HW_TIMEOUT_MS {
+        let start = Ktime::ktime_get().to_ms();
+        loop {
+            // Read before the check: a write-back signalled after the
+            // check changes it, and the wait returns at once.
+            let seen = cx.done.count();
             if host.ring.read32(last * DESC + 12)? & DD != 0 {
                 return Ok(());
             }
-            sleep_ms(1);
+            if Ktime::ktime_get().to_ms() - start >= i64::from(HW_TIMEOUT_MS) {
+                return Err(timed_out());
+            }
+            // Woken by the VF's vector 0; checking again after a tick
+            // anyway, should the interrupt not come (a PF reset under
+            // the round clears its routing).
+            cx.done.wait(seen, 1);
         }
-        Err(timed_out())
     }
 
     /// Reads the frame at user descriptor `head`, and unless it is refused

@@ -1003,7 +1003,8 @@ const VF_MAX_RECORD: usize = 4096;
 const VF_TAILS: [u64; 4] = [0x2818, 0x2918, 0x3818, 0x3918];
 /// Bits the VF vendor must never set in the hardware, from the 82576
 /// datasheet: RXDCTL/TXDCTL queue enable (bit 25), TDWBAL head write-back
-/// enable (bit 0), the IVAR valid bits.
+/// enable (bit 0), IVAR0 but the vendor's own routing (transmit queue 0 to
+/// vector 0, 0x8000) and the mailbox's IVAR.
 const VF_DENIED: [(u64, u32); 8] = [
     (0x2828, 1 << 25),
     (0x2928, 1 << 25),
@@ -1011,7 +1012,7 @@ const VF_DENIED: [(u64, u32); 8] = [
     (0x3928, 1 << 25),
     (0x3838, 1),
     (0x3938, 1),
-    (0x1700, 0x8080_8080),
+    (0x1700, !0x8000),
     (0x1740, 0x80),
 ];
 
