@@ -164,7 +164,8 @@ void rmdev_event_signal(struct rmdev_event *e)
 
 int rmdev_event_count(struct rmdev_event *e)
 {
-	return atomic_read(&e->count);
+	/* Acquire: the caller's check of the hardware comes after it. */
+	return atomic_read_acquire(&e->count);
 }
 
 bool rmdev_event_wait(struct rmdev_event *e, int seen, unsigned int ms)

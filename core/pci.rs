@@ -29,8 +29,8 @@
 //! - [`Binding::request_msix`] gives the function's own MSI-X vectors to
 //!   an [`IrqHandler`] of the vendor, which runs in the interrupt's kernel
 //!   thread; an [`Event`] lets the vendor's other paths wait for it. The
-//!   vectors are freed in remove before anything else is undone, so no
-//!   handler runs once remove goes on.
+//!   vectors are freed first in remove, before the vendor's data is
+//!   dropped: no handler runs once remove goes on.
 //!
 //! Bus mastering is cleared at probe and stays off until the vendor turns it
 //! on through its [`DmaFunction`]; remove turns it off again.
@@ -274,12 +274,14 @@ impl Binding {
 
     /// Allocates `count` MSI-X vectors of the function and requests each
     /// of them for `handler`, which then runs in the interrupt's kernel
-    /// thread (it may sleep; the vector stays masked until it returns)
-    /// whenever the function signals the vector. Needs
+    /// thread (it may sleep) whenever the function signals the vector.
+    /// Calls for one vector never overlap: signals during a call make one
+    /// more call after it (the vector is not masked meanwhile; MSI-X is
+    /// "one-shot safe"); different vectors may run at once. Needs
     /// [`Binding::enable_mem`] first; once per binding (`EBUSY` again).
     /// The function only signals with bus mastering on
     /// ([`DmaFunction::set_bus_master`]). Remove frees the vectors first,
-    /// waiting for a running handler.
+    /// before the vendor's data is dropped, waiting for a running handler.
     pub fn request_msix(&mut self, count: u32, handler: Arc<dyn IrqHandler>) -> Result {
         if !self.enabled || count == 0 {
             return Err(EINVAL);
@@ -399,8 +401,8 @@ impl Binding {
 /// ([`Binding::request_msix`]).
 pub trait IrqHandler: Send + Sync {
     /// Vector `vector` (0 to the count requested - 1) fired. Runs in the
-    /// interrupt's kernel thread: it may sleep, and the vector does not
-    /// fire again until it returns.
+    /// interrupt's kernel thread: it may sleep; a signal of the same vector
+    /// meanwhile makes one more call once it returns.
     fn handle(&self, vector: u32);
 }
 
@@ -470,11 +472,10 @@ impl Event {
     }
 
     /// Waits up to `ms` milliseconds (rounded up to the scheduler's tick)
-    /// until the count differs from `seen`; whether it does. Process
-    /// context only.
+    /// until the count differs from `seen`; whether it does. It sleeps:
+    /// process context only (elsewhere the kernel reports the bug).
     pub fn wait(&self, seen: u32, ms: u32) -> bool {
-        // SAFETY: Initialised (type invariant); the caller sleeps in
-        // process context.
+        // SAFETY: Initialised (type invariant).
         unsafe { bindings::rmdev_event_wait(self.raw.get(), seen as c_int, ms) }
     }
 }
@@ -938,8 +939,18 @@ struct Bound<T: Driver> {
 
 impl<T: Driver> Drop for Bound<T> {
     fn drop(&mut self) {
+        // No handler runs while the vendor's data goes.
+        self.binding.free_vectors();
         drop(self.data.take());
         self.binding.teardown();
+    }
+}
+
+impl Drop for Binding {
+    fn drop(&mut self) {
+        // Already done on every path (remove, a failed probe); this makes
+        // sure no interrupt outlives its `dev_id` whatever a path forgot.
+        self.teardown();
     }
 }
 

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The VF's interrupt registers, emulated: the user's MSI-X vectors are
-//! raised by the vendor, never by the VF's hardware (whose own MSI-X the
-//! vendor does not enable, so nothing the user programs here reaches
-//! memory).
+//! raised by the vendor, never by the VF's hardware (whose own MSI-X
+//! vector is the vendor's, programmed by the vendor alone: nothing the
+//! user programs here reaches the hardware).
 //!
 //! The 82576 VF has three MSI-X vectors; each has one cause bit in EICR
 //! (bits 0 to 2). IVAR0 routes queue causes to vectors (byte 1: transmit

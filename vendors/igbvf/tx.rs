@@ -46,6 +46,7 @@ pub(crate) const TDWBAH: u64 = 0x383c;
 /// (82576 datasheet: EIMS, EIAC, IVAR0 byte 1 = transmit queue 0's vector
 /// with bit 7 valid).
 const EIMS: usize = 0x1524;
+const EIMC: usize = 0x1528;
 const EIAC: usize = 0x152c;
 const IVAR0: usize = 0x1700;
 const IVAR0_TX0_VECTOR0: u32 = 0x80 << 8;
@@ -371,6 +372,10 @@ impl TxQueue {
             }
         }
         let _ = cx.func.set_bus_master(false);
+        // The vendor's vector masked and unrouted (QEMU's igb keeps the
+        // PF's side of the routing: IVAR writes only OR into it).
+        let _ = cx.bar.write32(EIMC, VECTOR0);
+        let _ = cx.bar.write32(IVAR0, 0);
         // The ring is freed once the hardware no longer reaches it.
         self.host = None;
     }
@@ -421,9 +426,8 @@ impl TxQueue {
         bar.write32(TDWBAL as usize, 0)?;
         bar.write32(TDWBAH as usize, 0)?;
         // Write-backs of the vendor's ring signal vector 0, auto-cleared
-        // (QEMU's igb raises a vector only for a cause newly set). IVAR0
-        // holds nothing else of the vendor's; a VF or PF reset clears it,
-        // and the ring is set up again after either.
+        // (QEMU's igb raises a vector only for a cause newly set). Written
+        // at every set-up, after the VF's reset, whatever the reset kept.
         bar.write32(IVAR0, IVAR0_TX0_VECTOR0)?;
         bar.write32(EIAC, VECTOR0)?;
         bar.write32(EIMS, VECTOR0)?;
