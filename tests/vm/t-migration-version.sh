@@ -131,8 +131,7 @@ hammer() {
 	return 0
 }
 pids=()
-# Two hammers, one per vCPU: four made this step take over two minutes
-# under TCG, the creates and unloads starved.
+# Two hammers, one per vCPU of the lab VM.
 for i in 1 2; do hammer $i & pids+=($!); done
 for i in $(seq 8); do
 	u=$(new_uuid)
