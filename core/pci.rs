@@ -328,7 +328,7 @@ impl Binding {
             },
             GFP_KERNEL,
         )?;
-        let dev_id = ptr::from_ref::<Vector>(&v).cast_mut().cast::<c_void>();
+        let dev_id = v.dev_id();
         // SAFETY: `irq` is one of the function's vectors; the name is
         // `'static`; `dev_id` points to the boxed `Vector`, which the
         // binding keeps (the box does not move its contents) until
@@ -354,7 +354,7 @@ impl Binding {
     /// then the allocation.
     fn free_vectors(&mut self) {
         for v in core::mem::replace(&mut self.vectors, KVec::new()) {
-            let dev_id = ptr::from_ref::<Vector>(&v).cast_mut().cast::<c_void>();
+            let dev_id = v.dev_id();
             // SAFETY: Requested in `request_vector` with this `dev_id`;
             // `free_irq` returns once no handler runs, and none starts.
             unsafe { bindings::free_irq(v.irq, dev_id) };
@@ -411,6 +411,14 @@ struct Vector {
     irq: u32,
     index: u32,
     handler: Arc<dyn IrqHandler>,
+}
+
+impl Vector {
+    /// The `dev_id` its interrupt is requested and freed with: its own
+    /// address (boxed, it does not move).
+    fn dev_id(&self) -> *mut c_void {
+        ptr::from_ref(self).cast_mut().cast()
+    }
 }
 
 /// The thread function of every requested vector.
