@@ -727,6 +727,24 @@ impl Coherent {
         Ok(u32::from_le(unsafe { ptr::read_volatile(p) }))
     }
 
+    /// Copies `out.len()` bytes from the 4-byte aligned `offset` into
+    /// `out`, a word at a time (volatile, as [`Coherent::read32`]).
+    pub fn read_into(&self, offset: usize, out: &mut [u8]) -> Result {
+        match offset.checked_add(out.len()) {
+            Some(end) if offset % 4 == 0 && end <= self.len => {}
+            _ => return Err(EINVAL),
+        }
+        for (i, chunk) in out.chunks_mut(4).enumerate() {
+            // SAFETY: `offset + 4 * i` is aligned; the whole word is in
+            // bounds: the allocation's length is a multiple of 4
+            // (`alloc_coherent`) and the chunk starts inside it.
+            let w =
+                unsafe { ptr::read_volatile(self.cpu.as_ptr().add(offset + 4 * i).cast::<u32>()) };
+            chunk.copy_from_slice(&w.to_ne_bytes()[..chunk.len()]);
+        }
+        Ok(())
+    }
+
     /// Writes the little-endian word at `offset`.
     pub fn write32(&mut self, offset: usize, value: u32) -> Result {
         let p = self.word(offset)?;

@@ -45,10 +45,14 @@
 #[path = "../core/rmdev.rs"]
 pub mod rmdev;
 
+#[path = "igbvf/hw.rs"]
+mod hw;
 #[path = "igbvf/intr.rs"]
 mod intr;
 #[path = "igbvf/mailbox.rs"]
 mod mailbox;
+#[path = "igbvf/rx.rs"]
+mod rx;
 #[path = "igbvf/tx.rs"]
 mod tx;
 #[path = "igbvf/user_mailbox.rs"]
@@ -58,6 +62,7 @@ use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
 use kernel::{c_str, new_mutex};
 
+use hw::{Ctx, Queues};
 use intr::IntrRegs;
 use rmdev::device::{
     region, BarKind, Device, GuestMemory, Identity, Interrupts, Msix, PciConfig, Region, SavePhase,
@@ -67,6 +72,7 @@ use rmdev::fsm::{FlagSet, StepFailure, StopCopyP2pArc};
 use rmdev::mdev::{self, Parent, TypeInfo};
 use rmdev::pci::{self, Bar, Binding, DeviceId, DmaFunction, Event, IrqHandler};
 use rmdev::version::VersionBuf;
+use rx::{RxQueue, RxRegs};
 use tx::{TxQueue, TxRegs};
 use user_mailbox::{Request, UserMailbox};
 
@@ -88,9 +94,10 @@ const VF_ID: DeviceId = DeviceId {
 /// The data format's major version; the minor is the `format_minor`
 /// parameter. Format 1 (before transmit queue 0 was shadowed) carried
 /// queue 0's transmit registers in [`TAG_REGS`], format 2 (before MSI-X)
-/// IVAR0 and IVAR_MISC there and had no interrupt record; their streams
-/// are refused.
-const FORMAT_MAJOR: u16 = 3;
+/// IVAR0 and IVAR_MISC there and had no interrupt record, format 3 (before
+/// receive queue 0 was shadowed) its receive registers there; their
+/// streams are refused.
+const FORMAT_MAJOR: u16 = 4;
 /// Record tag: the allowed registers.
 pub const TAG_REGS: u16 = 1;
 /// Record tag: transmit queue 0 as the user programmed it
@@ -101,6 +108,10 @@ pub const TAG_TX: u16 = 2;
 pub const TAG_INTR: u16 = 3;
 /// Record tag: the user's mailbox ([`user_mailbox::RECORD_LEN`] bytes).
 pub const TAG_MBX: u16 = 4;
+/// Record tag: receive queue 0 as the user programmed it
+/// ([`rx::RECORD_LEN`] bytes: RDBAL, RDBAH, RDLEN, SRRCTL, RDH, RDT,
+/// RXDCTL).
+pub const TAG_RX: u16 = 5;
 /// BAR3: the MSI-X table and PBA, the size of the VF's.
 const MSIX_BAR: u32 = 3;
 const MSIX_BAR_LEN: u64 = 16 * 1024;
@@ -132,18 +143,12 @@ const HEAD_WB_ENABLE: u32 = 1;
 /// The registers forwarded to the hardware, per VF queue (the VF has two:
 /// queue 1 is 0x100 above queue 0) and for its interrupt moderation. Tail
 /// registers (RDT 0x2818, TDT 0x3818) are doorbells and are not here;
-/// neither are CTRL (reset), the mailbox and the statistics. Transmit
-/// queue 0 and the interrupt cause, mask and routing registers are not
-/// forwarded either: the vendor shadows them ([`tx`], [`intr`]).
-pub const ALLOWED: [Allowed; 23] = [
-    // Receive queue 0: RDBAL, RDBAH, RDLEN, SRRCTL, RDH, RXDCTL.
-    reg(0x2800, 0),
-    reg(0x2804, 0),
-    reg(0x2808, 0),
-    reg(0x280c, 0),
-    reg(0x2810, 0),
-    reg(0x2828, QUEUE_ENABLE),
-    // Receive queue 1.
+/// neither are CTRL (reset), the mailbox and the statistics. Queue 0
+/// (receive and transmit) and the interrupt cause, mask and routing
+/// registers are not forwarded either: the vendor shadows them ([`rx`],
+/// [`tx`], [`intr`]).
+pub const ALLOWED: [Allowed; 17] = [
+    // Receive queue 1: RDBAL, RDBAH, RDLEN, SRRCTL, RDH, RXDCTL.
     reg(0x2900, 0),
     reg(0x2904, 0),
     reg(0x2908, 0),
@@ -189,18 +194,28 @@ mod params {
 }
 
 /// The VF's own interrupt, the vendor's: the hardware signals MSI-X vector
-/// 0 when it wrote back a descriptor of the vendor's ring (its IVAR0 routes
-/// transmit queue 0 there, [`tx`]), and the transmit round waiting for the
-/// hardware wakes up.
+/// 0 when it wrote back a descriptor of one of the vendor's rings (its
+/// IVAR0 routes both queues 0 there, [`hw`]): the transmit round waiting
+/// for the hardware wakes up, and what the VF received is delivered to the
+/// open device.
 #[pin_data]
 struct VfIrq {
     #[pin]
     done: Event,
+    /// The device while a user has it open. Held while delivering, so the
+    /// close that takes it waits for a delivery under way, and the state is
+    /// never dropped here.
+    #[pin]
+    open: Mutex<Option<Arc<VfState>>>,
 }
 
 impl IrqHandler for VfIrq {
     fn handle(&self, _vector: u32) {
+        // First: a transmit round may hold the queues' lock waiting for it.
         self.done.signal();
+        if let Some(state) = self.open.lock().as_ref() {
+            state.rx_interrupt();
+        }
     }
 }
 
@@ -230,17 +245,21 @@ impl mdev::Driver for VfParent {
         irqs: Interrupts,
         guest: GuestMemory,
     ) -> impl PinInit<VfDevice, Error> {
-        try_pin_init!(VfDevice {
-            bar: self.bar.clone(),
-            func: self.func.clone(),
-            irq: self.irq.clone(),
-            guest,
-            irqs,
-            ids: self.ids,
-            tx <- new_mutex!(TxQueue::new(), "rmdev_igbvf:tx"),
-            intr <- new_mutex!(IntrRegs::default(), "rmdev_igbvf:intr"),
-            mbx <- new_mutex!(UserMailbox::default(), "rmdev_igbvf:mbx"),
-        })
+        let state = Arc::pin_init(
+            try_pin_init!(VfState {
+                bar: self.bar.clone(),
+                func: self.func.clone(),
+                irq: self.irq.clone(),
+                guest,
+                irqs,
+                ids: self.ids,
+                queues <- new_mutex!(Queues::new(), "rmdev_igbvf:queues"),
+                intr <- new_mutex!(IntrRegs::default(), "rmdev_igbvf:intr"),
+                mbx <- new_mutex!(UserMailbox::default(), "rmdev_igbvf:mbx"),
+            }),
+            GFP_KERNEL,
+        );
+        try_pin_init!(VfDevice { state: state? })
     }
 
     fn type_version(&self, _type_index: usize) -> Option<Result<VersionBuf>> {
@@ -287,10 +306,25 @@ fn hex_pair(buf: &mut [u8; 9], a: u16, b: u16) -> &str {
     core::str::from_utf8(buf).unwrap_or("")
 }
 
-/// One mdev: the VF's registers, mediated, its transmit queue 0, shadowed,
-/// and its interrupts, emulated.
+/// One mdev: the VF's registers, mediated, its queues 0, shadowed, and its
+/// interrupts, emulated. The state is shared with the VF's interrupt
+/// handler while a user has the device open.
 #[pin_data]
 struct VfDevice {
+    state: Arc<VfState>,
+}
+
+impl core::ops::Deref for VfDevice {
+    type Target = VfState;
+
+    fn deref(&self) -> &VfState {
+        &self.state
+    }
+}
+
+/// The device's state.
+#[pin_data]
+struct VfState {
     bar: Arc<Bar>,
     func: Arc<DmaFunction>,
     irq: Arc<VfIrq>,
@@ -299,10 +333,10 @@ struct VfDevice {
     ids: pci::Ids,
     /// Taken before `intr`.
     #[pin]
-    tx: Mutex<TxQueue>,
+    queues: Mutex<Queues>,
     #[pin]
     intr: Mutex<IntrRegs>,
-    /// The user's mailbox; taken before `tx`.
+    /// The user's mailbox; taken before `queues`.
     #[pin]
     mbx: Mutex<UserMailbox>,
 }
@@ -316,19 +350,21 @@ struct VfSave {
 struct VfLoad {
     regs: bool,
     tx: bool,
+    rx: bool,
     intr: bool,
     mbx: bool,
 }
 
 /// The stream's records, in their order: tag and length.
-const RECORDS: [(u16, usize); 4] = [
+const RECORDS: [(u16, usize); 5] = [
     (TAG_REGS, REGS_LEN),
     (TAG_TX, tx::RECORD_LEN),
+    (TAG_RX, rx::RECORD_LEN),
     (TAG_INTR, intr::RECORD_LEN),
     (TAG_MBX, user_mailbox::RECORD_LEN),
 ];
 
-impl VfDevice {
+impl VfState {
     /// Writes an allowed register, its denied bits clear.
     fn write_hw(&self, a: &Allowed, value: u32) -> Result {
         self.bar.write32(a.offset as usize, value & !a.deny)
@@ -346,9 +382,9 @@ impl VfDevice {
         Ok(())
     }
 
-    /// What the transmit queue works with.
-    fn tx_ctx(&self) -> tx::Ctx<'_> {
-        tx::Ctx {
+    /// What the queues work with.
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
             bar: &self.bar,
             func: &self.func,
             done: &self.irq.done,
@@ -356,12 +392,12 @@ impl VfDevice {
         }
     }
 
-    /// Stops and forgets the transmit queue, the interrupt set-up and the
-    /// user's mailbox.
-    fn reset_queue(&self) {
+    /// Stops and forgets the queues, the interrupt set-up and the user's
+    /// mailbox.
+    fn reset_queues(&self) {
         let mut m = self.mbx.lock();
-        let mut q = self.tx.lock();
-        q.reset(&self.tx_ctx());
+        let mut q = self.queues.lock();
+        q.reset(&self.ctx());
         *self.intr.lock() = IntrRegs::default();
         *m = UserMailbox::default();
     }
@@ -380,18 +416,19 @@ impl VfDevice {
     /// the VF, anything else refused; a reply raises the mailbox's
     /// interrupt. Called with the mailbox's lock, which a reset takes too.
     fn mailbox_serve(&self, m: &mut UserMailbox) {
-        let mut q = self.tx.lock();
-        if !q.running {
+        let mut q = self.queues.lock();
+        if !q.running() {
             return;
         }
         let replied = match m.take_request() {
             Request::None => false,
             Request::Other => m.refuse(),
             Request::Reset => {
-                let result = q.reset_vf(&self.tx_ctx());
+                let result = q.reset_vf(&self.ctx());
                 m.reset_done(result)
             }
         };
+        self.completions(&mut q);
         drop(q);
         if replied {
             let sent = self.intr.lock().mailbox_done();
@@ -403,23 +440,35 @@ impl VfDevice {
     /// is pending.
     fn set_running(&self, running: bool) {
         {
-            let mut q = self.tx.lock();
-            q.running = running;
+            let mut q = self.queues.lock();
+            q.set_running(&self.ctx(), running);
+            self.completions(&mut q);
             if !running {
                 return;
             }
-            q.kick(&self.tx_ctx());
-            self.tx_completions(&mut q);
         }
         let mut m = self.mbx.lock();
         self.mailbox_serve(&mut m);
     }
 
-    /// Raises the transmit queue's interrupt if a round completed
-    /// descriptors the user asked to hear about (RS).
-    fn tx_completions(&self, q: &mut TxQueue) {
-        if q.take_completed() {
-            let sent = self.intr.lock().tx_done();
+    /// The VF signalled the vendor's vector (from its interrupt thread):
+    /// delivers what it received.
+    fn rx_interrupt(&self) {
+        let mut q = self.queues.lock();
+        q.rx_interrupt(&self.ctx());
+        self.completions(&mut q);
+    }
+
+    /// Raises the queues' interrupts: transmit if a round completed
+    /// descriptors the user asked to hear about (RS), receive if
+    /// descriptors were written back.
+    fn completions(&self, q: &mut Queues) {
+        let tx = q.tx.take_completed();
+        let rx = q.rx.take_completed();
+        if tx || rx {
+            let mut intr = self.intr.lock();
+            let sent = if tx { intr.tx_done() } else { 0 } | if rx { intr.rx_done() } else { 0 };
+            drop(intr);
             self.send(sent);
         }
     }
@@ -491,7 +540,8 @@ impl Device for VfDevice {
         // registers take no other width); everything else reads as zero.
         let value = match find(offset) {
             Some(a) if buf.len() == 4 => self.bar.read32(a.offset as usize)?,
-            _ if buf.len() == 4 && TxQueue::owns(offset) => self.tx.lock().read(offset),
+            _ if buf.len() == 4 && TxQueue::owns(offset) => self.queues.lock().tx.read(offset),
+            _ if buf.len() == 4 && RxQueue::owns(offset) => self.queues.lock().rx.read(offset),
             _ if buf.len() == 4 && IntrRegs::owns(offset) => self.intr.lock().read(offset),
             _ if buf.len() == 4 && UserMailbox::owns(offset) => self.mbx.lock().read(offset),
             _ => 0,
@@ -514,9 +564,15 @@ impl Device for VfDevice {
         match find(offset) {
             Some(a) if data.len() == 4 => self.write_hw(a, le32(data)?),
             _ if data.len() == 4 && TxQueue::owns(offset) => {
-                let mut q = self.tx.lock();
-                q.write(&self.tx_ctx(), offset, le32(data)?);
-                self.tx_completions(&mut q);
+                let mut q = self.queues.lock();
+                q.tx_write(&self.ctx(), offset, le32(data)?);
+                self.completions(&mut q);
+                Ok(())
+            }
+            _ if data.len() == 4 && RxQueue::owns(offset) => {
+                let mut q = self.queues.lock();
+                q.rx_write(&self.ctx(), offset, le32(data)?);
+                self.completions(&mut q);
                 Ok(())
             }
             _ if data.len() == 4 && IntrRegs::owns(offset) => {
@@ -534,24 +590,30 @@ impl Device for VfDevice {
     }
 
     fn open(&self) -> Result {
-        // A new user meets the queue and the interrupts as after a reset
-        // (and the VF's queue disabled, whatever a PF reset left in it).
-        self.reset_queue();
+        // A new user meets the queues and the interrupts as after a reset
+        // (and the VF's queues disabled, whatever a PF reset left in them).
+        self.reset_queues();
+        // From now the VF's interrupts deliver what it receives.
+        *self.irq.open.lock() = Some(self.state.clone());
         Ok(())
     }
 
     fn close(&self) {
+        // No delivery from the VF's interrupt after this (one under way
+        // holds the lock), and the state is not dropped in the handler.
+        let taken = self.irq.open.lock().take();
+        drop(taken);
         // The hardware is off the user's pages before the framework unpins
         // them.
-        self.reset_queue();
+        self.reset_queues();
     }
 
     fn guest_unmapped(&self, _iova: u64, _length: u64) {
         // A transmit round holds its pins only while it runs, with the
-        // queue's lock: once the lock is free the hardware reaches none of
+        // queues' lock: once the lock is free the hardware reaches none of
         // the user's pages, and the framework refuses new pins into the
-        // range until it is unmapped.
-        drop(self.tx.lock());
+        // range until it is unmapped. Receive pins nothing.
+        drop(self.queues.lock());
     }
 
     fn pci_config(&self) -> Option<PciConfig> {
@@ -583,9 +645,9 @@ impl Device for VfDevice {
     }
 
     fn reset(&self) {
-        // A function reset clears the queue and interrupt set-up. A BAR
+        // A function reset clears the queues and interrupt set-up. A BAR
         // revoked under us (the VF is going) has nothing left to reset.
-        self.reset_queue();
+        self.reset_queues();
         for a in ALLOWED.iter() {
             let _ = self.write_hw(a, 0);
         }
@@ -642,7 +704,8 @@ impl Device for VfDevice {
         // The device is stopped: no round runs, and what is saved is what
         // the target starts from.
         match tag {
-            TAG_TX => self.tx.lock().regs.to_record(buf)?,
+            TAG_TX => self.queues.lock().tx.regs.to_record(buf)?,
+            TAG_RX => self.queues.lock().rx.regs.to_record(buf)?,
             TAG_INTR => self.intr.lock().to_record(buf)?,
             TAG_MBX => self.mbx.lock().to_record(buf)?,
             _ => self.regs_record(buf)?,
@@ -655,6 +718,7 @@ impl Device for VfDevice {
         Ok(VfLoad {
             regs: false,
             tx: false,
+            rx: false,
             intr: false,
             mbx: false,
         })
@@ -663,13 +727,20 @@ impl Device for VfDevice {
     fn load(&self, l: &mut VfLoad, tag: u16, payload: &[u8]) -> Result {
         if tag == TAG_TX && !l.tx {
             let regs = TxRegs::from_record(payload)?;
-            // The target's queue starts stopped, from the source's user
-            // view; the hardware is set up at its first round.
-            let mut q = self.tx.lock();
-            q.reset(&self.tx_ctx());
-            q.regs = regs;
-            q.running = false;
+            // The target's queue starts stopped (the device is, in
+            // RESUMING), from the source's user view; the hardware is set
+            // up at its first round.
+            let mut q = self.queues.lock();
+            q.tx.regs = regs;
             l.tx = true;
+            return Ok(());
+        }
+        if tag == TAG_RX && !l.rx {
+            let regs = RxRegs::from_record(payload)?;
+            // Likewise: the hardware starts when the device runs.
+            let mut q = self.queues.lock();
+            q.rx.regs = regs;
+            l.rx = true;
             return Ok(());
         }
         if tag == TAG_INTR && !l.intr {
@@ -707,7 +778,7 @@ impl Device for VfDevice {
     }
 
     fn load_finish(&self, l: VfLoad) -> Result {
-        if l.regs && l.tx && l.intr && l.mbx {
+        if l.regs && l.tx && l.rx && l.intr && l.mbx {
             Ok(())
         } else {
             Err(EINVAL)
@@ -755,7 +826,13 @@ impl pci::Driver for IgbVf {
         }
         let version = vf_version(&ids, pf, minor)?;
         let func = b.dma()?;
-        let irq = Arc::pin_init(pin_init!(VfIrq { done <- Event::new() }), GFP_KERNEL)?;
+        let irq = Arc::pin_init(
+            pin_init!(VfIrq {
+                done <- Event::new(),
+                open <- new_mutex!(None, "rmdev_igbvf:open"),
+            }),
+            GFP_KERNEL,
+        )?;
         b.request_msix(1, irq.clone())?;
         let parent = Parent::new_pci(
             mdev_driver,

@@ -6,8 +6,9 @@
 //! user programs here reaches the hardware).
 //!
 //! The 82576 VF has three MSI-X vectors; each has one cause bit in EICR
-//! (bits 0 to 2). IVAR0 routes queue causes to vectors (byte 1: transmit
-//! queue 0, a vector number in bits 1:0 and a valid bit 7); a cause raised
+//! (bits 0 to 2). IVAR0 routes queue causes to vectors (byte 0: receive
+//! queue 0, byte 1: transmit queue 0, each a vector number in bits 1:0 and
+//! a valid bit 7); a cause raised
 //! on a vector sets its EICR bit, and the vector's message is sent when its
 //! bit becomes both set in EICR and enabled in EIMS. Sending it clears the
 //! cause when the vector is in EIAC (auto-clear) and the enable when it is
@@ -101,6 +102,14 @@ impl IntrRegs {
     #[must_use]
     pub(crate) fn tx_done(&mut self) -> u32 {
         self.cause((self.ivar0 >> 8) & IVAR_ENTRY)
+    }
+
+    /// Receive queue 0 wrote descriptors back: its cause goes to the
+    /// vector IVAR0 routes it to (byte 0), if valid. Returns the vectors
+    /// sent.
+    #[must_use]
+    pub(crate) fn rx_done(&mut self) -> u32 {
+        self.cause(self.ivar0 & IVAR_ENTRY)
     }
 
     /// The PF (the vendor) answered on the mailbox: its cause goes to the

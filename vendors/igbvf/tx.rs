@@ -25,12 +25,11 @@
 //! tail written is kept and served when it runs again.
 
 use kernel::prelude::*;
-use kernel::sync::Arc;
 use kernel::time::Ktime;
 
-use super::mailbox::Mailbox;
-use super::rmdev::device::{GuestMemory, Pinned};
-use super::rmdev::pci::{sleep_ms, timed_out, Bar, Coherent, DmaFunction, Event};
+use super::hw::{Ctx, VfHw, QUEUE_ENABLE as ENABLE};
+use super::rmdev::device::Pinned;
+use super::rmdev::pci::{sleep_ms, timed_out, Coherent};
 
 /// The queue's registers (queue 0), user view and hardware alike.
 pub(crate) const TDBAL: u64 = 0x3800;
@@ -42,18 +41,6 @@ pub(crate) const TDT: u64 = 0x3818;
 pub(crate) const TXDCTL: u64 = 0x3828;
 pub(crate) const TDWBAL: u64 = 0x3838;
 pub(crate) const TDWBAH: u64 = 0x383c;
-/// The VF's interrupt registers the vendor programs for its own vector 0
-/// (82576 datasheet: EIMS, EIAC, IVAR0 byte 1 = transmit queue 0's vector
-/// with bit 7 valid).
-const EIMS: usize = 0x1524;
-const EIMC: usize = 0x1528;
-const EIAC: usize = 0x152c;
-const IVAR0: usize = 0x1700;
-const IVAR0_TX0_VECTOR0: u32 = 0x80 << 8;
-/// The vendor's vector (bit 0 of EIMS and EIAC).
-const VECTOR0: u32 = 1;
-/// TXDCTL: queue enable.
-const ENABLE: u32 = 1 << 25;
 /// TXDCTL: the thresholds (bits 5:0, 13:8, 21:16) and the enable, the
 /// bits a user's write keeps.
 const TXDCTL_BITS: u32 = ENABLE | 0x003f_3f3f;
@@ -86,15 +73,8 @@ const MAX_FRAME_DESCS: usize = 16;
 const MAX_HOST_FRAME_DESCS: usize = 32;
 /// The most frames of one round.
 const MAX_ROUND_FRAMES: usize = 32;
-/// The VF's other queues' control registers (RXDCTL0, RXDCTL1, TXDCTL1),
-/// whose enable bit (the same bit 25) stays clear while the vendor runs
-/// bus mastering.
-const OTHER_QUEUES: [usize; 3] = [0x2828, 0x2928, 0x3928];
 /// The page size of pins.
 const PAGE: u64 = super::rmdev::dma::PAGE_SIZE;
-/// The shortest time between two of the user's VF resets that reach the
-/// hardware, in ms.
-const RESET_INTERVAL_MS: i64 = 1000;
 /// How long the hardware may take for a round, in ms.
 const HW_TIMEOUT_MS: u32 = 200;
 
@@ -213,25 +193,12 @@ pub(crate) struct TxQueue {
     /// Whether the device runs (doorbells are served).
     pub(crate) running: bool,
     host: Option<HostRing>,
-    mailbox: Mailbox,
     /// Whether the queue stopped since the last reset (one log line per
     /// user, whatever it does).
     stopped_once: bool,
     /// A completion (DD) was written back since the owner last asked: the
     /// queue's interrupt cause.
     completed: bool,
-    /// The user's last `VF_RESET` that reached the hardware: when (ms) and
-    /// what the PF answered.
-    last_handshake: Option<(i64, Option<[u8; 6]>)>,
-}
-
-/// What the queue works with.
-pub(crate) struct Ctx<'a> {
-    pub(crate) bar: &'a Bar,
-    pub(crate) func: &'a Arc<DmaFunction>,
-    /// Signalled by the VF's vector 0.
-    pub(crate) done: &'a Event,
-    pub(crate) guest: &'a GuestMemory,
 }
 
 /// Whether a descriptor with command word `cmd` ends a frame: EOP, in
@@ -255,11 +222,14 @@ impl TxQueue {
             regs: TxRegs::default(),
             running: true,
             host: None,
-            mailbox: Mailbox::default(),
             stopped_once: false,
             completed: false,
-            last_handshake: None,
         }
+    }
+
+    /// Whether the vendor's ring is set up in the VF.
+    pub(crate) fn has_hw(&self) -> bool {
+        self.host.is_some()
     }
 
     /// Whether a completion was written back since the last call.
@@ -293,8 +263,11 @@ impl TxQueue {
     }
 
     /// The user writes a queue register. The ring's set-up only changes
-    /// while the queue is disabled, as the hardware requires.
-    pub(crate) fn write(&mut self, cx: &Ctx<'_>, offset: u64, value: u32) {
+    /// while the queue is disabled, as the hardware requires. Returns
+    /// whether the doorbell rang (the tail or the enable written): the
+    /// owner then serves it ([`TxQueue::kick`]).
+    #[must_use]
+    pub(crate) fn write(&mut self, cx: &Ctx<'_>, offset: u64, value: u32) -> bool {
         let r = &mut self.regs;
         let idle = !r.enabled();
         match offset {
@@ -307,7 +280,7 @@ impl TxQueue {
             TDWBAH => r.tdwbah = value,
             TDT => {
                 r.tdt = value & 0xffff;
-                self.kick(cx);
+                return true;
             }
             TXDCTL => {
                 let mut v = value & TXDCTL_BITS;
@@ -317,53 +290,32 @@ impl TxQueue {
                 }
                 r.txdctl = v;
                 if v & ENABLE == 0 {
-                    // The hardware is off the user's pages and bus
-                    // mastering goes off with the queue.
+                    // The hardware is off the user's pages (and bus
+                    // mastering goes off with the last queue, `settle`).
                     self.stop_hw(cx);
                 }
-                self.kick(cx);
+                return true;
             }
             _ => {}
         }
+        false
     }
 
-    /// Stops the hardware queue and forgets the user's set-up (a function
-    /// reset, or the device closed).
-    pub(crate) fn reset(&mut self, cx: &Ctx<'_>) {
-        self.stop_hw(cx);
+    /// Forgets the user's set-up (a function reset, or the device
+    /// closed); the hardware is stopped already.
+    pub(crate) fn reset(&mut self) {
         self.regs = TxRegs::default();
         self.running = true;
         self.stopped_once = false;
         self.completed = false;
-        self.last_handshake = None;
     }
 
-    /// The user asked for a VF reset (its `VF_RESET` message): the VF's
-    /// queue stops, the VF is reset and the vendor makes the handshake
-    /// with the PF, which tells the VF's MAC address. The queue's hardware
-    /// is set up again at its next round.
-    /// At most one a second: one asked again sooner is answered with the
-    /// last one's result, the hardware untouched (a user's storm of resets
-    /// does not become one of the PF's).
-    pub(crate) fn reset_vf(&mut self, cx: &Ctx<'_>) -> Result<Option<[u8; 6]>> {
-        let now = Ktime::ktime_get().to_ms();
-        if let Some((at, mac)) = self.last_handshake {
-            if (0..RESET_INTERVAL_MS).contains(&(now - at)) {
-                return Ok(mac);
-            }
-        }
-        self.stop_hw(cx);
-        let mac = self.mailbox.reset(cx.bar)?;
-        self.last_handshake = Some((now, mac));
-        Ok(mac)
-    }
-
-    /// Disables the VF's queue and bus mastering and waits until the
-    /// hardware says the queue stopped; the vendor's ring is set up again
-    /// at the next round. Whether or not the vendor ran it: the queue's
-    /// reset value is enabled (82576 queue 0), and a queue the vendor is not
-    /// running stays disabled.
-    fn stop_hw(&mut self, cx: &Ctx<'_>) {
+    /// Disables the VF's queue and waits until the hardware says it
+    /// stopped; the vendor's ring is set up again at the next round.
+    /// Whether or not the vendor ran it: the queue's reset value is enabled
+    /// (82576 queue 0), and a queue the vendor is not running stays
+    /// disabled.
+    pub(crate) fn stop_hw(&mut self, cx: &Ctx<'_>) {
         let _ = cx.bar.write32(TXDCTL as usize, 0);
         for _ in 0..HW_TIMEOUT_MS {
             match cx.bar.read32(TXDCTL as usize) {
@@ -371,52 +323,35 @@ impl TxQueue {
                 _ => break,
             }
         }
-        let _ = cx.func.set_bus_master(false);
-        // The vendor's vector masked and unrouted (QEMU's igb keeps the
-        // PF's side of the routing: IVAR writes only OR into it).
-        let _ = cx.bar.write32(EIMC, VECTOR0);
-        let _ = cx.bar.write32(IVAR0, 0);
         // The ring is freed once the hardware no longer reaches it.
         self.host = None;
     }
 
-    /// Sets the vendor's ring up again if the VF lost it (a PF reset
-    /// clears the VF's registers behind the vendor's back).
-    fn check_hw(&mut self, cx: &Ctx<'_>) {
+    /// Whether the VF lost the vendor's ring (a PF reset clears the VF's
+    /// registers behind the vendor's back).
+    pub(crate) fn lost_hw(&self, cx: &Ctx<'_>) -> bool {
         let Some(host) = &self.host else {
-            return;
+            return false;
         };
         let a = host.ring.dma_addr();
         let kept = cx.bar.read32(TDBAL as usize).ok() == Some(a as u32)
             && cx.bar.read32(TDBAH as usize).ok() == Some((a >> 32) as u32)
             && cx.bar.read32(TDLEN as usize).ok() == Some((HOST_DESCS * DESC) as u32);
-        if !kept {
-            self.stop_hw(cx);
-        }
+        !kept
     }
 
-    /// Sets the VF up for the vendor's ring: reset and handshake with the
-    /// PF, bus mastering, the ring programmed and enabled.
-    fn start_hw(&mut self, cx: &Ctx<'_>) -> Result {
+    /// Sets the VF up for the vendor's ring: the VF up (reset and
+    /// handshake with the PF, bus mastering), the ring programmed and
+    /// enabled.
+    fn start_hw(&mut self, cx: &Ctx<'_>, vf: &mut VfHw) -> Result {
         if self.host.is_some() {
             return Ok(());
         }
         // Zeroed by the allocator: no descriptor is done.
         let ring = cx.func.alloc_coherent(HOST_DESCS * DESC)?;
-        // `ETIMEDOUT`: the PF did not answer (its interface is down).
-        self.mailbox.reset(cx.bar)?;
+        vf.up(cx)?;
         let bar = cx.bar;
         let a = ring.dma_addr();
-        // Every other queue of the VF disabled before bus mastering goes
-        // on (queue 0's reset value is enabled, and their set-up registers
-        // are the user's).
-        for q in OTHER_QUEUES {
-            let v = bar.read32(q)?;
-            bar.write32(q, v & !ENABLE)?;
-            if bar.read32(q)? & ENABLE != 0 {
-                return Err(EIO);
-            }
-        }
         bar.write32(TXDCTL as usize, 0)?;
         bar.write32(TDBAL as usize, a as u32)?;
         bar.write32(TDBAH as usize, (a >> 32) as u32)?;
@@ -425,22 +360,15 @@ impl TxQueue {
         bar.write32(TDT as usize, 0)?;
         bar.write32(TDWBAL as usize, 0)?;
         bar.write32(TDWBAH as usize, 0)?;
-        // Write-backs of the vendor's ring signal vector 0, auto-cleared
-        // (QEMU's igb raises a vector only for a cause newly set). Written
-        // at every set-up, after the VF's reset, whatever the reset kept.
-        bar.write32(IVAR0, IVAR0_TX0_VECTOR0)?;
-        bar.write32(EIAC, VECTOR0)?;
-        bar.write32(EIMS, VECTOR0)?;
-        cx.func.set_bus_master(true)?;
         self.host = Some(HostRing { ring, tail: 0 });
         bar.write32(TXDCTL as usize, ENABLE)
     }
 
     /// Serves the doorbell: rounds until the user's ring has no complete
     /// frame left, or the queue stopped.
-    pub(crate) fn kick(&mut self, cx: &Ctx<'_>) {
+    pub(crate) fn kick(&mut self, cx: &Ctx<'_>, vf: &mut VfHw) {
         while self.running && self.regs.enabled() && self.pending() {
-            match self.round(cx) {
+            match self.round(cx, vf) {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(e) => {
@@ -468,13 +396,12 @@ impl TxQueue {
     /// One round: up to [`MAX_ROUND_FRAMES`] complete frames from the
     /// user's ring to the hardware and back. `false`: the frame at the
     /// head has no end (EOP) before the tail yet.
-    fn round(&mut self, cx: &Ctx<'_>) -> Result<bool> {
+    fn round(&mut self, cx: &Ctx<'_>, vf: &mut VfHw) -> Result<bool> {
         // A ring the device cannot read stops the queue before the
         // hardware is involved.
         let mut raw = [0u8; DESC];
         cx.guest.read(self.regs.desc_at(self.regs.tdh)?, &mut raw)?;
-        self.check_hw(cx);
-        self.start_hw(cx)?;
+        self.start_hw(cx, vf)?;
         let mut frames: KVec<Frame> = KVec::new();
         let mut head = self.regs.tdh;
         let mut host_used = 0;

@@ -1,0 +1,234 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The VF's hardware, which the vendor owns for both shadowed queues
+//! ([`tx`](super::tx), [`rx`](super::rx)): the function reset and the
+//! handshake with the PF, the VF's other queues kept disabled, the routing
+//! of the vendor's vector and bus mastering. The VF is brought up when the
+//! first of the two queues starts, and down when neither runs, so bus
+//! mastering is off whenever no queue of the vendor's runs.
+//!
+//! [`Queues`] holds the two queues and the VF under one lock: a queue
+//! stopping, a user's `VF_RESET`, a PF reset seen under a queue, a device
+//! reset each touch both.
+
+use kernel::prelude::*;
+use kernel::sync::Arc;
+use kernel::time::Ktime;
+
+use super::mailbox::Mailbox;
+use super::rmdev::device::GuestMemory;
+use super::rmdev::pci::{Bar, DmaFunction, Event};
+use super::rx::RxQueue;
+use super::tx::TxQueue;
+
+/// The VF's interrupt registers the vendor programs for its own vector 0
+/// (82576 datasheet: EIMS, EIMC, EIAC, IVAR0 bytes 0 and 1 = receive and
+/// transmit queue 0's vector with bit 7 valid).
+const EIMS: usize = 0x1524;
+const EIMC: usize = 0x1528;
+const EIAC: usize = 0x152c;
+const IVAR0: usize = 0x1700;
+const IVAR0_QUEUES0_VECTOR0: u32 = 0x8080;
+/// The vendor's vector (bit 0 of EIMS and EIAC).
+const VECTOR0: u32 = 1;
+/// The queue control registers (RXDCTL0, RXDCTL1, TXDCTL0, TXDCTL1) and
+/// their enable bit: all off when the VF comes up (queue 0's reset value
+/// is enabled), each shadowed queue enabling its own.
+const QUEUE_CONTROLS: [usize; 4] = [0x2828, 0x2928, 0x3828, 0x3928];
+/// Those only the user programs (through the allow-list, their enable
+/// denied): checked off before bus mastering goes on.
+const USER_QUEUE_CONTROLS: [usize; 2] = [0x2928, 0x3928];
+pub(crate) const QUEUE_ENABLE: u32 = 1 << 25;
+/// The shortest time between two handshakes with the PF a user's
+/// `VF_RESET` makes, in ms.
+const RESET_INTERVAL_MS: i64 = 1000;
+
+/// What the queues work with.
+pub(crate) struct Ctx<'a> {
+    pub(crate) bar: &'a Bar,
+    pub(crate) func: &'a Arc<DmaFunction>,
+    /// Signalled by the VF's vector 0.
+    pub(crate) done: &'a Event,
+    pub(crate) guest: &'a GuestMemory,
+}
+
+/// The VF's state as the vendor set it up.
+#[derive(Default)]
+pub(crate) struct VfHw {
+    mailbox: Mailbox,
+    /// Whether the VF is up: reset, handshake made, vector routed, bus
+    /// mastering on.
+    up: bool,
+    /// The last handshake: when (ms) and what the PF answered.
+    last_handshake: Option<(i64, Option<[u8; 6]>)>,
+}
+
+impl VfHw {
+    /// Brings the VF up, if it is not: function reset and handshake with
+    /// the PF (`ETIMEDOUT`: the PF did not answer, its interface is down),
+    /// every queue disabled, the vendor's vector routed and enabled, bus
+    /// mastering on.
+    pub(crate) fn up(&mut self, cx: &Ctx<'_>) -> Result {
+        if self.up {
+            return Ok(());
+        }
+        let mac = self.mailbox.reset(cx.bar)?;
+        self.last_handshake = Some((Ktime::ktime_get().to_ms(), mac));
+        let bar = cx.bar;
+        for q in QUEUE_CONTROLS {
+            let v = bar.read32(q)?;
+            bar.write32(q, v & !QUEUE_ENABLE)?;
+        }
+        for q in USER_QUEUE_CONTROLS {
+            if bar.read32(q)? & QUEUE_ENABLE != 0 {
+                return Err(EIO);
+            }
+        }
+        // Write-backs of the vendor's rings signal vector 0, auto-cleared
+        // (QEMU's igb raises a vector only for a cause newly set). Written
+        // at every bring-up, after the VF's reset, whatever the reset kept.
+        bar.write32(IVAR0, IVAR0_QUEUES0_VECTOR0)?;
+        bar.write32(EIAC, VECTOR0)?;
+        bar.write32(EIMS, VECTOR0)?;
+        cx.func.set_bus_master(true)?;
+        self.up = true;
+        Ok(())
+    }
+
+    /// Brings the VF down: bus mastering off, the vendor's vector masked
+    /// and unrouted (QEMU's igb keeps the PF's side of the routing: IVAR
+    /// writes only OR into it). The queues are stopped already.
+    fn down(&mut self, cx: &Ctx<'_>) {
+        let _ = cx.func.set_bus_master(false);
+        let _ = cx.bar.write32(EIMC, VECTOR0);
+        let _ = cx.bar.write32(IVAR0, 0);
+        self.up = false;
+    }
+}
+
+/// Both shadowed queues and the VF they run on.
+pub(crate) struct Queues {
+    pub(crate) tx: TxQueue,
+    pub(crate) rx: RxQueue,
+    pub(crate) vf: VfHw,
+}
+
+impl Queues {
+    pub(crate) fn new() -> Self {
+        Queues {
+            tx: TxQueue::new(),
+            rx: RxQueue::new(),
+            vf: VfHw::default(),
+        }
+    }
+
+    /// Whether doorbells are served and frames delivered.
+    pub(crate) fn running(&self) -> bool {
+        self.tx.running
+    }
+
+    /// Brings the VF down if neither queue runs on it.
+    pub(crate) fn settle(&mut self, cx: &Ctx<'_>) {
+        if self.vf.up && !self.tx.has_hw() && !self.rx.has_hw() {
+            self.vf.down(cx);
+        }
+    }
+
+    /// Stops both queues' hardware and brings the VF down.
+    fn stop_hw(&mut self, cx: &Ctx<'_>) {
+        self.tx.stop_hw(cx);
+        self.rx.stop_hw(cx);
+        if self.vf.up {
+            self.vf.down(cx);
+        }
+    }
+
+    /// Sets both queues up again if the VF lost a queue's set-up (a PF
+    /// reset clears the VF's registers behind the vendor's back, and the
+    /// VF needs a new handshake).
+    pub(crate) fn check_hw(&mut self, cx: &Ctx<'_>) {
+        if self.tx.lost_hw(cx) || self.rx.lost_hw(cx) {
+            self.stop_hw(cx);
+            self.rx.ensure_hw(cx, &mut self.vf);
+        }
+    }
+
+    /// The user writes a transmit register; a doorbell rung is served.
+    pub(crate) fn tx_write(&mut self, cx: &Ctx<'_>, offset: u64, value: u32) {
+        if self.tx.write(cx, offset, value) {
+            self.check_hw(cx);
+            self.tx.kick(cx, &mut self.vf);
+        }
+        self.settle(cx);
+    }
+
+    /// The user writes a receive register; with a doorbell (the tail, the
+    /// enable) the queue starts if it is enabled, and what the VF received
+    /// is delivered into the descriptors given.
+    pub(crate) fn rx_write(&mut self, cx: &Ctx<'_>, offset: u64, value: u32) {
+        if self.rx.write(cx, offset, value) {
+            self.check_hw(cx);
+            self.rx.ensure_hw(cx, &mut self.vf);
+            self.rx.deliver(cx);
+        }
+        self.settle(cx);
+    }
+
+    /// The VF signalled the vendor's vector: delivers what it received.
+    pub(crate) fn rx_interrupt(&mut self, cx: &Ctx<'_>) {
+        self.rx.deliver(cx);
+        self.settle(cx);
+    }
+
+    /// Stops and forgets both queues and the VF's handshake (a function
+    /// reset, or the device opened or closed).
+    pub(crate) fn reset(&mut self, cx: &Ctx<'_>) {
+        self.stop_hw(cx);
+        self.tx.reset();
+        self.rx.reset();
+        self.vf.last_handshake = None;
+    }
+
+    /// Whether the device runs; when it starts running, serves what is
+    /// pending; when it stops, delivers what the VF received and stops
+    /// receiving (the VF's receive queue off, nothing more written into
+    /// the user's memory).
+    pub(crate) fn set_running(&mut self, cx: &Ctx<'_>, running: bool) {
+        if running {
+            self.tx.running = true;
+            self.rx.running = true;
+            self.check_hw(cx);
+            self.tx.kick(cx, &mut self.vf);
+            self.rx.ensure_hw(cx, &mut self.vf);
+            self.rx.deliver(cx);
+        } else {
+            self.rx.deliver(cx);
+            self.rx.stop_hw(cx);
+            self.tx.running = false;
+            self.rx.running = false;
+        }
+        self.settle(cx);
+    }
+
+    /// The user asked for a VF reset (its `VF_RESET` message): both queues
+    /// stop, the VF is reset and the vendor makes the handshake with the
+    /// PF, which tells the VF's MAC address; receive starts again at once
+    /// if the user had it enabled, transmit at its next round. At most one
+    /// handshake a second: one asked again sooner is answered with the
+    /// last one's result, the hardware untouched (a user's storm of resets
+    /// does not become one of the PF's).
+    pub(crate) fn reset_vf(&mut self, cx: &Ctx<'_>) -> Result<Option<[u8; 6]>> {
+        let now = Ktime::ktime_get().to_ms();
+        if let Some((at, mac)) = self.vf.last_handshake {
+            if (0..RESET_INTERVAL_MS).contains(&(now - at)) {
+                return Ok(mac);
+            }
+        }
+        self.stop_hw(cx);
+        let result = self.vf.up(cx);
+        let mac = self.vf.last_handshake.and_then(|(_, mac)| mac);
+        self.rx.ensure_hw(cx, &mut self.vf);
+        self.settle(cx);
+        result.map(|()| mac)
+    }
+}
