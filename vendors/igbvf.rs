@@ -12,17 +12,20 @@
 //!   vendor, device, subsystem and revision IDs and class;
 //! - BAR0 (region 0), the size of the VF's BAR0: the registers in
 //!   [`ALLOWED`] are forwarded to the VF's hardware as 32-bit accesses, with
-//!   the bits in their `deny` mask kept clear; transmit queue 0's registers
-//!   are the vendor's shadow ([`tx`]): the user's ring is read through its
-//!   IOMMU context and its frames sent through a ring of the vendor's own;
-//!   the interrupt registers are emulated ([`intr`]); every other offset
-//!   reads as zero and ignores writes. The VF only ever reaches memory the
-//!   vendor mapped for it: its own ring and the pages of the frames of a
-//!   running round (see `Documentation/vendors/igbvf.rst`). The VF's
-//!   mailbox is the vendor's ([`mailbox`]); the user's is an emulation of
-//!   the PF's side ([`user_mailbox`]). The VF's own MSI-X vector 0 is the
-//!   vendor's too ([`VfIrq`]): the hardware signals the vendor's transmit
-//!   completions on it;
+//!   the bits in their `deny` mask kept clear; queue 0's registers are the
+//!   vendor's shadow: transmit ([`tx`]) reads the user's ring through its
+//!   IOMMU context and sends its frames through a ring of the vendor's own,
+//!   receive ([`rx`]) receives into the vendor's buffers and copies each
+//!   frame into the user's; the interrupt registers are emulated
+//!   ([`intr`]); every other offset reads as zero and ignores writes. The
+//!   VF only ever reaches memory the vendor mapped for it: its own rings
+//!   and buffers and the pages of the frames of a running transmit round
+//!   (see `Documentation/vendors/igbvf.rst`). The VF's set-up for both
+//!   queues is the vendor's ([`hw`]), so is its mailbox ([`mailbox`]); the
+//!   user's is an emulation of the PF's side ([`user_mailbox`]). The VF's
+//!   own MSI-X vector 0 is the vendor's too ([`VfIrq`]): the hardware
+//!   signals both queues' write-backs on it, and the vendor delivers what
+//!   the VF received from its interrupt thread;
 //! - BAR3 (region 3), 16 KiB like the VF's: its MSI-X table (3 vectors, at
 //!   0, the framework's) and pending-bit array (at 0x2000, reads as zero:
 //!   the user's emulation keeps what is pending).
@@ -30,15 +33,17 @@
 //! It migrates with `STOP_COPY | P2P`: the stream carries the emulated
 //! config space (the framework's record), one record with the allowed
 //! registers, read from the source VF's hardware and written into the
-//! target VF's, one with transmit queue 0 as the user programmed it, one
-//! with the interrupt registers and one with the user's mailbox. The `migration_version` names the
-//! hardware (VF IDs and revision, the PF's device ID) and the data format
-//! (`3.<format_minor>`), in the default format, so the default rule refuses
-//! other hardware, a source with a newer format and formats 1 and 2.
+//! target VF's, one each with transmit and receive queue 0 as the user
+//! programmed them, one with the interrupt registers and one with the
+//! user's mailbox. The `migration_version` names the hardware (VF IDs and
+//! revision, the PF's device ID) and the data format
+//! (`4.<format_minor>`), in the default format, so the default rule refuses
+//! other hardware, a source with a newer format and formats 1 to 3.
 //!
-//! Stream records (little-endian): [`TAG_REGS`]: `u32` count, then `count`
-//! pairs of `u32` offset and `u32` value, in the order of [`ALLOWED`];
-//! [`TAG_TX`]: the nine registers of transmit queue 0; [`TAG_INTR`]: EICR,
+//! Stream records (little-endian), in this order: [`TAG_REGS`]: `u32`
+//! count, then `count` pairs of `u32` offset and `u32` value, in the order
+//! of [`ALLOWED`]; [`TAG_TX`]: the nine registers of transmit queue 0;
+//! [`TAG_RX`]: the seven registers of receive queue 0; [`TAG_INTR`]: EICR,
 //! EIMS, EIAC, EIAM, IVAR0, IVAR_MISC; [`TAG_MBX`]: the user's mailbox
 //! (16 buffer words, then its state bits).
 
@@ -140,9 +145,9 @@ const fn reg(offset: u32, deny: u32) -> Allowed {
 const QUEUE_ENABLE: u32 = 1 << 25;
 /// TDWBAL bit 0: head write-back enable, a DMA write of the head pointer.
 const HEAD_WB_ENABLE: u32 = 1;
-/// The registers forwarded to the hardware, per VF queue (the VF has two:
-/// queue 1 is 0x100 above queue 0) and for its interrupt moderation. Tail
-/// registers (RDT 0x2818, TDT 0x3818) are doorbells and are not here;
+/// The registers forwarded to the hardware: queue 1's (the VF has two
+/// queues; queue 1 is 0x100 above queue 0) and the interrupt moderation.
+/// Tail registers (RDT 0x2918, TDT 0x3918) are doorbells and are not here;
 /// neither are CTRL (reset), the mailbox and the statistics. Queue 0
 /// (receive and transmit) and the interrupt cause, mask and routing
 /// registers are not forwarded either: the vendor shadows them ([`rx`],
@@ -658,12 +663,14 @@ impl Device for VfDevice {
     }
 
     fn step(&self, arc: StopCopyP2pArc) -> core::result::Result<(), StepFailure<Error>> {
-        // The one engine is transmit queue 0, whose rounds run to their
-        // end inside a doorbell: stopping it means serving no doorbell
-        // (what is rung is kept, in the stream too) until it runs again.
-        // RUNNING_P2P still moves the user's frames (no peer-to-peer DMA
-        // is involved). The rest of the state is the registers, read at
-        // save and written at load.
+        // The engines are queue 0's. Transmit rounds run to their end
+        // inside a doorbell: stopping means serving no doorbell (what is
+        // rung is kept, in the stream too) until it runs again. Receive
+        // stops by delivering what the VF received and disabling the VF's
+        // queue: frames arriving while stopped are lost, as on a wire.
+        // RUNNING_P2P still moves the user's frames (no peer-to-peer DMA is
+        // involved). The rest of the state is the registers, read at save
+        // and written at load.
         match arc {
             StopCopyP2pArc::RunningP2pToStop => {
                 self.set_running(false);
