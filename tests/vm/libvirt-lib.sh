@@ -19,12 +19,13 @@ guest_image() {
 }
 
 # The guest variants: the sample's memory in BAR2 (a counter and stride
-# writes over 64 pages), the VF mdev's BAR0 (RDBAL0, a register the VF
-# vendor forwards to the hardware; 128-byte steps, the register's unit).
+# writes over 64 pages), the VF mdev's BAR0 (RDBAL1, a register the VF
+# vendor forwards to the hardware, where the tests read it back: queue 0's
+# is the vendor's emulation; 128-byte steps, the register's unit).
 GUEST_SAMPLE=(-DBAR_REG=0x18 -DBAR_64=1 -DWORD=0 -DSTEP=1 -DPAGES=64)
 # The same on the sample's 16k type (4 pages), which migrates faster.
 GUEST_SAMPLE_16K=(-DBAR_REG=0x18 -DBAR_64=1 -DWORD=0 -DSTEP=1 -DPAGES=4)
-GUEST_VF=(-DBAR_REG=0x10 -DBAR_64=1 -DWORD=0x2800 -DSTEP=0x80 -DPAGES=0)
+GUEST_VF=(-DBAR_REG=0x10 -DBAR_64=1 -DWORD=0x2900 -DSTEP=0x80 -DPAGES=0)
 
 # domain_xml [--words-cpu-check] NAME KERNEL UUID...: a domain (TCG,
 # 64 MiB) booting KERNEL with the mdevs UUID... as vfio-pci hostdevs, the

@@ -79,7 +79,7 @@ expect_eq device_api "$(cat $t/device_api)" vfio-pci
 expect_eq available_instances "$(cat $t/available_instances)" 1
 hx() { local v; v=$(cat "$1"); echo "${v#0x}"; }
 d=/sys/bus/pci/devices/$VF0
-want="rmdev_igbvf:vf:3.0:id=$(hx $d/vendor)-$(hx $d/device):subsys=$(hx $d/subsystem_vendor)-$(hx $d/subsystem_device):rev=$(hx $d/revision):pf=$(hx $d/physfn/device)"
+want="rmdev_igbvf:vf:4.0:id=$(hx $d/vendor)-$(hx $d/device):subsys=$(hx $d/subsystem_vendor)-$(hx $d/subsystem_device):rev=$(hx $d/revision):pf=$(hx $d/physfn/device)"
 expect_eq "type migration_version" "$(cat $t/migration_version)" "$want"
 note "$want"
 
@@ -112,7 +112,7 @@ echo "$VF1" >/sys/bus/pci/drivers/rmdev_igbvf/unbind
 bind_vf $VF1
 echo 0 >/sys/module/rmdev_igbvf/parameters/format_minor
 v11=$(cat "$(types_of $VF1)/migration_version")
-expect_eq "VF1 type version with format_minor=1" "$v11" "${want/:3.0:/:3.1:}"
+expect_eq "VF1 type version with format_minor=1" "$v11" "${want/:4.0:/:4.1:}"
 sysfs_write "$(types_of $VF1)/migration_version" "$v0" || fail "1.1 refuses 1.0"
 expect_errno "Invalid argument" sysfs_write /sys/bus/mdev/devices/$M0/migration_version "$v11"
 echo "$VF1" >/sys/bus/pci/drivers/rmdev_igbvf/unbind
@@ -144,8 +144,9 @@ for vf in $VF0 $VF1; do
 	[ "$(hw $vf 0x0008)" != 0x00000000 ] || fail "$vf: BAR0 does not decode (STATUS reads 0)"
 done
 note "registers through the VF0 mdev"
-# RDBAL0, RDBAH0, RDLEN0, RDH0, TDBAL1, TDBAH1, TDLEN1, TDWBAH1, EITR1
-PATTERN="0x2800=0x12345680 0x2804=0x0000abcd 0x2808=0x00002000 0x2810=0x00000010
+# RDBAL1, RDBAH1, RDLEN1, RDH1, TDBAL1, TDBAH1, TDLEN1, TDWBAH1, EITR1
+# (queue 1's: queue 0's are the vendor's, below).
+PATTERN="0x2900=0x12345680 0x2904=0x0000abcd 0x2908=0x00002000 0x2910=0x00000010
 0x3900=0x87654300 0x3904=0x00001234 0x3908=0x00004000 0x393c=0x0badf00d 0x1684=0x00000fa0"
 for p in $PATTERN; do
 	"$VM_TEST" region-write "$M0" 0 "${p%=*}" "${p#*=}" || fail "write ${p%=*} through the mdev"
@@ -157,12 +158,23 @@ for p in $PATTERN; do
 done
 
 note "the allow-list: doorbells and other registers are not forwarded"
-"$VM_TEST" region-write "$M0" 0 0x2828 0x02010101
-[ $(( $(hw $VF0 0x2828) & 0x02000000 )) = 0 ] || fail "RXDCTL0 queue enable reached the hardware"
+"$VM_TEST" region-write "$M0" 0 0x2928 0x02010101
+[ $(( $(hw $VF0 0x2928) & 0x02000000 )) = 0 ] || fail "RXDCTL1 queue enable reached the hardware"
 "$VM_TEST" region-write "$M0" 0 0x3828 0x02010101
 [ $(( $(hw $VF0 0x3828) & 0x02000000 )) = 0 ] || fail "TXDCTL0 queue enable reached the hardware"
 "$VM_TEST" region-write "$M0" 0 0x3838 0x00001001
 [ $(( $(hw $VF0 0x3838) & 1 )) = 0 ] || fail "TDWBAL0 head write-back enable reached the hardware"
+# Receive queue 0 is the vendor's emulation: none of a user's writes
+# reaches the VF. The vendor enables the VF's queue 0 itself, for its own
+# ring, only while a user's queue is enabled on a running device: each
+# command here opens the mdev anew and closes it, so it is off afterwards.
+for r in 0x2800 0x2804 0x2808 0x280c 0x2810; do
+	before=$(hw $VF0 $r)
+	"$VM_TEST" region-write "$M0" 0 $r 0x00001080
+	expect_eq "VF0 hardware $r after a write through the mdev" "$(hw $VF0 $r)" "$before"
+done
+"$VM_TEST" region-write "$M0" 0 0x2828 0x02010101
+[ $(( $(hw $VF0 0x2828) & 0x02000000 )) = 0 ] || fail "RXDCTL0 queue enable left in the hardware after its user closed"
 # The interrupt registers are the vendor's emulation (t-igbvf-tx.sh):
 # none reaches the VF.
 for r in 0x1700 0x1740 0x1524 0x1520 0x152c; do
@@ -175,7 +187,8 @@ for doorbell in 0x2818 0x3818 0x2918 0x3918; do
 	"$VM_TEST" region-write "$M0" 0 $doorbell 0x00000007
 	expect_eq "doorbell $doorbell in the hardware" "$(hw $VF0 $doorbell)" "$before"
 done
-for doorbell in 0x2818 0x2918 0x3918; do
+# RDT0 is not here: the emulation keeps what its user wrote, and reads it back.
+for doorbell in 0x2918 0x3918; do
 	expect_eq "doorbell $doorbell through the mdev" "$(via $M0 $doorbell)" 0x00000000
 done
 # Transmit queue 0 is shadowed (t-igbvf-tx.sh) and every user starts from
@@ -184,7 +197,7 @@ done
 expect_eq "TDT0 for the next user" "$(via $M0 0x3818)" 0x00000000
 expect_eq "TXDCTL0 for the next user" "$(via $M0 0x3828)" 0x00000000
 "$VM_TEST" region-write "$M0" 0 0x0000 0x04000000
-expect_eq "RDBAL0 after a CTRL.RST write" "$(hw $VF0 0x2800)" 0x12345680
+expect_eq "RDBAL1 after a CTRL.RST write" "$(hw $VF0 0x2900)" 0x12345680
 expect_eq "STATUS through the mdev" "$(via $M0 0x0008)" 0x00000000
 expect_eq "the last dword of BAR0 through the mdev" "$(via $M0 0x3ffc)" 0x00000000
 # Bus mastering in the emulated config space stays emulated.
@@ -205,7 +218,7 @@ for p in $PATTERN; do
 	expect_eq "VF1 mdev ${p%=*} after migration" "$(via $M1 ${p%=*})" "$(hw $VF1 ${p%=*})"
 	expect_eq "VF1 hardware ${p%=*} after migration" "$(hw $VF1 ${p%=*})" "${p#*=}"
 done
-for r in 0x2828 0x3828 0x3838; do
+for r in 0x2928 0x3828 0x3838; do
 	expect_eq "VF1 hardware $r equals VF0's" "$(hw $VF1 $r)" "$(hw $VF0 $r)"
 done
 

@@ -91,7 +91,7 @@ case "$types" in *rmdev_sample*) fail "libvirt now models the sample's parent: u
 # ---- assignment
 # The guests write their device COUNT times and stop, so that the state a
 # save captures is known: the sample's counter 3000 (0xbb8) at offset 0 of
-# its memory, the VF's RDBAL0 2000 x 0x80 (0x3e800).
+# its memory, the VF's RDBAL1 2000 x 0x80 (0x3e800).
 mkdir -p "$LV_IMAGES"
 guest_image sample-count "${GUEST_SAMPLE[@]}" -DCOUNT=3000
 guest_image vf-count "${GUEST_VF[@]}" -DCOUNT=2000
@@ -180,14 +180,14 @@ restore_onto lv-sample "$su" "$su2"
 "$VM_TEST" compare "$su" "$su2" || fail "the sample's memory restored onto $su2 differs from $su's"
 expect_eq "the counter in the restored memory" "$("$VM_TEST" region-read "$su2" 2 0)" 0x00000bb8
 
-note "save and restore: the VF-backed mdev (its guest's last write to RDBAL0: 2000 x 0x80)"
+note "save and restore: the VF-backed mdev (its guest's last write to RDBAL1: 2000 x 0x80)"
 save_restore lv-vf
 vfu2=$(new_uuid)
 sysfs_write "/sys/bus/pci/devices/${VFS[1]}/mdev_supported_types/rmdev_igbvf-vf/create" "$vfu2"
-"$VM_TEST" vf-write "${VFS[1]}" 0x2800 0x12345600
+"$VM_TEST" vf-write "${VFS[1]}" 0x2900 0x12345600
 restore_onto lv-vf "$vfu" "$vfu2"
-expect_eq "RDBAL0 in VF ${VFS[1]}'s own BAR0 after the restore" \
-	"$("$VM_TEST" vf-read "${VFS[1]}" 0x2800)" 0x0003e800
+expect_eq "RDBAL1 in VF ${VFS[1]}'s own BAR0 after the restore" \
+	"$("$VM_TEST" vf-read "${VFS[1]}" 0x2900)" 0x0003e800
 
 note "node devices: nodedev-destroy and nodedev-undefine remove the VF-backed mdev"
 sysfs_write "/sys/bus/mdev/devices/$vfu2/remove" 1

@@ -324,17 +324,17 @@ M0=$(new_uuid) M1=$(new_uuid)
 mdevctl start -u "$M0" -p "${VFS[0]}" -t rmdev_igbvf-vf
 mdevctl start -u "$M1" -p "${VFS[1]}" -t rmdev_igbvf-vf
 expect_status 0 "$RMDEV" list --probe
-has "$M0 ${VFS[0]}/rmdev_igbvf-vf  flags STOP_COPY|P2P  migration_version rmdev_igbvf:vf:3.1:"
+has "$M0 ${VFS[0]}/rmdev_igbvf-vf  flags STOP_COPY|P2P  migration_version rmdev_igbvf:vf:4.1:"
 expect_status 0 "$RMDEV" version "$M0"
 expect_eq "version of the VF mdev" "$out" "$(cat /sys/bus/mdev/devices/$M0/migration_version)"
 expect_status 0 "$RMDEV" check "$M0" "${VFS[1]}/rmdev_igbvf-vf"
 expect_status 1 "$RMDEV" check "$M0" "$S"
 has "detail: vendor differs: source 'rmdev_igbvf', target 'rmdev_sample'"
-"$VM_TEST" region-write "$M0" 0 0x2800 0x1a2b3c80
+"$VM_TEST" region-write "$M0" 0 0x2900 0x1a2b3c80
 "$VM_TEST" region-write "$M0" 0 0x1680 0x00000200
 expect_status 0 "$RMDEV" migrate "$M0" "$M1"
 has "flags STOP_COPY|P2P"
-expect_eq "VF1 RDBAL0 after rmdev migrate" "$("$VM_TEST" vf-read "${VFS[1]}" 0x2800)" 0x1a2b3c80
+expect_eq "VF1 RDBAL1 after rmdev migrate" "$("$VM_TEST" vf-read "${VFS[1]}" 0x2900)" 0x1a2b3c80
 expect_eq "VF1 EITR0 after rmdev migrate" "$("$VM_TEST" vf-read "${VFS[1]}" 0x1680)" 0x00000200
 
 if [ -n "${RMDEV_SHARE:-}" ]; then

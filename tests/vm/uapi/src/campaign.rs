@@ -998,13 +998,20 @@ pub(crate) fn cycles(src: &str, dst: &str, n: &str) -> TestResult {
 const VF_TAG_REGS: u16 = 1;
 /// The VF's largest record (the framework's default `max_record`).
 const VF_MAX_RECORD: usize = 4096;
-/// Registers the VF vendor must never write: the queue tails (doorbells)
-/// of both queues, from the 82576 datasheet.
+/// Registers no stream may make the VF vendor write: the queue tails
+/// (doorbells) of both queues, from the 82576 datasheet. The vendor rings
+/// queue 0's itself for its own rings, but only while the user's queue
+/// runs on a running device, which no case here lets happen (a case ends
+/// stopped, and the reset after it clears the user's queues).
 const VF_TAILS: [u64; 4] = [0x2818, 0x2918, 0x3818, 0x3918];
 /// Bits the VF vendor must never set in the hardware, from the 82576
 /// datasheet: RXDCTL/TXDCTL queue enable (bit 25), TDWBAL head write-back
-/// enable (bit 0), IVAR0 but the vendor's own routing (transmit queue 0 to
-/// vector 0, 0x8000) and the mailbox's IVAR.
+/// enable (bit 0), IVAR0 but the vendor's own routing (its receive and
+/// transmit queue 0 to vector 0, 0x8080) and the mailbox's IVAR. Queue
+/// 0's enables are the vendor's own (its rings of bounce buffers), set
+/// only while the user's queue is enabled and the device runs: they are
+/// checked when it does not (after a load the device is stopped, after a
+/// reset the user's queues are off), where they must be clear too.
 const VF_DENIED: [(u64, u32); 8] = [
     (0x2828, 1 << 25),
     (0x2928, 1 << 25),
@@ -1012,7 +1019,7 @@ const VF_DENIED: [(u64, u32); 8] = [
     (0x3928, 1 << 25),
     (0x3838, 1),
     (0x3938, 1),
-    (0x1700, !0x8000),
+    (0x1700, !0x8080),
     (0x1740, 0x80),
 ];
 
@@ -1133,7 +1140,7 @@ fn vf_case(rng: &mut StdRng, class: usize, p: &Parsed) -> Case {
             expect: Expect::Loads,
             mem: Vec::new(),
         },
-        _ => match rng.gen_range(0..6) {
+        _ => match rng.gen_range(0..9) {
             0 => Case {
                 class: "registers all ones",
                 bytes: forge(&with(vf_regs(&regs, |_| u32::MAX))),
@@ -1141,7 +1148,8 @@ fn vf_case(rng: &mut StdRng, class: usize, p: &Parsed) -> Case {
                 mem: Vec::new(),
             },
             kind @ 1..=3 => vf_tx_case(rng, kind, p),
-            kind => vf_small_record_case(rng, kind == 4, p),
+            kind @ 4..=6 => vf_rx_case(rng, kind - 3, p),
+            kind => vf_small_record_case(rng, kind == 7, p),
         },
     }
 }
@@ -1202,6 +1210,93 @@ fn vf_tx_case(rng: &mut StdRng, kind: usize, p: &Parsed) -> Case {
         recs.remove(ti);
     }
     refused("a transmit ring no user could program", forge(&recs))
+}
+
+/// rmdev_igbvf's receive-queue record (vendors/igbvf.rs, data format 4):
+/// tag 5, seven `u32`: RDBAL, RDBAH, RDLEN, SRRCTL, RDH, RDT, RXDCTL.
+const VF_TAG_RX: u16 = 5;
+/// The bits of each a user can set (82576 datasheet): RDBAL 128-byte
+/// aligned, RDBAH any, RDLEN a multiple of 128 below 1 MiB, SRRCTL's
+/// defined fields, RDH and RDT 16 bits, RXDCTL's enable (bit 25) and
+/// thresholds.
+const VF_RX_MASKS: [u32; 7] = [
+    !0x7f,
+    u32::MAX,
+    0x000f_ff80,
+    0x8e00_0f7f,
+    0xffff,
+    0xffff,
+    (1 << 25) | 0x001f_1f1f,
+];
+
+/// Forged receive-queue records, like the transmit queue's (`vf_tx_case`):
+/// a bit no user could set, a head or tail outside the ring (or not 0 in
+/// no ring), a ring whose end is past 2^64, or the record missing or
+/// twice, refused; a ring a user could have programmed, enabled or not,
+/// loaded (the target starts stopped, so its hardware queue stays off).
+fn vf_rx_case(rng: &mut StdRng, kind: usize, p: &Parsed) -> Case {
+    let forge = |recs: &[(u16, u16, Vec<u8>)]| Forge::valid(&p.version).finish(recs);
+    let Some(ri) = p.records.iter().position(|r| r.1 == VF_TAG_RX) else {
+        return refused("truncated", Vec::new());
+    };
+    let descs = rng.gen_range(1..=4096u32) * 8;
+    // RDBAH below all ones: the ring cannot end past 2^64.
+    let mut w = [
+        rng.gen::<u32>(),
+        rng.gen_range(0..u32::MAX),
+        descs * 16,
+        rng.gen(),
+        rng.gen_range(0..descs),
+        rng.gen_range(0..descs),
+        rng.gen(),
+    ];
+    for (v, m) in w.iter_mut().zip(VF_RX_MASKS) {
+        *v &= m;
+    }
+    let record = |w: &[u32; 7]| w.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>();
+    let mut recs = p.records.clone();
+    if kind == 1 {
+        recs[ri].2 = record(&w);
+        return Case {
+            class: "a receive ring a user could program",
+            bytes: forge(&recs),
+            expect: Expect::Loads,
+            mem: Vec::new(),
+        };
+    }
+    if kind == 2 {
+        match rng.gen_range(0..5) {
+            0 => {
+                // A bit a user cannot set (RDBAH takes any value).
+                let i = [0, 2, 3, 4, 5, 6][rng.gen_range(0..6)];
+                let outside: Vec<u32> = (0..32)
+                    .filter(|b| !VF_RX_MASKS[i] & (1 << b) != 0)
+                    .collect();
+                w[i] |= 1 << outside[rng.gen_range(0..outside.len())];
+            }
+            1 => w[4] = descs + rng.gen_range(0..1000),
+            2 => w[5] = descs + rng.gen_range(0..1000),
+            3 => {
+                // No ring (RDLEN 0): only 0 is inside it.
+                w[2] = 0;
+                w[4 + rng.gen_range(0..2)] = rng.gen_range(1..=0xffff);
+            }
+            _ => {
+                // A ring from 128-byte steps below 2^64 and longer than
+                // them: its end is past 2^64 (whether the vendor checks
+                // the end or the last byte).
+                w[1] = u32::MAX;
+                w[0] = 0u32.wrapping_sub(rng.gen_range(1..=descs / 8) * 128);
+                w[2] = (descs + 8) * 16;
+            }
+        }
+        recs[ri].2 = record(&w);
+    } else if rng.gen_bool(0.5) {
+        recs.insert(ri, recs[ri].clone());
+    } else {
+        recs.remove(ri);
+    }
+    refused("a receive ring no user could program", forge(&recs))
 }
 
 /// rmdev_igbvf's interrupt record (vendors/igbvf/intr.rs): tag 3, six
@@ -1267,6 +1362,37 @@ fn vf_small_record_case(rng: &mut StdRng, good: bool, p: &Parsed) -> Case {
     )
 }
 
+/// Receive queue 0's registers in its record's order (`VF_TAG_RX`).
+const VF_RX_REGS: [u64; 7] = [0x2800, 0x2804, 0x2808, 0x280c, 0x2810, 0x2818, 0x2828];
+/// The vendor's records in a stream of data format 4, after the
+/// framework's: tag and length (registers: a count and 17 pairs, receive
+/// queue 1, transmit queue 1, EITR0 to EITR2; the mailbox: 17 words).
+const VF_RECORDS: [(u16, usize); 5] = [
+    (VF_TAG_REGS, 4 + 17 * 8),
+    (VF_TAG_TX, 9 * 4),
+    (VF_TAG_RX, 7 * 4),
+    (VF_TAG_INTR, 6 * 4),
+    (VF_TAG_MBX, 17 * 4),
+];
+
+/// The source's stream is the format the campaign forges from: its
+/// vendor records are `VF_RECORDS`, in that order. Otherwise its cases
+/// would test another format than they say.
+fn vf_check_shape(p: &Parsed) -> TestResult {
+    let got: Vec<(u16, usize)> = p
+        .records
+        .iter()
+        .filter(|r| r.0 == KIND_DATA && r.1 < FRAMEWORK_TAGS)
+        .map(|r| (r.1, r.2.len()))
+        .collect();
+    if got != VF_RECORDS {
+        return Err(format!(
+            "the VF's stream has the records (tag, length) {got:?}, not {VF_RECORDS:?}"
+        ));
+    }
+    Ok(())
+}
+
 /// `vf-stream-campaign SRC-UUID DST-UUID DST-PCI SEED COUNT`: the stream
 /// campaign against rmdev_igbvf: COUNT cases built from SRC's stream into
 /// DST, whose VF (DST-PCI) is read from its own BAR0 after each case: no
@@ -1291,6 +1417,7 @@ pub(crate) fn vf_stream_campaign(
     drop(fd);
     ctx(s.set_state(State::Running.raw()), "SET RUNNING")?;
     let parsed = parse(&good)?;
+    vf_check_shape(&parsed)?;
     // Another vendor's stream, forged: the sample's header on these records.
     let foreign = Forge::valid(b"rmdev_sample:16k:1.0").finish(&parsed.records);
     let tails = vf_tails(&hw)?;
@@ -1306,7 +1433,8 @@ pub(crate) fn vf_stream_campaign(
     }
     // Usable afterwards: the valid stream loads, and every register it
     // carries reads the same through the target mdev as through the
-    // source's.
+    // source's: the forwarded ones (from the VF's hardware) and receive
+    // queue 0's (the vendor's emulation).
     super::load_into(&d, &good)?;
     let regs = parsed
         .records
@@ -1314,8 +1442,12 @@ pub(crate) fn vf_stream_campaign(
         .find(|r| r.1 == VF_TAG_REGS)
         .map(|r| &r.2)
         .ok_or("the VF's stream has no register record")?;
-    for pair in regs.get(4..).unwrap_or_default().chunks_exact(8) {
-        let off = u64::from(u32::from_le_bytes([pair[0], pair[1], pair[2], pair[3]]));
+    let forwarded = regs
+        .get(4..)
+        .unwrap_or_default()
+        .chunks_exact(8)
+        .map(|pair| u64::from(u32::from_le_bytes([pair[0], pair[1], pair[2], pair[3]])));
+    for off in forwarded.chain(VF_RX_REGS) {
         let (mut a, mut b) = ([0u8; 4], [0u8; 4]);
         ctx(
             s.read_at(vfio::BAR0, off, &mut a),
