@@ -345,10 +345,12 @@ impl RxQueue {
         !kept
     }
 
-    /// Starts the VF's queue on the vendor's ring if the user enabled the
-    /// queue and the device runs; a queue that cannot start stops.
+    /// Starts the VF's queue on the vendor's ring if the user enabled a
+    /// ring of descriptors and the device runs; a queue that cannot start
+    /// stops.
     pub(crate) fn ensure_hw(&mut self, cx: &Ctx<'_>, vf: &mut VfHw) {
-        if !self.running || !self.regs.enabled() || self.host.is_some() {
+        let wanted = self.running && self.regs.enabled() && self.regs.count() > 0;
+        if !wanted || self.host.is_some() {
             return;
         }
         if let Err(e) = self.start_hw(cx, vf) {
