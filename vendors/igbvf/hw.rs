@@ -226,9 +226,10 @@ impl Queues {
         }
         self.stop_hw(cx);
         let result = self.vf.up(cx);
-        let mac = self.vf.last_handshake.and_then(|(_, mac)| mac);
-        self.rx.ensure_hw(cx, &mut self.vf);
+        if result.is_ok() {
+            self.rx.ensure_hw(cx, &mut self.vf);
+        }
         self.settle(cx);
-        result.map(|()| mac)
+        result.map(|()| self.vf.last_handshake.and_then(|(_, mac)| mac))
     }
 }

@@ -414,15 +414,26 @@ impl RxQueue {
         if !self.running || !self.regs.enabled() {
             return;
         }
-        loop {
+        let mut given_back = false;
+        let result = loop {
             match self.deliver_one(cx) {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(e) => {
-                    self.stop(cx, e);
-                    return;
-                }
+                Ok(true) => given_back = true,
+                Ok(false) => break Ok(()),
+                Err(e) => break Err(e),
             }
+        };
+        if let Some(host) = self.host.as_ref().filter(|_| given_back) {
+            // The descriptors refilled go back to the hardware as the tail
+            // moves up to the one before the next to complete: the
+            // hardware has all the others.
+            let tail = (host.next + HOST_DESCS - 1) % HOST_DESCS;
+            if let Err(e) = cx.bar.write32(RDT as usize, tail as u32) {
+                self.stop(cx, e);
+                return;
+            }
+        }
+        if let Err(e) = result {
+            self.stop(cx, e);
         }
     }
 
@@ -460,10 +471,6 @@ impl RxQueue {
         let host = self.host.as_mut().ok_or(EINVAL)?;
         host.refill(i)?;
         host.next = (i + 1) % HOST_DESCS;
-        // The descriptor just refilled goes back to the hardware as the
-        // tail moves onto it: the hardware has every descriptor from the
-        // next to complete up to the one before it.
-        cx.bar.write32(RDT as usize, i as u32)?;
         Ok(true)
     }
 
