@@ -8,7 +8,15 @@
 # frames queued on a stopped mdev migrated to an mdev on VF1 and sent from
 # there, a reset and the next user; the MSI-X interrupts and the mailbox,
 # where the vendor answers VF_RESET with the MAC set here
-# (tests/vm/uapi/src/vf_traffic.rs).
+# (tests/vm/uapi/src/vf_traffic.rs). Then the receive side: frames sent
+# from the PF's netdev to the VFs' MACs, which QEMU's igb switches to the
+# VFs, land in a ring of the test's memory through the mdev on VF0, in
+# order, byte for byte; the ring wraps, 1 KiB buffers split frames, frames
+# wait while no descriptor is free; buffers unmapped, past their mapping
+# or read-only are refused, a ring the device cannot read stops the queue;
+# the interrupt on the routed vector; a reset and the next user; the ring
+# migrated to the mdev on VF1, whose frames continue it
+# (tests/vm/uapi/src/vf_rx.rs).
 . "$(dirname "$0")/lib.sh"
 
 [ -x "$VM_TEST" ] || fail "$VM_TEST not built"
@@ -58,6 +66,14 @@ irqs_after=$(vf_irqs ${VFS[0]})
 note "VF0's vector $irq: $((irqs_after - irqs_before)) interrupts for the vendor's transmit rounds"
 # The refused ring stopped the queue, with one line in the log.
 [ "$(klog_count 'transmit queue stopped')" -ge 1 ] || fail "no log line for the stopped queue"
+# The receive side; VF1, the migration target, now gets its frames by a MAC
+# of its own. (After the transmit checks above: VF0's interrupts counted
+# there are the transmit rounds'.)
+VF1_MAC=02:52:4d:56:46:31
+ip link set "$PFIF" vf 1 mac $VF1_MAC
+"$VM_TEST" vf-rx "$M0" "$M1" "$PFIF" $VF0_MAC $VF1_MAC || fail "frames received through the mdev"
+# The unreadable ring stopped the receive queue, with a line in the log.
+[ "$(klog_count 'receive queue stopped')" -ge 1 ] || fail "no log line for the stopped receive queue"
 # Unbinding gives the vector back: MSI-X off on the VF again.
 remove_all_mdevs
 echo "${VFS[0]}" >/sys/bus/pci/drivers/rmdev_igbvf/unbind

@@ -78,6 +78,43 @@ impl Buffer {
         // only this process (through system calls it makes) writes it.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
+
+    /// The 32-bit word at `offset` while a device may be writing the
+    /// buffer (a receive queue, from its interrupt): an atomic load with
+    /// acquire ordering, so what the kernel wrote before the word (a frame
+    /// before its descriptor's done bit) is seen after it.
+    pub(crate) fn load32(&self, offset: usize) -> u32 {
+        assert!(
+            offset % 4 == 0 && offset + 4 <= self.len,
+            "word at {offset}"
+        );
+        // SAFETY: In the mapping and aligned (the mapping is page-aligned);
+        // the kernel writes it concurrently only through its own
+        // accesses, hence the atomic.
+        let word = unsafe { std::sync::atomic::AtomicU32::from_ptr(self.ptr.add(offset).cast()) };
+        word.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A copy of `len` bytes at `offset`, without a slice over the whole
+    /// buffer (a device may be writing elsewhere in it meanwhile).
+    pub(crate) fn read(&self, offset: usize, len: usize) -> Vec<u8> {
+        assert!(offset + len <= self.len, "read of {len} at {offset}");
+        let mut v = vec![0u8; len];
+        // SAFETY: In the mapping; `v` is `len` bytes and apart from it.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(offset), v.as_mut_ptr(), len) };
+        v
+    }
+
+    /// Writes `data` at `offset`, as `read` reads.
+    pub(crate) fn write(&self, offset: usize, data: &[u8]) {
+        assert!(
+            offset + data.len() <= self.len,
+            "write of {} at {offset}",
+            data.len()
+        );
+        // SAFETY: In the mapping, which is writable; `data` is apart from it.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(offset), data.len()) };
+    }
 }
 
 impl Drop for Buffer {

@@ -67,6 +67,7 @@ macro_rules! expect_errno {
 }
 
 mod guest_memory;
+mod vf_rx;
 mod vf_traffic;
 
 fn errno_name(e: i32) -> String {
@@ -2713,7 +2714,8 @@ hold UUID STATE | contend UUID ROUNDS | session-memcg CGROUP-DIR | stream-campai
 ioctl-campaign SEED COUNT [vf DEV-UUID DEV-PCI OTHER-UUID] | race-campaign SEED ROUNDS [vf UUID] | \
 cycles SRC-TYPE-DIR DST-TYPE-DIR COUNT | \
 teardown-campaign TYPE-DIR SEED ROUNDS [unbind PCI] | rmmod-race TYPE-DIR MODULE SEED ATTEMPTS | \
-vf-stream-campaign SRC-UUID DST-UUID DST-PCI SEED COUNT | vf-tx UUID OTHER-UUID PF-NETDEV VF-MAC";
+vf-stream-campaign SRC-UUID DST-UUID DST-PCI SEED COUNT | vf-tx UUID OTHER-UUID PF-NETDEV VF-MAC | \
+vf-rx UUID OTHER-UUID PF-NETDEV VF0-MAC VF1-MAC";
 
 /// Wrong arguments: what was wrong, the usage, and exit status 2 (a test
 /// script that misspells a test name fails instead of running nothing).
@@ -2783,6 +2785,9 @@ fn main() {
             ["load-mdev", uuid, file] => Some(igbvf::load_mdev(uuid, file)),
             ["hold", uuid, state] => Some(igbvf::hold(uuid, state)),
             ["vf-tx", uuid, other, pf_if, mac] => Some(vf_traffic::vf_tx(uuid, other, pf_if, mac)),
+            ["vf-rx", uuid, other, pf_if, mac0, mac1] => {
+                Some(vf_rx::vf_rx(uuid, other, pf_if, mac0, mac1))
+            }
             ["session-memcg", cg] => Some(session_memcg(cg)),
             ["contend", uuid, rounds] => Some(contend(uuid, rounds)),
             ["stream-campaign", seed, count] => Some(campaign::stream_campaign(seed, count)),

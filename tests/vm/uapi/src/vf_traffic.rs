@@ -38,7 +38,7 @@ const TDLEN: u64 = 0x3808;
 const TDH: u64 = 0x3810;
 const TDT: u64 = 0x3818;
 const TXDCTL: u64 = 0x3828;
-const ENABLE: u32 = 1 << 25;
+pub(crate) const ENABLE: u32 = 1 << 25;
 /// Advanced data descriptor bits (82576 datasheet, 7.2.2.3).
 const DTYP_DATA: u32 = 0x3 << 20;
 const EOP: u32 = 1 << 24;
@@ -49,12 +49,12 @@ const TSE: u32 = 1 << 31;
 const DD: u32 = 1;
 /// The interrupt registers (82576 datasheet 8.9; VF view).
 const EICS: u64 = 0x1520;
-const EIMS: u64 = 0x1524;
-const EIMC: u64 = 0x1528;
-const EIAC: u64 = 0x152c;
+pub(crate) const EIMS: u64 = 0x1524;
+pub(crate) const EIMC: u64 = 0x1528;
+pub(crate) const EIAC: u64 = 0x152c;
 const EIAM: u64 = 0x1530;
-const EICR: u64 = 0x1580;
-const IVAR0: u64 = 0x1700;
+pub(crate) const EICR: u64 = 0x1580;
+pub(crate) const IVAR0: u64 = 0x1700;
 const IVAR_MISC: u64 = 0x1740;
 /// The mailbox (82576 datasheet 7.8.2.9; Linux's igbvf mbx.h).
 const V2PMAILBOX: u64 = 0x0c40;
@@ -73,61 +73,69 @@ const VF_SET_VLAN: u32 = 0x04;
 /// IVAR0 routing transmit queue 0 (byte 1) to vector 1, valid.
 const TX_TO_VECTOR1: u32 = 0x81 << 8;
 /// The MSI-X interrupt index and the VF's BAR3 region.
-const MSIX_INDEX: u32 = 2;
+pub(crate) const MSIX_INDEX: u32 = 2;
 const BAR3: u32 = 3;
 /// The test's EtherType (IEEE local experimental).
 const ETHERTYPE: u16 = 0x88b5;
 
 /// The memory layout, in IOVA: the ring (16 descriptors), then 16 slots of
-/// two pages for frames; nothing is mapped at `IOVA_NONE`.
-const IOVA_RING: u64 = 0x10_0000;
-const RING_DESCS: u32 = 16;
-const IOVA_BUFS: u64 = 0x10_1000;
-const SLOT: usize = 2 * PAGE;
-const MAP_LEN: usize = PAGE + RING_DESCS as usize * SLOT;
-const IOVA_NONE: u64 = 0x90_0000;
+/// two pages for frames; nothing is mapped at `IOVA_NONE`. The receive
+/// test (`vf_rx.rs`) uses it too.
+pub(crate) const IOVA_RING: u64 = 0x10_0000;
+pub(crate) const RING_DESCS: u32 = 16;
+pub(crate) const IOVA_BUFS: u64 = 0x10_1000;
+pub(crate) const SLOT: usize = 2 * PAGE;
+pub(crate) const MAP_LEN: usize = PAGE + RING_DESCS as usize * SLOT;
+pub(crate) const IOVA_NONE: u64 = 0x90_0000;
 
 /// A capture of the test's frames on a network interface.
 struct Capture(OwnedFd);
 
+/// An `AF_PACKET` raw socket bound to `ifname` for frames of EtherType
+/// `ethertype` (0: it receives none, and only sends).
+pub(crate) fn packet_socket(ifname: &str, ethertype: u16) -> Result<OwnedFd, String> {
+    let name = std::ffi::CString::new(ifname).map_err(|e| e.to_string())?;
+    // SAFETY: A NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(format!("no interface {ifname}"));
+    }
+    let proto = ethertype.to_be();
+    // SAFETY: A plain socket call.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+    if fd < 0 {
+        return Err(format!(
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: A new descriptor, ours alone.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: All-zero is a valid `sockaddr_ll`.
+    let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sa.sll_family = libc::AF_PACKET as u16;
+    sa.sll_protocol = proto;
+    sa.sll_ifindex = index as i32;
+    // SAFETY: `sa` is a `sockaddr_ll` of the size given.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if r != 0 {
+        return Err(format!(
+            "bind to {ifname}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(fd)
+}
+
 impl Capture {
     fn open(ifname: &str) -> Result<Capture, String> {
-        let name = std::ffi::CString::new(ifname).map_err(|e| e.to_string())?;
-        // SAFETY: A NUL-terminated name.
-        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if index == 0 {
-            return Err(format!("no interface {ifname}"));
-        }
-        let proto = ETHERTYPE.to_be();
-        // SAFETY: A plain socket call.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
-        if fd < 0 {
-            return Err(format!(
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        // SAFETY: A new descriptor, ours alone.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: All-zero is a valid `sockaddr_ll`.
-        let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sa.sll_family = libc::AF_PACKET as u16;
-        sa.sll_protocol = proto;
-        sa.sll_ifindex = index as i32;
-        // SAFETY: `sa` is a `sockaddr_ll` of the size given.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sa as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if r != 0 {
-            return Err(format!(
-                "bind to {ifname}: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
+        let fd = packet_socket(ifname, ETHERTYPE)?;
         let tv = libc::timeval {
             tv_sec: 0,
             tv_usec: 300_000,
@@ -181,7 +189,7 @@ fn mac_of(ifname: &str) -> Result<[u8; 6], String> {
 
 /// Frame `seq` of `len` bytes to `dst`: the test's EtherType, a marker,
 /// the number, then a pattern.
-fn frame(dst: &[u8; 6], seq: u32, len: usize) -> Vec<u8> {
+pub(crate) fn frame(dst: &[u8; 6], seq: u32, len: usize) -> Vec<u8> {
     let mut f = Vec::with_capacity(len);
     f.extend_from_slice(dst);
     f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
@@ -194,7 +202,7 @@ fn frame(dst: &[u8; 6], seq: u32, len: usize) -> Vec<u8> {
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
-fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+pub(crate) fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     let bytes: Vec<u8> = s
         .split(':')
         .map(|b| u8::from_str_radix(b, 16))
@@ -313,16 +321,21 @@ fn expect_frames(cap: &Capture, want: &[Vec<u8>], what: &str) -> TestResult {
 }
 
 /// Maps the test's memory into `dev`'s container: the ring writable
-/// (the device writes completions), the frames read-only (it only reads
-/// them).
-fn map(dev: &Device, mem: &Buffer) -> TestResult {
+/// (the device writes completions), the frames read-only for transmit
+/// (it only reads them), writable for receive (`bufs_writable`).
+pub(crate) fn map(dev: &Device, mem: &Buffer, bufs_writable: bool) -> TestResult {
     ctx(
         dev.map_dma(IOVA_RING, mem.addr(0), PAGE as u64, true),
         "map the ring",
     )?;
     ctx(
-        dev.map_dma(IOVA_BUFS, mem.addr(PAGE), (MAP_LEN - PAGE) as u64, false),
-        "map the buffers read-only",
+        dev.map_dma(
+            IOVA_BUFS,
+            mem.addr(PAGE),
+            (MAP_LEN - PAGE) as u64,
+            bufs_writable,
+        ),
+        "map the buffers",
     )
 }
 
@@ -336,7 +349,7 @@ fn irq_info(dev: &Device, index: u32) -> Result<(u32, u32), String> {
 }
 
 /// Three new eventfds registered as the device's MSI-X vectors.
-fn enable_msix(dev: &Device) -> Result<Vec<OwnedFd>, String> {
+pub(crate) fn enable_msix(dev: &Device) -> Result<Vec<OwnedFd>, String> {
     let efds = (0..3)
         .map(|_| new_eventfd())
         .collect::<Result<Vec<_>, _>>()?;
@@ -358,7 +371,7 @@ fn enable_msix(dev: &Device) -> Result<Vec<OwnedFd>, String> {
 }
 
 /// How often each vector fired since the last look, vector 0 first.
-fn fired(efds: &[OwnedFd]) -> Result<Vec<u64>, String> {
+pub(crate) fn fired(efds: &[OwnedFd]) -> Result<Vec<u64>, String> {
     efds.iter().map(eventfd_take).collect()
 }
 
@@ -718,6 +731,17 @@ fn user_mailbox(q: &mut Queue<'_>, cap: &Capture, dst: &[u8; 6], mac: &[u8; 6]) 
     Ok(())
 }
 
+/// The stopped `dev`'s state: STOP_COPY, the data FD read to its end,
+/// STOP again.
+pub(crate) fn save_stopped(dev: &Device) -> Result<Vec<u8>, String> {
+    let fd = ctx(dev.set_state(State::StopCopy.raw()), "SET STOP_COPY")?.ok_or("no save FD")?;
+    let mut stream = Vec::new();
+    read_to_eof(&fd, &mut stream)?;
+    drop(fd);
+    ctx(dev.set_state(State::Stop.raw()), "SET STOP")?;
+    Ok(stream)
+}
+
 /// Frames queued while the source is stopped are not sent; migrated with
 /// the queue into `target` (an mdev on another VF, the same memory mapped
 /// into its container, as a VMM's guest RAM moves), they go from there when
@@ -758,12 +782,8 @@ fn migrate_pending(q: &mut Queue<'_>, target: &Device, cap: &Capture, dst: &[u8;
         head != q.tail,
         "the stopped source moved its head to the tail"
     );
-    let fd = ctx(q.dev.set_state(State::StopCopy.raw()), "SET STOP_COPY")?.ok_or("no save FD")?;
-    let mut stream = Vec::new();
-    read_to_eof(&fd, &mut stream)?;
-    drop(fd);
-    ctx(q.dev.set_state(State::Stop.raw()), "SET STOP")?;
-    map(target, &q.mem)?;
+    let stream = save_stopped(q.dev)?;
+    map(target, &q.mem, false)?;
     let efds = enable_msix(target)?;
     load_into(target, &stream)?;
     ensure!(fired(&efds)? == [0, 0, 0], "the target raised at load");
@@ -815,7 +835,7 @@ pub(crate) fn vf_tx(uuid: &str, other: &str, pf_if: &str, vf_mac: &str) -> TestR
     let cap = Capture::open(pf_if)?;
     let dev = ctx(Device::open(uuid), "open the mdev")?;
     let mem = Buffer::new(MAP_LEN)?;
-    map(&dev, &mem)?;
+    map(&dev, &mem, false)?;
     let mut q = Queue {
         dev: &dev,
         mem,
