@@ -13,9 +13,7 @@
 //! context, where the user mapped memory writable; a buffer that is not
 //! (unmapped, past its mapping, read-only) is refused: its descriptor is
 //! written back with the error bit (RXE) and no length, and the rest of
-//! the frame is dropped. (The part of a refused buffer in pages mapped
-//! writable may have been written: the copy stops at the first page it
-//! cannot write.) A ring the vendor cannot read or write back stops
+//! the frame is dropped, nothing of it written. A ring the vendor cannot read or write back stops
 //! the queue (RXDCTL.ENABLE reads 0 again).
 //!
 //! Delivery runs when the VF signals the vendor's vector (from its
@@ -205,6 +203,23 @@ impl HostRing {
         let page = self.pages.get(i / BUFS_PER_PAGE).ok_or(EINVAL)?;
         page.read_into((i % BUFS_PER_PAGE) * HOST_BUF, out)
     }
+}
+
+/// Writes `data` into the user's memory at `iova`, all of it or nothing:
+/// the pages are pinned writable first (which fails unless every one is
+/// mapped writable), written through the pin, and unpinned (which logs
+/// them dirty), within the delivery that holds the queues' lock.
+fn write_whole(cx: &Ctx<'_>, iova: u64, data: &[u8]) -> Result {
+    let end = iova.checked_add(data.len() as u64).ok_or(EINVAL)?;
+    let page = PAGE as u64;
+    let first = iova & !(page - 1);
+    let pages = ((end - 1) / page - first / page + 1) as usize;
+    let pin = cx.guest.pin(first, pages, true)?;
+    let written = cx.guest.write_pinned(&pin, (iova - first) as usize, data);
+    // A pin the framework took back meanwhile (the user unmapped it) is
+    // gone already.
+    let _ = cx.guest.unpin(pin);
+    written
 }
 
 /// The queue.
@@ -475,8 +490,8 @@ impl RxQueue {
     }
 
     /// Writes the bounce buffer's first `len` bytes into the user's
-    /// descriptors from the head, `size` bytes to a buffer, and writes them
-    /// back. Returns `false` if a buffer was refused (its descriptor
+    /// descriptors from the head, `size` bytes to a buffer
+    /// ([`write_whole`]), and writes them back. Returns `false` if a buffer was refused (its descriptor
     /// written back with RXE: the rest of the frame is dropped). An error:
     /// the user's ring cannot be read or written.
     fn copy_in(
@@ -496,7 +511,7 @@ impl RxQueue {
             cx.guest.read(at, &mut raw)?;
             let buf = u64::from_le_bytes(raw);
             let data = self.bounce.get(done..done + piece).ok_or(EINVAL)?;
-            let refused = piece > 0 && cx.guest.write(buf, data).is_err();
+            let refused = piece > 0 && write_whole(cx, buf, data).is_err();
             let (status, written) = match refused {
                 true => (DD | EOP | RXE, 0),
                 false if last && end_of_frame => (DD | EOP, piece),
