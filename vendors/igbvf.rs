@@ -519,8 +519,9 @@ impl Device for VfDevice {
     type Load = VfLoad;
     type Arcs = StopCopyP2pArc;
     // The device writes guest memory only through `GuestMemory::write`
-    // (transmit completions) and pins for reading only: the framework's
-    // dirty log has every page it wrote.
+    // (transmit completions, receive write-backs) and through writable
+    // pins (received frames), whose unpin logs them: the framework's dirty
+    // log has every page it wrote.
 
     fn region(&self, index: u32) -> Region {
         match index {
@@ -617,7 +618,8 @@ impl Device for VfDevice {
         // A transmit round holds its pins only while it runs, with the
         // queues' lock: once the lock is free the hardware reaches none of
         // the user's pages, and the framework refuses new pins into the
-        // range until it is unmapped. Receive pins nothing.
+        // range until it is unmapped. Receive pins a buffer only while it
+        // writes it, under the same lock.
         drop(self.queues.lock());
     }
 

@@ -17,7 +17,7 @@ use kernel::time::Ktime;
 
 use super::mailbox::Mailbox;
 use super::rmdev::device::GuestMemory;
-use super::rmdev::pci::{Bar, DmaFunction, Event};
+use super::rmdev::pci::{sleep_ms, Bar, DmaFunction, Event};
 use super::rx::RxQueue;
 use super::tx::TxQueue;
 
@@ -42,6 +42,8 @@ pub(crate) const QUEUE_ENABLE: u32 = 1 << 25;
 /// The shortest time between two handshakes with the PF a user's
 /// `VF_RESET` makes, in ms.
 const RESET_INTERVAL_MS: i64 = 1000;
+/// How long the VF may take to stop a queue, in ms.
+const QUEUE_STOP_MS: u32 = 200;
 
 /// What the queues work with.
 pub(crate) struct Ctx<'a> {
@@ -56,24 +58,32 @@ pub(crate) struct Ctx<'a> {
 #[derive(Default)]
 pub(crate) struct VfHw {
     mailbox: Mailbox,
-    /// Whether the VF is up: reset, handshake made, vector routed, bus
-    /// mastering on.
+    /// Whether the VF is up: handshake made, vector routed, bus mastering
+    /// on.
     up: bool,
-    /// The last handshake: when (ms) and what the PF answered.
-    last_handshake: Option<(i64, Option<[u8; 6]>)>,
+    /// The PF's answer (the MAC address, if any) to the handshake made
+    /// since the VF was last reset; `None`: the next bring-up resets the
+    /// VF and makes one.
+    handshake: Option<Option<[u8; 6]>>,
+    /// The user's last `VF_RESET` that reached the hardware: when (ms) and
+    /// what the PF answered.
+    last_user_reset: Option<(i64, Option<[u8; 6]>)>,
 }
 
 impl VfHw {
     /// Brings the VF up, if it is not: function reset and handshake with
-    /// the PF (`ETIMEDOUT`: the PF did not answer, its interface is down),
-    /// every queue disabled, the vendor's vector routed and enabled, bus
-    /// mastering on.
+    /// the PF unless one was made since the device's last reset
+    /// (`ETIMEDOUT`: the PF did not answer, its interface is down), every
+    /// queue disabled, the vendor's vector routed and enabled, bus
+    /// mastering on. A queue enabled and disabled again by its user does
+    /// not make a handshake each time.
     pub(crate) fn up(&mut self, cx: &Ctx<'_>) -> Result {
         if self.up {
             return Ok(());
         }
-        let mac = self.mailbox.reset(cx.bar)?;
-        self.last_handshake = Some((Ktime::ktime_get().to_ms(), mac));
+        if self.handshake.is_none() {
+            self.handshake = Some(self.mailbox.reset(cx.bar)?);
+        }
         let bar = cx.bar;
         for q in QUEUE_CONTROLS {
             let v = bar.read32(q)?;
@@ -104,6 +114,25 @@ impl VfHw {
         let _ = cx.bar.write32(IVAR0, 0);
         self.up = false;
     }
+
+    /// Disables the queue whose control register is `ctl` and waits until
+    /// the VF says it stopped. If it does not, the VF goes down (bus
+    /// mastering off): either way the hardware reaches none of the queue's
+    /// memory once this returns, and the caller may free it.
+    pub(crate) fn disable_queue(&mut self, cx: &Ctx<'_>, ctl: usize) {
+        let _ = cx.bar.write32(ctl, 0);
+        for _ in 0..QUEUE_STOP_MS {
+            match cx.bar.read32(ctl) {
+                Ok(v) if v & QUEUE_ENABLE != 0 => sleep_ms(1),
+                Ok(_) => return,
+                // The BAR is gone (the VF is being removed; its bus
+                // mastering goes off with it, but not before the queue's
+                // memory would go).
+                Err(_) => break,
+            }
+        }
+        self.down(cx);
+    }
 }
 
 /// Both shadowed queues and the VF they run on.
@@ -127,17 +156,28 @@ impl Queues {
         self.tx.running
     }
 
-    /// Brings the VF down if neither queue runs on it.
+    /// Brings the VF down if neither queue runs on it, and stops a queue
+    /// left on a VF that went down (one queue that would not stop takes
+    /// the VF down, and the other with it).
     pub(crate) fn settle(&mut self, cx: &Ctx<'_>) {
-        if self.vf.up && !self.tx.has_hw() && !self.rx.has_hw() {
+        if !self.vf.up {
+            if self.tx.has_hw() {
+                self.tx.stop_hw(cx, &mut self.vf);
+            }
+            if self.rx.has_hw() {
+                self.rx.stop_hw(cx, &mut self.vf);
+            }
+        } else if !self.tx.has_hw() && !self.rx.has_hw() {
             self.vf.down(cx);
         }
     }
 
-    /// Stops both queues' hardware and brings the VF down.
+    /// Stops both queues' hardware, whether or not the vendor ran them
+    /// (queue 0's reset value is enabled: a queue the vendor does not run
+    /// stays disabled), and brings the VF down.
     fn stop_hw(&mut self, cx: &Ctx<'_>) {
-        self.tx.stop_hw(cx);
-        self.rx.stop_hw(cx);
+        self.tx.stop_hw(cx, &mut self.vf);
+        self.rx.stop_hw(cx, &mut self.vf);
         if self.vf.up {
             self.vf.down(cx);
         }
@@ -149,13 +189,15 @@ impl Queues {
     pub(crate) fn check_hw(&mut self, cx: &Ctx<'_>) {
         if self.tx.lost_hw(cx) || self.rx.lost_hw(cx) {
             self.stop_hw(cx);
+            // The PF forgot the VF: a new handshake.
+            self.vf.handshake = None;
             self.rx.ensure_hw(cx, &mut self.vf);
         }
     }
 
     /// The user writes a transmit register; a doorbell rung is served.
     pub(crate) fn tx_write(&mut self, cx: &Ctx<'_>, offset: u64, value: u32) {
-        if self.tx.write(cx, offset, value) {
+        if self.tx.write(cx, &mut self.vf, offset, value) {
             self.check_hw(cx);
             self.tx.kick(cx, &mut self.vf);
         }
@@ -166,17 +208,17 @@ impl Queues {
     /// enable) the queue starts if it is enabled, and what the VF received
     /// is delivered into the descriptors given.
     pub(crate) fn rx_write(&mut self, cx: &Ctx<'_>, offset: u64, value: u32) {
-        if self.rx.write(cx, offset, value) {
+        if self.rx.write(cx, &mut self.vf, offset, value) {
             self.check_hw(cx);
             self.rx.ensure_hw(cx, &mut self.vf);
-            self.rx.deliver(cx);
+            self.rx.deliver(cx, &mut self.vf);
         }
         self.settle(cx);
     }
 
     /// The VF signalled the vendor's vector: delivers what it received.
     pub(crate) fn rx_interrupt(&mut self, cx: &Ctx<'_>) {
-        self.rx.deliver(cx);
+        self.rx.deliver(cx, &mut self.vf);
         self.settle(cx);
     }
 
@@ -186,7 +228,8 @@ impl Queues {
         self.stop_hw(cx);
         self.tx.reset();
         self.rx.reset();
-        self.vf.last_handshake = None;
+        self.vf.handshake = None;
+        self.vf.last_user_reset = None;
     }
 
     /// Whether the device runs; when it starts running, serves what is
@@ -200,10 +243,12 @@ impl Queues {
             self.check_hw(cx);
             self.tx.kick(cx, &mut self.vf);
             self.rx.ensure_hw(cx, &mut self.vf);
-            self.rx.deliver(cx);
+            self.rx.deliver(cx, &mut self.vf);
         } else {
-            self.rx.deliver(cx);
-            self.rx.stop_hw(cx);
+            self.rx.deliver(cx, &mut self.vf);
+            if self.rx.has_hw() {
+                self.rx.stop_hw(cx, &mut self.vf);
+            }
             self.tx.running = false;
             self.rx.running = false;
         }
@@ -219,17 +264,20 @@ impl Queues {
     /// does not become one of the PF's).
     pub(crate) fn reset_vf(&mut self, cx: &Ctx<'_>) -> Result<Option<[u8; 6]>> {
         let now = Ktime::ktime_get().to_ms();
-        if let Some((at, mac)) = self.vf.last_handshake {
+        if let Some((at, mac)) = self.vf.last_user_reset {
             if (0..RESET_INTERVAL_MS).contains(&(now - at)) {
                 return Ok(mac);
             }
         }
         self.stop_hw(cx);
+        self.vf.handshake = None;
         let result = self.vf.up(cx);
+        let mac = self.vf.handshake.flatten();
         if result.is_ok() {
+            self.vf.last_user_reset = Some((now, mac));
             self.rx.ensure_hw(cx, &mut self.vf);
         }
         self.settle(cx);
-        result.map(|()| self.vf.last_handshake.and_then(|(_, mac)| mac))
+        result.map(|()| mac)
     }
 }

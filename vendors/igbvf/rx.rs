@@ -5,8 +5,8 @@
 //! device with the tail doorbell; the VF receives into buffers of the
 //! vendor's own ([`Coherent`] memory, a ring of [`HOST_DESCS`] 2 KiB
 //! buffers), and the vendor copies each frame into the user's buffers
-//! ([`GuestMemory::write`]), writes the user's descriptors back and raises
-//! the queue's interrupt.
+//! ([`write_whole`]), writes the user's descriptors back and raises the
+//! queue's interrupt.
 //!
 //! So the VF never reaches the user's memory for receive: every address it
 //! sees is the vendor's. The vendor writes only through the user's IOMMU
@@ -28,7 +28,7 @@
 use kernel::prelude::*;
 
 use super::hw::{Ctx, VfHw, QUEUE_ENABLE as ENABLE};
-use super::rmdev::pci::{sleep_ms, Coherent};
+use super::rmdev::pci::Coherent;
 
 /// The queue's registers (queue 0), user view and hardware alike.
 pub(crate) const RDBAL: u64 = 0x2800;
@@ -67,8 +67,6 @@ const HOST_BUF: usize = 2048;
 const PAGE: usize = super::rmdev::dma::PAGE_SIZE as usize;
 const BUFS_PER_PAGE: usize = PAGE / HOST_BUF;
 const DESC: usize = 16;
-/// How long the VF may take to stop its queue, in ms.
-const HW_TIMEOUT_MS: u32 = 200;
 
 /// The user's view of the queue: what it programmed.
 #[derive(Clone, Copy, Default)]
@@ -290,7 +288,7 @@ impl RxQueue {
     /// whether the doorbell rang (the tail or the enable written): the
     /// owner then starts the queue and delivers.
     #[must_use]
-    pub(crate) fn write(&mut self, cx: &Ctx<'_>, offset: u64, value: u32) -> bool {
+    pub(crate) fn write(&mut self, cx: &Ctx<'_>, vf: &mut VfHw, offset: u64, value: u32) -> bool {
         let r = &mut self.regs;
         let idle = !r.enabled();
         match offset {
@@ -310,9 +308,8 @@ impl RxQueue {
                     v &= !ENABLE;
                 }
                 r.rxdctl = v;
-                if v & ENABLE == 0 {
-                    self.stop_hw(cx);
-                    self.dropping = false;
+                if v & ENABLE == 0 && self.host.is_some() {
+                    self.stop_hw(cx, vf);
                 }
                 return true;
             }
@@ -331,17 +328,11 @@ impl RxQueue {
         self.completed = false;
     }
 
-    /// Disables the VF's queue and waits until the hardware says it
-    /// stopped; frames it received and the vendor did not deliver are
-    /// dropped with the vendor's ring.
-    pub(crate) fn stop_hw(&mut self, cx: &Ctx<'_>) {
-        let _ = cx.bar.write32(RXDCTL as usize, 0);
-        for _ in 0..HW_TIMEOUT_MS {
-            match cx.bar.read32(RXDCTL as usize) {
-                Ok(v) if v & ENABLE != 0 => sleep_ms(1),
-                _ => break,
-            }
-        }
+    /// Disables the VF's queue ([`VfHw::disable_queue`]); frames it
+    /// received and the vendor did not deliver are dropped with the
+    /// vendor's ring.
+    pub(crate) fn stop_hw(&mut self, cx: &Ctx<'_>, vf: &mut VfHw) {
+        vf.disable_queue(cx, RXDCTL as usize);
         // Freed once the hardware no longer reaches it.
         self.host = None;
         self.dropping = false;
@@ -369,7 +360,7 @@ impl RxQueue {
             return;
         }
         if let Err(e) = self.start_hw(cx, vf) {
-            self.stop(cx, e);
+            self.stop(cx, vf, e);
         }
     }
 
@@ -413,19 +404,21 @@ impl RxQueue {
 
     /// Stops the queue after an error: the user's enable clears, as a DMA
     /// error stops the real queue, and the hardware is off.
-    fn stop(&mut self, cx: &Ctx<'_>, e: Error) {
+    fn stop(&mut self, cx: &Ctx<'_>, vf: &mut VfHw, e: Error) {
         if !self.stopped_once {
             // ETIMEDOUT may be the PF's: its interface down.
             pr_warn!("receive queue stopped ({:?})\n", e);
             self.stopped_once = true;
         }
         self.regs.rxdctl &= !ENABLE;
-        self.stop_hw(cx);
+        if self.host.is_some() {
+            self.stop_hw(cx, vf);
+        }
     }
 
     /// Delivers what the VF received into the user's descriptors, as far
     /// as the user gave descriptors.
-    pub(crate) fn deliver(&mut self, cx: &Ctx<'_>) {
+    pub(crate) fn deliver(&mut self, cx: &Ctx<'_>, vf: &mut VfHw) {
         if !self.running || !self.regs.enabled() {
             return;
         }
@@ -443,12 +436,12 @@ impl RxQueue {
             // hardware has all the others.
             let tail = (host.next + HOST_DESCS - 1) % HOST_DESCS;
             if let Err(e) = cx.bar.write32(RDT as usize, tail as u32) {
-                self.stop(cx, e);
+                self.stop(cx, vf, e);
                 return;
             }
         }
         if let Err(e) = result {
-            self.stop(cx, e);
+            self.stop(cx, vf, e);
         }
     }
 
@@ -465,7 +458,8 @@ impl RxQueue {
             return Ok(false);
         }
         // The buffer and the length are read after the status (the VF
-        // writes the status last).
+        // writes the status last): the kernel's `dma_rmb()`, a compiler
+        // barrier on x86.
         core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
         let len = ((host.ring.read32(i * DESC + 12)? & LEN_MASK) as usize).min(HOST_BUF);
         let end_of_frame = status & EOP != 0;

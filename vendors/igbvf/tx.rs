@@ -29,7 +29,7 @@ use kernel::time::Ktime;
 
 use super::hw::{Ctx, VfHw, QUEUE_ENABLE as ENABLE};
 use super::rmdev::device::Pinned;
-use super::rmdev::pci::{sleep_ms, timed_out, Coherent};
+use super::rmdev::pci::{timed_out, Coherent};
 
 /// The queue's registers (queue 0), user view and hardware alike.
 pub(crate) const TDBAL: u64 = 0x3800;
@@ -267,7 +267,7 @@ impl TxQueue {
     /// whether the doorbell rang (the tail or the enable written): the
     /// owner then serves it ([`TxQueue::kick`]).
     #[must_use]
-    pub(crate) fn write(&mut self, cx: &Ctx<'_>, offset: u64, value: u32) -> bool {
+    pub(crate) fn write(&mut self, cx: &Ctx<'_>, vf: &mut VfHw, offset: u64, value: u32) -> bool {
         let r = &mut self.regs;
         let idle = !r.enabled();
         match offset {
@@ -292,7 +292,7 @@ impl TxQueue {
                 if v & ENABLE == 0 {
                     // The hardware is off the user's pages (and bus
                     // mastering goes off with the last queue, `settle`).
-                    self.stop_hw(cx);
+                    self.stop_hw(cx, vf);
                 }
                 return true;
             }
@@ -310,19 +310,12 @@ impl TxQueue {
         self.completed = false;
     }
 
-    /// Disables the VF's queue and waits until the hardware says it
-    /// stopped; the vendor's ring is set up again at the next round.
-    /// Whether or not the vendor ran it: the queue's reset value is enabled
-    /// (82576 queue 0), and a queue the vendor is not running stays
-    /// disabled.
-    pub(crate) fn stop_hw(&mut self, cx: &Ctx<'_>) {
-        let _ = cx.bar.write32(TXDCTL as usize, 0);
-        for _ in 0..HW_TIMEOUT_MS {
-            match cx.bar.read32(TXDCTL as usize) {
-                Ok(v) if v & ENABLE != 0 => sleep_ms(1),
-                _ => break,
-            }
-        }
+    /// Disables the VF's queue ([`VfHw::disable_queue`]); the vendor's
+    /// ring is set up again at the next round. Whether or not the vendor
+    /// ran it: the queue's reset value is enabled (82576 queue 0), and a
+    /// queue the vendor is not running stays disabled.
+    pub(crate) fn stop_hw(&mut self, cx: &Ctx<'_>, vf: &mut VfHw) {
+        vf.disable_queue(cx, TXDCTL as usize);
         // The ring is freed once the hardware no longer reaches it.
         self.host = None;
     }
@@ -381,7 +374,7 @@ impl TxQueue {
                         self.stopped_once = true;
                     }
                     self.regs.txdctl &= !ENABLE;
-                    self.stop_hw(cx);
+                    self.stop_hw(cx, vf);
                     return;
                 }
             }
@@ -427,7 +420,7 @@ impl TxQueue {
         let done = built.and_then(|()| self.run_hw(cx, &frames));
         if done.is_err() {
             // The hardware must be off the pages before they go.
-            self.stop_hw(cx);
+            self.stop_hw(cx, vf);
         }
         for f in frames.iter_mut() {
             for p in core::mem::replace(&mut f.pins, KVec::new()) {
