@@ -6,8 +6,8 @@ a vfio-pci device.
 
     qemu_vfio.py migrate SRC_UUID DST_UUID [--uri tcp|file:PATH] [--downtime MS]
                  [--switchover-bandwidth BYTES_PER_S]
-                 [--kernel GUEST --pause-target [--dma-page ADDR]] [--iommufd]
-                 [--expect-failure]
+                 [--kernel GUEST [--word OFFSET] --pause-target [--dma-page ADDR]]
+                 [--capture IFACE] [--iommufd] [--expect-failure]
     qemu_vfio.py restore DST_UUID FILE      (a fresh QEMU -incoming from FILE)
     qemu_vfio.py attach UUID               (realize, reset, quit)
     qemu_vfio.py bench (--device SRC_UUID DST_UUID | --ram-mb N)
@@ -17,7 +17,11 @@ Every QEMU's stderr is kept; a line mentioning vfio fails the command (QEMU
 logs vfio errors and warnings there). The devices keep QEMU's default
 enable-migration=auto: QEMU migrates them only because they offer device
 dirty logging. --iommufd attaches them through an iommufd object instead of
-a type1 container. Prints QEMU's own query-migrate figures.
+a type1 container. Prints QEMU's own query-migrate figures. --capture
+checks the numbered frames a guest built with NIC_DST sends through an
+igbvf mdev while it migrates, captured on IFACE (the PF's netdev): every
+frame's bytes, no duplicate and none out of order, frames from the target
+after the switch-over, and reports the frames lost.
 Exit status: 0 as expected, 1 otherwise.
 """
 
@@ -26,9 +30,11 @@ import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 QEMU = "qemu-system-x86_64"
@@ -156,6 +162,70 @@ class Qemu:
         return [l for l in self.log_text().splitlines() if "vfio" in l.lower()]
 
 
+# The frames of guest/mmio-writer.c built with NIC_DST.
+ETH_P_RMDEV = 0x88B5
+FRAME_LEN = 114
+PACKET_OUTGOING = 4
+
+
+class SeqCapture(threading.Thread):
+    """The guest's numbered frames arriving on a network interface, with
+    the time each arrived."""
+
+    def __init__(self, iface):
+        super().__init__(daemon=True)
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW,
+                                  socket.htons(ETH_P_RMDEV))
+        self.sock.bind((iface, 0))
+        self.sock.settimeout(0.2)
+        self.frames = []
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            try:
+                data, addr = self.sock.recvfrom(4096)
+            except socket.timeout:
+                continue
+            if addr[2] != PACKET_OUTGOING:
+                self.frames.append((time.time(), data))
+
+    def stop(self):
+        self.done.set()
+        self.join()
+        self.sock.close()
+
+    def seqs_after(self, t):
+        return sum(1 for at, _ in self.frames if at > t)
+
+    def check(self, switched_at):
+        """Fails on a damaged, duplicated or reordered frame, or if the
+        target sent none; prints what arrived and what was lost."""
+        seqs = []
+        for at, f in self.frames:
+            if len(f) < FRAME_LEN or f[14:18] != b"RMDV":
+                fail(f"a frame that is not the guest's: {f[:32].hex()}")
+            seq = struct.unpack_from("<I", f, 18)[0]
+            want = bytes((seq * 7 + k) & 0xFF for k in range(22, FRAME_LEN))
+            if len(f) != FRAME_LEN or f[22:] != want:
+                fail(f"frame {seq} damaged: {len(f)} bytes, {f.hex()}")
+            seqs.append(seq)
+        if not seqs:
+            fail("no frame captured")
+        for a, b in zip(seqs, seqs[1:]):
+            if b <= a:
+                fail(f"frame {b} after frame {a}: duplicated or out of order")
+        lost = [s for s in range(seqs[0], seqs[-1] + 1) if s not in set(seqs)]
+        before = sum(1 for at, _ in self.frames if at <= switched_at)
+        after = len(seqs) - before
+        print(f"  {len(seqs)} frames {seqs[0]}..{seqs[-1]} captured, every one as sent and in "
+              f"order: {before} before the migration completed, {after} after (from the "
+              f"target); lost: {len(lost)}{' ' + str(lost[:20]) if lost else ''}")
+        if before < 5 or after < 5:
+            fail(f"frames on either side of the switch-over: {before} before, {after} after")
+        return lost
+
+
 def check_logs(*qemus, allow=None):
     bad = [f"{q.name}: {l}" for q in qemus for l in q.vfio_lines()
            if not (allow and re.search(allow, l))]
@@ -198,14 +268,18 @@ def migrate(args):
     if args.switchover_bandwidth:
         src.cmd("migrate-set-parameters",
                 **{"avail-switchover-bandwidth": args.switchover_bandwidth})
+    word = BAR2_ADDR + args.word
+    capture = SeqCapture(args.capture) if args.capture else None
+    if capture:
+        capture.start()
     if args.kernel:
         # The guest keeps writing the device: wait until it has started.
         deadline = time.time() + 300
-        while not src.read_word(BAR2_ADDR):
+        while not src.read_word(word):
             if time.time() > deadline:
                 fail("the guest never wrote the device")
             time.sleep(0.5)
-        before = src.read_word(BAR2_ADDR)
+        before = src.read_word(word)
         # Slow the migration down at first, so pre-copy lasts a while.
         src.cmd("migrate-set-parameters", **{"max-bandwidth": 4 << 20})
     if args.before:
@@ -217,9 +291,10 @@ def migrate(args):
         time.sleep(3)
         src.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
     info = wait_migration(src, 600)
+    switched_at = time.time()
     report(info, "source")
     if args.kernel:
-        after = src.read_word(BAR2_ADDR)
+        after = src.read_word(word)
         print(f"  the guest wrote the device {after - before} times during the migration")
         if after - before < 10:
             fail(f"only {after - before} guest writes during the migration")
@@ -237,6 +312,16 @@ def migrate(args):
                 time.sleep(0.2)
     if ok and dst and args.dma_page:
         check_dma(dst, args.dma_page)
+    if capture:
+        # The target goes on sending: a few seconds of its frames.
+        deadline = time.time() + 60
+        while capture.seqs_after(switched_at) < 20 and time.time() < deadline:
+            time.sleep(0.5)
+        capture.stop()
+        if ok:
+            lost = capture.check(switched_at)
+            if lost:
+                fail(f"{len(lost)} frames lost in the migration")
     if args.expect_failure:
         if ok:
             fail("the migration completed; expected the target to refuse it")
@@ -372,6 +457,10 @@ def main():
     m.add_argument("--switchover-bandwidth", type=int,
                    help="avail-switchover-bandwidth, bytes/s")
     m.add_argument("--kernel", help="a guest kernel for both QEMUs (guest/mmio-writer.c)")
+    m.add_argument("--word", type=lambda v: int(v, 0), default=0,
+                   help="the offset in the guest's BAR of the word it writes (WORD)")
+    m.add_argument("--capture", metavar="IFACE",
+                   help="check the guest's frames (NIC_DST) captured on IFACE")
     m.add_argument("--pause-target", action="store_true",
                    help="the target stays paused (-S) after the migration")
     m.add_argument("--dma-page", type=lambda v: int(v, 0),

@@ -16,7 +16,8 @@
 # or read-only are refused, a ring the device cannot read stops the queue;
 # the interrupt on the routed vector; a reset and the next user; the ring
 # migrated to the mdev on VF1, whose frames continue it
-# (tests/vm/uapi/src/vf_rx.rs).
+# (tests/vm/uapi/src/vf_rx.rs). Last, QEMU: a guest sending numbered frames
+# while it is live-migrated from the VF0 mdev to the VF1 mdev.
 . "$(dirname "$0")/lib.sh"
 
 [ -x "$VM_TEST" ] || fail "$VM_TEST not built"
@@ -74,6 +75,20 @@ ip link set "$PFIF" vf 1 mac $VF1_MAC
 "$VM_TEST" vf-rx "$M0" "$M1" "$PFIF" $VF0_MAC $VF1_MAC || fail "frames received through the mdev"
 # The unreadable ring stopped the receive queue, with a line in the log.
 [ "$(klog_count 'receive queue stopped')" -ge 1 ] || fail "no log line for the stopped receive queue"
+# QEMU: the lab's multiboot guest as a minimal driver of the VF's transmit
+# queue (guest/mmio-writer.c, NIC_DST) sends a numbered frame to the PF
+# every 20 ms while it is live-migrated from a QEMU holding the VF0 mdev to
+# one holding the VF1 mdev; the capture on the PF's netdev checks every
+# frame's bytes, that none is duplicated or out of order, that the target
+# goes on where the source stopped, and that none is lost.
+note "QEMU: a guest sends frames through the VF0 mdev while it is live-migrated to the VF1 mdev"
+guest=$(mktemp /tmp/nic-guest.XXXXXX)
+pf_mac=$(cat /sys/class/net/$PFIF/address)
+build_guest "$guest" -DBAR_REG=0x10 -DBAR_64=1 -DWORD=0x2900 -DSTEP=0x80 -DPAGES=0 \
+	-DNIC_DST=0x${pf_mac//:/}ULL
+python3 "$(dirname "$0")/qemu_vfio.py" migrate "$M0" "$M1" --kernel "$guest" --word 0x2900 \
+	--capture "$PFIF" || fail "frames through a live migration"
+rm -f "$guest"
 # Unbinding gives the vector back: MSI-X off on the VF again.
 remove_all_mdevs
 echo "${VFS[0]}" >/sys/bus/pci/drivers/rmdev_igbvf/unbind

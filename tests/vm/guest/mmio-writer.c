@@ -25,6 +25,17 @@
  * (with STEP 1), on a correctly migrated target too. "rmdev-guest: dma"
  * with the first DMA command's status (0: it worked) follows "writing".
  *
+ * With NIC_DST (an 82576 VF's mdev, vendors/igbvf.rs: BAR_REG 0x10, WORD a
+ * forwarded register), the guest is also a minimal driver of the VF's
+ * transmit queue 0: it enables bus mastering, programs a ring of TX_DESCS
+ * advanced descriptors at guest-physical TX_RING (no vIOMMU: the IOVA is
+ * the guest-physical address) and, each round, sends one frame to the MAC
+ * address NIC_DST: EtherType 0x88b5, then "RMDV", the round number i
+ * (little endian) and FRAME_LEN - 22 bytes of (i * 7 + k) & 0xff, so a
+ * capture can check every frame's bytes and the sequence. Before it
+ * reuses a descriptor it checks that the device completed it (DD); one
+ * that is not is reported once as "rmdev-guest: stuck" with the round.
+ *
  * Pacing. COUNT writes follow each other with a short busy delay, so that
  * the tests waiting for "done" wait little. Forever, the guest does one
  * round of writes per tick of the local APIC timer (TICK_NS, 20 ms: 50
@@ -51,6 +62,8 @@
  *   TICK_NS   forever: the time from one round of writes to the next
  *   DMA_PAGE  guest-physical address of the page the device copies into
  *             (0: no DMA)
+ *   NIC_DST   the MAC address the frames go to, as a 48-bit number
+ *             (0: no frames)
  */
 
 #ifndef SLOT
@@ -80,6 +93,27 @@
 #ifndef DMA_PAGE
 #define DMA_PAGE 0
 #endif
+#ifndef NIC_DST
+#define NIC_DST 0
+#endif
+/* The VF's transmit queue 0 (82576 datasheet) and the guest's ring. */
+#define TDBAL 0x3800
+#define TDBAH 0x3804
+#define TDLEN 0x3808
+#define TDH 0x3810
+#define TDT 0x3818
+#define TXDCTL 0x3828
+#define TXDCTL_ENABLE (1u << 25)
+#define TX_RING 0x300000u
+#define TX_BUFS 0x301000u
+#define TX_DESCS 16
+#define FRAME_LEN 114
+#define DTYP_DATA (3u << 20)
+#define CMD_EOP (1u << 24)
+#define CMD_IFCS (1u << 25)
+#define CMD_RS (1u << 27)
+#define CMD_DEXT (1u << 29)
+#define STA_DD 1u
 /* The sample's registers (samples/sample.rs, reg) and DMA_TO_GUEST. */
 #define REGS_ADDR 0xD8000000u
 #define DMA_IOVA_LO 0x20
@@ -253,6 +287,57 @@ static unsigned int dma_to_guest(void)
 	return regs[DMA_STATUS / 4];
 }
 
+/* Programs the VF's transmit ring: disabled, base, length, head 0. */
+static void nic_start(volatile unsigned int *bar)
+{
+	volatile unsigned int *ring = (volatile unsigned int *)TX_RING;
+	unsigned int n;
+
+	for (n = 0; n < TX_DESCS * 4; n++)
+		ring[n] = 0;
+	bar[TXDCTL / 4] = 0;
+	bar[TDBAL / 4] = TX_RING;
+	bar[TDBAH / 4] = 0;
+	bar[TDLEN / 4] = TX_DESCS * 16;
+	bar[TDH / 4] = 0;
+	bar[TDT / 4] = 0;
+	bar[TXDCTL / 4] = TXDCTL_ENABLE;
+}
+
+/* Sends frame number i (from 1) from descriptor (i - 1) % TX_DESCS. */
+static void nic_send(volatile unsigned int *bar, unsigned int i)
+{
+	static int stuck;
+	unsigned int slot = (i - 1) % TX_DESCS;
+	volatile unsigned int *d = (volatile unsigned int *)(TX_RING + slot * 16);
+	volatile unsigned char *f = (volatile unsigned char *)(TX_BUFS + slot * 256);
+	unsigned long long dst = NIC_DST;
+	unsigned int k;
+
+	/* A descriptor used before must be done (DD) before it is reused. */
+	if (i > TX_DESCS && !(d[3] & STA_DD) && !stuck) {
+		report("stuck ", i);
+		stuck = 1;
+	}
+	for (k = 0; k < 6; k++)
+		f[k] = dst >> (8 * (5 - k));
+	/* A locally administered source address. */
+	f[6] = 0x02; f[7] = 0x52; f[8] = 0x4d; f[9] = 0x47; f[10] = 0x53; f[11] = 0x54;
+	f[12] = 0x88; f[13] = 0xb5;
+	f[14] = 'R'; f[15] = 'M'; f[16] = 'D'; f[17] = 'V';
+	for (k = 0; k < 4; k++)
+		f[18 + k] = i >> (8 * k);
+	for (k = 22; k < FRAME_LEN; k++)
+		f[k] = (i * 7 + k) & 0xff;
+	d[0] = TX_BUFS + slot * 256;
+	d[1] = 0;
+	d[2] = FRAME_LEN | DTYP_DATA | CMD_DEXT | CMD_IFCS | CMD_EOP | CMD_RS;
+	d[3] = FRAME_LEN << 14;
+	/* The descriptor and frame in memory before the doorbell. */
+	__asm__ volatile("" : : : "memory");
+	bar[TDT / 4] = (slot + 1) % TX_DESCS;
+}
+
 void guest_main(void);
 
 void guest_main(void)
@@ -269,6 +354,9 @@ void guest_main(void)
 		config_write(0x10, REGS_ADDR);
 		/* Memory decoding and bus mastering on. */
 		config_write(0x04, 0x0006);
+	} else if (NIC_DST) {
+		config_write(0x04, 0x0006);
+		nic_start(bar);
 	} else {
 		/* Memory decoding on. */
 		config_write(0x04, 0x0002);
@@ -291,6 +379,8 @@ void guest_main(void)
 		}
 		if (PAGES)
 			bar[(i % (PAGES ? PAGES : 1)) * 1024 + WORD / 4 + 1] = v;
+		if (NIC_DST)
+			nic_send(bar, i);
 		if (COUNT == 0)
 			wait_tick();
 		else
