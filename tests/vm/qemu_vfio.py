@@ -198,9 +198,10 @@ class SeqCapture(threading.Thread):
     def seqs_after(self, t):
         return sum(1 for at, _ in self.frames if at > t)
 
-    def check(self, switched_at):
-        """Fails on a damaged, duplicated or reordered frame, or if the
-        target sent none; prints what arrived and what was lost."""
+    def check(self, started_at, switched_at):
+        """Fails on a damaged, duplicated or reordered frame, or if frames
+        did not flow before, during and after the migration; prints what
+        arrived and what was lost."""
         seqs = []
         for at, f in self.frames:
             if len(f) < FRAME_LEN or f[14:18] != b"RMDV":
@@ -216,13 +217,15 @@ class SeqCapture(threading.Thread):
             if b <= a:
                 fail(f"frame {b} after frame {a}: duplicated or out of order")
         lost = [s for s in range(seqs[0], seqs[-1] + 1) if s not in set(seqs)]
-        before = sum(1 for at, _ in self.frames if at <= switched_at)
-        after = len(seqs) - before
+        before = sum(1 for at, _ in self.frames if at <= started_at)
+        during = sum(1 for at, _ in self.frames if started_at < at <= switched_at)
+        after = len(seqs) - before - during
         print(f"  {len(seqs)} frames {seqs[0]}..{seqs[-1]} captured, every one as sent and in "
-              f"order: {before} before the migration completed, {after} after (from the "
-              f"target); lost: {len(lost)}{' ' + str(lost[:20]) if lost else ''}")
-        if before < 5 or after < 5:
-            fail(f"frames on either side of the switch-over: {before} before, {after} after")
+              f"order: {before} before the migration, {during} during it (from the source), "
+              f"{after} after it (from the target); lost: {len(lost)}"
+              f"{' ' + str(lost[:20]) if lost else ''}")
+        if min(before, during, after) < 5:
+            fail(f"frames before, during and after the migration: {before}, {during}, {after}")
         return lost
 
 
@@ -286,6 +289,7 @@ def migrate(args):
         # Both QEMUs have started (and reset their devices): set the
         # device up behind QEMU's back, as a test fixture.
         subprocess.run(args.before, shell=True, check=True)
+    started_at = time.time()
     src.cmd("migrate", uri=uri)
     if args.kernel:
         time.sleep(3)
@@ -319,7 +323,7 @@ def migrate(args):
             time.sleep(0.5)
         capture.stop()
         if ok:
-            lost = capture.check(switched_at)
+            lost = capture.check(started_at, switched_at)
             if lost:
                 fail(f"{len(lost)} frames lost in the migration")
     if args.expect_failure:
