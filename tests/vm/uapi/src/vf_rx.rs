@@ -26,8 +26,9 @@ use rmdev_logic::fsm::State;
 
 use super::guest_memory::Buffer;
 use super::vf_traffic::{
-    enable_msix, fired, frame, map, packet_socket, parse_mac, save_stopped, EIAC, EICR, EIMC, EIMS,
-    ENABLE, IOVA_BUFS, IOVA_NONE, IOVA_RING, IVAR0, MAP_LEN, MSIX_INDEX, RING_DESCS, SLOT,
+    enable_msix, fired, frame, map, packet_socket, parse_mac, read_reg, save_stopped, write_reg,
+    EIAC, EICR, EIMC, EIMS, ENABLE, IOVA_BUFS, IOVA_NONE, IOVA_RING, IVAR0, MAP_LEN, MSIX_INDEX,
+    RING_DESCS, SLOT,
 };
 use super::{ctx, load_into, TestResult, PAGE};
 
@@ -140,11 +141,11 @@ struct Ring<'a> {
 
 impl Ring<'_> {
     fn reg(&self, r: u64) -> Result<u32, String> {
-        ctx(self.dev.read_reg(r), &format!("read register {r:#x}"))
+        read_reg(self.dev, r)
     }
 
     fn set(&self, r: u64, v: u32) -> TestResult {
-        ctx(self.dev.write_reg(r, v), &format!("write register {r:#x}"))
+        write_reg(self.dev, r, v)
     }
 
     /// Programs a clean ring at `base` with `srrctl` (disabled first), head

@@ -213,6 +213,16 @@ pub(crate) fn parse_mac(s: &str) -> Result<[u8; 6], String> {
         .map_err(|_| format!("MAC {s}: not six bytes"))
 }
 
+/// Reads register `r` of the mdev's BAR0.
+pub(crate) fn read_reg(dev: &Device, r: u64) -> Result<u32, String> {
+    ctx(dev.read_reg(r), &format!("read register {r:#x}"))
+}
+
+/// Writes register `r` of the mdev's BAR0.
+pub(crate) fn write_reg(dev: &Device, r: u64, v: u32) -> TestResult {
+    ctx(dev.write_reg(r, v), &format!("write register {r:#x}"))
+}
+
 /// The test's side of the queue: the mapped memory and where the tail is.
 struct Queue<'a> {
     dev: &'a Device,
@@ -222,11 +232,11 @@ struct Queue<'a> {
 
 impl Queue<'_> {
     fn reg(&self, r: u64) -> Result<u32, String> {
-        ctx(self.dev.read_reg(r), &format!("read register {r:#x}"))
+        read_reg(self.dev, r)
     }
 
     fn set(&self, r: u64, v: u32) -> TestResult {
-        ctx(self.dev.write_reg(r, v), &format!("write register {r:#x}"))
+        write_reg(self.dev, r, v)
     }
 
     /// Programs the ring at `base` (disabled first), head and tail 0.
