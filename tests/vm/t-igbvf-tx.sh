@@ -86,7 +86,7 @@ guest=$(mktemp /tmp/nic-guest.XXXXXX)
 pf_mac=$(cat /sys/class/net/$PFIF/address)
 build_guest "$guest" -DBAR_REG=0x10 -DBAR_64=1 -DWORD=0x2900 -DSTEP=0x80 -DPAGES=0 \
 	-DNIC_DST=0x${pf_mac//:/}ULL
-python3 "$(dirname "$0")/qemu_vfio.py" migrate "$M0" "$M1" --kernel "$guest" --word 0x2900 \
+python3 "$(dirname "$0")/qemu_vfio.py" migrate "$M0" "$M1" --kernel "$guest" --word 0x2900 --step 128 \
 	--capture "$PFIF" || fail "frames through a live migration"
 rm -f "$guest"
 # Unbinding gives the vector back: MSI-X off on the VF again.
