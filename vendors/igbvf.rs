@@ -736,9 +736,9 @@ impl Device for VfDevice {
     fn load(&self, l: &mut VfLoad, tag: u16, payload: &[u8]) -> Result {
         if tag == TAG_TX && !l.tx {
             let regs = TxRegs::from_record(payload)?;
-            // The target's queue starts stopped (the device is, in
-            // RESUMING), from the source's user view; the hardware is set
-            // up at its first round.
+            // The target's queue starts stopped (RESUMING is only reached
+            // from STOP, where `set_running(false)` ran), from the source's
+            // user view; the hardware is set up at its first round.
             let mut q = self.queues.lock();
             q.tx.regs = regs;
             l.tx = true;

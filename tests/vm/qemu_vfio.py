@@ -78,7 +78,9 @@ class Qemu:
             machine += ",memory-backend=ram0"
         args += ["-M", machine]
         if kernel:
-            args += ["-kernel", kernel]
+            # The guest's serial port (its reports, guest/mmio-writer.c).
+            self.serial_path = os.path.join(workdir, f"{name}.serial")
+            args += ["-kernel", kernel, "-serial", f"file:{self.serial_path}"]
         if paused:
             args += ["-S"]
         if incoming:
@@ -158,6 +160,13 @@ class Qemu:
         with open(self.log_path) as f:
             return f.read()
 
+    def serial_text(self):
+        try:
+            with open(self.serial_path) as f:
+                return f.read()
+        except (AttributeError, OSError):
+            return ""
+
     def vfio_lines(self):
         return [l for l in self.log_text().splitlines() if "vfio" in l.lower()]
 
@@ -216,13 +225,14 @@ class SeqCapture(threading.Thread):
         for a, b in zip(seqs, seqs[1:]):
             if b <= a:
                 fail(f"frame {b} after frame {a}: duplicated or out of order")
-        lost = [s for s in range(seqs[0], seqs[-1] + 1) if s not in set(seqs)]
+        have = set(seqs)
+        lost = [s for s in range(seqs[0], seqs[-1] + 1) if s not in have]
         before = sum(1 for at, _ in self.frames if at <= started_at)
         during = sum(1 for at, _ in self.frames if started_at < at <= switched_at)
         after = len(seqs) - before - during
         print(f"  {len(seqs)} frames {seqs[0]}..{seqs[-1]} captured, every one as sent and in "
-              f"order: {before} before the migration, {during} during it (from the source), "
-              f"{after} after it (from the target); lost: {len(lost)}"
+              f"order: {before} before the migration, {during} during it, {after} after it "
+              f"(from the target); lost: {len(lost)}"
               f"{' ' + str(lost[:20]) if lost else ''}")
         if min(before, during, after) < 5:
             fail(f"frames before, during and after the migration: {before}, {during}, {after}")
@@ -285,6 +295,13 @@ def migrate(args):
         before = src.read_word(word)
         # Slow the migration down at first, so pre-copy lasts a while.
         src.cmd("migrate-set-parameters", **{"max-bandwidth": 4 << 20})
+    if capture:
+        # Frames flowing before the migration starts.
+        deadline = time.time() + 120
+        while len(capture.frames) < 10:
+            if time.time() > deadline:
+                fail(f"{len(capture.frames)} frames from the guest in 120 s")
+            time.sleep(0.2)
     if args.before:
         # Both QEMUs have started (and reset their devices): set the
         # device up behind QEMU's back, as a test fixture.
@@ -323,6 +340,9 @@ def migrate(args):
         while capture.seqs_after(switched_at) < 20 and time.time() < deadline:
             time.sleep(0.5)
         capture.stop()
+        for q in (q for q in (src, dst) if q):
+            if "rmdev-guest: stuck" in q.serial_text():
+                fail(f"{q.name}: the device did not complete a descriptor: {q.serial_text()}")
         if ok:
             lost = capture.check(started_at, switched_at)
             if lost:
@@ -487,6 +507,8 @@ def main():
     g.add_argument("--device", nargs=2, metavar=("SRC", "DST"))
     g.add_argument("--ram-mb", type=int)
     args = p.parse_args()
+    if getattr(args, "capture", None) and not args.kernel:
+        p.error("--capture needs --kernel (a guest built with NIC_DST sends the frames)")
     {"migrate": migrate, "restore": restore, "attach": attach, "bench": bench}[args.what](args)
 
 

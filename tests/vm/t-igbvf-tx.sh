@@ -24,7 +24,9 @@
 PF=$(igb_pf)
 PFIF=$(ls "$PF/net" | head -n1)
 [ -n "$PFIF" ] || fail "the igb PF has no netdev"
+guest=$(mktemp /tmp/nic-guest.XXXXXX)
 cleanup() {
+	rm -f "$guest"
 	remove_all_mdevs
 	igbvf_release
 	ip link set "$PFIF" down 2>/dev/null || true
@@ -82,13 +84,11 @@ ip link set "$PFIF" vf 1 mac $VF1_MAC
 # frame's bytes, that none is duplicated or out of order, that the target
 # goes on where the source stopped, and that none is lost.
 note "QEMU: a guest sends frames through the VF0 mdev while it is live-migrated to the VF1 mdev"
-guest=$(mktemp /tmp/nic-guest.XXXXXX)
 pf_mac=$(cat /sys/class/net/$PFIF/address)
 build_guest "$guest" -DBAR_REG=0x10 -DBAR_64=1 -DWORD=0x2900 -DSTEP=0x80 -DPAGES=0 \
 	-DNIC_DST=0x${pf_mac//:/}ULL
 python3 "$(dirname "$0")/qemu_vfio.py" migrate "$M0" "$M1" --kernel "$guest" --word 0x2900 --step 128 \
 	--capture "$PFIF" || fail "frames through a live migration"
-rm -f "$guest"
 # Unbinding gives the vector back: MSI-X off on the VF again.
 remove_all_mdevs
 echo "${VFS[0]}" >/sys/bus/pci/drivers/rmdev_igbvf/unbind

@@ -1364,6 +1364,9 @@ fn vf_small_record_case(rng: &mut StdRng, good: bool, p: &Parsed) -> Case {
 
 /// Receive queue 0's registers in its record's order (`VF_TAG_RX`).
 const VF_RX_REGS: [u64; 7] = [0x2800, 0x2804, 0x2808, 0x280c, 0x2810, 0x2818, 0x2828];
+/// What the source's receive queue is programmed with: a ring of 16
+/// descriptors at 0x1000, 1 KiB buffers, head 3, tail 5, disabled.
+const VF_RX_SOURCE: [u32; 7] = [0x1000, 0, 0x100, 0x0200_0001, 3, 5, 0];
 /// The vendor's records in a stream of data format 4, after the
 /// framework's: tag and length (registers: a count and 17 pairs, receive
 /// queue 1, transmit queue 1, EITR0 to EITR2; the mailbox: 17 words).
@@ -1411,6 +1414,11 @@ pub(crate) fn vf_stream_campaign(
     let s = ctx(Device::open(src), &format!("open {src}"))?;
     let d = ctx(Device::open(dst), &format!("open {dst}"))?;
     let hw = super::igbvf::HwBar::map(pci)?;
+    // A receive ring on the source (disabled: the VF is not involved), so
+    // the receive record carries values the final check can tell apart.
+    for (off, v) in VF_RX_REGS.iter().zip(VF_RX_SOURCE) {
+        ctx(s.write_reg(*off, v), "program the source's receive queue")?;
+    }
     let fd = ctx(s.set_state(State::StopCopy.raw()), "SET STOP_COPY")?.ok_or("no save FD")?;
     let mut good = Vec::new();
     super::read_to_eof(&fd, &mut good)?;

@@ -66,7 +66,10 @@ const IOVA_RO: u64 = 0x80_0000;
 const MEM_LEN: usize = MAP_LEN + PAGE;
 const CANARY: u8 = 0x5a;
 /// How long a frame may take to arrive (it is delivered from the VF's
-/// interrupt), and how long "nothing more" is watched for.
+/// interrupt), and how long "nothing more" is watched for. The second is
+/// not a timing assertion that can flake: with a correct vendor nothing
+/// arrives however long one waits; on a slow lab VM a late wrong write may
+/// be missed, never a right one failed.
 const DEADLINE: Duration = Duration::from_secs(3);
 const SETTLE: Duration = Duration::from_millis(300);
 /// Frame lengths for the first frames: the shortest and longest the VF
@@ -309,22 +312,6 @@ impl Ring<'_> {
         Ok(())
     }
 
-    /// Frames that arrived while the queue could not take them (`maybe`,
-    /// in order): delivered now that it can, all of them, or none. The
-    /// vendor's spec leaves open whether a disabled or stopped queue holds
-    /// frames as a full one does; a reset, closing, or STOP are checked
-    /// elsewhere.
-    fn drain(&mut self, maybe: &[Vec<u8>], what: &str) -> Result<usize, String> {
-        std::thread::sleep(SETTLE);
-        if self.desc(self.next)[2] & DD == 0 {
-            return Ok(0);
-        }
-        for f in maybe {
-            self.expect_frame(f, what)?;
-        }
-        Ok(maybe.len())
-    }
-
     /// No descriptor written back after a while, the slots handed over
     /// still all canary.
     fn untouched(&self, what: &str) -> TestResult {
@@ -543,14 +530,8 @@ fn interrupts(q: &mut Ring<'_>, tx: &Sender, dst: &[u8; 6], seq: &mut u32) -> Te
 
 /// The refusals: buffers the device must not write are written back with
 /// RXE and left as they were, and the next frame lands in the next
-/// descriptor; a ring the device cannot read stops the queue. Returns the
-/// frame that met that ring.
-fn refusals(
-    q: &mut Ring<'_>,
-    tx: &Sender,
-    dst: &[u8; 6],
-    seq: &mut u32,
-) -> Result<Vec<Vec<u8>>, String> {
+/// descriptor; a ring the device cannot read stops the queue.
+fn refusals(q: &mut Ring<'_>, tx: &Sender, dst: &[u8; 6], seq: &mut u32) -> TestResult {
     q.program(IOVA_RING, SRRCTL_2K)?;
     // The writable mapping's last 100 bytes (frames of 200 run past
     // them), and the read-only page.
@@ -603,7 +584,7 @@ fn refusals(
     println!(
         "  unmapped, out-of-range and read-only buffers: RXE, length 0, untouched, the next frame in the next descriptor; an unreadable ring stops the queue"
     );
-    Ok(stopper)
+    Ok(())
 }
 
 /// The source's ring, partly used, with 1 KiB buffers and a tail short of
@@ -781,12 +762,15 @@ pub(crate) fn vf_rx(
     );
 
     interrupts(&mut q, &tx, &mac0, &mut seq)?;
-    let stopper = refusals(&mut q, &tx, &mac0, &mut seq)?;
+    refusals(&mut q, &tx, &mac0, &mut seq)?;
 
     // A reset forgets the queue, and the device no longer writes the ring.
     q.program(IOVA_RING, SRRCTL_1K)?;
     q.give(RING_DESCS - 1)?;
-    q.drain(&stopper, "the frame that met the unreadable ring")?;
+    // The frame that met the unreadable ring went with the vendor's ring,
+    // and the VF drops what arrives while its queue is off (QEMU's igb
+    // drops for a disabled queue): none of it reaches the new ring.
+    q.expect_quiet("the frame that met the unreadable ring: dropped")?;
     let f = frames(&mac0, &mut seq, &[300]);
     tx.send_all(&f)?;
     q.expect_frame(&f[0], "a frame before the reset")?;
@@ -803,8 +787,9 @@ pub(crate) fn vf_rx(
     // old ring is not written.
     q.program(IOVA_RING, SRRCTL_1K)?;
     q.give(RING_DESCS - 1)?;
-    q.drain(&after_reset, "a frame sent while the queue was reset")?;
-    q.expect_quiet("a ring programmed after the reset")?;
+    // Frames sent while the queue was reset are dropped, not held for
+    // the next ring.
+    q.expect_quiet("frames sent while the queue was reset: dropped")?;
     let Ring {
         mem, next, tail, ..
     } = q;
@@ -827,8 +812,8 @@ pub(crate) fn vf_rx(
     map(&dev, &q.mem, true)?;
     q.program(IOVA_RING, SRRCTL_2K)?;
     q.give(RING_DESCS - 1)?;
-    q.drain(&after_close, "a frame sent while the mdev was closed")?;
-    q.expect_quiet("the next user's ring")?;
+    // Nor are the last user's frames held for the next user.
+    q.expect_quiet("frames sent while the mdev was closed: not in the next user's ring")?;
     let f = frames(&mac0, &mut seq, &[500]);
     tx.send_all(&f)?;
     q.expect_frame(&f[0], "the next user's first frame")?;
