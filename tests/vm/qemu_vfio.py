@@ -53,7 +53,7 @@ class Qemu:
     """One QEMU process with a QMP socket."""
 
     def __init__(self, name, uuid, workdir, incoming=None, kernel=None, paused=False,
-                 ram_file=None, ram_mb=64, iommufd=False):
+                 ram_file=None, ram_mb=64, iommufd=False, serial=False):
         self.name = name
         self.dir = workdir
         self.log_path = os.path.join(workdir, f"{name}.log")
@@ -78,9 +78,13 @@ class Qemu:
             machine += ",memory-backend=ram0"
         args += ["-M", machine]
         if kernel:
+            args += ["-kernel", kernel]
+        if serial:
             # The guest's serial port (its reports, guest/mmio-writer.c).
+            # Only where asked: the BIOS then writes to it too, which
+            # delays the guest's start.
             self.serial_path = os.path.join(workdir, f"{name}.serial")
-            args += ["-kernel", kernel, "-serial", f"file:{self.serial_path}"]
+            args += ["-serial", f"file:{self.serial_path}"]
         if paused:
             args += ["-S"]
         if incoming:
@@ -271,11 +275,13 @@ def migrate(args):
     if args.uri == "tcp":
         uri = "tcp:127.0.0.1:4444"
         dst = Qemu("target", args.dst, work, incoming=uri, kernel=args.kernel,
-                   paused=args.pause_target, iommufd=args.iommufd)
+                   paused=args.pause_target, iommufd=args.iommufd,
+                   serial=bool(args.capture))
     else:
         uri = args.uri
         dst = None
-    src = Qemu("source", args.src, work, kernel=args.kernel, iommufd=args.iommufd)
+    src = Qemu("source", args.src, work, kernel=args.kernel, iommufd=args.iommufd,
+               serial=bool(args.capture))
     if args.downtime:
         src.cmd("migrate-set-parameters", **{"downtime-limit": args.downtime})
     if args.switchover_bandwidth:
