@@ -26,7 +26,7 @@ use kernel::ffi::{c_char, c_long, c_uint, c_ulong};
 use kernel::error::{from_err_ptr, to_result};
 use kernel::prelude::*;
 use kernel::static_lock_class;
-use kernel::sync::{Arc, CondVar, Mutex, SpinLock};
+use kernel::sync::{Arc, CondVar, Mutex};
 use kernel::uaccess::UserSlice;
 use kernel::workqueue::{self, impl_has_work, Work, WorkItem};
 
@@ -41,8 +41,8 @@ use super::mdev::Anchor;
 use super::migration::{self, MigState};
 use super::pci_config::{command, ConfigSpace, CAP_ID_MSIX, CONFIG_SIZE, NUM_BARS};
 pub use super::pci_config::{BarKind, Capability, Identity, Msix};
-pub use super::stream::RecordOut;
-use super::stream::SaveStream;
+use super::stream::SaveSlot;
+pub use super::stream::{RecordOut, SaveWaker};
 use super::user;
 use super::version::{check_written, DefaultRule, VersionBuf, VersionError, VersionRule};
 
@@ -330,9 +330,9 @@ pub(crate) struct Core<D: Device> {
     /// The migration state; the device's one state lock.
     #[pin]
     pub(crate) mig: Mutex<MigState>,
-    /// The open save session, for waking its pollers when the device changes.
-    #[pin]
-    pub(crate) waker: SpinLock<Option<Arc<SaveStream>>>,
+    /// The open save session, for waking its pollers when the device
+    /// changes (the vendor holds [`SaveWaker`]s of it).
+    pub(crate) waker: Arc<SaveSlot>,
     /// The interrupts and the request channel.
     irqs: Arc<IrqState>,
     /// The user's memory: pins, copies, the dirty log.
@@ -521,10 +521,7 @@ impl<D: Device> Core<D> {
 
     /// Wakes pollers of an open pre-copy session: the device changed.
     fn wake_savers(&self) {
-        let stream = self.waker.lock().clone();
-        if let Some(s) = stream {
-            s.wake();
-        }
+        self.waker.wake();
     }
 
     /// Whether the framework emulates the configuration space.
@@ -1059,13 +1056,14 @@ const PCI_CAP_ID_MSI: u8 = 0x05;
 /// be called for it before it goes away.
 pub(crate) unsafe fn register<D: Device, I: PinInit<D, Error>>(
     mdev: *mut bindings::mdev_device,
-    create: impl FnOnce(Interrupts, GuestMemory) -> I,
+    create: impl FnOnce(Interrupts, GuestMemory, SaveWaker) -> I,
     type_version: Option<VersionBuf>,
     anchor: Arc<dyn Anchor>,
 ) -> Result {
     let irqs = IrqState::new()?;
     let dma = DmaState::new()?;
-    let init = create(irqs.handle(), dma.handle());
+    let waker = SaveSlot::new()?;
+    let init = create(irqs.handle(), dma.handle(), waker.handle());
     let mut name = [0u8; 40];
     // SAFETY: `mdev` is valid (contract); its name is a NUL-terminated
     // string set by the mdev core (the UUID).
@@ -1076,7 +1074,7 @@ pub(crate) unsafe fn register<D: Device, I: PinInit<D, Error>>(
         try_pin_init!(Core {
             dev <- init,
             mig <- Mutex::new(MigState::new(), lock_name!("state"), static_lock_class!()),
-            waker <- SpinLock::new(None, lock_name!("waker"), static_lock_class!()),
+            waker,
             irqs,
             dma,
             unmap_gate <- Mutex::new((), lock_name!("unmap_gate"), static_lock_class!()),

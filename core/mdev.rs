@@ -52,7 +52,7 @@ use kernel::sync::{Arc, CondVar, Mutex};
 use kernel::types::Opaque;
 
 use super::bindings;
-use super::device::{self, Device, GuestMemory, Interrupts};
+use super::device::{self, Device, GuestMemory, Interrupts, SaveWaker};
 use super::sysfs::{self, DeviceAttrs, TypeVersion};
 use super::version::{check_written, DefaultRule, VersionBuf, VersionError, VersionRule};
 
@@ -85,12 +85,16 @@ pub trait Driver: Send + Sync + Sized + 'static {
     /// Creates the state of a new mdev of type `TYPES[type_index]`. The
     /// framework has already reserved one of the type's instances; `irqs`
     /// is the new device's interrupts, for it to keep and raise, `memory`
-    /// its user's memory, for it to keep and reach (see [`GuestMemory`]).
+    /// its user's memory, for it to keep and reach (see [`GuestMemory`]),
+    /// `waker` wakes its pre-copy reader when its state changes on its own
+    /// (see [`SaveWaker`]; a device whose state only the user changes drops
+    /// it).
     fn create(
         &self,
         type_index: usize,
         irqs: Interrupts,
         memory: GuestMemory,
+        waker: SaveWaker,
     ) -> impl PinInit<Self::Device, Error>;
 
     /// The version of type `TYPES[type_index]`'s migration data format,
@@ -322,7 +326,7 @@ impl<T: Driver> Registration<T> {
         let res = unsafe {
             device::register::<T::Device, _>(
                 mdev,
-                |irqs, memory| parent.data.create(slot.index, irqs, memory),
+                |irqs, memory, waker| parent.data.create(slot.index, irqs, memory, waker),
                 slot.version.clone(),
                 anchor,
             )

@@ -139,7 +139,7 @@ impl MigState {
         if !state.is_saving() {
             if let Some(s) = self.save.take() {
                 // Dropped after the spinlock is released: never free under it.
-                let waker = core.waker.lock().take();
+                let waker = core.waker.replace(None);
                 drop(waker);
                 s.disable();
             }
@@ -222,7 +222,7 @@ impl<D: Device> fsm::Stepper for Walk<'_, D> {
                 let (stream, file) = SaveStream::open(self.core, phase, self.mig.max_record)
                     .map_err(StepFailure::recoverable)?;
                 // Registered before the arc, so a lost arc ends it in `enter`.
-                let old = self.core.waker.lock().replace(stream.clone());
+                let old = self.core.waker.replace(Some(stream.clone()));
                 drop(old);
                 self.mig.save = Some(stream);
                 self.open_step(arc, file)

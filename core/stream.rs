@@ -43,6 +43,7 @@ use super::envelope::{
     RECORD_OVERHEAD, TAG_PCI_CONFIG,
 };
 use super::pci_config::CONFIG_SIZE;
+use super::sync::IrqSafeSpinLock;
 use super::user::{UserIn, UserOut};
 
 /// The stream bytes of the configuration space record.
@@ -515,6 +516,72 @@ impl SaveSession {
             info.dirty_bytes = info.dirty_bytes.saturating_add(buffered);
         }
         info
+    }
+}
+
+/// Wakes the device's pre-copy reader, for a device whose state changes on
+/// its own (an engine, the hardware) rather than through the user's
+/// accesses, which the framework answers itself. The framework hands one to
+/// [`Driver::create`](super::mdev::Driver::create); it may be cloned and
+/// kept, like [`Interrupts`](super::device::Interrupts).
+///
+/// A reader of the save file that found nothing to read (`-ENOMSG`) waits
+/// in `poll` until the session has data again, which the framework learns
+/// from [`Device::precopy_info`]. Nothing tells it when the device wrote its
+/// own state: the vendor calls [`SaveWaker::wake`] after such a change has
+/// become visible to `precopy_info`, and the waiting reader looks again.
+#[derive(Clone)]
+pub struct SaveWaker(Arc<SaveSlot>);
+
+/// The open save session of a device, if any: what [`SaveWaker`] wakes.
+#[pin_data]
+pub(crate) struct SaveSlot {
+    /// Taken with interrupts disabled: a hard interrupt handler wakes
+    /// through it.
+    #[pin]
+    stream: IrqSafeSpinLock<Option<Arc<SaveStream>>>,
+}
+
+impl SaveSlot {
+    /// An empty slot.
+    pub(crate) fn new() -> Result<Arc<Self>> {
+        Arc::pin_init(
+            pin_init!(Self {
+                stream <- IrqSafeSpinLock::new(None, lock_name!("save_waker"), static_lock_class!()),
+            }),
+            GFP_KERNEL,
+        )
+    }
+
+    /// A handle for the device's vendor.
+    pub(crate) fn handle(self: &Arc<Self>) -> SaveWaker {
+        SaveWaker(self.clone())
+    }
+
+    /// Sets the session pollers are woken for; returns the previous one,
+    /// for the caller to drop (never under the spinlock: it may be the last
+    /// reference).
+    pub(crate) fn replace(&self, stream: Option<Arc<SaveStream>>) -> Option<Arc<SaveStream>> {
+        core::mem::replace(&mut *self.stream.lock(), stream)
+    }
+
+    /// Wakes the session's pollers, if a session is open.
+    pub(crate) fn wake(&self) {
+        // Under the lock: the session's reference is never dropped here,
+        // which in a hard interrupt handler could free it.
+        if let Some(s) = self.stream.lock().as_ref() {
+            s.wake();
+        }
+    }
+}
+
+impl SaveWaker {
+    /// The device's state changed: a reader of its open pre-copy save file
+    /// waiting in `poll` looks again at [`Device::precopy_info`]. A no-op
+    /// when no save session is open. From any context: process, softirq or
+    /// a hardware interrupt handler; it never sleeps.
+    pub fn wake(&self) {
+        self.0.wake();
     }
 }
 

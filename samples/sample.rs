@@ -27,7 +27,11 @@
 //! default, turns it off) simulates an engine that keeps writing the device
 //! memory while the device runs: each time a pre-copy read of the save file
 //! finds nothing left to send, the device writes that many pages and so
-//! dirties them (see `Memory::engine_writes` and `SampleSave`).
+//! dirties them (see `Memory::engine_writes` and `SampleSave`). The
+//! `CMD_ENGINE_TIMER` command runs the same engine once, from a timer in
+//! hard interrupt context, as a device whose state changes on its own: the
+//! timer wakes a waiting pre-copy reader through the framework's
+//! [`SaveWaker`].
 //!
 //! Stream records (payloads are little-endian):
 //!
@@ -37,14 +41,15 @@
 #[path = "../core/rmdev.rs"]
 pub mod rmdev;
 
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use kernel::prelude::*;
+use kernel::sync::lock::{mutex::MutexBackend, Guard};
 use kernel::sync::{Arc, Mutex};
 use kernel::{c_str, new_mutex};
 
 use rmdev::device::{
     region, BarKind, Device, GuestMemory, Identity, Interrupts, PciConfig, Pinned, PrecopyInfo,
-    RecordOut, Region, SavePhase, Saved, StopCopySize,
+    RecordOut, Region, SavePhase, SaveWaker, Saved, StopCopySize,
 };
 use rmdev::fsm::{FlagSet, StateArc, StepFailure};
 use rmdev::mdev::{self, Parent, Registration, TypeInfo};
@@ -83,7 +88,9 @@ pub mod reg {
     /// the next saved record break the framework's contract; writing
     /// [`CMD_CHECKSUM_TIMER`](super::CMD_CHECKSUM_TIMER) computes the
     /// checksum and raises the interrupt 1 ms later from a timer that
-    /// expires in hard interrupt context.
+    /// expires in hard interrupt context; writing
+    /// [`CMD_ENGINE_TIMER`](super::CMD_ENGINE_TIMER) runs the engine once,
+    /// [`ENGINE_DELAY_MS`](super::ENGINE_DELAY_MS) later, from such a timer.
     pub const CMD: u64 = 0x14;
     /// Read-only: result of the last checksum command.
     pub const CHECKSUM: u64 = 0x18;
@@ -145,6 +152,17 @@ pub const CMD_OVERSIZE_NEXT_RECORD: u32 = 4;
 /// interrupt timer 1 ms later (`sample_timer.c`), as a hardware device's
 /// interrupt handler would.
 pub const CMD_CHECKSUM_TIMER: u32 = 5;
+/// CMD value: [`ENGINE_DELAY_MS`] later, from a timer in hard interrupt
+/// context, the device's engine writes `precopy_dirty_pages` pages (one if
+/// the parameter is 0) as it does in pre-copy, dirtying them, and the
+/// device wakes a pre-copy reader waiting in `poll` ([`SaveWaker`]). The
+/// write fails with `-EBUSY` while the device is stopped (STOP, STOP_COPY,
+/// RESUMING): stopping it cancels a run not yet finished, and a stopped
+/// device changes nothing.
+pub const CMD_ENGINE_TIMER: u32 = 6;
+/// How long after `CMD_ENGINE_TIMER` the engine runs: long enough for a
+/// test to be waiting in `poll` by then.
+pub const ENGINE_DELAY_MS: u64 = 200;
 const PAGE: usize = 4096;
 /// Pages per memory record: records stay at 64 KiB, whatever the memory size.
 const RECORD_PAGES: usize = 16;
@@ -254,6 +272,7 @@ impl mdev::Driver for Sample {
         type_index: usize,
         irqs: Interrupts,
         guest: GuestMemory,
+        waker: SaveWaker,
     ) -> impl PinInit<SampleDevice, Error> {
         let size = SIZES[type_index];
         let memory = Memory::new(size);
@@ -279,10 +298,21 @@ impl mdev::Driver for Sample {
                 .map_err(|_| EINVAL)
         });
         let timer = SampleTimer::new(irqs.clone());
+        let engine = Arc::new(
+            EngineRuns {
+                finished: AtomicU32::new(0),
+                waker,
+            },
+            GFP_KERNEL,
+        )
+        .map_err(Error::from);
+        let engine_timer = engine.clone().and_then(SampleTimer::new);
         try_pin_init!(SampleDevice {
             size,
             max_record,
             timer: timer?,
+            engine_timer: engine_timer?,
+            engine: engine?,
             irqs,
             flags: flags?,
             format: format?,
@@ -319,6 +349,9 @@ struct Memory {
     engine_page: usize,
     /// The simulated engine's writes so far: the first word it writes.
     engine_generation: u64,
+    /// The device runs (RUNNING, RUNNING_P2P or a pre-copy state): only
+    /// then may it change its own state.
+    running: bool,
 }
 
 /// Fault injection for the next migration arc, kept in an atomic
@@ -357,6 +390,7 @@ impl Memory {
             oversize_next: false,
             engine_page: 0,
             engine_generation: 0,
+            running: true,
         })
     }
 
@@ -556,7 +590,7 @@ fn next_record(
     })
 }
 
-/// The C side of the sample's timer (`sample_timer.c`).
+/// The C side of the sample's timers (`sample_timer.c`).
 mod timer {
     use core::ffi::c_void;
 
@@ -567,43 +601,79 @@ mod timer {
     }
 
     extern "C" {
-        pub(crate) fn rmdev_sample_timer_new(irqs: *const c_void) -> *mut RawTimer;
+        pub(crate) fn rmdev_sample_timer_new(
+            fired: unsafe extern "C" fn(*const c_void),
+            ctx: *const c_void,
+        ) -> *mut RawTimer;
         pub(crate) fn rmdev_sample_timer_start(t: *mut RawTimer, ns: core::ffi::c_ulong);
+        pub(crate) fn rmdev_sample_timer_cancel(t: *mut RawTimer);
         pub(crate) fn rmdev_sample_timer_free(t: *mut RawTimer);
     }
 }
 
-/// A one-shot hrtimer that raises a device's interrupts in hard interrupt
-/// context.
+/// What a [`SampleTimer`] does when it expires, in hard interrupt context:
+/// it must not sleep.
+trait TimerTarget: Send + Sync {
+    fn fired(&self);
+}
+
+impl TimerTarget for Interrupts {
+    fn fired(&self) {
+        self.raise();
+    }
+}
+
+/// The engine runs `CMD_ENGINE_TIMER` started and its timer finished: the
+/// timer cannot take the memory's mutex, so it counts the run here and
+/// [`SampleDevice::mem`] writes the pages before anyone looks at the
+/// memory. To every observer (the user's reads, `precopy_info`, the
+/// stream), the pages changed when the timer expired.
+struct EngineRuns {
+    finished: AtomicU32,
+    waker: SaveWaker,
+}
+
+impl TimerTarget for Arc<EngineRuns> {
+    fn fired(&self) {
+        // Counted first: the woken reader's `precopy_info` must see it.
+        self.finished.fetch_add(1, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+/// A one-shot hrtimer that calls its target's [`TimerTarget::fired`] in
+/// hard interrupt context.
 ///
 /// # Invariants
 ///
-/// `raw` is a timer from `rmdev_sample_timer_new` that passes `irqs`, a
-/// pointer from `KBox::into_raw`, to [`rmdev_sample_timer_fired`]; both
-/// live until `drop`, which cancels the timer first.
-struct SampleTimer {
+/// `raw` is a timer from `rmdev_sample_timer_new` that passes `target`, a
+/// pointer from `KBox::into_raw`, to [`timer_fired::<T>`]; both live until
+/// `drop`, which cancels the timer first.
+struct SampleTimer<T: TimerTarget> {
     raw: *mut timer::RawTimer,
-    irqs: *mut Interrupts,
+    target: *mut T,
 }
 
 // SAFETY: The C timer may be started and cancelled from any thread, and
-// `Interrupts` is `Send` and `Sync`.
-unsafe impl Send for SampleTimer {}
-// SAFETY: As above; `start` takes `&self` and the hrtimer API serialises.
-unsafe impl Sync for SampleTimer {}
+// `T` is `Send` and `Sync`.
+unsafe impl<T: TimerTarget> Send for SampleTimer<T> {}
+// SAFETY: As above; `start` and `cancel` take `&self` and the hrtimer API
+// serialises.
+unsafe impl<T: TimerTarget> Sync for SampleTimer<T> {}
 
-impl SampleTimer {
-    fn new(irqs: Interrupts) -> Result<Self> {
-        let irqs = KBox::into_raw(KBox::new(irqs, GFP_KERNEL)?);
-        // SAFETY: `irqs` is a valid pointer the timer only passes back to
-        // `rmdev_sample_timer_fired`.
-        let raw = unsafe { timer::rmdev_sample_timer_new(irqs.cast_const().cast()) };
+impl<T: TimerTarget> SampleTimer<T> {
+    fn new(target: T) -> Result<Self> {
+        let target = KBox::into_raw(KBox::new(target, GFP_KERNEL)?);
+        // SAFETY: `target` is a valid pointer the timer only passes back to
+        // `timer_fired::<T>`, which takes it as a `T`.
+        let raw =
+            unsafe { timer::rmdev_sample_timer_new(timer_fired::<T>, target.cast_const().cast()) };
         if raw.is_null() {
             // SAFETY: From `KBox::into_raw` just above, not shared.
-            drop(unsafe { KBox::from_raw(irqs) });
+            drop(unsafe { KBox::from_raw(target) });
             return Err(ENOMEM);
         }
-        Ok(Self { raw, irqs })
+        Ok(Self { raw, target })
     }
 
     /// (Re)starts the timer to expire in `ns` nanoseconds.
@@ -611,28 +681,33 @@ impl SampleTimer {
         // SAFETY: `raw` is live (type invariant).
         unsafe { timer::rmdev_sample_timer_start(self.raw, ns as core::ffi::c_ulong) };
     }
+
+    /// Stops the timer; a callback under way has finished on return.
+    fn cancel(&self) {
+        // SAFETY: `raw` is live (type invariant).
+        unsafe { timer::rmdev_sample_timer_cancel(self.raw) };
+    }
 }
 
-impl Drop for SampleTimer {
+impl<T: TimerTarget> Drop for SampleTimer<T> {
     fn drop(&mut self) {
         // SAFETY: `raw` is live (type invariant); this cancels the timer,
         // waiting for a running callback, and frees it.
         unsafe { timer::rmdev_sample_timer_free(self.raw) };
         // SAFETY: From `KBox::into_raw` in `new`; the timer that used it is
         // gone.
-        drop(unsafe { KBox::from_raw(self.irqs) });
+        drop(unsafe { KBox::from_raw(self.target) });
     }
 }
 
-/// The sample's timer expired (hard interrupt context).
+/// A sample timer expired (hard interrupt context).
 ///
 /// # Safety
 ///
-/// `irqs` is the pointer a live [`SampleTimer`] gave its C timer.
-#[no_mangle]
-unsafe extern "C" fn rmdev_sample_timer_fired(irqs: *const core::ffi::c_void) {
-    // SAFETY: By the function's contract, a live `Interrupts`.
-    unsafe { &*irqs.cast::<Interrupts>() }.raise();
+/// `target` is the pointer a live [`SampleTimer<T>`] gave its C timer.
+unsafe extern "C" fn timer_fired<T: TimerTarget>(target: *const core::ffi::c_void) {
+    // SAFETY: By the function's contract, a live `T`.
+    unsafe { &*target.cast::<T>() }.fired();
 }
 
 /// One sample mdev.
@@ -645,7 +720,12 @@ struct SampleDevice {
     /// Raised when a checksum command completes.
     irqs: Interrupts,
     /// Raises `irqs` from hard interrupt context (`CMD_CHECKSUM_TIMER`).
-    timer: SampleTimer,
+    timer: SampleTimer<Interrupts>,
+    /// Finishes an engine run in hard interrupt context
+    /// (`CMD_ENGINE_TIMER`); started and cancelled under `mem`'s lock.
+    engine_timer: SampleTimer<Arc<EngineRuns>>,
+    /// What `engine_timer` finished, applied by [`SampleDevice::mem`].
+    engine: Arc<EngineRuns>,
     /// The `max_record` parameter (0: the default).
     max_record: usize,
     flags: Option<FlagSet>,
@@ -655,6 +735,8 @@ struct SampleDevice {
     /// ordering is enough, as the user's write and SET are two system calls
     /// in order (and reset and SET both run under the state lock).
     next_arc: AtomicU8,
+    /// Taken through [`SampleDevice::mem`] only, which applies the engine's
+    /// finished runs first.
     #[pin]
     mem: Mutex<Memory>,
     /// The user's memory, for the DMA commands.
@@ -708,6 +790,32 @@ fn reg_value(buf: &[u8]) -> Result<u32> {
 }
 
 impl SampleDevice {
+    /// The memory, locked, with the engine's finished runs written first.
+    fn mem(&self) -> Guard<'_, Memory, MutexBackend> {
+        let mut m = self.mem.lock();
+        self.write_finished_runs(&mut m);
+        m
+    }
+
+    /// Writes the pages of the engine runs whose timer expired.
+    fn write_finished_runs(&self, m: &mut Memory) {
+        for _ in 0..self.engine.finished.swap(0, Ordering::Acquire) {
+            m.engine_writes(params::precopy_dirty_pages().max(1) as usize);
+        }
+    }
+
+    /// The device stops (`running` false) or runs again. A stopped device
+    /// changes nothing: a run whose timer has not expired is cancelled,
+    /// the finished ones are written now.
+    fn set_running(&self, running: bool) {
+        let mut m = self.mem.lock();
+        if !running {
+            self.engine_timer.cancel();
+        }
+        self.write_finished_runs(&mut m);
+        m.running = running;
+    }
+
     fn read_reg(&self, offset: u64) -> Result<u32> {
         if offset >= reg::DMA_IOVA_LO {
             let d = self.dma.lock();
@@ -722,7 +830,7 @@ impl SampleDevice {
                 _ => return Err(EINVAL),
             });
         }
-        let m = self.mem.lock();
+        let m = self.mem();
         Ok(match offset {
             reg::ID => ID_VALUE,
             reg::FORMAT => u32::from(self.format),
@@ -751,7 +859,7 @@ impl SampleDevice {
             }
             return Ok(());
         }
-        let mut m = self.mem.lock();
+        let mut m = self.mem();
         match offset {
             reg::SCRATCH => m.scratch = value,
             reg::CMD if value == CMD_CHECKSUM => {
@@ -770,6 +878,14 @@ impl SampleDevice {
             reg::CMD if value == CMD_CHECKSUM_TIMER => {
                 m.checksum = rmdev::crc32c::Crc32c::new().update(&m.bytes).value();
                 self.timer.start(1_000_000);
+            }
+            // Under the memory lock, which `set_running` takes to cancel:
+            // no run starts after the device stopped.
+            reg::CMD if value == CMD_ENGINE_TIMER => {
+                if !m.running {
+                    return Err(EBUSY);
+                }
+                self.engine_timer.start(ENGINE_DELAY_MS * 1_000_000);
             }
             _ => return Err(EINVAL),
         }
@@ -807,7 +923,7 @@ impl SampleDevice {
             DMA_TO_GUEST | DMA_TO_PINNED => {
                 let span = self.dma_span(d)?;
                 let mut buf = KVec::with_capacity(span.len(), GFP_KERNEL)?;
-                buf.extend_from_slice(&self.mem.lock().bytes[span], GFP_KERNEL)?;
+                buf.extend_from_slice(&self.mem().bytes[span], GFP_KERNEL)?;
                 if cmd == DMA_TO_GUEST {
                     self.guest.write(d.iova, &buf)
                 } else {
@@ -819,7 +935,7 @@ impl SampleDevice {
                 let span = self.dma_span(d)?;
                 let mut buf = KVec::from_elem(0u8, span.len(), GFP_KERNEL)?;
                 self.guest.read(d.iova, &mut buf)?;
-                let mut m = self.mem.lock();
+                let mut m = self.mem();
                 m.mark_dirty(span.start, span.len());
                 m.bytes[span].copy_from_slice(&buf);
                 Ok(())
@@ -861,7 +977,7 @@ impl Device for SampleDevice {
             }
             region::BAR2 => {
                 let at = offset as usize;
-                buf.copy_from_slice(&self.mem.lock().bytes[at..at + buf.len()]);
+                buf.copy_from_slice(&self.mem().bytes[at..at + buf.len()]);
                 Ok(())
             }
             _ => Err(EINVAL),
@@ -875,7 +991,7 @@ impl Device for SampleDevice {
             }
             region::BAR2 if !data.is_empty() => {
                 let at = offset as usize;
-                let mut m = self.mem.lock();
+                let mut m = self.mem();
                 m.bytes[at..at + data.len()].copy_from_slice(data);
                 m.mark_dirty(at, data.len());
                 m.writes = m.writes.wrapping_add(1);
@@ -937,9 +1053,12 @@ impl Device for SampleDevice {
     }
 
     fn reset(&self) {
-        // A function reset clears the registers; like a GPU's memory, the
-        // device memory keeps its contents.
-        let mut m = self.mem.lock();
+        // A function reset clears the registers and stops the engine
+        // (finished runs have written their pages); like a GPU's memory,
+        // the device memory keeps its contents. The device runs after it.
+        self.set_running(false);
+        let mut m = self.mem();
+        m.running = true;
         m.scratch = 0;
         m.checksum = 0;
         m.oversize_next = false;
@@ -974,19 +1093,25 @@ impl Device for SampleDevice {
                 ArcFault::Fail => return Err(StepFailure::recoverable(EBUSY)),
             }
         }
-        // The sample has no engine that runs on its own and never does DMA,
-        // so no arc has anything to start, stop or quiesce: the framework
-        // handles the data sessions. Every arc is still named, with no
-        // wildcard, so that the compiler checks none is forgotten. A device
-        // with an engine stops it where the comments say.
+        // The sample's only work of its own is the engine of
+        // `CMD_ENGINE_TIMER`; it never does DMA on its own, so peer-to-peer
+        // arcs have nothing to quiesce, and the framework handles the data
+        // sessions. Every arc is named, with no wildcard, so that the
+        // compiler checks none is forgotten.
         match arc {
             // The device stops: stop the engine.
             StateArc::RunningToStop
             | StateArc::RunningP2pToStop
             | StateArc::PreCopyToStopCopy
-            | StateArc::PreCopyP2pToStopCopy => Ok(()),
-            // The device runs again: restart the engine.
-            StateArc::StopToRunning | StateArc::StopToRunningP2p => Ok(()),
+            | StateArc::PreCopyP2pToStopCopy => {
+                self.set_running(false);
+                Ok(())
+            }
+            // The device runs again: the engine may be started.
+            StateArc::StopToRunning | StateArc::StopToRunningP2p => {
+                self.set_running(true);
+                Ok(())
+            }
             // Peer-to-peer DMA stops or resumes.
             StateArc::RunningToRunningP2p
             | StateArc::RunningP2pToRunning
@@ -1015,7 +1140,7 @@ impl Device for SampleDevice {
     }
 
     fn stop_copy_size(&self, session: Option<&SampleSave>) -> StopCopySize {
-        let m = self.mem.lock();
+        let m = self.mem();
         let pages = m.pages();
         let per_record = (self.max_record().saturating_sub(8) / PAGE).clamp(1, RECORD_PAGES);
         // Without a session, everything; with one, the pages the first pass
@@ -1038,7 +1163,7 @@ impl Device for SampleDevice {
 
     fn save_open(&self) -> Result<SampleSave> {
         // The first pass sends every page, so earlier writes need no bit.
-        let mut m = self.mem.lock();
+        let mut m = self.mem();
         m.clear_dirty();
         Ok(SampleSave {
             cursor: 0,
@@ -1048,7 +1173,7 @@ impl Device for SampleDevice {
     }
 
     fn save(&self, s: &mut SampleSave, phase: SavePhase, buf: &mut [u8]) -> Result<Saved> {
-        let mut m = self.mem.lock();
+        let mut m = self.mem();
         Ok(match next_record(&mut m, s, phase, buf.len())? {
             NextRecord::Oversize => Saved::Record {
                 tag: TAG_MEM,
@@ -1076,7 +1201,7 @@ impl Device for SampleDevice {
         out: &mut RecordOut<'_>,
     ) -> Option<Result<Saved>> {
         // The memory goes from `bytes` to the reader with no copy here.
-        let mut m = self.mem.lock();
+        let mut m = self.mem();
         let max = out.max_payload();
         let saved = next_record(&mut m, s, phase, max).and_then(|next| match next {
             // Not sent: the framework refuses the record (fault injection).
@@ -1107,7 +1232,7 @@ impl Device for SampleDevice {
     }
 
     fn precopy_info(&self, s: &SampleSave) -> PrecopyInfo {
-        let m = self.mem.lock();
+        let m = self.mem();
         PrecopyInfo {
             initial_bytes: ((m.pages() - s.cursor) * PAGE) as u64,
             dirty_bytes: (m.dirty_below(s.cursor.min(m.pages())) * PAGE) as u64,
@@ -1119,7 +1244,7 @@ impl Device for SampleDevice {
     }
 
     fn load(&self, l: &mut SampleLoad, tag: u16, payload: &[u8]) -> Result {
-        let mut m = self.mem.lock();
+        let mut m = self.mem();
         match tag {
             TAG_MEM if payload.len() > 8 && !l.regs_seen => {
                 let at = u64::from_le_bytes(payload[..8].try_into().map_err(|_| EINVAL)?);

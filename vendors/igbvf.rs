@@ -71,7 +71,7 @@ use hw::{Ctx, Queues};
 use intr::IntrRegs;
 use rmdev::device::{
     region, BarKind, Device, GuestMemory, Identity, Interrupts, Msix, PciConfig, Region, SavePhase,
-    Saved, StopCopySize,
+    SaveWaker, Saved, StopCopySize,
 };
 use rmdev::fsm::{FlagSet, StepFailure, StopCopyP2pArc};
 use rmdev::mdev::{self, Parent, TypeInfo};
@@ -249,6 +249,8 @@ impl mdev::Driver for VfParent {
         _type_index: usize,
         irqs: Interrupts,
         guest: GuestMemory,
+        // No pre-copy: the VF's state is saved in stop-copy only.
+        _waker: SaveWaker,
     ) -> impl PinInit<VfDevice, Error> {
         let state = Arc::pin_init(
             try_pin_init!(VfState {

@@ -41,7 +41,7 @@ for flags in 1 3 5 7; do
 		precopy-data-size ||
 		fail "flag set $flags"
 done
-"$VM_TEST" --flags 7 hup-wakeup config-fault stream-fault contend remove-in-use bad-ioctls oversize-record rmmod-in-use interrupts \
+"$VM_TEST" --flags 7 hup-wakeup precopy-wakeup config-fault stream-fault contend remove-in-use bad-ioctls oversize-record rmmod-in-use interrupts \
 	guest-memory ||
 	fail "the tests independent of the flag set"
 "$VM_TEST" --flags 7 migrate-largest direct-and-buffered direct-fault || fail "256 MiB migration, direct and buffered saves"
