@@ -301,7 +301,10 @@ pub trait Device: Send + Sync + Sized + 'static {
     ) -> Option<Result<Saved>> {
         None
     }
-    /// Pre-copy progress of a save session.
+    /// Pre-copy progress of a save session. `poll` on the save file
+    /// reports data when either figure is not 0; the framework looks again
+    /// after each region write of the user's, and when the device calls its
+    /// [`SaveWaker::wake`] (a change it made on its own).
     fn precopy_info(&self, _s: &Self::Save) -> PrecopyInfo {
         PrecopyInfo::default()
     }
