@@ -292,13 +292,16 @@ def migrate(args):
     if capture:
         capture.start()
     if args.kernel:
-        # The guest keeps writing the device: wait until it has started.
+        # The guest keeps writing the device: wait until the word changes.
+        # Its first value may be what the device held before the guest
+        # started (a test's fill pattern), so only a changed value is
+        # known to be the guest's.
         deadline = time.time() + 300
-        while not src.read_word(word):
+        first = src.read_word(word)
+        while (before := src.read_word(word)) == first:
             if time.time() > deadline:
                 fail("the guest never wrote the device")
             time.sleep(0.5)
-        before = src.read_word(word)
         # Slow the migration down at first, so pre-copy lasts a while.
         src.cmd("migrate-set-parameters", **{"max-bandwidth": 4 << 20})
     if capture:
