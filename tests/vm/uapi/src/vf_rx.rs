@@ -371,13 +371,19 @@ fn wait_fired(efds: &[OwnedFd], v: usize) -> Result<Vec<u64>, String> {
     Ok(total)
 }
 
+/// The seven receive registers read 0 (`when`: at open, after a reset).
+fn regs_zero(dev: &Device, when: &str) -> TestResult {
+    for r in RX_REGS {
+        let v = read_reg(dev, r)?;
+        ensure!(v == 0, "register {r:#x} {when}: {v:#x}");
+    }
+    Ok(())
+}
+
 /// The registers at open, their masks, what an enabled queue keeps, and a
 /// ring past the top of the address space, never enabled.
 fn registers(q: &Ring<'_>) -> TestResult {
-    for r in RX_REGS {
-        let v = q.reg(r)?;
-        ensure!(v == 0, "register {r:#x} at open: {v:#x}");
-    }
+    regs_zero(q.dev, "at open")?;
     for (r, mask) in [
         (RDBAL, RDBAL_MASK),
         (RDBAH, u32::MAX),
@@ -775,10 +781,7 @@ pub(crate) fn vf_rx(
     tx.send_all(&f)?;
     q.expect_frame(&f[0], "a frame before the reset")?;
     ctx(dev.reset(), "VFIO_DEVICE_RESET")?;
-    for r in RX_REGS {
-        let v = q.reg(r)?;
-        ensure!(v == 0, "register {r:#x} after a reset: {v:#x}");
-    }
+    regs_zero(q.dev, "after a reset")?;
     let after_reset = frames(&mac0, &mut seq, &[300, 400]);
     tx.send_all(&after_reset)?;
     q.untouched("frames after a reset")?;
@@ -797,10 +800,7 @@ pub(crate) fn vf_rx(
     let after_close = frames(&mac0, &mut seq, &[300, 400]);
     tx.send_all(&after_close)?;
     let dev = ctx(Device::open(uuid), "open the mdev again")?;
-    for r in RX_REGS {
-        let v = ctx(dev.read_reg(r), "read")?;
-        ensure!(v == 0, "register {r:#x} for the next user: {v:#x}");
-    }
+    regs_zero(&dev, "for the next user")?;
     let mut q = Ring {
         dev: &dev,
         mem,
