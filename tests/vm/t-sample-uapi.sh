@@ -77,7 +77,7 @@ rmmod rmdev_igbvf
 # Lock classes carry the vendor module's name, so a lockdep report says
 # which vendor it is about (the classes go with the module: check before
 # unloading, after a migration used them all).
-for lock in state waker irq irq_gate config save resume save_io resume_io save_wq; do
+for lock in state save_waker irq irq_gate config save resume save_io resume_io save_wq; do
 	grep -q " rmdev_sample:$lock\$" /proc/lockdep || fail "no lock class rmdev_sample:$lock in /proc/lockdep"
 done
 
