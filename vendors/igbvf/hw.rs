@@ -68,6 +68,9 @@ pub(crate) struct VfHw {
     /// The user's last `VF_RESET` that reached the hardware: when (ms) and
     /// what the PF answered.
     last_user_reset: Option<(i64, Option<[u8; 6]>)>,
+    /// The device is stopped (a migration state that does not run): no
+    /// doorbell is served, nothing is delivered.
+    pub(crate) stopped: bool,
 }
 
 impl VfHw {
@@ -153,7 +156,7 @@ impl Queues {
 
     /// Whether doorbells are served and frames delivered.
     pub(crate) fn running(&self) -> bool {
-        self.tx.running
+        !self.vf.stopped
     }
 
     /// Brings the VF down if neither queue runs on it, and stops a queue
@@ -230,6 +233,7 @@ impl Queues {
         self.rx.reset();
         self.vf.handshake = None;
         self.vf.last_user_reset = None;
+        self.vf.stopped = false;
     }
 
     /// Whether the device runs; when it starts running, serves what is
@@ -238,8 +242,7 @@ impl Queues {
     /// the user's memory).
     pub(crate) fn set_running(&mut self, cx: &Ctx<'_>, running: bool) {
         if running {
-            self.tx.running = true;
-            self.rx.running = true;
+            self.vf.stopped = false;
             self.check_hw(cx);
             self.tx.kick(cx, &mut self.vf);
             self.rx.ensure_hw(cx, &mut self.vf);
@@ -249,8 +252,7 @@ impl Queues {
             if self.rx.has_hw() {
                 self.rx.stop_hw(cx, &mut self.vf);
             }
-            self.tx.running = false;
-            self.rx.running = false;
+            self.vf.stopped = true;
         }
         self.settle(cx);
     }

@@ -223,8 +223,6 @@ fn write_whole(cx: &Ctx<'_>, iova: u64, data: &[u8]) -> Result {
 /// The queue.
 pub(crate) struct RxQueue {
     pub(crate) regs: RxRegs,
-    /// Whether the device runs (frames are delivered).
-    pub(crate) running: bool,
     host: Option<HostRing>,
     /// The rest of a refused frame is dropped (its first part found a
     /// buffer the vendor could not write).
@@ -244,7 +242,6 @@ impl RxQueue {
     pub(crate) fn new() -> Self {
         RxQueue {
             regs: RxRegs::default(),
-            running: true,
             host: None,
             dropping: false,
             stopped_once: false,
@@ -322,7 +319,6 @@ impl RxQueue {
     /// or closed); the hardware is stopped already.
     pub(crate) fn reset(&mut self) {
         self.regs = RxRegs::default();
-        self.running = true;
         self.dropping = false;
         self.stopped_once = false;
         self.completed = false;
@@ -355,7 +351,7 @@ impl RxQueue {
     /// ring of descriptors and the device runs; a queue that cannot start
     /// stops.
     pub(crate) fn ensure_hw(&mut self, cx: &Ctx<'_>, vf: &mut VfHw) {
-        let wanted = self.running && self.regs.enabled() && self.regs.count() > 0;
+        let wanted = !vf.stopped && self.regs.enabled() && self.regs.count() > 0;
         if !wanted || self.host.is_some() {
             return;
         }
@@ -419,7 +415,7 @@ impl RxQueue {
     /// Delivers what the VF received into the user's descriptors, as far
     /// as the user gave descriptors.
     pub(crate) fn deliver(&mut self, cx: &Ctx<'_>, vf: &mut VfHw) {
-        if !self.running || !self.regs.enabled() {
+        if vf.stopped || !self.regs.enabled() {
             return;
         }
         let mut given_back = false;

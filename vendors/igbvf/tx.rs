@@ -190,8 +190,6 @@ struct Frame {
 /// The queue.
 pub(crate) struct TxQueue {
     pub(crate) regs: TxRegs,
-    /// Whether the device runs (doorbells are served).
-    pub(crate) running: bool,
     host: Option<HostRing>,
     /// Whether the queue stopped since the last reset (one log line per
     /// user, whatever it does).
@@ -220,7 +218,6 @@ impl TxQueue {
     pub(crate) fn new() -> Self {
         TxQueue {
             regs: TxRegs::default(),
-            running: true,
             host: None,
             stopped_once: false,
             completed: false,
@@ -305,7 +302,6 @@ impl TxQueue {
     /// closed); the hardware is stopped already.
     pub(crate) fn reset(&mut self) {
         self.regs = TxRegs::default();
-        self.running = true;
         self.stopped_once = false;
         self.completed = false;
     }
@@ -360,7 +356,7 @@ impl TxQueue {
     /// Serves the doorbell: rounds until the user's ring has no complete
     /// frame left, or the queue stopped.
     pub(crate) fn kick(&mut self, cx: &Ctx<'_>, vf: &mut VfHw) {
-        while self.running && self.regs.enabled() && self.pending() {
+        while !vf.stopped && self.regs.enabled() && self.pending() {
             match self.round(cx, vf) {
                 Ok(true) => {}
                 Ok(false) => return,
