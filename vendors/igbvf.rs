@@ -56,6 +56,8 @@ mod hw;
 mod intr;
 #[path = "igbvf/mailbox.rs"]
 mod mailbox;
+#[path = "igbvf/ring.rs"]
+mod ring;
 #[path = "igbvf/rx.rs"]
 mod rx;
 #[path = "igbvf/tx.rs"]

@@ -28,6 +28,7 @@
 use kernel::prelude::*;
 
 use super::hw::{Ctx, VfHw, QUEUE_ENABLE as ENABLE};
+use super::ring::{RingRegs, BAL_MASK, DESC, RING_LEN_MASK};
 use super::rmdev::pci::Coherent;
 
 /// The queue's registers (queue 0), user view and hardware alike.
@@ -41,10 +42,6 @@ pub(crate) const RXDCTL: u64 = 0x2828;
 /// RXDCTL: the thresholds (bits 4:0, 12:8, 20:16) and the enable, the
 /// bits a user's write keeps.
 const RXDCTL_BITS: u32 = ENABLE | 0x001f_1f1f;
-/// RDLEN: a multiple of 128 bytes, below 1 MiB.
-const RDLEN_MASK: u32 = 0x000f_ff80;
-/// RDBAL: 128-byte aligned.
-const RDBAL_MASK: u32 = !0x7f;
 /// SRRCTL: packet buffer size (bits 6:0, KiB), header buffer size (bits
 /// 11:8), descriptor type (bits 27:25), drop enable (bit 31). The vendor
 /// writes advanced one-buffer descriptors whatever the type says.
@@ -66,17 +63,13 @@ const HOST_DESCS: usize = 64;
 const HOST_BUF: usize = 2048;
 const PAGE: usize = super::rmdev::dma::PAGE_SIZE as usize;
 const BUFS_PER_PAGE: usize = PAGE / HOST_BUF;
-const DESC: usize = 16;
 
 /// The user's view of the queue: what it programmed.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct RxRegs {
-    pub(crate) rdbal: u32,
-    pub(crate) rdbah: u32,
-    pub(crate) rdlen: u32,
+    /// RDBAL, RDBAH, RDLEN, RDH, RDT.
+    pub(crate) ring: RingRegs,
     pub(crate) srrctl: u32,
-    pub(crate) rdh: u32,
-    pub(crate) rdt: u32,
     pub(crate) rxdctl: u32,
 }
 
@@ -84,28 +77,6 @@ pub(crate) struct RxRegs {
 pub(crate) const RECORD_LEN: usize = 7 * 4;
 
 impl RxRegs {
-    fn base(&self) -> u64 {
-        (u64::from(self.rdbah) << 32) | u64::from(self.rdbal)
-    }
-
-    /// The IOVA of descriptor `i`; `EINVAL` past the address space.
-    fn desc_at(&self, i: u32) -> Result<u64> {
-        self.base()
-            .checked_add(u64::from(i) * DESC as u64)
-            .ok_or(EINVAL)
-    }
-
-    /// Whether the ring ends inside the address space (a ring that does
-    /// not is never enabled).
-    fn fits(&self) -> bool {
-        self.base().checked_add(u64::from(self.rdlen)).is_some()
-    }
-
-    /// Descriptors in the user's ring.
-    fn count(&self) -> u32 {
-        self.rdlen / DESC as u32
-    }
-
     fn enabled(&self) -> bool {
         self.rxdctl & ENABLE != 0
     }
@@ -122,22 +93,22 @@ impl RxRegs {
     /// The descriptors the user gave the device: from the head up to the
     /// tail (a tail outside the ring gives none).
     fn free(&self) -> u32 {
-        let n = self.count();
-        if n == 0 || self.rdh >= n || self.rdt >= n {
+        let n = self.ring.count();
+        if n == 0 || self.ring.head >= n || self.ring.tail >= n {
             return 0;
         }
-        (self.rdt + n - self.rdh) % n
+        (self.ring.tail + n - self.ring.head) % n
     }
 
     /// The registers as the stream carries them.
     pub(crate) fn to_record(self, out: &mut [u8]) -> Result {
         let words = [
-            self.rdbal,
-            self.rdbah,
-            self.rdlen,
+            self.ring.bal,
+            self.ring.bah,
+            self.ring.len,
             self.srrctl,
-            self.rdh,
-            self.rdt,
+            self.ring.head,
+            self.ring.tail,
             self.rxdctl,
         ];
         super::put_words(out, &words)
@@ -148,24 +119,17 @@ impl RxRegs {
     pub(crate) fn from_record(rec: &[u8]) -> Result<Self> {
         let w: [u32; RECORD_LEN / 4] = super::get_words(rec)?;
         let r = RxRegs {
-            rdbal: w[0],
-            rdbah: w[1],
-            rdlen: w[2],
+            ring: RingRegs {
+                bal: w[0],
+                bah: w[1],
+                len: w[2],
+                head: w[4],
+                tail: w[5],
+            },
             srrctl: w[3],
-            rdh: w[4],
-            rdt: w[5],
             rxdctl: w[6],
         };
-        let n = r.count();
-        let inside = |i: u32| i == 0 || i < n;
-        if r.rdbal & !RDBAL_MASK != 0
-            || r.rdlen & !RDLEN_MASK != 0
-            || r.srrctl & !SRRCTL_BITS != 0
-            || r.rxdctl & !RXDCTL_BITS != 0
-            || !inside(r.rdh)
-            || !inside(r.rdt)
-            || !r.fits()
-        {
+        if !r.ring.valid() || r.srrctl & !SRRCTL_BITS != 0 || r.rxdctl & !RXDCTL_BITS != 0 {
             return Err(EINVAL);
         }
         Ok(r)
@@ -269,12 +233,12 @@ impl RxQueue {
     pub(crate) fn read(&self, offset: u64) -> u32 {
         let r = &self.regs;
         match offset {
-            RDBAL => r.rdbal,
-            RDBAH => r.rdbah,
-            RDLEN => r.rdlen,
+            RDBAL => r.ring.bal,
+            RDBAH => r.ring.bah,
+            RDLEN => r.ring.len,
             SRRCTL => r.srrctl,
-            RDH => r.rdh,
-            RDT => r.rdt,
+            RDH => r.ring.head,
+            RDT => r.ring.tail,
             RXDCTL => r.rxdctl,
             _ => 0,
         }
@@ -289,18 +253,18 @@ impl RxQueue {
         let r = &mut self.regs;
         let idle = !r.enabled();
         match offset {
-            RDBAL if idle => r.rdbal = value & RDBAL_MASK,
-            RDBAH if idle => r.rdbah = value,
-            RDLEN if idle => r.rdlen = value & RDLEN_MASK,
-            RDH if idle => r.rdh = value & 0xffff,
+            RDBAL if idle => r.ring.bal = value & BAL_MASK,
+            RDBAH if idle => r.ring.bah = value,
+            RDLEN if idle => r.ring.len = value & RING_LEN_MASK,
+            RDH if idle => r.ring.head = value & 0xffff,
             SRRCTL => r.srrctl = value & SRRCTL_BITS,
             RDT => {
-                r.rdt = value & 0xffff;
+                r.ring.tail = value & 0xffff;
                 return true;
             }
             RXDCTL => {
                 let mut v = value & RXDCTL_BITS;
-                if !r.fits() {
+                if !r.ring.fits() {
                     // A ring past the end of the address space: refused.
                     v &= !ENABLE;
                 }
@@ -351,7 +315,7 @@ impl RxQueue {
     /// ring of descriptors and the device runs; a queue that cannot start
     /// stops.
     pub(crate) fn ensure_hw(&mut self, cx: &Ctx<'_>, vf: &mut VfHw) {
-        let wanted = !vf.stopped && self.regs.enabled() && self.regs.count() > 0;
+        let wanted = !vf.stopped && self.regs.enabled() && self.regs.ring.count() > 0;
         if !wanted || self.host.is_some() {
             return;
         }
@@ -491,12 +455,12 @@ impl RxQueue {
         size: usize,
         end_of_frame: bool,
     ) -> Result<bool> {
-        let n = self.regs.count();
+        let n = self.regs.ring.count();
         let mut done = 0;
         loop {
             let piece = (len - done).min(size);
             let last = done + piece == len;
-            let at = self.regs.desc_at(self.regs.rdh)?;
+            let at = self.regs.ring.desc_at(self.regs.ring.head)?;
             let mut raw = [0u8; 8];
             cx.guest.read(at, &mut raw)?;
             let buf = u64::from_le_bytes(raw);
@@ -514,7 +478,7 @@ impl RxQueue {
             cx.guest.write(at, &rest)?;
             cx.guest.write(at + 8, &status.to_le_bytes())?;
             self.completed = true;
-            self.regs.rdh = (self.regs.rdh + 1) % n;
+            self.regs.ring.head = (self.regs.ring.head + 1) % n;
             if refused {
                 return Ok(false);
             }

@@ -28,6 +28,7 @@ use kernel::prelude::*;
 use kernel::time::Ktime;
 
 use super::hw::{Ctx, VfHw, QUEUE_ENABLE as ENABLE};
+use super::ring::{RingRegs, BAL_MASK, DESC, RING_LEN_MASK};
 use super::rmdev::device::Pinned;
 use super::rmdev::pci::{timed_out, Coherent};
 
@@ -44,10 +45,6 @@ pub(crate) const TDWBAH: u64 = 0x383c;
 /// TXDCTL: the thresholds (bits 5:0, 13:8, 21:16) and the enable, the
 /// bits a user's write keeps.
 const TXDCTL_BITS: u32 = ENABLE | 0x003f_3f3f;
-/// TDLEN: a multiple of 128 bytes, below 1 MiB.
-const TDLEN_MASK: u32 = 0x000f_ff80;
-/// TDBAL: 128-byte aligned.
-const TDBAL_MASK: u32 = !0x7f;
 
 /// Descriptor fields (`cmd_type_len`, `olinfo_status`).
 const LEN_MASK: u32 = 0xffff;
@@ -66,7 +63,6 @@ const DATA_KEEP: u32 = DTYP_MASK | IFCS | DEXT | VLE;
 
 /// The vendor's ring: 256 descriptors.
 const HOST_DESCS: usize = 256;
-const DESC: usize = 16;
 /// The most descriptors of one frame, in the user's ring and in the
 /// vendor's (a frame's buffers split at page boundaries).
 const MAX_FRAME_DESCS: usize = 16;
@@ -81,12 +77,9 @@ const HW_TIMEOUT_MS: u32 = 200;
 /// The user's view of the queue: what it programmed.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct TxRegs {
-    pub(crate) tdbal: u32,
-    pub(crate) tdbah: u32,
-    pub(crate) tdlen: u32,
-    pub(crate) tdh: u32,
+    /// TDBAL, TDBAH, TDLEN, TDH, TDT.
+    pub(crate) ring: RingRegs,
     pub(crate) txctl: u32,
-    pub(crate) tdt: u32,
     pub(crate) txdctl: u32,
     pub(crate) tdwbal: u32,
     pub(crate) tdwbah: u32,
@@ -96,28 +89,6 @@ pub(crate) struct TxRegs {
 pub(crate) const RECORD_LEN: usize = 9 * 4;
 
 impl TxRegs {
-    fn base(&self) -> u64 {
-        (u64::from(self.tdbah) << 32) | u64::from(self.tdbal)
-    }
-
-    /// The IOVA of descriptor `i`; `EINVAL` past the address space.
-    fn desc_at(&self, i: u32) -> Result<u64> {
-        self.base()
-            .checked_add(u64::from(i) * DESC as u64)
-            .ok_or(EINVAL)
-    }
-
-    /// Whether the ring ends inside the address space (a ring that does
-    /// not is never enabled).
-    fn fits(&self) -> bool {
-        self.base().checked_add(u64::from(self.tdlen)).is_some()
-    }
-
-    /// Descriptors in the user's ring.
-    fn count(&self) -> u32 {
-        self.tdlen / DESC as u32
-    }
-
     fn enabled(&self) -> bool {
         self.txdctl & ENABLE != 0
     }
@@ -125,12 +96,12 @@ impl TxRegs {
     /// The registers as the stream carries them.
     pub(crate) fn to_record(self, out: &mut [u8]) -> Result {
         let words = [
-            self.tdbal,
-            self.tdbah,
-            self.tdlen,
-            self.tdh,
+            self.ring.bal,
+            self.ring.bah,
+            self.ring.len,
+            self.ring.head,
             self.txctl,
-            self.tdt,
+            self.ring.tail,
             self.txdctl,
             self.tdwbal,
             self.tdwbah,
@@ -143,25 +114,19 @@ impl TxRegs {
     pub(crate) fn from_record(rec: &[u8]) -> Result<Self> {
         let w: [u32; RECORD_LEN / 4] = super::get_words(rec)?;
         let r = TxRegs {
-            tdbal: w[0],
-            tdbah: w[1],
-            tdlen: w[2],
-            tdh: w[3],
+            ring: RingRegs {
+                bal: w[0],
+                bah: w[1],
+                len: w[2],
+                head: w[3],
+                tail: w[5],
+            },
             txctl: w[4],
-            tdt: w[5],
             txdctl: w[6],
             tdwbal: w[7],
             tdwbah: w[8],
         };
-        let n = r.count();
-        let inside = |i: u32| i == 0 || i < n;
-        if r.tdbal & !TDBAL_MASK != 0
-            || r.tdlen & !TDLEN_MASK != 0
-            || r.txdctl & !TXDCTL_BITS != 0
-            || !inside(r.tdh)
-            || !inside(r.tdt)
-            || !r.fits()
-        {
+        if !r.ring.valid() || r.txdctl & !TXDCTL_BITS != 0 {
             return Err(EINVAL);
         }
         Ok(r)
@@ -238,12 +203,12 @@ impl TxQueue {
     pub(crate) fn read(&self, offset: u64) -> u32 {
         let r = &self.regs;
         match offset {
-            TDBAL => r.tdbal,
-            TDBAH => r.tdbah,
-            TDLEN => r.tdlen,
-            TDH => r.tdh,
+            TDBAL => r.ring.bal,
+            TDBAH => r.ring.bah,
+            TDLEN => r.ring.len,
+            TDH => r.ring.head,
             TXCTL => r.txctl,
-            TDT => r.tdt,
+            TDT => r.ring.tail,
             TXDCTL => r.txdctl,
             TDWBAL => r.tdwbal,
             TDWBAH => r.tdwbah,
@@ -268,20 +233,20 @@ impl TxQueue {
         let r = &mut self.regs;
         let idle = !r.enabled();
         match offset {
-            TDBAL if idle => r.tdbal = value & TDBAL_MASK,
-            TDBAH if idle => r.tdbah = value,
-            TDLEN if idle => r.tdlen = value & TDLEN_MASK,
-            TDH if idle => r.tdh = value & 0xffff,
+            TDBAL if idle => r.ring.bal = value & BAL_MASK,
+            TDBAH if idle => r.ring.bah = value,
+            TDLEN if idle => r.ring.len = value & RING_LEN_MASK,
+            TDH if idle => r.ring.head = value & 0xffff,
             TXCTL => r.txctl = value,
             TDWBAL => r.tdwbal = value,
             TDWBAH => r.tdwbah = value,
             TDT => {
-                r.tdt = value & 0xffff;
+                r.ring.tail = value & 0xffff;
                 return true;
             }
             TXDCTL => {
                 let mut v = value & TXDCTL_BITS;
-                if !r.fits() {
+                if !r.ring.fits() {
                     // A ring past the end of the address space: refused.
                     v &= !ENABLE;
                 }
@@ -378,8 +343,11 @@ impl TxQueue {
     }
 
     fn pending(&self) -> bool {
-        let n = self.regs.count();
-        n > 0 && self.regs.tdh < n && self.regs.tdt < n && self.regs.tdh != self.regs.tdt
+        let n = self.regs.ring.count();
+        n > 0
+            && self.regs.ring.head < n
+            && self.regs.ring.tail < n
+            && self.regs.ring.head != self.regs.ring.tail
     }
 
     /// One round: up to [`MAX_ROUND_FRAMES`] complete frames from the
@@ -389,10 +357,11 @@ impl TxQueue {
         // A ring the device cannot read stops the queue before the
         // hardware is involved.
         let mut raw = [0u8; DESC];
-        cx.guest.read(self.regs.desc_at(self.regs.tdh)?, &mut raw)?;
+        cx.guest
+            .read(self.regs.ring.desc_at(self.regs.ring.head)?, &mut raw)?;
         self.start_hw(cx, vf)?;
         let mut frames: KVec<Frame> = KVec::new();
-        let mut head = self.regs.tdh;
+        let mut head = self.regs.ring.head;
         let mut host_used = 0;
         let mut built = Ok(());
         if let Err(e) = frames.reserve(MAX_ROUND_FRAMES, GFP_KERNEL) {
@@ -431,7 +400,7 @@ impl TxQueue {
                 cx.guest.write(at, &(olinfo | DD).to_le_bytes())?;
                 self.completed = true;
             }
-            self.regs.tdh = f.next;
+            self.regs.ring.head = f.next;
         }
         Ok(!frames.is_empty())
     }
@@ -472,7 +441,7 @@ impl TxQueue {
     /// read.
     fn frame(&mut self, cx: &Ctx<'_>, head: u32, host_used: &mut usize) -> Result<Option<Frame>> {
         let regs = self.regs;
-        let n = regs.count();
+        let n = regs.ring.count();
         if *host_used + MAX_HOST_FRAME_DESCS > HOST_DESCS - 1 {
             return Ok(None);
         }
@@ -481,10 +450,10 @@ impl TxQueue {
         let mut too_long = false;
         let mut i = head;
         let last = loop {
-            if i == regs.tdt {
+            if i == regs.ring.tail {
                 return Ok(None);
             }
-            let at = regs.desc_at(i)?;
+            let at = regs.ring.desc_at(i)?;
             let mut raw = [0u8; DESC];
             cx.guest.read(at, &mut raw)?;
             let d = words(&raw);
