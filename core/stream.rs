@@ -579,7 +579,10 @@ impl SaveWaker {
     /// The device's state changed: a reader of its open pre-copy save file
     /// waiting in `poll` looks again at [`Device::precopy_info`]. A no-op
     /// when no save session is open. From any context: process, softirq or
-    /// a hardware interrupt handler; it never sleeps.
+    /// a hardware interrupt handler; it never sleeps. (On PREEMPT_RT its
+    /// spinlocks sleep, as [`Interrupts`](super::device::Interrupts)'s do:
+    /// there, not from a handler that stays in hard interrupt context, such
+    /// as an `HRTIMER_MODE_HARD` timer's.)
     pub fn wake(&self) {
         self.0.wake();
     }

@@ -155,10 +155,12 @@ pub const CMD_CHECKSUM_TIMER: u32 = 5;
 /// CMD value: [`ENGINE_DELAY_MS`] later, from a timer in hard interrupt
 /// context, the device's engine writes `precopy_dirty_pages` pages (one if
 /// the parameter is 0) as it does in pre-copy, dirtying them, and the
-/// device wakes a pre-copy reader waiting in `poll` ([`SaveWaker`]). The
-/// write fails with `-EBUSY` while the device is stopped (STOP, STOP_COPY,
-/// RESUMING): stopping it cancels a run not yet finished, and a stopped
-/// device changes nothing.
+/// device wakes a pre-copy reader waiting in `poll` ([`SaveWaker`]). A
+/// second command before the run restarts its delay (one run). The write
+/// fails with `-EBUSY` while the device is stopped (STOP, STOP_COPY,
+/// RESUMING, ERROR): stopping it cancels a run not yet finished, and a
+/// stopped device changes nothing. A reset, an open and a close cancel it
+/// too, and leave the device running.
 pub const CMD_ENGINE_TIMER: u32 = 6;
 /// How long after `CMD_ENGINE_TIMER` the engine runs: long enough for a
 /// test to be waiting in `poll` by then.
@@ -804,6 +806,13 @@ impl SampleDevice {
         }
     }
 
+    /// The engine stopped (a run not finished cancelled) and the device
+    /// running: its state after a reset, an open or a close.
+    fn restart_engine(&self) {
+        self.set_running(false);
+        self.set_running(true);
+    }
+
     /// The device stops (`running` false) or runs again. A stopped device
     /// changes nothing: a run whose timer has not expired is cancelled,
     /// the finished ones are written now.
@@ -1032,14 +1041,18 @@ impl Device for SampleDevice {
 
     fn open(&self) -> Result {
         // Nothing to power up: the memory exists from creation on. A device
-        // with hardware behind it would enable it here.
+        // with hardware behind it would enable it here. The device runs,
+        // whatever state its last user left it in.
+        self.restart_engine();
         Ok(())
     }
 
     fn close(&self) {
         // The contents stay for the next user, as a real device's would;
-        // the DMA registers do not, and the framework unpins the pin.
+        // the DMA registers do not, and the framework unpins the pin. A
+        // run the user started and did not see finish is cancelled.
         self.clear_dma();
+        self.restart_engine();
     }
 
     fn guest_unmapped(&self, iova: u64, length: u64) {
@@ -1056,9 +1069,8 @@ impl Device for SampleDevice {
         // A function reset clears the registers and stops the engine
         // (finished runs have written their pages); like a GPU's memory,
         // the device memory keeps its contents. The device runs after it.
-        self.set_running(false);
+        self.restart_engine();
         let mut m = self.mem();
-        m.running = true;
         m.scratch = 0;
         m.checksum = 0;
         m.oversize_next = false;
@@ -1089,7 +1101,11 @@ impl Device for SampleDevice {
         if self.next_arc.load(Ordering::Relaxed) != ArcFault::None as u8 {
             match ArcFault::from_u8(self.next_arc.swap(ArcFault::None as u8, Ordering::Relaxed)) {
                 ArcFault::None => {}
-                ArcFault::Lose => return Err(StepFailure::lost(EIO)),
+                ArcFault::Lose => {
+                    // The device goes to ERROR, where it does not run.
+                    self.set_running(false);
+                    return Err(StepFailure::lost(EIO));
+                }
                 ArcFault::Fail => return Err(StepFailure::recoverable(EBUSY)),
             }
         }

@@ -2454,23 +2454,14 @@ const CMD_ENGINE_TIMER: u32 = 6;
 /// (`precopy_dirty_pages` is 0): the 4096 dirty bytes `PRECOPY_INFO`
 /// reports and the page's contents, generation 1 then 2 and the page's
 /// index (the sample's ABI), are the expected values. A stopped device
-/// refuses the command (`EBUSY`), and stopping it cancels a run not yet
-/// finished.
+/// refuses the command (`EBUSY`); stopping it, and closing it, cancel a run
+/// not yet finished; a device closed while stopped runs for its next user.
 fn t_precopy_wakeup(flags: FlagSet) -> TestResult {
     let m = Mdev::create(TYPES[0].0)?;
     let dev = m.open()?;
     let fd = ctx(dev.set_state(State::PreCopy.raw()), "SET PRE_COPY")?.ok_or("no FD")?;
     let mut stream = Vec::new();
     read_precopy(&fd, &mut stream)?;
-    let engine_page = |page: u64| -> Result<(u64, u64), String> {
-        let mut b = [0u8; 16];
-        ctx(
-            dev.read_at(vfio::BAR2, page * PAGE as u64, &mut b),
-            "read BAR2",
-        )?;
-        let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
-        Ok((word(0), word(8)))
-    };
     // The poll must have waited for the run: one that began after it
     // (this thread held up for 200 ms) proves nothing, and is tried again
     // with a later run, which writes the next page.
@@ -2494,7 +2485,7 @@ fn t_precopy_wakeup(flags: FlagSet) -> TestResult {
             dirty == PAGE as u64,
             "{flags}: PRECOPY_INFO dirty_bytes {dirty} after one engine page"
         );
-        let got = engine_page(attempt)?;
+        let got = engine_words(&dev, attempt)?;
         ensure!(
             got == (attempt + 1, attempt),
             "{flags}: page {attempt} starts with {got:?} after engine run {}",
@@ -2507,53 +2498,96 @@ fn t_precopy_wakeup(flags: FlagSet) -> TestResult {
         }
     }
     let (runs, took) = waited.ok_or("three engine runs came before the poll waited")?;
-    // A run cancelled by the stop (if the stop came well before its
-    // 200 ms were up); refused while stopped.
+    // A run cancelled by the stop; refused while stopped.
     let start = Instant::now();
     ctx(dev.write_reg(REG_CMD, CMD_ENGINE_TIMER), "command 6")?;
     ctx(dev.set_state(State::StopCopy.raw()), "SET STOP_COPY")?;
-    let stopped_in = start.elapsed();
-    let refused = dev.write_reg(REG_CMD, CMD_ENGINE_TIMER);
-    ensure!(
-        refused.as_ref().err().and_then(|e| e.raw_os_error()) == Some(libc::EBUSY),
-        "{flags}: command 6 in STOP_COPY: {refused:?}, expected EBUSY"
-    );
+    let held = start.elapsed();
+    expect_busy(&dev, flags, "STOP_COPY")?;
     read_to_eof(&fd, &mut stream)?;
     ctx(dev.set_state(State::Stop.raw()), "SET STOP")?;
+    expect_busy(&dev, flags, "STOP")?;
     std::thread::sleep(Duration::from_millis(400));
-    let mut next = runs + 1;
-    let got = engine_page(next)?;
-    let cancelled = if stopped_in < Duration::from_millis(150) {
-        ensure!(
-            got == (0, 0),
-            "{flags}: page {next} starts with {got:?}: the run the stop cancelled ({stopped_in:?} after the command) wrote it"
-        );
-        "a run the stop cancelled wrote nothing"
-    } else {
-        // This thread was held up: the run may have finished first.
-        if got != (0, 0) {
-            ensure!(
-                got == (next + 1, next),
-                "{flags}: page {next} starts with {got:?} after a run finished"
-            );
-            next += 1;
-        }
-        "the stop came too late to check the cancel"
-    };
-    // Running again, the engine runs again.
-    ctx(dev.set_state(State::Running.raw()), "SET RUNNING")?;
+    let (next, by_stop) = after_cancel(&dev, flags, runs + 1, held, "the stop")?;
+    // Closed while stopped, the device runs for its next user; a run the
+    // last user left pending is cancelled by the close.
+    drop(dev);
+    let dev = m.open()?;
+    let start = Instant::now();
+    ctx(
+        dev.write_reg(REG_CMD, CMD_ENGINE_TIMER),
+        "command 6 after a close in STOP",
+    )?;
+    drop(dev);
+    let held = start.elapsed();
+    let dev = m.open()?;
+    std::thread::sleep(Duration::from_millis(400));
+    let (next, by_close) = after_cancel(&dev, flags, next, held, "the close")?;
+    // Running, the engine runs.
     ctx(dev.write_reg(REG_CMD, CMD_ENGINE_TIMER), "command 6")?;
     std::thread::sleep(Duration::from_millis(400));
-    let got = engine_page(next)?;
+    let got = engine_words(&dev, next)?;
     ensure!(
         got == (next + 1, next),
         "{flags}: page {next} starts with {got:?} after the engine ran in RUNNING"
     );
     println!(
-        "  {flags}: the engine's run woke the poller after {took:?} (attempt {}); {cancelled}",
+        "  {flags}: the engine's run woke the poller after {took:?} (attempt {}); cancelled by the stop: {by_stop}, by the close: {by_close}",
         runs + 1
     );
     Ok(())
+}
+
+/// The first two words of page `page` of a sample mdev's memory: where its
+/// engine writes a run's generation and the page's index.
+fn engine_words(dev: &Device, page: u64) -> Result<(u64, u64), String> {
+    let mut b = [0u8; 16];
+    ctx(
+        dev.read_at(vfio::BAR2, page * PAGE as u64, &mut b),
+        "read BAR2",
+    )?;
+    let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap_or_default());
+    Ok((word(0), word(8)))
+}
+
+/// The sample's command 6 fails with `EBUSY` in `state`.
+fn expect_busy(dev: &Device, flags: FlagSet, state: &str) -> TestResult {
+    let r = dev.write_reg(REG_CMD, CMD_ENGINE_TIMER);
+    ensure!(
+        r.as_ref().err().and_then(|e| e.raw_os_error()) == Some(libc::EBUSY),
+        "{flags}: command 6 in {state}: {r:?}, expected EBUSY"
+    );
+    Ok(())
+}
+
+/// After `what` (a stop, a close) came `held` after a command 6, and the
+/// run's 200 ms are over: page `next` is untouched, the run cancelled. If
+/// this thread was held up 150 ms or more, the run may have finished
+/// first: then it wrote the page, and the next run writes the one after.
+/// Returns the next run's page and whether the cancel was checked.
+fn after_cancel(
+    dev: &Device,
+    flags: FlagSet,
+    next: u64,
+    held: Duration,
+    what: &str,
+) -> Result<(u64, bool), String> {
+    let got = engine_words(dev, next)?;
+    if held < Duration::from_millis(150) {
+        ensure!(
+            got == (0, 0),
+            "{flags}: page {next} starts with {got:?}: the run {what} cancelled ({held:?} after its command) wrote it"
+        );
+        return Ok((next, true));
+    }
+    if got == (0, 0) {
+        return Ok((next, false));
+    }
+    ensure!(
+        got == (next + 1, next),
+        "{flags}: page {next} starts with {got:?} after a run finished"
+    );
+    Ok((next + 1, false))
 }
 
 /// The BAR2 size of an existing mdev, from VFIO.
