@@ -41,7 +41,7 @@
 #[path = "../core/rmdev.rs"]
 pub mod rmdev;
 
-use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use kernel::prelude::*;
 use kernel::sync::lock::{mutex::MutexBackend, Guard};
 use kernel::sync::{Arc, Mutex};
@@ -303,6 +303,8 @@ impl mdev::Driver for Sample {
         let engine = Arc::new(
             EngineRuns {
                 finished: AtomicU32::new(0),
+                running: AtomicBool::new(true),
+                armed: AtomicBool::new(false),
                 waker,
             },
             GFP_KERNEL,
@@ -351,9 +353,6 @@ struct Memory {
     engine_page: usize,
     /// The simulated engine's writes so far: the first word it writes.
     engine_generation: u64,
-    /// The device runs (RUNNING, RUNNING_P2P or a pre-copy state): only
-    /// then may it change its own state.
-    running: bool,
 }
 
 /// Fault injection for the next migration arc, kept in an atomic
@@ -392,7 +391,6 @@ impl Memory {
             oversize_next: false,
             engine_page: 0,
             engine_generation: 0,
-            running: true,
         })
     }
 
@@ -632,6 +630,13 @@ impl TimerTarget for Interrupts {
 /// stream), the pages changed when the timer expired.
 struct EngineRuns {
     finished: AtomicU32,
+    /// The device runs (RUNNING, RUNNING_P2P or a pre-copy state): only
+    /// then may it change its own state.
+    running: AtomicBool,
+    /// A command 6 may have started the timer since the device last
+    /// stopped: stopping must cancel it. Set under the memory lock, cleared
+    /// under it after the cancel.
+    armed: AtomicBool,
     waker: SaveWaker,
 }
 
@@ -814,15 +819,22 @@ impl SampleDevice {
     }
 
     /// The device stops (`running` false) or runs again. A stopped device
-    /// changes nothing: a run whose timer has not expired is cancelled,
-    /// the finished ones are written now.
+    /// changes nothing: a run whose timer has not expired is cancelled (the
+    /// finished ones happened before the stop, and are written at the next
+    /// look at the memory, as always). Every migration arc comes here, so
+    /// the common case takes no lock: the command sets `armed` before it
+    /// checks `running`, this clears `running` before it checks `armed`
+    /// (both sequentially consistent), so either the command sees the
+    /// device stopped or this sees the timer possibly started, and then
+    /// cancels it under the lock the command holds while it starts it.
     fn set_running(&self, running: bool) {
-        let mut m = self.mem.lock();
-        if !running {
+        let e = &self.engine;
+        e.running.store(running, Ordering::SeqCst);
+        if !running && e.armed.load(Ordering::SeqCst) {
+            let _m = self.mem.lock();
             self.engine_timer.cancel();
+            e.armed.store(false, Ordering::SeqCst);
         }
-        self.write_finished_runs(&mut m);
-        m.running = running;
     }
 
     fn read_reg(&self, offset: u64) -> Result<u32> {
@@ -889,9 +901,10 @@ impl SampleDevice {
                 self.timer.start(1_000_000);
             }
             // Under the memory lock, which `set_running` takes to cancel:
-            // no run starts after the device stopped.
+            // no run starts after the device stopped (see `set_running`).
             reg::CMD if value == CMD_ENGINE_TIMER => {
-                if !m.running {
+                self.engine.armed.store(true, Ordering::SeqCst);
+                if !self.engine.running.load(Ordering::SeqCst) {
                     return Err(EBUSY);
                 }
                 self.engine_timer.start(ENGINE_DELAY_MS * 1_000_000);
