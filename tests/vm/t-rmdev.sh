@@ -97,13 +97,12 @@ note "migrate with pre-copy while the device keeps writing its memory"
 "$VM_TEST" fill "$D" 12
 json_out 0 migrate "$RMDEV" --json migrate "$S" "$D"
 echo "$out" | sed 's/^/    /'
-rounds=$(json_eval "d['precopy_rounds']" <<<"$out")
+{ read -r rounds; read -r stop; read -r pre; read -r end; } < <(json_eval "d['precopy_rounds']" \
+	"d['stop_copy_bytes']" "d['precopy_bytes']" "d['precopy_end']" <<<"$out") || fail "migrate's JSON"
 [ "$rounds" -eq 2 ] || fail "pre-copy rounds: $rounds, want 2 (the initial pass, then the 8 pages the device dirties each round, which stop shrinking)"
-stop=$(json_eval "d['stop_copy_bytes']" <<<"$out")
 [ "$stop" -ge $((8 * 4096)) ] || fail "stop-copy bytes $stop: the 8 pages dirtied last must be in it"
-pre=$(json_eval "d['precopy_bytes']" <<<"$out")
 [ "$pre" -ge $((4 << 20)) ] || fail "pre-copy bytes $pre < the 4 MiB memory"
-expect_eq "why pre-copy ended" "$(json_eval "d['precopy_end']" <<<"$out")" stalled
+expect_eq "why pre-copy ended" "$end" stalled
 "$VM_TEST" compare "$S" "$D"
 expect_status 0 "$RMDEV" migrate --no-progress "$S" "$D"
 has "flags STOP_COPY|P2P|PRE_COPY"
@@ -111,9 +110,10 @@ has "dirty data stopped shrinking"
 has "downtime"
 note "migrate --max-rounds 1: the device dirties faster than pre-copy ends it, the limit does"
 json_out 0 migrate-max-rounds "$RMDEV" --json migrate --max-rounds 1 "$S" "$D"
-expect_eq "pre-copy rounds with --max-rounds 1" "$(json_eval "d['precopy_rounds']" <<<"$out")" 1
-expect_eq "why pre-copy ended" "$(json_eval "d['precopy_end']" <<<"$out")" max_rounds
-stop=$(json_eval "d['stop_copy_bytes']" <<<"$out")
+{ read -r rounds; read -r end; read -r stop; } < <(json_eval "d['precopy_rounds']" \
+	"d['precopy_end']" "d['stop_copy_bytes']" <<<"$out") || fail "migrate's JSON"
+expect_eq "pre-copy rounds with --max-rounds 1" "$rounds" 1
+expect_eq "why pre-copy ended" "$end" max_rounds
 [ "$stop" -ge $((8 * 4096)) ] || fail "stop-copy bytes $stop: the 8 pages dirtied after the round must be in it"
 "$VM_TEST" compare "$S" "$D"
 
@@ -236,7 +236,7 @@ note "SIGINT during a migrate and a load: the devices put back, exit status 130"
 # keeps an ignored signal ignored: WITH_SIGINT runs a command, in the same
 # process, with SIGINT's default action, as a terminal's foreground
 # command has it.)
-WITH_SIGINT=(python3 -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])')
+WITH_SIGINT=(env --default-signal=INT)
 signal_mid_stream() {
 	local p=$1 kind=$2 seen=0
 	shift 2
