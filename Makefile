@@ -99,7 +99,7 @@ BENCH_OUT := $(CURDIR)/build/bench
 bench: setup
 	cargo build --quiet --release -p rmdev-bench -p rmdev -p rmdev-vm-test
 	rm -rf $(BENCH_OUT)
-	RMDEV_SHARE=$(BENCH_OUT) $(LAB) --config release run --vfs 0 -- $(CURDIR)/tests/bench/run
+	RMDEV_SHARE=$(BENCH_OUT) $(LAB) --config release run --vfs 2 -- $(CURDIR)/tests/bench/run
 	$(CARGO_TARGET_DIR)/release/rmdev-bench report $(BENCH_OUT)/results.jsonl --json $(BENCH_OUT)/report.json
 
 # The operator's tool, as a distribution would lay it out (mdevctl's

@@ -237,10 +237,14 @@ enum IommuCtx {
     Container(RawFd),
     /// An iommufd (in `_keep`) and the IOAS the device is attached to.
     Iommufd { fd: RawFd, ioas: u32 },
+    /// A no-IOMMU container: the device reaches physical addresses, and
+    /// nothing is mapped for it.
+    NoIommu,
 }
 
-/// An open mdev: its device FD and what keeps it usable (container and
-/// group, or the iommufd).
+/// An open VFIO device (an mdev; for a benchmark's reference, a PCI
+/// function on vfio-pci): its device FD and what keeps it usable
+/// (container and group, or the iommufd).
 pub struct Device {
     /// The device FD.
     pub fd: OwnedFd,
@@ -249,6 +253,15 @@ pub struct Device {
     /// Region index → its offset in the device FD, as the kernel's region
     /// info gives it (asked once per region, on first use).
     offsets: Mutex<BTreeMap<u32, u64>>,
+}
+
+/// The IOMMU group number of the device whose sysfs directory is `dir`.
+fn group_of(dir: &Path) -> io::Result<String> {
+    let link = fs::read_link(dir.join("iommu_group"))?;
+    link.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .ok_or_else(|| io::Error::other("bad iommu_group link"))
 }
 
 fn open_rw(path: &str) -> io::Result<OwnedFd> {
@@ -265,12 +278,32 @@ impl Device {
     /// Opens the mdev `uuid` whose sysfs directory is in `devices` (the
     /// device nodes are always the host's `/dev/vfio`).
     pub fn open_in(devices: &Path, uuid: &str) -> io::Result<Device> {
-        let link = fs::read_link(devices.join(uuid).join("iommu_group"))?;
-        let group_nr = link
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| io::Error::other("bad iommu_group link"))?
-            .to_string();
+        let group_nr = group_of(&devices.join(uuid))?;
+        Self::open_group(
+            &format!("/dev/vfio/{group_nr}"),
+            uuid,
+            uapi::VFIO_TYPE1v2_IOMMU,
+        )
+    }
+
+    /// Opens the PCI function `bdf` (`0000:00:0b.1`), bound to vfio-pci in
+    /// the kernel's no-IOMMU mode (`vfio.enable_unsafe_noiommu_mode`):
+    /// the device reaches physical memory, [`Device::map_dma`] is refused
+    /// (`EINVAL`), and the user hands it physical addresses of memory it
+    /// locked. Needs `CAP_SYS_RAWIO`; taints the kernel. For a benchmark's
+    /// reference on a lab VM without a virtual IOMMU, nothing else.
+    pub fn open_pci_noiommu(bdf: &str) -> io::Result<Device> {
+        let group_nr = group_of(&Path::new("/sys/bus/pci/devices").join(bdf))?;
+        Self::open_group(
+            &format!("/dev/vfio/noiommu-{group_nr}"),
+            bdf,
+            uapi::VFIO_NOIOMMU_IOMMU,
+        )
+    }
+
+    /// Opens device `name` of the group at `group_path` in a new container
+    /// of IOMMU type `iommu_type`.
+    fn open_group(group_path: &str, name: &str, iommu_type: u32) -> io::Result<Device> {
         let container = open_rw("/dev/vfio/vfio")?;
         // SAFETY: GET_API_VERSION takes no argument.
         let api = unsafe { ioctl(container.as_raw_fd(), GET_API_VERSION, 0) }?;
@@ -281,19 +314,18 @@ impl Device {
             )));
         }
         // SAFETY: CHECK_EXTENSION takes an integer.
-        let type1v2 = unsafe {
-            ioctl(
-                container.as_raw_fd(),
-                CHECK_EXTENSION,
-                uapi::VFIO_TYPE1v2_IOMMU.into(),
-            )
-        }?;
-        if type1v2 != 1 {
-            return Err(io::Error::other(
-                "the VFIO container offers no Type1v2 IOMMU",
-            ));
+        let offered = unsafe { ioctl(container.as_raw_fd(), CHECK_EXTENSION, iommu_type.into()) }?;
+        if offered != 1 {
+            let name = if iommu_type == uapi::VFIO_NOIOMMU_IOMMU {
+                "no-IOMMU (is vfio.enable_unsafe_noiommu_mode set?)"
+            } else {
+                "Type1v2"
+            };
+            return Err(io::Error::other(format!(
+                "the VFIO container offers no {name} IOMMU"
+            )));
         }
-        let group = open_rw(&format!("/dev/vfio/{group_nr}"))?;
+        let group = open_rw(group_path)?;
         let mut status = uapi::vfio_group_status {
             argsz: size_of::<uapi::vfio_group_status>() as u32,
             flags: 0,
@@ -307,17 +339,15 @@ impl Device {
         // SAFETY: GROUP_SET_CONTAINER takes a pointer to the container FD (an `i32`).
         unsafe { ioctl_with(group.as_raw_fd(), GROUP_SET_CONTAINER, &mut cfd) }?;
         // SAFETY: SET_IOMMU takes an integer.
-        unsafe {
-            ioctl(
-                container.as_raw_fd(),
-                SET_IOMMU,
-                uapi::VFIO_TYPE1v2_IOMMU.into(),
-            )
-        }?;
-        let name = CString::new(uuid).map_err(|_| io::Error::other("bad uuid"))?;
+        unsafe { ioctl(container.as_raw_fd(), SET_IOMMU, iommu_type.into()) }?;
+        let name = CString::new(name).map_err(|_| io::Error::other("bad device name"))?;
         // SAFETY: GET_DEVICE_FD takes a NUL-terminated string.
         let fd = unsafe { ioctl(group.as_raw_fd(), GROUP_GET_DEVICE_FD, name.as_ptr() as _) }?;
-        let iommu = IommuCtx::Container(container.as_raw_fd());
+        let iommu = if iommu_type == uapi::VFIO_NOIOMMU_IOMMU {
+            IommuCtx::NoIommu
+        } else {
+            IommuCtx::Container(container.as_raw_fd())
+        };
         Ok(Device {
             // SAFETY: The kernel returned a new descriptor we now own.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
@@ -552,6 +582,7 @@ impl Device {
                 // SAFETY: IOAS_MAP takes `struct iommu_ioas_map`, size set.
                 unsafe { ioctl_with(fd, IOMMU_IOAS_MAP, &mut map) }.map(|_| ())
             }
+            IommuCtx::NoIommu => Err(io::Error::from_raw_os_error(libc::EINVAL)),
         }
     }
 
@@ -582,6 +613,7 @@ impl Device {
                 unsafe { ioctl_with(fd, IOMMU_IOAS_UNMAP, &mut unmap) }?;
                 Ok(unmap.length)
             }
+            IommuCtx::NoIommu => Err(io::Error::from_raw_os_error(libc::EINVAL)),
         }
     }
 

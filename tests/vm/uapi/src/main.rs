@@ -67,6 +67,7 @@ macro_rules! expect_errno {
 }
 
 mod guest_memory;
+mod vf_bench;
 mod vf_rx;
 mod vf_traffic;
 
@@ -2867,7 +2868,7 @@ ioctl-campaign SEED COUNT [vf DEV-UUID DEV-PCI OTHER-UUID] | race-campaign SEED 
 cycles SRC-TYPE-DIR DST-TYPE-DIR COUNT | \
 teardown-campaign TYPE-DIR SEED ROUNDS [unbind PCI] | rmmod-race TYPE-DIR MODULE SEED ATTEMPTS | \
 vf-stream-campaign SRC-UUID DST-UUID DST-PCI SEED COUNT | vf-tx UUID OTHER-UUID PF-NETDEV VF-MAC | \
-vf-rx UUID OTHER-UUID PF-NETDEV VF0-MAC VF1-MAC";
+vf-rx UUID OTHER-UUID PF-NETDEV VF0-MAC VF1-MAC | vf-bench MDEV-UUID VF-PCI PF-NETDEV ROUNDS";
 
 /// Wrong arguments: what was wrong, the usage, and exit status 2 (a test
 /// script that misspells a test name fails instead of running nothing).
@@ -2939,6 +2940,9 @@ fn main() {
             ["vf-tx", uuid, other, pf_if, mac] => Some(vf_traffic::vf_tx(uuid, other, pf_if, mac)),
             ["vf-rx", uuid, other, pf_if, mac0, mac1] => {
                 Some(vf_rx::vf_rx(uuid, other, pf_if, mac0, mac1))
+            }
+            ["vf-bench", mdev, bdf, pf_if, rounds] => {
+                Some(vf_bench::vf_bench(mdev, bdf, pf_if, rounds))
             }
             ["session-memcg", cg] => Some(session_memcg(cg)),
             ["contend", uuid, rounds] => Some(contend(uuid, rounds)),

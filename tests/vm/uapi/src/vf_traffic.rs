@@ -32,21 +32,21 @@ use super::{
 };
 
 /// Transmit queue 0's registers (82576 VF BAR0).
-const TDBAL: u64 = 0x3800;
-const TDBAH: u64 = 0x3804;
-const TDLEN: u64 = 0x3808;
-const TDH: u64 = 0x3810;
-const TDT: u64 = 0x3818;
-const TXDCTL: u64 = 0x3828;
+pub(crate) const TDBAL: u64 = 0x3800;
+pub(crate) const TDBAH: u64 = 0x3804;
+pub(crate) const TDLEN: u64 = 0x3808;
+pub(crate) const TDH: u64 = 0x3810;
+pub(crate) const TDT: u64 = 0x3818;
+pub(crate) const TXDCTL: u64 = 0x3828;
 pub(crate) const ENABLE: u32 = 1 << 25;
 /// Advanced data descriptor bits (82576 datasheet, 7.2.2.3).
-const DTYP_DATA: u32 = 0x3 << 20;
-const EOP: u32 = 1 << 24;
-const IFCS: u32 = 1 << 25;
-const RS: u32 = 1 << 27;
-const DEXT: u32 = 1 << 29;
+pub(crate) const DTYP_DATA: u32 = 0x3 << 20;
+pub(crate) const EOP: u32 = 1 << 24;
+pub(crate) const IFCS: u32 = 1 << 25;
+pub(crate) const RS: u32 = 1 << 27;
+pub(crate) const DEXT: u32 = 1 << 29;
 const TSE: u32 = 1 << 31;
-const DD: u32 = 1;
+pub(crate) const DD: u32 = 1;
 /// The interrupt registers (82576 datasheet 8.9; VF view).
 const EICS: u64 = 0x1520;
 pub(crate) const EIMS: u64 = 0x1524;
@@ -57,17 +57,17 @@ pub(crate) const EICR: u64 = 0x1580;
 pub(crate) const IVAR0: u64 = 0x1700;
 const IVAR_MISC: u64 = 0x1740;
 /// The mailbox (82576 datasheet 7.8.2.9; Linux's igbvf mbx.h).
-const V2PMAILBOX: u64 = 0x0c40;
-const VMBMEM: u64 = 0x0800;
-const MBX_REQ: u32 = 1 << 0;
-const MBX_VFU: u32 = 1 << 2;
-const MBX_PFSTS: u32 = 1 << 4;
-const MBX_PFACK: u32 = 1 << 5;
-const VF_RESET: u32 = 0x01;
+pub(crate) const V2PMAILBOX: u64 = 0x0c40;
+pub(crate) const VMBMEM: u64 = 0x0800;
+pub(crate) const MBX_REQ: u32 = 1 << 0;
+pub(crate) const MBX_VFU: u32 = 1 << 2;
+pub(crate) const MBX_PFSTS: u32 = 1 << 4;
+pub(crate) const MBX_PFACK: u32 = 1 << 5;
+pub(crate) const VF_RESET: u32 = 0x01;
 const VF_SET_MAC_ADDR: u32 = 0x02;
 const VF_SET_MULTICAST: u32 = 0x03;
-const MSG_ACK: u32 = 1 << 31;
-const MSG_NACK: u32 = 1 << 30;
+pub(crate) const MSG_ACK: u32 = 1 << 31;
+pub(crate) const MSG_NACK: u32 = 1 << 30;
 const MSG_CTS: u32 = 1 << 29;
 const VF_SET_VLAN: u32 = 0x04;
 /// IVAR0 routing transmit queue 0 (byte 1) to vector 1, valid.
@@ -76,7 +76,7 @@ const TX_TO_VECTOR1: u32 = 0x81 << 8;
 pub(crate) const MSIX_INDEX: u32 = 2;
 const BAR3: u32 = 3;
 /// The test's EtherType (IEEE local experimental).
-const ETHERTYPE: u16 = 0x88b5;
+pub(crate) const ETHERTYPE: u16 = 0x88b5;
 
 /// The memory layout, in IOVA: the ring (16 descriptors), then 16 slots of
 /// two pages for frames; nothing is mapped at `IOVA_NONE`. The receive
@@ -133,23 +133,40 @@ pub(crate) fn packet_socket(ifname: &str, ethertype: u16) -> Result<OwnedFd, Str
     Ok(fd)
 }
 
+/// Sets the socket-level option `opt` of `fd` to `v`.
+pub(crate) fn set_socket_opt<T>(fd: &OwnedFd, opt: i32, v: &T) -> TestResult {
+    // SAFETY: `v` is readable for the size given; the kernel only reads it
+    // (and refuses a size the option does not take).
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (v as *const T).cast(),
+            std::mem::size_of::<T>() as u32,
+        )
+    };
+    ensure!(
+        r == 0,
+        "setsockopt {opt}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+/// A receive on `fd` gives up after `ms` milliseconds (under 1000).
+pub(crate) fn set_recv_timeout(fd: &OwnedFd, ms: u32) -> TestResult {
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: libc::suseconds_t::from(ms) * 1000,
+    };
+    set_socket_opt(fd, libc::SO_RCVTIMEO, &tv)
+}
+
 impl Capture {
     fn open(ifname: &str) -> Result<Capture, String> {
         let fd = packet_socket(ifname, ETHERTYPE)?;
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 300_000,
-        };
-        // SAFETY: A `timeval` of the size given.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
+        set_recv_timeout(&fd, 300)?;
         Ok(Capture(fd))
     }
 
@@ -173,7 +190,7 @@ impl Capture {
 }
 
 /// The MAC address of `ifname`.
-fn mac_of(ifname: &str) -> Result<[u8; 6], String> {
+pub(crate) fn mac_of(ifname: &str) -> Result<[u8; 6], String> {
     let path = format!("/sys/class/net/{ifname}/address");
     let s = ctx(std::fs::read_to_string(&path), &path)?;
     let mut mac = [0u8; 6];
