@@ -23,7 +23,8 @@
 //! than the lab's PF takes in), and those the VF completed (`sent`).
 //! Rounds of the two paths and of the two frame sizes (60 bytes: frames
 //! per second; 1514 bytes: bytes per second) take turns, so the machine's
-//! drifts weigh on each alike; `rmdev-bench report` takes medians.
+//! drifts weigh on each alike; `rmdev-bench report` takes the median of
+//! each round's ratio.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,10 +35,10 @@ use rmdev::vfio::Device;
 
 use super::guest_memory::Buffer;
 use super::vf_traffic::{
-    frame, mac_of, map, packet_socket, read_reg, set_recv_timeout, set_socket_opt, write_reg, DD,
-    DEXT, DTYP_DATA, ENABLE, EOP, ETHERTYPE, IFCS, IOVA_RING, MAP_LEN, MBX_PFACK, MBX_PFSTS,
-    MBX_REQ, MBX_VFU, MSG_ACK, MSG_NACK, RING_DESCS, RS, SLOT, TDBAH, TDBAL, TDH, TDLEN, TDT,
-    TXDCTL, V2PMAILBOX, VF_RESET, VMBMEM,
+    frame, mac_of, map, packet_socket, program_tx, read_reg, set_recv_timeout, set_socket_opt,
+    tx_desc, write_reg, DD, DEXT, DTYP_DATA, EOP, ETHERTYPE, IFCS, IOVA_BUFS, IOVA_RING, MAP_LEN,
+    MBX_PFACK, MBX_PFSTS, MBX_REQ, MBX_VFU, MSG_ACK, MSG_NACK, RING_DESCS, RS, SLOT, TDT,
+    V2PMAILBOX, VF_RESET, VMBMEM,
 };
 use super::{ctx, TestResult, PAGE};
 
@@ -60,9 +61,14 @@ const PCI_COMMAND: u64 = 0x04;
 const PCI_COMMAND_MEMORY: u32 = 1 << 1;
 const PCI_COMMAND_MASTER: u32 = 1 << 2;
 
+// `Path::Mdev`'s addresses: `map` puts the frames' pages right after the
+// ring's.
+const _: () = assert!(IOVA_BUFS == IOVA_RING + PAGE as u64);
+
 /// Which way the device reaches this process's memory.
 enum Path {
-    /// The mdev's type1 container: the buffer mapped at `IOVA_RING`.
+    /// The mdev's type1 container: the buffer mapped at `IOVA_RING` (the
+    /// ring's page, then the frames' at `IOVA_BUFS`, right after it).
     Mdev,
     /// No IOMMU: the physical address of each page of the buffer.
     Physical(Vec<u64>),
@@ -89,14 +95,7 @@ impl Tx {
 
     /// Programs transmit queue 0 (disabled first), head and tail 0.
     fn program(&mut self) -> TestResult {
-        let base = self.dma_addr(0);
-        write_reg(&self.dev, TXDCTL, 0)?;
-        write_reg(&self.dev, TDBAL, base as u32)?;
-        write_reg(&self.dev, TDBAH, (base >> 32) as u32)?;
-        write_reg(&self.dev, TDLEN, RING_DESCS * 16)?;
-        write_reg(&self.dev, TDH, 0)?;
-        write_reg(&self.dev, TDT, 0)?;
-        write_reg(&self.dev, TXDCTL, ENABLE)?;
+        program_tx(&self.dev, self.dma_addr(0))?;
         self.tail = 0;
         Ok(())
     }
@@ -116,11 +115,8 @@ impl Tx {
             let i = self.tail;
             let addr = self.dma_addr(PAGE + i as usize * SLOT);
             let cmd = len as u32 | DTYP_DATA | DEXT | IFCS | EOP | RS;
-            let mut d = [0u8; 16];
-            d[..8].copy_from_slice(&addr.to_le_bytes());
-            d[8..12].copy_from_slice(&cmd.to_le_bytes());
-            d[12..16].copy_from_slice(&((len as u32) << 14).to_le_bytes());
-            self.mem.write(i as usize * 16, &d);
+            self.mem
+                .write(i as usize * 16, &tx_desc(addr, cmd, (len as u32) << 14));
             self.tail = (self.tail + 1) % RING_DESCS;
         }
         write_reg(&self.dev, TDT, self.tail)?;

@@ -32,12 +32,12 @@ use super::{
 };
 
 /// Transmit queue 0's registers (82576 VF BAR0).
-pub(crate) const TDBAL: u64 = 0x3800;
-pub(crate) const TDBAH: u64 = 0x3804;
-pub(crate) const TDLEN: u64 = 0x3808;
-pub(crate) const TDH: u64 = 0x3810;
+const TDBAL: u64 = 0x3800;
+const TDBAH: u64 = 0x3804;
+const TDLEN: u64 = 0x3808;
+const TDH: u64 = 0x3810;
 pub(crate) const TDT: u64 = 0x3818;
-pub(crate) const TXDCTL: u64 = 0x3828;
+const TXDCTL: u64 = 0x3828;
 pub(crate) const ENABLE: u32 = 1 << 25;
 /// Advanced data descriptor bits (82576 datasheet, 7.2.2.3).
 pub(crate) const DTYP_DATA: u32 = 0x3 << 20;
@@ -240,6 +240,28 @@ pub(crate) fn write_reg(dev: &Device, r: u64, v: u32) -> TestResult {
     ctx(dev.write_reg(r, v), &format!("write register {r:#x}"))
 }
 
+/// Programs `dev`'s transmit queue 0 with a ring of `RING_DESCS` at
+/// `base` (disabled first), head and tail 0.
+pub(crate) fn program_tx(dev: &Device, base: u64) -> TestResult {
+    write_reg(dev, TXDCTL, 0)?;
+    write_reg(dev, TDBAL, base as u32)?;
+    write_reg(dev, TDBAH, (base >> 32) as u32)?;
+    write_reg(dev, TDLEN, RING_DESCS * 16)?;
+    write_reg(dev, TDH, 0)?;
+    write_reg(dev, TDT, 0)?;
+    write_reg(dev, TXDCTL, ENABLE)
+}
+
+/// An advanced transmit descriptor as the ring holds it: the buffer's
+/// address, the command word, the offload word.
+pub(crate) fn tx_desc(addr: u64, cmd: u32, olinfo: u32) -> [u8; 16] {
+    let mut d = [0u8; 16];
+    d[..8].copy_from_slice(&addr.to_le_bytes());
+    d[8..12].copy_from_slice(&cmd.to_le_bytes());
+    d[12..16].copy_from_slice(&olinfo.to_le_bytes());
+    d
+}
+
 /// The test's side of the queue: the mapped memory and where the tail is.
 struct Queue<'a> {
     dev: &'a Device,
@@ -258,13 +280,7 @@ impl Queue<'_> {
 
     /// Programs the ring at `base` (disabled first), head and tail 0.
     fn program(&mut self, base: u64) -> TestResult {
-        self.set(TXDCTL, 0)?;
-        self.set(TDBAL, base as u32)?;
-        self.set(TDBAH, (base >> 32) as u32)?;
-        self.set(TDLEN, RING_DESCS * 16)?;
-        self.set(TDH, 0)?;
-        self.set(TDT, 0)?;
-        self.set(TXDCTL, ENABLE)?;
+        program_tx(self.dev, base)?;
         self.tail = 0;
         Ok(())
     }
@@ -272,10 +288,7 @@ impl Queue<'_> {
     /// Writes descriptor `i` of the ring.
     fn desc(&mut self, i: u32, addr: u64, cmd: u32, olinfo: u32) {
         let at = (i * 16) as usize;
-        let d = &mut self.mem.bytes()[at..at + 16];
-        d[..8].copy_from_slice(&addr.to_le_bytes());
-        d[8..12].copy_from_slice(&cmd.to_le_bytes());
-        d[12..16].copy_from_slice(&olinfo.to_le_bytes());
+        self.mem.bytes()[at..at + 16].copy_from_slice(&tx_desc(addr, cmd, olinfo));
     }
 
     fn status(&mut self, i: u32) -> u32 {
