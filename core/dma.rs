@@ -17,7 +17,18 @@
 //! - [`GuestMemory::pin_for`] also maps the pinned pages for the parent's
 //!   PCI function ([`DmaFunction`]), and [`GuestMemory::device_address`]
 //!   gives the addresses to hand the hardware. The mapping is the pin's:
-//!   it is undone just before the unpin, whoever unpins.
+//!   it is undone just before the unpin, whoever unpins;
+//! - [`GuestMemory::release`] gives a pin back like [`GuestMemory::unpin`],
+//!   but a read-only `pin_for` pin stays pinned and mapped, *idle*, for
+//!   the next `pin_for` of the same pages for the same function (a cache of
+//!   at most [`CACHE_PAGES`] pages, the least recently released going
+//!   first): pinning and mapping is most of what sending a frame from guest
+//!   memory costs, and a guest sends from the same buffers again and
+//!   again. An idle pin is the framework's: no handle reaches it, and it
+//!   goes like any pin when the user unmaps its memory, on a reset and on
+//!   close; it counts towards the user's locked memory like any pin, and
+//!   when a new pin fails or would pass [`MAX_PINNED_PAGES`] the idle ones
+//!   go first.
 //!
 //! The framework owns every pin. When the user unmaps memory that is pinned
 //! (the `dma_unmap` callback), it refuses new pins into the range
@@ -30,17 +41,23 @@
 //! unpins everything the same way, so a new user never meets the previous
 //! user's pins.
 //!
-//! On a type1 container, for a while after an unmap under a pin, new pins
-//! into the range are refused with `-EAGAIN` (a *fence*, [`FENCE_MS`],
-//! doubling up to 16 s each time the same range is unmapped under a pin
-//! again within a minute). type1 checks for pins again once the callback
-//! returned, before it removes the mapping, and crashes the host
-//! (`BUG_ON`) after ten rounds that find the mapping pinned again; a user
-//! that makes the device re-pin the range in that window, ten times in a
-//! row, would get there. The fence closes the window for as long as type1
-//! takes to re-check unless that thread is held up longer than the fence,
-//! ten times in a row; iommufd refuses such pins itself and gets no fence.
-//! Past [`MAX_FENCES`] fences, they merge into one over all their ranges.
+//! On a type1 container, new pins into a range may be refused with
+//! `-EAGAIN` for a while after an unmap under a pin (a *fence*,
+//! [`FENCE_MS`]). type1 checks for pins again once the callback returned,
+//! before it removes the mapping, and calls back again if it finds one;
+//! it crashes the host (`BUG_ON`) after ten such rounds for one mapping.
+//! A user that makes the device re-pin the range in that window, ten times
+//! in a row, would get there. So when type1 calls back for a range it
+//! called back for before (within a minute) and the device pinned into
+//! the range in between, the range is fenced: [`FENCE_MS`], doubling up
+//! to 16 s each time the range is fenced again within a minute of the
+//! last fence. Two rounds are then the most type1 makes for one unmap,
+//! unless its thread is held up longer than the fence between them. An
+//! unmap that finds only pins made before it (a user unmapping memory the
+//! device last used, idle pins included) is not fenced, so unmapping and
+//! mapping again works at once. iommufd refuses pins into a range it
+//! unmaps itself and gets no fences. Past [`MAX_FENCES`] ranges, they merge
+//! into one fence over all of them, in force at once.
 //!
 //! Dirty logging (`VFIO_DEVICE_FEATURE_DMA_LOGGING_*`): every migrating
 //! device offers it. While it runs, every page in the logged ranges the
@@ -72,17 +89,20 @@ pub const PAGE_SIZE: u64 = 4096;
 pub const MAX_PIN_PAGES: usize = 512;
 /// The most pages one device keeps pinned at once (256 MiB).
 pub const MAX_PINNED_PAGES: usize = 1 << 16;
-/// How long pins into a range the user just unmapped are refused, at
-/// first.
+/// How long pins into a fenced range are refused, at first.
 pub const FENCE_MS: i64 = 1000;
-/// A fence older than this is forgotten, and the next unmap of its range
-/// starts again at [`FENCE_MS`].
+/// An unmap or a fence older than this is forgotten: the next unmap of its
+/// range counts as a first one.
 const FENCE_MEMORY_MS: i64 = 60_000;
 /// The fence of a range unmapped under a pin again and again doubles up to
 /// `FENCE_MS << MAX_STRIKES` (16 s).
 const MAX_STRIKES: u32 = 4;
-/// The most fences kept apart; past it they merge into one.
+/// The most unmapped ranges remembered apart; past it they merge into
+/// one fence.
 pub const MAX_FENCES: usize = 64;
+/// The most pages kept pinned idle for reuse ([`GuestMemory::release`]):
+/// 2 MiB.
+pub const CACHE_PAGES: usize = 512;
 /// The most distinct written pages the log keeps between two reports;
 /// past it, every logged range reports dirty until a report covers it.
 const MAX_LOGGED_PAGES: usize = 1 << 16;
@@ -111,6 +131,8 @@ struct Pin {
     pages: KVec<PagePtr>,
     writable: bool,
     mapped: Option<Mapped>,
+    /// Released and kept for reuse: when (the state's clock).
+    idle: Option<u64>,
 }
 
 impl Mapped {
@@ -156,15 +178,27 @@ struct Log {
     all_dirty: KVec<bool>,
 }
 
-/// A range the user unmapped while the device had it pinned.
+/// A range the user unmapped while the device had it pinned (type1
+/// called back for it), and its fence.
 #[derive(Clone, Copy)]
 struct Fence {
     start: u64,
     end: u64,
-    /// Pins into the range are refused until then (`ktime_get()`, ms).
-    until: i64,
-    /// How many times in a row the range was unmapped under a pin.
+    /// When type1 last called back for the range (`ktime_get()`, ms).
+    unmapped_at: i64,
+    /// Whether the device pinned into the range since.
+    repinned: bool,
+    /// Pins into the range are refused until then (ms), if it was fenced.
+    until: Option<i64>,
+    /// How many times in a row the range was fenced.
     strikes: u32,
+}
+
+impl Fence {
+    /// When the entry is forgotten.
+    fn forgotten_at(&self) -> i64 {
+        self.unmapped_at.max(self.until.unwrap_or(i64::MIN)) + FENCE_MEMORY_MS
+    }
 }
 
 /// The current time for fences, in ms.
@@ -180,8 +214,12 @@ struct Inner {
     /// core lets a device pin or copy.
     open: bool,
     slots: KVec<Slot>,
-    /// Pages pinned, over all slots.
+    /// Pages pinned, over all slots, idle ones included.
     pinned: usize,
+    /// Pages of idle pins.
+    idle_pages: usize,
+    /// Counts releases, to find the least recently released idle pin.
+    clock: u64,
     log: Option<Log>,
     /// Ranges recently unmapped under a pin.
     fences: KVec<Fence>,
@@ -234,7 +272,7 @@ impl Inner {
             Some(Slot {
                 gen,
                 pin: Some(pin),
-            }) if *gen == p.gen => Ok(pin),
+            }) if *gen == p.gen && pin.idle.is_none() => Ok(pin),
             _ => Err(ENOENT),
         }
     }
@@ -246,6 +284,9 @@ impl Inner {
         };
         self.slots[i].gen = self.slots[i].gen.wrapping_add(1);
         self.pinned -= pin.pages.len();
+        if pin.idle.is_some() {
+            self.idle_pages -= pin.pages.len();
+        }
         if let Some(m) = &pin.mapped {
             // Before the unpin: the function must not reach a page that
             // is no longer held.
@@ -266,15 +307,15 @@ impl Inner {
         unsafe { bindings::vfio_unpin_pages(vdev, pin.iova, pin.pages.len() as i32) };
     }
 
-    /// Whether a pin of `[start, end)` must wait: the range was unmapped
-    /// under a pin a moment ago. Forgets fences long expired.
+    /// Whether a pin of `[start, end)` must wait: the range is fenced.
+    /// Forgets unmaps and fences long past.
     fn fenced(&mut self, start: u64, end: u64) -> bool {
         let now = now_ms();
-        if self.fences.iter().any(|f| now >= f.until + FENCE_MEMORY_MS) {
+        if self.fences.iter().any(|f| now >= f.forgotten_at()) {
             let mut kept = KVec::new();
             for f in self.fences.iter() {
-                if now < f.until + FENCE_MEMORY_MS {
-                    // On failure the fence is forgotten: a pin that comes
+                if now < f.forgotten_at() {
+                    // On failure the entry is forgotten: a pin that comes
                     // later is then only as safe as without fences.
                     let _ = kept.push(*f, GFP_KERNEL);
                 }
@@ -283,38 +324,59 @@ impl Inner {
         }
         self.fences
             .iter()
-            .any(|f| now < f.until && f.start < end && start < f.end)
+            .any(|f| f.until.is_some_and(|u| now < u) && f.start < end && start < f.end)
     }
 
-    /// Fences `[start, end)`, just unmapped under a pin.
-    fn fence(&mut self, start: u64, end: u64) {
+    /// The device pinned `[start, end)`: a range type1 called back for
+    /// and calls back for again is fenced then.
+    fn note_pin(&mut self, start: u64, end: u64) {
+        for f in self.fences.iter_mut() {
+            if f.start < end && start < f.end {
+                f.repinned = true;
+            }
+        }
+    }
+
+    /// type1 called back for `[start, end)`, just unpinned: fences the
+    /// range if type1 called back for it before and the device pinned
+    /// into it since (type1 may find such a pin again, and crashes after
+    /// ten rounds).
+    fn note_unmap(&mut self, start: u64, end: u64) {
         let now = now_ms();
         if let Some(f) = self
             .fences
             .iter_mut()
             .find(|f| f.start == start && f.end == end)
         {
-            f.strikes = if now < f.until + FENCE_MEMORY_MS {
-                (f.strikes + 1).min(MAX_STRIKES)
-            } else {
-                0
-            };
-            f.until = now + (FENCE_MS << f.strikes);
+            if f.repinned && now < f.unmapped_at + FENCE_MEMORY_MS {
+                f.strikes = match f.until {
+                    Some(u) if now < u + FENCE_MEMORY_MS => (f.strikes + 1).min(MAX_STRIKES),
+                    _ => 0,
+                };
+                f.until = Some(now + (FENCE_MS << f.strikes));
+            }
+            f.unmapped_at = now;
+            f.repinned = false;
             return;
         }
         let new = Fence {
             start,
             end,
-            until: now + FENCE_MS,
+            unmapped_at: now,
+            repinned: false,
+            until: None,
             strikes: 0,
         };
         if self.fences.len() < MAX_FENCES && self.fences.push(new, GFP_KERNEL).is_ok() {
             return;
         }
         // The table is full (a user unmapping ever new ranges under pins):
-        // one fence over all of them and this one, as long as the longest,
-        // refuses more than needed, never less.
-        let mut all = new;
+        // one fence over all of them and this one, in force at once and as
+        // long as the longest, refuses more than needed, never less.
+        let mut all = Fence {
+            until: Some(now + FENCE_MS),
+            ..new
+        };
         for f in self.fences.iter() {
             all.start = all.start.min(f.start);
             all.end = all.end.max(f.end);
@@ -325,6 +387,67 @@ impl Inner {
         // Cannot fail: an empty vector's first push allocates a few bytes,
         // and if even that fails, `fenced` refuses nothing new, as before.
         let _ = self.fences.push(all, GFP_KERNEL);
+    }
+
+    /// Gives slot `i`'s pin back (its handle goes stale): kept idle for
+    /// reuse if it is a read-only pin mapped for a function, unpinned
+    /// otherwise. The least recently released idle pins go past
+    /// [`CACHE_PAGES`].
+    fn release_slot(&mut self, i: usize) {
+        let cacheable = self.slots[i].pin.as_ref().is_some_and(|p| {
+            !p.writable && p.mapped.is_some() && p.idle.is_none() && p.pages.len() <= CACHE_PAGES
+        });
+        if !cacheable {
+            self.unpin_slot(i);
+            return;
+        }
+        self.clock += 1;
+        let clock = self.clock;
+        let slot = &mut self.slots[i];
+        slot.gen = slot.gen.wrapping_add(1);
+        if let Some(pin) = slot.pin.as_mut() {
+            pin.idle = Some(clock);
+            self.idle_pages += pin.pages.len();
+        }
+        while self.idle_pages > CACHE_PAGES && self.evict_idle() {}
+    }
+
+    /// Unpins the least recently released idle pin; `false` if there is
+    /// none.
+    fn evict_idle(&mut self) -> bool {
+        let oldest = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.pin.as_ref().and_then(|p| p.idle).map(|at| (at, i)))
+            .min();
+        match oldest {
+            Some((_, i)) => {
+                self.unpin_slot(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The slot of an idle pin of exactly `pages` pages from `iova`,
+    /// mapped for `func`, taken back into use.
+    fn reuse_idle(&mut self, func: &Arc<DmaFunction>, iova: u64, pages: usize) -> Option<usize> {
+        let i = self.slots.iter().position(|s| {
+            s.pin.as_ref().is_some_and(|p| {
+                p.idle.is_some()
+                    && p.iova == iova
+                    && p.pages.len() == pages
+                    && p.mapped
+                        .as_ref()
+                        .is_some_and(|m| ptr::eq::<DmaFunction>(&*m.func, &**func))
+            })
+        })?;
+        if let Some(pin) = self.slots[i].pin.as_mut() {
+            pin.idle = None;
+        }
+        self.idle_pages -= pages;
+        Some(i)
     }
 
     /// Unpins every pin overlapping `[start, end)`; returns how many.
@@ -448,7 +571,8 @@ impl GuestMemory {
     /// count of 0 or more than [`MAX_PIN_PAGES`]; `-ENOSPC` past
     /// [`MAX_PINNED_PAGES`] pinned by the device; `-EAGAIN` while the user
     /// is unmapping the range, or while it is fenced (the user unmapped it
-    /// under a pin a moment ago, see [`FENCE_MS`]).
+    /// under a pin twice in a row and the device pinned into it in
+    /// between, see [`FENCE_MS`]).
     pub fn pin(&self, iova: u64, pages: usize, writable: bool) -> Result<Pinned> {
         self.0.pin(iova, pages, writable, None)
     }
@@ -489,6 +613,20 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// Gives `pinned` back as [`GuestMemory::unpin`] does, except that a
+    /// read-only pin made by [`GuestMemory::pin_for`] stays pinned and
+    /// mapped, idle, and the next `pin_for` of the same pages for the same
+    /// function gets it back without pinning or mapping again (see the
+    /// module's documentation). As for an unpin, the function must no
+    /// longer reach the pages: the framework may unpin them at any time
+    /// from now on. `-ENOENT` as for [`GuestMemory::unpin`].
+    pub fn release(&self, pinned: Pinned) -> Result {
+        let mut inner = self.0.inner.lock();
+        inner.pin(&pinned)?;
+        inner.release_slot(pinned.slot);
+        Ok(())
+    }
+
     /// Copies from the pinned pages at byte `offset` (from
     /// [`Pinned::iova`]) into `buf`.
     pub fn read_pinned(&self, pinned: &Pinned, offset: usize, buf: &mut [u8]) -> Result {
@@ -506,9 +644,11 @@ impl GuestMemory {
             .pinned_rw(pinned, offset, data.as_ptr().cast_mut(), data.len(), true)
     }
 
-    /// The number of pages the device has pinned.
+    /// The number of pages the device holds pinned (idle pins not
+    /// counted).
     pub fn pinned_pages(&self) -> usize {
-        self.0.inner.lock().pinned
+        let inner = self.0.inner.lock();
+        inner.pinned - inner.idle_pages
     }
 }
 
@@ -547,6 +687,8 @@ impl DmaState {
                         open: false,
                         slots: KVec::new(),
                         pinned: 0,
+                        idle_pages: 0,
+                        clock: 0,
                         log: None,
                         fences: KVec::new(),
                         unmapping: None,
@@ -606,15 +748,13 @@ impl DmaState {
         let mut inner = self.inner.lock();
         inner.unmapping = None;
         inner.unpin_range(iova, end);
-        // Only type1 needs the fence: iommufd refuses pins into a range
-        // while it unmaps it, and its detach (everything unmapped) would
+        // Only type1 needs fences: iommufd refuses pins into a range while
+        // it unmaps it, and its detach (everything unmapped) would
         // otherwise fence the whole address space. type1 calls only for a
-        // range something pinned, so it always fences, even when the
-        // device had let go of its pins before it was told (a vendor
-        // whose pins last one round): a pin in type1's re-check window is
-        // what the fence is for.
+        // range something pinned, and again for the same range if it
+        // finds a pin made after the callback.
         if !inner.on_iommufd() {
-            inner.fence(iova, end);
+            inner.note_unmap(iova, end);
         }
     }
 
@@ -651,15 +791,34 @@ impl DmaState {
         let mut raw = KVec::from_elem(ptr::null_mut::<bindings::page>(), pages, GFP_KERNEL)?;
         let mut inner = self.inner.lock();
         let vdev = inner.vdev_open()?;
-        if inner.pinned + pages > MAX_PINNED_PAGES {
-            return Err(ENOSPC);
-        }
         let end = iova + pages as u64 * PAGE_SIZE;
         let unmapping = inner
             .unmapping
             .is_some_and(|(start, stop)| start < end && iova < stop);
         if unmapping || inner.fenced(iova, end) {
             return Err(EAGAIN);
+        }
+        if let Some(f) = func.filter(|_| !writable) {
+            if let Some(slot) = inner.reuse_idle(f, iova, pages) {
+                if !f.is_live() {
+                    // As a new pin would be: no mapping for a function
+                    // that is gone.
+                    inner.unpin_slot(slot);
+                    return Err(ENODEV);
+                }
+                return Ok(Pinned {
+                    owner: &*inner as *const Inner as usize,
+                    slot,
+                    gen: inner.slots[slot].gen,
+                    iova,
+                    pages,
+                    writable,
+                });
+            }
+        }
+        while inner.pinned + pages > MAX_PINNED_PAGES && inner.evict_idle() {}
+        if inner.pinned + pages > MAX_PINNED_PAGES {
+            return Err(ENOSPC);
         }
         let slot = match inner.slots.iter().position(|s| s.pin.is_none()) {
             Some(i) => i,
@@ -673,11 +832,22 @@ impl DmaState {
             }
         };
         let prot = IOMMU_READ | if writable { IOMMU_WRITE } else { 0 };
-        // SAFETY: The device is open and stays so under the lock; `raw`
-        // has room for `pages` page pointers; the framework wires
-        // `dma_unmap`, which `vfio_pin_pages` requires.
-        let ret =
-            unsafe { bindings::vfio_pin_pages(vdev, iova, pages as i32, prot, raw.as_mut_ptr()) };
+        let mut tries = 0;
+        let ret = loop {
+            // SAFETY: The device is open and stays so under the lock;
+            // `raw` has room for `pages` page pointers; the framework
+            // wires `dma_unmap`, which `vfio_pin_pages` requires.
+            let ret = unsafe {
+                bindings::vfio_pin_pages(vdev, iova, pages as i32, prot, raw.as_mut_ptr())
+            };
+            tries += 1;
+            if ret != ENOMEM.to_errno() || inner.idle_pages == 0 || tries > 1 {
+                break ret;
+            }
+            // Idle pins count towards the user's locked memory: they go
+            // first, and the pin is tried once more.
+            while inner.evict_idle() {}
+        };
         if ret < 0 {
             return Err(Error::from_errno(ret));
         }
@@ -713,8 +883,10 @@ impl DmaState {
             pages: list,
             writable,
             mapped,
+            idle: None,
         });
         inner.pinned += pages;
+        inner.note_pin(iova, end);
         Ok(Pinned {
             owner: &*inner as *const Inner as usize,
             slot,

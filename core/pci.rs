@@ -654,6 +654,11 @@ impl DmaFunction {
         unsafe { bindings::rmdev_dma_unmap_page(self.dev.as_ptr(), addr, to_device_only) };
     }
 
+    /// Whether the function is still bound (not revoked).
+    pub(crate) fn is_live(&self) -> bool {
+        *self.live.lock()
+    }
+
     /// The function's remove: bus mastering off, nothing new from now on.
     fn revoke(&self) {
         let mut live = self.live.lock();

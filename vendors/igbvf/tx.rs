@@ -5,8 +5,10 @@
 //! the vendor reads the user's descriptors, pins and maps the frames'
 //! buffers for the VF, writes translated descriptors into a ring of its own
 //! ([`Coherent`] memory), rings the VF's doorbell, waits for the hardware
-//! to complete them, unpins, and writes the completion (DD) back into the
-//! user's ring.
+//! to complete them, gives the pins back, and writes the completion (DD)
+//! back into the user's ring. The pins go back with
+//! [`GuestMemory::release`]: the framework keeps them pinned and mapped,
+//! idle, and the next frame from the same buffer finds them so.
 //!
 //! Every address the VF sees is the vendor's ring or a page the vendor
 //! pinned and mapped for it ([`GuestMemory::pin_for`]); the user's
@@ -73,6 +75,8 @@ const MAX_ROUND_FRAMES: usize = 32;
 const PAGE: u64 = super::rmdev::dma::PAGE_SIZE;
 /// How long the hardware may take for a round, in ms.
 const HW_TIMEOUT_MS: u32 = 200;
+/// The most user descriptors a round reads in one copy.
+const WINDOW_DESCS: u32 = 64;
 
 /// The user's view of the queue: what it programmed.
 #[derive(Clone, Copy, Default)]
@@ -171,12 +175,60 @@ fn ends_frame(cmd: u32) -> bool {
     cmd & EOP != 0 && !context
 }
 
-fn words(raw: &[u8; DESC]) -> [u32; 4] {
+fn words(raw: &[u8]) -> [u32; 4] {
     let mut d = [0u32; 4];
     for (w, c) in d.iter_mut().zip(raw.chunks_exact(4)) {
         *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
     }
     d
+}
+
+/// The user's descriptors from the head on, read in one copy at the start
+/// of a round (a copy from guest memory costs about as much for 16 bytes
+/// as for a kilobyte); descriptors past it are read one by one.
+struct Window {
+    /// The first descriptor's index.
+    first: u32,
+    raw: KVec<u8>,
+}
+
+impl Window {
+    /// Up to [`WINDOW_DESCS`] descriptors from the head towards the tail,
+    /// not past the ring's end. Empty if the copy fails: the descriptors
+    /// are then read one by one, and the first that cannot be read stops
+    /// the queue, as without the window.
+    fn read(cx: &Ctx<'_>, ring: &RingRegs) -> Self {
+        let n = ring.count();
+        let empty = Window {
+            first: ring.head,
+            raw: KVec::new(),
+        };
+        let ahead = if ring.tail >= ring.head {
+            ring.tail - ring.head
+        } else {
+            n - ring.head
+        };
+        let count = ahead.min(WINDOW_DESCS) as usize;
+        let Ok(at) = ring.desc_at(ring.head) else {
+            return empty;
+        };
+        let Ok(mut raw) = KVec::from_elem(0u8, count * DESC, GFP_KERNEL) else {
+            return empty;
+        };
+        if cx.guest.read(at, &mut raw).is_err() {
+            return empty;
+        }
+        Window {
+            first: ring.head,
+            raw,
+        }
+    }
+
+    /// Descriptor `i`'s words, if the window holds it.
+    fn get(&self, i: u32) -> Option<[u32; 4]> {
+        let k = i.checked_sub(self.first)? as usize;
+        self.raw.get(k * DESC..(k + 1) * DESC).map(words)
+    }
 }
 
 impl TxQueue {
@@ -282,16 +334,15 @@ impl TxQueue {
     }
 
     /// Whether the VF lost the vendor's ring (a PF reset clears the VF's
-    /// registers behind the vendor's back).
+    /// registers behind the vendor's back). One register tells: the ring's
+    /// length, which the vendor alone sets, to a value other than its
+    /// reset value 0 (each read of the VF's BAR is costly, and this one
+    /// runs at every doorbell).
     pub(crate) fn lost_hw(&self, cx: &Ctx<'_>) -> bool {
-        let Some(host) = &self.host else {
+        if self.host.is_none() {
             return false;
-        };
-        let a = host.ring.dma_addr();
-        let kept = cx.bar.read32(TDBAL as usize).ok() == Some(a as u32)
-            && cx.bar.read32(TDBAH as usize).ok() == Some((a >> 32) as u32)
-            && cx.bar.read32(TDLEN as usize).ok() == Some((HOST_DESCS * DESC) as u32);
-        !kept
+        }
+        cx.bar.read32(TDLEN as usize).ok() != Some((HOST_DESCS * DESC) as u32)
     }
 
     /// Sets the VF up for the vendor's ring: the VF up (reset and
@@ -356,9 +407,12 @@ impl TxQueue {
     fn round(&mut self, cx: &Ctx<'_>, vf: &mut VfHw) -> Result<bool> {
         // A ring the device cannot read stops the queue before the
         // hardware is involved.
-        let mut raw = [0u8; DESC];
-        cx.guest
-            .read(self.regs.ring.desc_at(self.regs.ring.head)?, &mut raw)?;
+        let window = Window::read(cx, &self.regs.ring);
+        if window.get(self.regs.ring.head).is_none() {
+            let mut raw = [0u8; DESC];
+            cx.guest
+                .read(self.regs.ring.desc_at(self.regs.ring.head)?, &mut raw)?;
+        }
         self.start_hw(cx, vf)?;
         let mut frames: KVec<Frame> = KVec::new();
         let mut head = self.regs.ring.head;
@@ -368,7 +422,7 @@ impl TxQueue {
             built = Err(e.into());
         }
         while built.is_ok() && frames.len() < MAX_ROUND_FRAMES {
-            match self.frame(cx, head, &mut host_used) {
+            match self.frame(cx, &window, head, &mut host_used) {
                 Ok(Some(f)) => {
                     head = f.next;
                     // Cannot fail: the capacity was reserved, so no frame
@@ -389,9 +443,16 @@ impl TxQueue {
         }
         for f in frames.iter_mut() {
             for p in core::mem::replace(&mut f.pins, KVec::new()) {
-                // A pin the framework took back (the user unmapped it) is
-                // gone already.
-                let _ = cx.guest.unpin(p);
+                // The hardware is done with the pages (or stopped): given
+                // back, kept pinned and mapped for the next frame from the
+                // same buffer after a round that went through. A pin the
+                // framework took back (the user unmapped it) is gone
+                // already.
+                let _ = if done.is_ok() {
+                    cx.guest.release(p)
+                } else {
+                    cx.guest.unpin(p)
+                };
             }
         }
         done?;
@@ -439,7 +500,13 @@ impl TxQueue {
     /// vendor's ring. `None`: no complete frame there, or no room left in
     /// the vendor's ring this round. An error: the user's ring cannot be
     /// read.
-    fn frame(&mut self, cx: &Ctx<'_>, head: u32, host_used: &mut usize) -> Result<Option<Frame>> {
+    fn frame(
+        &mut self,
+        cx: &Ctx<'_>,
+        window: &Window,
+        head: u32,
+        host_used: &mut usize,
+    ) -> Result<Option<Frame>> {
         let regs = self.regs;
         let n = regs.ring.count();
         if *host_used + MAX_HOST_FRAME_DESCS > HOST_DESCS - 1 {
@@ -454,9 +521,14 @@ impl TxQueue {
                 return Ok(None);
             }
             let at = regs.ring.desc_at(i)?;
-            let mut raw = [0u8; DESC];
-            cx.guest.read(at, &mut raw)?;
-            let d = words(&raw);
+            let d = match window.get(i) {
+                Some(d) => d,
+                None => {
+                    let mut raw = [0u8; DESC];
+                    cx.guest.read(at, &mut raw)?;
+                    words(&raw)
+                }
+            };
             i = (i + 1) % n;
             if count < MAX_FRAME_DESCS {
                 descs[count] = d;

@@ -427,9 +427,29 @@ fn on_backend(backend: &str, open: &dyn Fn(&Mdev) -> Result<Device, String>) -> 
         "write after the unmap",
     )?;
 
-    // On type1, pins into the range just unmapped wait for the fence
-    // (1 s), even with the range mapped again; iommufd needs none.
+    // Mapped again, the range is pinned at once: an unmap that found only
+    // pins made before it fences nothing.
     ctx(dev.map_dma(IOVA_RW, buf.addr(0), rw_len, true), "map again")?;
+    expect_dma(&dev, (PIN, IOVA_RW, 2, 0), 0, "pin after mapping again")?;
+    ensure!(reg(&dev, DMA_PINNED)? == 2, "PINNED after mapping again");
+
+    // Unmapped again under a pin the device made since the last unmap:
+    // on type1, pins into the range wait for the fence (1 s), even with
+    // the range mapped again; iommufd needs none.
+    let n = ctx(dev.unmap_dma(IOVA_RW, rw_len), "second unmap under a pin")?;
+    ensure!(
+        n == rw_len,
+        "unmapped {n} bytes of {rw_len} the second time"
+    );
+    ensure!(reg(&dev, DMA_PINNED)? == 0, "PINNED after the second unmap");
+    ensure!(
+        reg(&dev, DMA_UNMAPS)? == unmaps + 2,
+        "the device was not told of the second unmap"
+    );
+    ctx(
+        dev.map_dma(IOVA_RW, buf.addr(0), rw_len, true),
+        "map a third time",
+    )?;
     if backend == "type1" {
         expect_dma(
             &dev,

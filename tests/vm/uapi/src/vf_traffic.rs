@@ -87,6 +87,12 @@ pub(crate) const IOVA_BUFS: u64 = 0x10_1000;
 pub(crate) const SLOT: usize = 2 * PAGE;
 pub(crate) const MAP_LEN: usize = PAGE + RING_DESCS as usize * SLOT;
 pub(crate) const IOVA_NONE: u64 = 0x90_0000;
+/// Where the pin-cache test maps its frames' memory, and how many pages
+/// it sends from: more than the framework keeps pinned idle
+/// (`rmdev::dma::CACHE_PAGES`, 512 pages).
+const IOVA_MANY: u64 = 0x100_0000;
+const MANY_PAGES: usize = 600;
+const CACHE_PAGES: u64 = 512;
 
 /// A capture of the test's frames on a network interface.
 struct Capture(OwnedFd);
@@ -867,6 +873,72 @@ fn migrate_pending(q: &mut Queue<'_>, target: &Device, cap: &Capture, dst: &[u8;
     Ok(())
 }
 
+/// The process's locked memory in KiB (`VmLck`): type1 counts every page
+/// an mdev pins for the process there, once however often it is pinned.
+fn locked_kib() -> Result<u64, String> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| format!("/proc/self/status: {e}"))?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .ok_or("/proc/self/status has no VmLck")?;
+    let kib = line.trim().trim_end_matches("kB").trim();
+    kib.parse().map_err(|e| format!("VmLck {line:?}: {e}"))
+}
+
+/// The distinct pages that sending `pieces` (IOVA, length) pins.
+fn pages_of(pieces: &[(u64, usize)]) -> std::collections::BTreeSet<u64> {
+    let mut pages = std::collections::BTreeSet::new();
+    for &(iova, len) in pieces {
+        pages.extend(iova / PAGE as u64..=(iova + len as u64 - 1) / PAGE as u64);
+    }
+    pages
+}
+
+/// The vendor gives a frame's pins back to the framework's cache: the
+/// pages stay pinned (the process's locked memory shows them) while the
+/// user keeps them mapped, at most 512 pages (the least recently used go),
+/// and unmapping the memory unpins them.
+fn pin_cache(q: &mut Queue<'_>, cap: &Capture, dst: &[u8; 6], sent_from: u64) -> TestResult {
+    let locked = locked_kib()?;
+    ensure!(
+        locked == sent_from * 4,
+        "after frames from {sent_from} pages: {locked} KiB locked, expected {}",
+        sent_from * 4
+    );
+    let mut many = Buffer::new(MANY_PAGES * PAGE)?;
+    ctx(
+        q.dev
+            .map_dma(IOVA_MANY, many.addr(0), (MANY_PAGES * PAGE) as u64, false),
+        "map the pin-cache test's memory",
+    )?;
+    let mut sent = Vec::new();
+    for i in 0..MANY_PAGES {
+        let f = frame(dst, 1000 + i as u32, 60);
+        many.bytes()[i * PAGE..i * PAGE + f.len()].copy_from_slice(&f);
+        let last = q.send(&[(IOVA_MANY + (i * PAGE) as u64, f.len())], 0)?;
+        q.expect_done(last, "a frame of the pin-cache test")?;
+        sent.push(f);
+    }
+    expect_frames(cap, &sent, "frames from 600 pages")?;
+    let locked = locked_kib()?;
+    ensure!(
+        locked == CACHE_PAGES * 4,
+        "after frames from {MANY_PAGES} pages: {locked} KiB locked, expected {} (the cache's bound)",
+        CACHE_PAGES * 4
+    );
+    ctx(
+        q.dev.unmap_dma(IOVA_MANY, (MANY_PAGES * PAGE) as u64),
+        "unmap the pin-cache test's memory",
+    )?;
+    let locked = locked_kib()?;
+    ensure!(locked == 0, "{locked} KiB locked after the unmap");
+    println!(
+        "  pins kept for reuse: {sent_from} pages locked after the first frames, {CACHE_PAGES} after frames from {MANY_PAGES} pages, none after the unmap"
+    );
+    Ok(())
+}
+
 /// `rmdev-vm-test vf-tx UUID OTHER-UUID PF-NETDEV`: OTHER-UUID is an mdev on
 /// another VF, the migration target.
 pub(crate) fn vf_tx(uuid: &str, other: &str, pf_if: &str, vf_mac: &str) -> TestResult {
@@ -885,17 +957,23 @@ pub(crate) fn vf_tx(uuid: &str, other: &str, pf_if: &str, vf_mac: &str) -> TestR
 
     // 40 frames of 60 to 1514 bytes, every fifth in three descriptors,
     // many across a page boundary; the ring wraps twice and more.
+    ensure!(locked_kib()? == 0, "locked memory before the first frame");
     let mut sent = Vec::new();
+    let mut pages = std::collections::BTreeSet::new();
     for seq in 0..40u32 {
         let len = 60 + (seq as usize * 397) % 1455;
         let f = frame(&dst, seq, len);
         let parts = if seq % 5 == 4 { 3 } else { 1 };
         let offset = (seq as usize * 331) % PAGE;
-        q.send_frame(&f, seq as usize % RING_DESCS as usize, offset, parts)?;
+        let slot = seq as usize % RING_DESCS as usize;
+        let iova = IOVA_BUFS + (slot * SLOT + offset) as u64;
+        pages.extend(pages_of(&[(iova, len)]));
+        q.send_frame(&f, slot, offset, parts)?;
         sent.push(f);
     }
     expect_frames(&cap, &sent, "40 frames")?;
     println!("  40 frames sent through the mdev, all captured on {pf_if} as sent");
+    pin_cache(&mut q, &cap, &dst, pages.len() as u64)?;
     interrupts(&mut q, &cap, &dst)?;
     user_mailbox(&mut q, &cap, &dst, &mac)?;
     let target = ctx(Device::open(other), "open the target mdev")?;
@@ -946,9 +1024,14 @@ pub(crate) fn vf_tx(uuid: &str, other: &str, pf_if: &str, vf_mac: &str) -> TestR
         q.reg(TXDCTL)? & ENABLE == 0,
         "a ring past the top of the address space: the queue enabled"
     );
-    // Memory unmapped under the queue: the frames there are refused; once
-    // mapped again they go.
+    // Memory unmapped under the queue (a frame was just sent from it, its
+    // pages kept pinned): the frames there are refused; mapped again, from
+    // other memory, they go at once, read from the new memory (the pins
+    // kept from before the unmap went with it).
     q.program(IOVA_RING)?;
+    let f = frame(&dst, 199, 300);
+    q.send_frame(&f, 1, 0, 1)?;
+    expect_frames(&cap, &[f], "before the unmap")?;
     ctx(
         dev.unmap_dma(IOVA_BUFS, (MAP_LEN - PAGE) as u64),
         "unmap the buffers under the queue",
@@ -956,13 +1039,15 @@ pub(crate) fn vf_tx(uuid: &str, other: &str, pf_if: &str, vf_mac: &str) -> TestR
     let f = frame(&dst, 200, 300);
     q.send_frame(&f, 1, 0, 1)?;
     expect_frames(&cap, &[], "buffers unmapped")?;
-    ctx(
-        dev.map_dma(IOVA_BUFS, q.mem.addr(PAGE), (MAP_LEN - PAGE) as u64, false),
-        "map the buffers again",
-    )?;
+    let mut moved = Buffer::new(MAP_LEN)?;
+    moved.bytes().copy_from_slice(q.mem.bytes());
+    ctx(dev.unmap_dma(IOVA_RING, PAGE as u64), "unmap the ring")?;
+    map(&dev, &moved, false)?;
+    let old = std::mem::replace(&mut q.mem, moved);
     let f = frame(&dst, 201, 300);
     q.send_frame(&f, 1, 0, 1)?;
-    expect_frames(&cap, &[f], "buffers mapped again")?;
+    expect_frames(&cap, &[f], "buffers mapped again from other memory")?;
+    drop(old);
     println!(
         "  a ring nothing is mapped at stops the queue, one past the address space is refused; unmapped buffers are not sent"
     );
