@@ -942,6 +942,35 @@ fn pin_cache(q: &mut Queue<'_>, cap: &Capture, dst: &[u8; 6], sent_from: u64) ->
     Ok(())
 }
 
+/// A PF reset (igb taking its interface down and up again) clears the
+/// VF's registers behind the vendor's back: the next doorbell finds the
+/// vendor's ring gone, sets the VF up again (reset, handshake) and sends.
+fn pf_reset(q: &mut Queue<'_>, cap: &Capture, dst: &[u8; 6], pf_if: &str) -> TestResult {
+    for state in ["down", "up"] {
+        let st = std::process::Command::new("ip")
+            .args(["link", "set", pf_if, state])
+            .status()
+            .map_err(|e| format!("ip link set {pf_if} {state}: {e}"))?;
+        ensure!(st.success(), "ip link set {pf_if} {state}: {st}");
+    }
+    let operstate = format!("/sys/class/net/{pf_if}/operstate");
+    let start = std::time::Instant::now();
+    while ctx(std::fs::read_to_string(&operstate), &operstate)?.trim() != "up" {
+        ensure!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "{pf_if} not up again 30 s after a reset"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The capture socket reports the interface's going down once.
+    let _ = cap.frames();
+    let f = frame(dst, 300, 200);
+    q.send_frame(&f, 2, 0, 1)?;
+    expect_frames(cap, &[f], "the first frame after a PF reset")?;
+    println!("  a PF reset under the queue: the next frame set the VF up again and went");
+    Ok(())
+}
+
 /// `rmdev-vm-test vf-tx UUID OTHER-UUID PF-NETDEV`: OTHER-UUID is an mdev on
 /// another VF, the migration target.
 pub(crate) fn vf_tx(uuid: &str, other: &str, pf_if: &str, vf_mac: &str) -> TestResult {
@@ -1054,6 +1083,7 @@ pub(crate) fn vf_tx(uuid: &str, other: &str, pf_if: &str, vf_mac: &str) -> TestR
     println!(
         "  a ring nothing is mapped at stops the queue, one past the address space is refused; unmapped buffers are not sent"
     );
+    pf_reset(&mut q, &cap, &dst, pf_if)?;
 
     // A reset forgets the queue; so does closing the device.
     q.set(IVAR0, TX_TO_VECTOR1)?;
