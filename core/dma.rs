@@ -26,9 +26,12 @@
 //!   memory costs, and a guest sends from the same buffers again and
 //!   again. An idle pin is the framework's: no handle reaches it, and it
 //!   goes like any pin when the user unmaps its memory, on a reset and on
-//!   close; it counts towards the user's locked memory like any pin, and
-//!   when a new pin fails or would pass [`MAX_PINNED_PAGES`] the idle ones
-//!   go first.
+//!   close; it counts towards the user's locked memory like any pin (on
+//!   a container with no IOMMU-backed device, type1 charges each pinned
+//!   page), and when a new pin fails with `-ENOMEM` or would pass
+//!   [`MAX_PINNED_PAGES`] the device's idle ones go first. Only a mapping
+//!   that needs no sync after the CPU wrote the page (no bounce buffer) is
+//!   kept.
 //!
 //! The framework owns every pin. When the user unmaps memory that is pinned
 //! (the `dma_unmap` callback), it refuses new pins into the range
@@ -47,17 +50,23 @@
 //! before it removes the mapping, and calls back again if it finds one;
 //! it crashes the host (`BUG_ON`) after ten such rounds for one mapping.
 //! A user that makes the device re-pin the range in that window, ten times
-//! in a row, would get there. So when type1 calls back for a range it
-//! called back for before (within a minute) and the device pinned into
-//! the range in between, the range is fenced: [`FENCE_MS`], doubling up
-//! to 16 s each time the range is fenced again within a minute of the
-//! last fence. Two rounds are then the most type1 makes for one unmap,
-//! unless its thread is held up longer than the fence between them. An
-//! unmap that finds only pins made before it (a user unmapping memory the
-//! device last used, idle pins included) is not fenced, so unmapping and
-//! mapping again works at once. iommufd refuses pins into a range it
-//! unmaps itself and gets no fences. Past [`MAX_FENCES`] ranges, they merge
-//! into one fence over all of them, in force at once.
+//! in a row, would get there. So the device's range is fenced:
+//! [`FENCE_MS`], doubling up to 16 s each time the range is fenced again
+//! within a minute of the last fence, when type1 calls back for a range
+//! it called back for before (within a minute) and the device pinned into
+//! the range in between, and when type1 calls back for a range the device
+//! holds no pin in (type1 calls every device of the container: the pins
+//! are another device's, whose fence does not stop this one). After a
+//! round in which the device was not fenced, every device of the
+//! container is fenced at the next: two rounds are the most type1 makes
+//! for one unmap, unless its thread is held up longer than the fence
+//! between them. The first unmap of a range (within a minute) that finds
+//! the device's own pins, made before it (memory the device last used,
+//! idle pins included), fences nothing, so unmapping and mapping again
+//! works at once; a range unmapped again within the minute after the
+//! device pinned into it is fenced. iommufd refuses pins into a range it
+//! unmaps itself and gets no fences. Past [`MAX_FENCES`] ranges, they
+//! merge into one fence over all of them, in force at once.
 //!
 //! Dirty logging (`VFIO_DEVICE_FEATURE_DMA_LOGGING_*`): every migrating
 //! device offers it. While it runs, every page in the logged ranges the
@@ -123,6 +132,9 @@ struct Mapped {
     func: Arc<DmaFunction>,
     /// One DMA address per page.
     addrs: KVec<u64>,
+    /// Whether the mapping may be handed to the function again as it is:
+    /// no page needs a sync after the CPU wrote it (no bounce buffer).
+    reusable: bool,
 }
 
 /// One pin: `pages` pages from page-aligned `iova`.
@@ -178,8 +190,8 @@ struct Log {
     all_dirty: KVec<bool>,
 }
 
-/// A range the user unmapped while the device had it pinned (type1
-/// called back for it), and its fence.
+/// A range type1 called back for (the user unmapped it while a device of
+/// the container had it pinned), and its fence.
 #[derive(Clone, Copy)]
 struct Fence {
     start: u64,
@@ -195,6 +207,16 @@ struct Fence {
 }
 
 impl Fence {
+    /// Fences the range from `now`: [`FENCE_MS`], doubled for each fence
+    /// in a row within a minute of the last.
+    fn raise(&mut self, now: i64) {
+        self.strikes = match self.until {
+            Some(u) if now < u + FENCE_MEMORY_MS => (self.strikes + 1).min(MAX_STRIKES),
+            _ => 0,
+        };
+        self.until = Some(now + (FENCE_MS << self.strikes));
+    }
+
     /// When the entry is forgotten.
     fn forgotten_at(&self) -> i64 {
         self.unmapped_at.max(self.until.unwrap_or(i64::MIN)) + FENCE_MEMORY_MS
@@ -337,29 +359,29 @@ impl Inner {
         }
     }
 
-    /// type1 called back for `[start, end)`, just unpinned: fences the
-    /// range if type1 called back for it before and the device pinned
-    /// into it since (type1 may find such a pin again, and crashes after
-    /// ten rounds).
-    fn note_unmap(&mut self, start: u64, end: u64) {
+    /// type1 called back for `[start, end)`, just unpinned (`held`: the
+    /// device had pins there). Fences the range if type1 called back for
+    /// it before and the device pinned into it since (type1 may find such
+    /// a pin again, and crashes after ten rounds), or if the device held
+    /// no pin there: the callback is then for another device's pins in
+    /// the same container (or for pins the device let go of before it was
+    /// told), and a pin from this device in type1's re-check window would
+    /// add a round that no fence of that other device prevents.
+    fn note_unmap(&mut self, start: u64, end: u64, held: bool) {
         let now = now_ms();
         if let Some(f) = self
             .fences
             .iter_mut()
             .find(|f| f.start == start && f.end == end)
         {
-            if f.repinned && now < f.unmapped_at + FENCE_MEMORY_MS {
-                f.strikes = match f.until {
-                    Some(u) if now < u + FENCE_MEMORY_MS => (f.strikes + 1).min(MAX_STRIKES),
-                    _ => 0,
-                };
-                f.until = Some(now + (FENCE_MS << f.strikes));
+            if !held || (f.repinned && now < f.unmapped_at + FENCE_MEMORY_MS) {
+                f.raise(now);
             }
             f.unmapped_at = now;
             f.repinned = false;
             return;
         }
-        let new = Fence {
+        let mut new = Fence {
             start,
             end,
             unmapped_at: now,
@@ -367,6 +389,9 @@ impl Inner {
             until: None,
             strikes: 0,
         };
+        if !held {
+            new.raise(now);
+        }
         if self.fences.len() < MAX_FENCES && self.fences.push(new, GFP_KERNEL).is_ok() {
             return;
         }
@@ -395,7 +420,10 @@ impl Inner {
     /// [`CACHE_PAGES`].
     fn release_slot(&mut self, i: usize) {
         let cacheable = self.slots[i].pin.as_ref().is_some_and(|p| {
-            !p.writable && p.mapped.is_some() && p.idle.is_none() && p.pages.len() <= CACHE_PAGES
+            !p.writable
+                && p.mapped.as_ref().is_some_and(|m| m.reusable)
+                && p.idle.is_none()
+                && p.pages.len() <= CACHE_PAGES
         });
         if !cacheable {
             self.unpin_slot(i);
@@ -747,14 +775,14 @@ impl DmaState {
         let end = iova.saturating_add(length);
         let mut inner = self.inner.lock();
         inner.unmapping = None;
-        inner.unpin_range(iova, end);
+        let held = inner.unpin_range(iova, end) > 0;
         // Only type1 needs fences: iommufd refuses pins into a range while
         // it unmaps it, and its detach (everything unmapped) would
         // otherwise fence the whole address space. type1 calls only for a
-        // range something pinned, and again for the same range if it
-        // finds a pin made after the callback.
+        // range something pinned (any device of the container), and again
+        // for the same range if it finds a pin made after the callback.
         if !inner.on_iommufd() {
-            inner.note_unmap(iova, end);
+            inner.note_unmap(iova, end, held);
         }
     }
 
@@ -867,6 +895,7 @@ impl DmaState {
             None => None,
             Some(f) => match map_pages(f, &raw, writable) {
                 Ok(addrs) => Some(Mapped {
+                    reusable: addrs.iter().all(|a| !f.needs_sync(*a)),
                     func: f.clone(),
                     addrs,
                 }),

@@ -127,6 +127,11 @@ void rmdev_dma_unmap_page(struct device *dev, dma_addr_t addr, bool to_device_on
 		       to_device_only ? DMA_TO_DEVICE : DMA_BIDIRECTIONAL);
 }
 
+bool rmdev_dma_need_sync(struct device *dev, dma_addr_t addr)
+{
+	return dma_need_sync(dev, addr);
+}
+
 void *rmdev_dma_alloc_coherent(struct device *dev, size_t size, dma_addr_t *addr)
 {
 	return dma_alloc_coherent(dev, size, addr, GFP_KERNEL);

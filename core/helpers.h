@@ -35,6 +35,7 @@ int rmdev_dma_set_mask64(struct device *dev);
 int rmdev_dma_map_page(struct device *dev, struct page *page, bool to_device_only,
 		       dma_addr_t *addr);
 void rmdev_dma_unmap_page(struct device *dev, dma_addr_t addr, bool to_device_only);
+bool rmdev_dma_need_sync(struct device *dev, dma_addr_t addr);
 void *rmdev_dma_alloc_coherent(struct device *dev, size_t size, dma_addr_t *addr);
 void rmdev_dma_free_coherent(struct device *dev, size_t size, void *cpu, dma_addr_t addr);
 void rmdev_msleep(unsigned int ms);

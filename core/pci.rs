@@ -659,6 +659,15 @@ impl DmaFunction {
         *self.live.lock()
     }
 
+    /// Whether the mapping at `addr` needs a sync before the function
+    /// reads the page again after the CPU wrote it (a bounce buffer, a
+    /// device that is not DMA-coherent).
+    pub(crate) fn needs_sync(&self, addr: u64) -> bool {
+        // SAFETY: `dev` is valid (type invariant); the call only reads the
+        // device's DMA set-up and, for a bounce buffer, its pool.
+        unsafe { bindings::rmdev_dma_need_sync(self.dev.as_ptr(), addr) }
+    }
+
     /// The function's remove: bus mastering off, nothing new from now on.
     fn revoke(&self) {
         let mut live = self.live.lock();

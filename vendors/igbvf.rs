@@ -19,8 +19,9 @@
 //!   frame into the user's; the interrupt registers are emulated
 //!   ([`intr`]); every other offset reads as zero and ignores writes. The
 //!   VF only ever reaches memory the vendor mapped for it: its own rings
-//!   and buffers and the pages of the frames of a running transmit round
-//!   (see `Documentation/vendors/igbvf.rst`). The VF's set-up for both
+//!   and buffers and the pages of frames it is sending, which stay mapped
+//!   read-only between rounds while the user keeps them mapped (the
+//!   framework's cache of pins; see `Documentation/vendors/igbvf.rst`). The VF's set-up for both
 //!   queues is the vendor's ([`hw`]), so is its mailbox ([`mailbox`]); the
 //!   user's is an emulation of the PF's side ([`user_mailbox`]). The VF's
 //!   own MSI-X vector 0 is the vendor's too ([`VfIrq`]): the hardware
@@ -620,10 +621,11 @@ impl Device for VfDevice {
 
     fn guest_unmapped(&self, _iova: u64, _length: u64) {
         // A transmit round holds its pins only while it runs, with the
-        // queues' lock: once the lock is free the hardware reaches none of
-        // the user's pages, and the framework refuses new pins into the
-        // range until it is unmapped. Receive pins a buffer only while it
-        // writes it, under the same lock.
+        // queues' lock: once the lock is free the VF's ring points at none
+        // of the user's pages (the pins given back stay mapped, idle, and
+        // the framework unpins them after this returns), and the framework
+        // refuses new pins into the range until it is unmapped. Receive
+        // pins a buffer only while it writes it, under the same lock.
         drop(self.queues.lock());
     }
 

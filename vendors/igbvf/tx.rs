@@ -20,9 +20,10 @@
 //! read or write back stops the queue (TXDCTL.ENABLE reads 0 again).
 //!
 //! A round runs inside the doorbell write (or when the device starts
-//! running again with descriptors pending), to its end: no pin outlives
-//! it, so [`Device::guest_unmapped`](super::rmdev::device::Device) only
-//! waits for a running round. The doorbell is only served while the device
+//! running again with descriptors pending), to its end: no pin the vendor
+//! holds outlives it (the ones it gave back are the framework's), so
+//! [`Device::guest_unmapped`](super::rmdev::device::Device) only waits for
+//! a running round. The doorbell is only served while the device
 //! runs (migration states RUNNING and RUNNING_P2P); in the stopped states a
 //! tail written is kept and served when it runs again.
 
