@@ -5,6 +5,69 @@
 # back from them.
 
 VIRSH=(virsh -q -c qemu:///system)
+
+# One virsh for a whole test (t-libvirt): vsh_start starts VIRSH's
+# interactive shell, vsh CMD [ARG...] runs one command in it as
+# "${VIRSH[@]}" CMD ARG... would (its output on stdout, its "error: ..."
+# lines on stderr, status 1 when it failed), vsh_stop ends it. Measured in
+# the lab on 2026-12-05: a virsh process takes 1.6 to 2.0 s in the lab VM
+# alone whether it connects or not (92 % of it in the debug kernel, mapping
+# its 60-odd libraries), several seconds more beside a second lab VM; on an
+# open connection, list takes 18 ms, nodedev-list 0.6 s (libvirtd's work).
+# t-libvirt's 31 commands in one virsh: 670 s -> 496 s beside a second VM.
+#
+# The shell reads its commands through readline, which echoes each after the
+# prompt ("virsh # CMD") on stdout: TERM=dumb and a wide COLUMNS keep the
+# echo that one plain line, INPUTRC=/dev/null keeps inputrc settings out.
+# After each command vsh sends "echo MARKER" and an empty line: the
+# command's output is what comes between its echo and the marker command's.
+# The interactive shell has no exit status per command: a failed command is
+# the "error: " line virsh prints for it (vshReportError), which comes
+# before the marker (stderr unbuffered, one thread) into a file of its own
+# (LC_ALL=C: that prefix untranslated). XDG_CACHE_HOME: virsh writes its
+# history there on exit (the lab's root is read-only).
+vsh_start() {
+	VSH_DIR=$(mktemp -d /tmp/vsh.XXXXXX)
+	coproc VSH_CO {
+		INPUTRC=/dev/null TERM=dumb COLUMNS=100000 LC_ALL=C XDG_CACHE_HOME=$VSH_DIR \
+			exec "${VIRSH[@]}" 2>>"$VSH_DIR/err"
+	}
+	VSH_PID=$VSH_CO_PID
+	# Descriptors of our own: bash closes a coprocess's in pipelines.
+	exec {VSH_OUT}<&"${VSH_CO[0]}" {VSH_IN}>&"${VSH_CO[1]}"
+	eval "exec ${VSH_CO[0]}<&- ${VSH_CO[1]}>&-"
+}
+vsh() {
+	local line= a marker got out= err=
+	[ -n "${VSH_IN:-}" ] || fail "vsh: no virsh (vsh_start)"
+	for a; do
+		case "$a" in *[\'$'\n']*) fail "vsh: cannot quote '$a' for virsh's shell" ;; esac
+		line+="${line:+ }'$a'"
+	done
+	marker=vsh-done-$RANDOM$RANDOM
+	: >"$VSH_DIR/err"
+	printf '%s\necho %s\n\n' "$line" "$marker" >&"$VSH_IN"
+	IFS= read -r got <&"$VSH_OUT" || fail "vsh: virsh exited: $(cat "$VSH_DIR/err")"
+	[ "$got" = "virsh # $line" ] || fail "vsh: virsh echoed '$got' for '$line'"
+	while IFS= read -r got <&"$VSH_OUT"; do
+		[ "$got" != "${marker}virsh # " ] || break
+		out+=$got$'\n'
+	done
+	[ "$got" = "${marker}virsh # " ] || fail "vsh: virsh exited during '$line': $(cat "$VSH_DIR/err")"
+	[[ $out == *"virsh # echo $marker"$'\n' ]] || fail "vsh: no marker command after '$line': $out"
+	printf '%s' "${out%"virsh # echo $marker"$'\n'}"
+	IFS= read -r -d '' err <"$VSH_DIR/err" || true
+	printf '%s' "$err" >&2
+	case "$err" in "error: "* | *$'\n'"error: "*) return 1 ;; esac
+}
+# vsh_stop: ends the shell (for cleanups: never fails).
+vsh_stop() {
+	[ -n "${VSH_IN:-}" ] || return 0
+	exec {VSH_IN}>&- {VSH_OUT}<&-
+	VSH_IN=
+	wait "$VSH_PID" || true
+	rm -rf "$VSH_DIR"
+}
 LAB_LIBVIRT=$RMDEV_REPO/tools/lab-libvirt
 # Where libvirt keeps what the tests give it: a tmpfs of the guest, which
 # QEMU (as libvirt-qemu) may read once libvirt labelled it.

@@ -25,6 +25,7 @@ else
 	libvirt_start=(start) libvirt_keep=0
 fi
 cleanup() {
+	vsh_stop
 	[ "$libvirt_keep" = 1 ] || "$LAB_LIBVIRT" stop || true
 	igbvf_release
 	unload_sample
@@ -33,6 +34,9 @@ trap cleanup EXIT
 [ -x "$VM_TEST" ] || fail "$VM_TEST not built"
 
 "$LAB_LIBVIRT" "${libvirt_start[@]}"
+# The test's virsh commands in one virsh (vsh, libvirt-lib.sh): a virsh
+# start costs 7 to 13 s here.
+vsh_start
 load_sample
 igbvf_bind_two
 udevadm settle --timeout=60 || true
@@ -41,10 +45,10 @@ udevadm settle --timeout=60 || true
 vf_node() { echo "pci_$(echo "$1" | tr ':.' '__')"; }
 node0=$(vf_node "${VFS[0]}") node1=$(vf_node "${VFS[1]}")
 note "node devices: the VFs bound to rmdev_igbvf offer mdev types"
-types=$("${VIRSH[@]}" nodedev-list --cap mdev_types)
+types=$(vsh nodedev-list --cap mdev_types)
 case "$types" in *"$node0"*) ;; *) fail "nodedev-list --cap mdev_types lacks $node0: $types" ;; esac
 case "$types" in *"$node1"*) ;; *) fail "nodedev-list --cap mdev_types lacks $node1: $types" ;; esac
-xml=$("${VIRSH[@]}" nodedev-dumpxml "$node0")
+xml=$(vsh nodedev-dumpxml "$node0")
 got=$(printf '%s' "$xml" | python3 -c '
 import sys, xml.etree.ElementTree as ET
 d = ET.fromstring(sys.stdin.read())
@@ -64,12 +68,12 @@ cat >/tmp/lv-mdev.xml <<XML
   </capability>
 </device>
 XML
-"${VIRSH[@]}" nodedev-define /tmp/lv-mdev.xml >/dev/null
+vsh nodedev-define /tmp/lv-mdev.xml >/dev/null
 mnode=mdev_$(echo "$vfu" | tr '-' '_')_$(echo "${VFS[0]}" | tr ':.' '__')
-"${VIRSH[@]}" nodedev-start "$mnode" >/dev/null
+vsh nodedev-start "$mnode" >/dev/null
 [ -e "/sys/bus/mdev/devices/$vfu" ] || fail "nodedev-start: no mdev $vfu in sysfs"
 expect_eq "the mdev's parent" "$(basename "$(readlink -f "/sys/bus/mdev/devices/$vfu/mdev_type/../..")")" "${VFS[0]}"
-parent=$("${VIRSH[@]}" nodedev-dumpxml "$mnode" | python3 -c '
+parent=$(vsh nodedev-dumpxml "$mnode" | python3 -c '
 import sys, xml.etree.ElementTree as ET
 print(ET.fromstring(sys.stdin.read()).find("parent").text)')
 expect_eq "libvirt's parent of $mnode" "$parent" "$node0"
@@ -81,7 +85,7 @@ su=$(new_uuid)
 mdevctl start -u "$su" -p rmdev_sample -t rmdev_sample-4m
 snode=mdev_$(echo "$su" | tr '-' '_')
 for _ in $(seq 50); do
-	list=$("${VIRSH[@]}" nodedev-list --cap mdev)
+	list=$(vsh nodedev-list --cap mdev)
 	case "$list" in *"$snode"*) break ;; esac
 	sleep 0.2
 done
@@ -105,7 +109,7 @@ note "assignment: a domain holding the sample mdev; its guest reads the IDs and 
 "$VM_TEST" fill "$su" 7
 word=$("$VM_TEST" region-read "$su" 2 0)
 domain_xml --words-cpu-check lv-sample "$LV_IMAGES/sample-count.elf" "$su" >/tmp/lv-sample.xml
-"${VIRSH[@]}" create /tmp/lv-sample.xml >/dev/null
+vsh create /tmp/lv-sample.xml >/dev/null
 wait_serial lv-sample "rmdev-guest: writing"
 has_line lv-sample "rmdev-guest: id 1b3610f0"
 has_line lv-sample "rmdev-guest: bar ${word#0x}"
@@ -119,16 +123,16 @@ qemu_log_clean lv-sample
 
 note "assignment: a second domain naming the same mdev is refused; the first keeps running"
 domain_xml --words-cpu-check lv-sample-2 "$LV_IMAGES/sample-count.elf" "$su" >/tmp/lv-sample-2.xml
-if out=$("${VIRSH[@]}" create /tmp/lv-sample-2.xml 2>&1); then
+if out=$(vsh create /tmp/lv-sample-2.xml 2>&1); then
 	fail "a second domain started with mdev $su"
 fi
 note "  virsh: $out"
 case "$out" in *"$su"*"in use"* | *"in use"*"$su"*) ;; *) fail "the refusal does not say the mdev is in use: $out" ;; esac
-expect_eq "lv-sample's state" "$("${VIRSH[@]}" domstate lv-sample)" running
+expect_eq "lv-sample's state" "$(vsh domstate lv-sample)" running
 
 note "assignment: a domain holding the VF-backed mdev; its guest writes a register the VF holds"
 domain_xml lv-vf "$LV_IMAGES/vf-count.elf" "$vfu" >/tmp/lv-vf.xml
-"${VIRSH[@]}" create /tmp/lv-vf.xml >/dev/null
+vsh create /tmp/lv-vf.xml >/dev/null
 wait_serial lv-vf "rmdev-guest: writing"
 has_line lv-vf "rmdev-guest: id 808610ca"
 expect_eq "the VF domain's QEMU user" "$(domain_user lv-vf)" libvirt-qemu
@@ -147,26 +151,26 @@ qemu_log_clean lv-vf
 save_restore() {
 	local name=$1 ms
 	wait_serial "$name" "rmdev-guest: done" 120
-	"${VIRSH[@]}" migrate-setmaxdowntime "$name" 2000000
-	timed ms "${VIRSH[@]}" save "$name" "$LV_IMAGES/$name.sav" >/dev/null
+	vsh migrate-setmaxdowntime "$name" 2000000
+	timed ms vsh save "$name" "$LV_IMAGES/$name.sav" >/dev/null
 	note "  virsh save $name: $ms ms ($(stat -c %s "$LV_IMAGES/$name.sav") bytes)"
-	timed ms "${VIRSH[@]}" restore "$LV_IMAGES/$name.sav" >/dev/null
+	timed ms vsh restore "$LV_IMAGES/$name.sav" >/dev/null
 	note "  virsh restore $name: $ms ms"
-	expect_eq "$name's state after the restore" "$("${VIRSH[@]}" domstate "$name")" running
+	expect_eq "$name's state after the restore" "$(vsh domstate "$name")" running
 	qemu_log_clean "$name"
-	"${VIRSH[@]}" destroy "$name" >/dev/null
+	vsh destroy "$name" >/dev/null
 }
 
 # restore_onto NAME UUID NEW: restores NAME's image with its mdev UUID
 # replaced by NEW (virsh restore --xml), lets it run, destroys it.
 restore_onto() {
 	local name=$1 u=$2 new=$3 ms
-	"${VIRSH[@]}" save-image-dumpxml "$LV_IMAGES/$name.sav" | sed "s/$u/$new/" >"/tmp/$name-onto.xml"
-	timed ms "${VIRSH[@]}" restore "$LV_IMAGES/$name.sav" --xml "/tmp/$name-onto.xml" >/dev/null
+	vsh save-image-dumpxml "$LV_IMAGES/$name.sav" | sed "s/$u/$new/" >"/tmp/$name-onto.xml"
+	timed ms vsh restore "$LV_IMAGES/$name.sav" --xml "/tmp/$name-onto.xml" >/dev/null
 	note "  virsh restore $name --xml (onto $new): $ms ms"
-	expect_eq "$name's state after the restore onto $new" "$("${VIRSH[@]}" domstate "$name")" running
+	expect_eq "$name's state after the restore onto $new" "$(vsh domstate "$name")" running
 	qemu_log_clean "$name"
-	"${VIRSH[@]}" destroy "$name" >/dev/null
+	vsh destroy "$name" >/dev/null
 }
 
 note "save and restore: the sample mdev (its guest's last write: 3000), annotated by rmdev for the hook below"
@@ -191,11 +195,11 @@ expect_eq "RDBAL1 in VF ${VFS[1]}'s own BAR0 after the restore" \
 
 note "node devices: nodedev-destroy and nodedev-undefine remove the VF-backed mdev"
 sysfs_write "/sys/bus/mdev/devices/$vfu2/remove" 1
-"${VIRSH[@]}" nodedev-destroy "$mnode" >/dev/null
+vsh nodedev-destroy "$mnode" >/dev/null
 [ ! -e "/sys/bus/mdev/devices/$vfu" ] || fail "nodedev-destroy left mdev $vfu"
-"${VIRSH[@]}" nodedev-undefine "$mnode" >/dev/null
+vsh nodedev-undefine "$mnode" >/dev/null
 for _ in $(seq 50); do
-	list=$("${VIRSH[@]}" nodedev-list --all --cap mdev)
+	list=$(vsh nodedev-list --all --cap mdev)
 	case "$list" in *"$mnode"*) ;; *) break ;; esac
 	sleep 0.2
 done
@@ -206,7 +210,7 @@ HOOK_DIR=/etc/libvirt/hooks/qemu.d
 hook_on() { "$RMDEV" libvirt install-hook --dir "$HOOK_DIR" >/dev/null; pkill -HUP -x libvirtd; sleep 2; }
 hook_off() { "$RMDEV" libvirt install-hook --dir "$HOOK_DIR" --remove >/dev/null; pkill -HUP -x libvirtd; sleep 2; }
 note "rmdev's hook: the save of lv-sample carries the sample mdev's version (rmdev_sample:4m:1.0)"
-case "$("${VIRSH[@]}" save-image-dumpxml "$LV_IMAGES/lv-sample.sav")" in
+case "$(vsh save-image-dumpxml "$LV_IMAGES/lv-sample.sav")" in
 *"migration_version=\"rmdev_sample:4m:1.0\""* | *"migration_version='rmdev_sample:4m:1.0'"*) ;;
 *) fail "the save image's XML lacks rmdev's annotation" ;;
 esac
@@ -219,7 +223,7 @@ load_sample format_version=2
 create_again sysfs_write "$SAMPLE_TYPES/rmdev_sample-4m/create" "$su"
 hook_on
 : >/var/log/libvirt/qemu/lv-sample.log
-if out=$("${VIRSH[@]}" restore "$LV_IMAGES/lv-sample.sav" 2>&1); then
+if out=$(vsh restore "$LV_IMAGES/lv-sample.sav" 2>&1); then
 	fail "the restore onto an incompatible mdev succeeded"
 fi
 note "  with the hook: $out"
@@ -227,16 +231,16 @@ case "$out" in *"Hook script execution failed"*"rmdev_sample:4m:1.0"*"$su"* | *"
 *) fail "not the hook's refusal: $out" ;;
 esac
 [ ! -s /var/log/libvirt/qemu/lv-sample.log ] || fail "QEMU started despite the hook: $(cat /var/log/libvirt/qemu/lv-sample.log)"
-"${VIRSH[@]}" domstate lv-sample >/dev/null 2>&1 && fail "lv-sample exists after the refusal"
+vsh domstate lv-sample >/dev/null 2>&1 && fail "lv-sample exists after the refusal"
 
 note "rmdev's hook: without it, the same restore fails inside QEMU"
 hook_off
-if out=$("${VIRSH[@]}" restore "$LV_IMAGES/lv-sample.sav" 2>&1); then
+if out=$(vsh restore "$LV_IMAGES/lv-sample.sav" 2>&1); then
 	fail "the restore onto an incompatible mdev succeeded without the hook"
 fi
 note "  without the hook: $out"
 [ -s /var/log/libvirt/qemu/lv-sample.log ] || fail "QEMU never started (no log)"
-"${VIRSH[@]}" domstate lv-sample >/dev/null 2>&1 && fail "lv-sample exists after the failure"
+vsh domstate lv-sample >/dev/null 2>&1 && fail "lv-sample exists after the failure"
 
 note "rmdev's hook: the named mdev absent, the restore lands on a compatible one the hook chooses"
 sysfs_write "/sys/bus/mdev/devices/$su/remove" 1
@@ -247,10 +251,10 @@ sysfs_write /sys/module/rmdev_sample/parameters/format_version 1
 su3=$(new_uuid)
 sysfs_write "$SAMPLE_TYPES/rmdev_sample-4m/create" "$su3"
 hook_on
-"${VIRSH[@]}" restore "$LV_IMAGES/lv-sample.sav" >/dev/null
-expect_eq "lv-sample's state after the restore" "$("${VIRSH[@]}" domstate lv-sample)" running
-case "$("${VIRSH[@]}" dumpxml lv-sample)" in *"uuid='$su3'"*) ;; *) fail "lv-sample does not hold the mdev $su3 the hook chose" ;; esac
-"${VIRSH[@]}" destroy lv-sample >/dev/null
+vsh restore "$LV_IMAGES/lv-sample.sav" >/dev/null
+expect_eq "lv-sample's state after the restore" "$(vsh domstate lv-sample)" running
+case "$(vsh dumpxml lv-sample)" in *"uuid='$su3'"*) ;; *) fail "lv-sample does not hold the mdev $su3 the hook chose" ;; esac
+vsh destroy lv-sample >/dev/null
 expect_eq "the counter in $su3's memory" "$("$VM_TEST" region-read "$su3" 2 0)" 0x00000bb8
 hook_off
 sysfs_write "/sys/bus/mdev/devices/$su3/remove" 1
