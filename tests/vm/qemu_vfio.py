@@ -297,7 +297,12 @@ def migrate(args):
         # started (a test's fill pattern), so only a changed value is
         # known to be the guest's.
         deadline = time.time() + 300
-        first = src.read_word(word)
+        # Read once the BAR is mapped: a change from "nothing mapped yet"
+        # would take what the device held before for the guest's value.
+        while (first := src.read_word(word)) is None:
+            if time.time() > deadline:
+                fail("the device's BAR was never mapped")
+            time.sleep(0.5)
         while (before := src.read_word(word)) == first:
             if time.time() > deadline:
                 fail("the guest never wrote the device")
