@@ -66,6 +66,8 @@ mod tx;
 #[path = "igbvf/user_mailbox.rs"]
 mod user_mailbox;
 
+use core::sync::atomic::{AtomicBool, Ordering};
+
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
 use kernel::{c_str, new_mutex};
@@ -266,6 +268,8 @@ impl mdev::Driver for VfParent {
                 queues <- new_mutex!(Queues::new(), "rmdev_igbvf:queues"),
                 intr <- new_mutex!(IntrRegs::default(), "rmdev_igbvf:intr"),
                 mbx <- new_mutex!(UserMailbox::default(), "rmdev_igbvf:mbx"),
+                serving_tx: AtomicBool::new(false),
+                rx_due: AtomicBool::new(false),
             }),
             GFP_KERNEL,
         );
@@ -349,6 +353,13 @@ struct VfState {
     /// The user's mailbox; taken before `queues`.
     #[pin]
     mbx: Mutex<UserMailbox>,
+    /// A transmit doorbell is being served: its round holds `queues` while
+    /// it waits for the VF's interrupt, and delivers what the VF received
+    /// when it is done (`rx_due`), so the interrupt thread does not wait
+    /// for the lock (it would spin on a CPU the rest of the system needs).
+    serving_tx: AtomicBool,
+    /// The VF signalled while `serving_tx`: receive delivery is due.
+    rx_due: AtomicBool,
 }
 
 /// A save session: how many of the records were sent.
@@ -462,10 +473,18 @@ impl VfState {
     }
 
     /// The VF signalled the vendor's vector (from its interrupt thread):
-    /// delivers what it received.
+    /// delivers what it received, or leaves that to the transmit doorbell
+    /// being served, which holds the queues until its round is done.
     fn rx_interrupt(&self) {
+        self.rx_due.store(true, Ordering::SeqCst);
+        // After the store above (see the transmit doorbell in `write`).
+        if self.serving_tx.load(Ordering::SeqCst) {
+            return;
+        }
         let mut q = self.queues.lock();
-        q.rx_interrupt(&self.ctx());
+        if self.rx_due.swap(false, Ordering::SeqCst) {
+            q.rx_interrupt(&self.ctx());
+        }
         self.completions(&mut q);
     }
 
@@ -575,8 +594,17 @@ impl Device for VfDevice {
         match find(offset) {
             Some(a) if data.len() == 4 => self.write_hw(a, le32(data)?),
             _ if data.len() == 4 && TxQueue::owns(offset) => {
+                let value = le32(data)?;
                 let mut q = self.queues.lock();
-                q.tx_write(&self.ctx(), offset, le32(data)?);
+                self.serving_tx.store(true, Ordering::SeqCst);
+                q.tx_write(&self.ctx(), offset, value);
+                self.serving_tx.store(false, Ordering::SeqCst);
+                // After the store above: the interrupt thread either saw
+                // `serving_tx` clear and waits for the lock, or set
+                // `rx_due` before it looked, and it is seen here.
+                if self.rx_due.swap(false, Ordering::SeqCst) {
+                    q.rx_interrupt(&self.ctx());
+                }
                 self.completions(&mut q);
                 Ok(())
             }
