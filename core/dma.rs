@@ -284,6 +284,19 @@ impl Inner {
         unsafe { !(*vdev).iommufd_access.is_null() }
     }
 
+    /// The handle to the pin in slot `slot` (which holds it, in use).
+    fn handle(&self, slot: usize) -> Option<Pinned> {
+        let pin = self.slots.get(slot)?.pin.as_ref()?;
+        Some(Pinned {
+            owner: self as *const Inner as usize,
+            slot,
+            gen: self.slots[slot].gen,
+            iova: pin.iova,
+            pages: pin.pages.len(),
+            writable: pin.writable,
+        })
+    }
+
     /// The pin a handle names, if it is still there.
     fn pin(&self, p: &Pinned) -> Result<&Pin> {
         if p.owner != self as *const Inner as usize {
@@ -815,8 +828,6 @@ impl DmaState {
             return Err(EINVAL);
         }
         iova.checked_add(pages as u64 * PAGE_SIZE).ok_or(EINVAL)?;
-        let mut list = KVec::with_capacity(pages, GFP_KERNEL)?;
-        let mut raw = KVec::from_elem(ptr::null_mut::<bindings::page>(), pages, GFP_KERNEL)?;
         let mut inner = self.inner.lock();
         let vdev = inner.vdev_open()?;
         let end = iova + pages as u64 * PAGE_SIZE;
@@ -834,16 +845,12 @@ impl DmaState {
                     inner.unpin_slot(slot);
                     return Err(ENODEV);
                 }
-                return Ok(Pinned {
-                    owner: &*inner as *const Inner as usize,
-                    slot,
-                    gen: inner.slots[slot].gen,
-                    iova,
-                    pages,
-                    writable,
-                });
+                return inner.handle(slot).ok_or(EINVAL);
             }
         }
+        // After the cache: a pin taken back from it allocates nothing.
+        let mut list = KVec::with_capacity(pages, GFP_KERNEL)?;
+        let mut raw = KVec::from_elem(ptr::null_mut::<bindings::page>(), pages, GFP_KERNEL)?;
         while inner.pinned + pages > MAX_PINNED_PAGES && inner.evict_idle() {}
         if inner.pinned + pages > MAX_PINNED_PAGES {
             return Err(ENOSPC);
@@ -860,22 +867,19 @@ impl DmaState {
             }
         };
         let prot = IOMMU_READ | if writable { IOMMU_WRITE } else { 0 };
-        let mut tries = 0;
-        let ret = loop {
-            // SAFETY: The device is open and stays so under the lock;
-            // `raw` has room for `pages` page pointers; the framework
-            // wires `dma_unmap`, which `vfio_pin_pages` requires.
-            let ret = unsafe {
-                bindings::vfio_pin_pages(vdev, iova, pages as i32, prot, raw.as_mut_ptr())
-            };
-            tries += 1;
-            if ret != ENOMEM.to_errno() || inner.idle_pages == 0 || tries > 1 {
-                break ret;
-            }
+        // SAFETY: The device is open and stays so under the lock; `raw`
+        // has room for `pages` page pointers; the framework wires
+        // `dma_unmap`, which `vfio_pin_pages` requires.
+        let pin_pages = |raw: &mut KVec<*mut bindings::page>| unsafe {
+            bindings::vfio_pin_pages(vdev, iova, pages as i32, prot, raw.as_mut_ptr())
+        };
+        let mut ret = pin_pages(&mut raw);
+        if ret == ENOMEM.to_errno() && inner.idle_pages > 0 {
             // Idle pins count towards the user's locked memory: they go
             // first, and the pin is tried once more.
             while inner.evict_idle() {}
-        };
+            ret = pin_pages(&mut raw);
+        }
         if ret < 0 {
             return Err(Error::from_errno(ret));
         }
@@ -906,7 +910,6 @@ impl DmaState {
                 }
             },
         };
-        let gen = inner.slots[slot].gen;
         inner.slots[slot].pin = Some(Pin {
             iova,
             pages: list,
@@ -916,14 +919,7 @@ impl DmaState {
         });
         inner.pinned += pages;
         inner.note_pin(iova, end);
-        Ok(Pinned {
-            owner: &*inner as *const Inner as usize,
-            slot,
-            gen,
-            iova,
-            pages,
-            writable,
-        })
+        inner.handle(slot).ok_or(EINVAL)
     }
 
     fn pinned_rw(

@@ -300,23 +300,17 @@ impl mdev::Driver for Sample {
                 .map_err(|_| EINVAL)
         });
         let timer = SampleTimer::new(irqs.clone());
-        let engine = Arc::new(
-            EngineRuns {
-                finished: AtomicU32::new(0),
-                running: AtomicBool::new(true),
-                armed: AtomicBool::new(false),
-                waker,
-            },
-            GFP_KERNEL,
-        )
-        .map_err(Error::from);
-        let engine_timer = engine.clone().and_then(SampleTimer::new);
+        let engine_timer = SampleTimer::new(EngineRuns {
+            finished: AtomicU32::new(0),
+            running: AtomicBool::new(true),
+            armed: AtomicBool::new(false),
+            waker,
+        });
         try_pin_init!(SampleDevice {
             size,
             max_record,
             timer: timer?,
             engine_timer: engine_timer?,
-            engine: engine?,
             irqs,
             flags: flags?,
             format: format?,
@@ -640,7 +634,7 @@ struct EngineRuns {
     waker: SaveWaker,
 }
 
-impl TimerTarget for Arc<EngineRuns> {
+impl TimerTarget for EngineRuns {
     fn fired(&self) {
         // Counted first: the woken reader's `precopy_info` must see it.
         self.finished.fetch_add(1, Ordering::Release);
@@ -689,6 +683,13 @@ impl<T: TimerTarget> SampleTimer<T> {
         unsafe { timer::rmdev_sample_timer_start(self.raw, ns as core::ffi::c_ulong) };
     }
 
+    /// What the timer calls.
+    fn target(&self) -> &T {
+        // SAFETY: `target` lives until `drop` (type invariant); the timer
+        // only takes shared references to it too, and `T` is `Sync`.
+        unsafe { &*self.target }
+    }
+
     /// Stops the timer; a callback under way has finished on return.
     fn cancel(&self) {
         // SAFETY: `raw` is live (type invariant).
@@ -729,10 +730,9 @@ struct SampleDevice {
     /// Raises `irqs` from hard interrupt context (`CMD_CHECKSUM_TIMER`).
     timer: SampleTimer<Interrupts>,
     /// Finishes an engine run in hard interrupt context
-    /// (`CMD_ENGINE_TIMER`); started and cancelled under `mem`'s lock.
-    engine_timer: SampleTimer<Arc<EngineRuns>>,
-    /// What `engine_timer` finished, applied by [`SampleDevice::mem`].
-    engine: Arc<EngineRuns>,
+    /// (`CMD_ENGINE_TIMER`); started and cancelled under `mem`'s lock. Its
+    /// target holds the finished runs, which [`SampleDevice::mem`] applies.
+    engine_timer: SampleTimer<EngineRuns>,
     /// The `max_record` parameter (0: the default).
     max_record: usize,
     flags: Option<FlagSet>,
@@ -804,9 +804,14 @@ impl SampleDevice {
         m
     }
 
+    /// The engine's runs and state.
+    fn engine(&self) -> &EngineRuns {
+        self.engine_timer.target()
+    }
+
     /// Writes the pages of the engine runs whose timer expired.
     fn write_finished_runs(&self, m: &mut Memory) {
-        for _ in 0..self.engine.finished.swap(0, Ordering::Acquire) {
+        for _ in 0..self.engine().finished.swap(0, Ordering::Acquire) {
             m.engine_writes(params::precopy_dirty_pages().max(1) as usize);
         }
     }
@@ -828,7 +833,7 @@ impl SampleDevice {
     /// device stopped or this sees the timer possibly started, and then
     /// cancels it under the lock the command holds while it starts it.
     fn set_running(&self, running: bool) {
-        let e = &self.engine;
+        let e = self.engine();
         e.running.store(running, Ordering::SeqCst);
         if !running && e.armed.load(Ordering::SeqCst) {
             let _m = self.mem.lock();
@@ -903,8 +908,8 @@ impl SampleDevice {
             // Under the memory lock, which `set_running` takes to cancel:
             // no run starts after the device stopped (see `set_running`).
             reg::CMD if value == CMD_ENGINE_TIMER => {
-                self.engine.armed.store(true, Ordering::SeqCst);
-                if !self.engine.running.load(Ordering::SeqCst) {
+                self.engine().armed.store(true, Ordering::SeqCst);
+                if !self.engine().running.load(Ordering::SeqCst) {
                     return Err(EBUSY);
                 }
                 self.engine_timer.start(ENGINE_DELAY_MS * 1_000_000);

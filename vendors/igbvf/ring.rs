@@ -4,9 +4,12 @@
 //! and tail, the same five registers for the transmit and the receive
 //! queue (`TDBAL`..`TDT`, `RDBAL`..`RDT`), with the same masks. Both
 //! queues' rings are arrays of 16-byte descriptors in the user's memory,
-//! reached by IOVA, and the stream checks both alike.
+//! reached by IOVA, and the stream checks both alike. Both queues also
+//! check their ring in the VF alike ([`hw_ring_lost`]).
 
 use kernel::prelude::*;
+
+use super::rmdev::pci::Bar;
 
 /// The bytes of a descriptor (advanced descriptors, both queues).
 pub(crate) const DESC: usize = 16;
@@ -14,6 +17,15 @@ pub(crate) const DESC: usize = 16;
 pub(crate) const BAL_MASK: u32 = !0x7f;
 /// What the length register keeps (a multiple of 128 bytes, below 1 MiB).
 pub(crate) const RING_LEN_MASK: u32 = 0x000f_ff80;
+
+/// Whether the VF lost a ring of `descs` descriptors the vendor programmed
+/// into it (a PF reset clears the VF's registers behind the vendor's back).
+/// One register tells: the ring's length, `len_reg`, which the vendor
+/// alone sets, to a value other than its reset value 0 (each read of the
+/// VF's BAR is costly, and this one runs at every doorbell).
+pub(crate) fn hw_ring_lost(bar: &Bar, len_reg: u64, descs: usize) -> bool {
+    bar.read32(len_reg as usize).ok() != Some((descs * DESC) as u32)
+}
 
 /// The ring's registers as the user wrote them (masked).
 #[derive(Clone, Copy, Default)]

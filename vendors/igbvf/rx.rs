@@ -28,7 +28,7 @@
 use kernel::prelude::*;
 
 use super::hw::{Ctx, VfHw, QUEUE_ENABLE as ENABLE};
-use super::ring::{RingRegs, BAL_MASK, DESC, RING_LEN_MASK};
+use super::ring::{hw_ring_lost, RingRegs, BAL_MASK, DESC, RING_LEN_MASK};
 use super::rmdev::pci::Coherent;
 
 /// The queue's registers (queue 0), user view and hardware alike.
@@ -298,16 +298,9 @@ impl RxQueue {
         self.dropping = false;
     }
 
-    /// Whether the VF lost the vendor's ring (a PF reset clears the VF's
-    /// registers behind the vendor's back). One register tells: the ring's
-    /// length, which the vendor alone sets, to a value other than its
-    /// reset value 0 (each read of the VF's BAR is costly, and this one
-    /// runs at every doorbell).
+    /// Whether the VF lost the vendor's ring ([`hw_ring_lost`]).
     pub(crate) fn lost_hw(&self, cx: &Ctx<'_>) -> bool {
-        if self.host.is_none() {
-            return false;
-        }
-        cx.bar.read32(RDLEN as usize).ok() != Some((HOST_DESCS * DESC) as u32)
+        self.host.is_some() && hw_ring_lost(cx.bar, RDLEN, HOST_DESCS)
     }
 
     /// Starts the VF's queue on the vendor's ring if the user enabled a

@@ -31,7 +31,7 @@ use kernel::prelude::*;
 use kernel::time::Ktime;
 
 use super::hw::{Ctx, VfHw, QUEUE_ENABLE as ENABLE};
-use super::ring::{RingRegs, BAL_MASK, DESC, RING_LEN_MASK};
+use super::ring::{hw_ring_lost, RingRegs, BAL_MASK, DESC, RING_LEN_MASK};
 use super::rmdev::device::Pinned;
 use super::rmdev::pci::{timed_out, Coherent};
 
@@ -334,16 +334,9 @@ impl TxQueue {
         self.host = None;
     }
 
-    /// Whether the VF lost the vendor's ring (a PF reset clears the VF's
-    /// registers behind the vendor's back). One register tells: the ring's
-    /// length, which the vendor alone sets, to a value other than its
-    /// reset value 0 (each read of the VF's BAR is costly, and this one
-    /// runs at every doorbell).
+    /// Whether the VF lost the vendor's ring ([`hw_ring_lost`]).
     pub(crate) fn lost_hw(&self, cx: &Ctx<'_>) -> bool {
-        if self.host.is_none() {
-            return false;
-        }
-        cx.bar.read32(TDLEN as usize).ok() != Some((HOST_DESCS * DESC) as u32)
+        self.host.is_some() && hw_ring_lost(cx.bar, TDLEN, HOST_DESCS)
     }
 
     /// Sets the VF up for the vendor's ring: the VF up (reset and
