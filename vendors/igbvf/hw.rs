@@ -19,7 +19,7 @@ use super::mailbox::Mailbox;
 use super::rmdev::device::GuestMemory;
 use super::rmdev::pci::{sleep_ms, Bar, DmaFunction, Event};
 use super::rx::RxQueue;
-use super::tx::TxQueue;
+use super::tx::{Kick, TxQueue};
 
 /// The VF's interrupt registers the vendor programs for its own vector 0
 /// (82576 datasheet: EIMS, EIMC, EIAC, IVAR0 bytes 0 and 1 = receive and
@@ -191,18 +191,39 @@ impl Queues {
     /// VF needs a new handshake).
     pub(crate) fn check_hw(&mut self, cx: &Ctx<'_>) {
         if self.tx.lost_hw(cx) || self.rx.lost_hw(cx) {
-            self.stop_hw(cx);
-            // The PF forgot the VF: a new handshake.
-            self.vf.handshake = None;
-            self.rx.ensure_hw(cx, &mut self.vf);
+            self.set_up_again(cx);
+        }
+    }
+
+    /// Both queues stopped and the VF forgotten, receive started again
+    /// (with a new handshake: the PF forgot the VF).
+    fn set_up_again(&mut self, cx: &Ctx<'_>) {
+        self.stop_hw(cx);
+        self.vf.handshake = None;
+        self.rx.ensure_hw(cx, &mut self.vf);
+    }
+
+    /// Serves the transmit doorbell. The VF's set-up is checked when the
+    /// queue starts on it ([`Self::check_hw`]); while it runs, a round
+    /// tells when the VF lost it ([`Kick::Lost`], a register read then
+    /// rather than at every doorbell): set up again, the round's frames
+    /// go once more, and a second loss in a row stops the queue.
+    fn kick_tx(&mut self, cx: &Ctx<'_>) {
+        if !self.tx.has_hw() {
+            self.check_hw(cx);
+        }
+        if self.tx.kick(cx, &mut self.vf) == Kick::Lost {
+            self.set_up_again(cx);
+            if self.tx.kick(cx, &mut self.vf) == Kick::Lost {
+                self.tx.fail(cx, &mut self.vf, EIO);
+            }
         }
     }
 
     /// The user writes a transmit register; a doorbell rung is served.
     pub(crate) fn tx_write(&mut self, cx: &Ctx<'_>, offset: u64, value: u32) {
         if self.tx.write(cx, &mut self.vf, offset, value) {
-            self.check_hw(cx);
-            self.tx.kick(cx, &mut self.vf);
+            self.kick_tx(cx);
         }
         self.settle(cx);
     }
@@ -244,7 +265,7 @@ impl Queues {
         if running {
             self.vf.stopped = false;
             self.check_hw(cx);
-            self.tx.kick(cx, &mut self.vf);
+            self.kick_tx(cx);
             self.rx.ensure_hw(cx, &mut self.vf);
             self.rx.deliver(cx, &mut self.vf);
         } else {

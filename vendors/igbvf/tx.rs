@@ -64,6 +64,26 @@ const DD: u32 = 1;
 /// The user's command bits a data descriptor passes on.
 const DATA_KEEP: u32 = DTYP_MASK | IFCS | DEXT | VLE;
 
+/// How a doorbell's rounds ended.
+#[derive(PartialEq, Eq)]
+pub(crate) enum Kick {
+    /// Until the user's ring had no complete frame left, or the queue
+    /// stopped.
+    Served,
+    /// The VF lost the vendor's ring (see [`TxQueue::kick`]).
+    Lost,
+}
+
+/// How a round ended.
+enum Round {
+    /// Its frames went to the hardware (or were refused) and completed.
+    Sent,
+    /// The frame at the head has no end (EOP) before the tail yet.
+    Nothing,
+    /// The VF lost the vendor's ring: nothing sent, nothing completed.
+    Lost,
+}
+
 /// The vendor's ring: 256 descriptors.
 const HOST_DESCS: usize = 256;
 /// The most descriptors of one frame, in the user's ring and in the
@@ -364,27 +384,35 @@ impl TxQueue {
     }
 
     /// Serves the doorbell: rounds until the user's ring has no complete
-    /// frame left, or the queue stopped.
-    pub(crate) fn kick(&mut self, cx: &Ctx<'_>, vf: &mut VfHw) {
+    /// frame left, or the queue stopped. [`Kick::Lost`]: the VF lost the
+    /// vendor's ring under a round (a PF reset), which sent nothing and
+    /// left its frames at the head of the user's ring; the VF must be set
+    /// up again.
+    pub(crate) fn kick(&mut self, cx: &Ctx<'_>, vf: &mut VfHw) -> Kick {
         while !vf.stopped && self.regs.enabled() && self.pending() {
             match self.round(cx, vf) {
-                Ok(true) => {}
-                Ok(false) => return,
+                Ok(Round::Sent) => {}
+                Ok(Round::Nothing) => break,
+                Ok(Round::Lost) => return Kick::Lost,
                 Err(e) => {
-                    // The user's ring cannot be read or completed, or the
-                    // hardware failed: the queue stops, as a DMA error
-                    // stops the real one.
-                    if !self.stopped_once {
-                        // ETIMEDOUT may be the PF's: its interface down.
-                        pr_warn!("transmit queue stopped ({:?})\n", e);
-                        self.stopped_once = true;
-                    }
-                    self.regs.txdctl &= !ENABLE;
-                    self.stop_hw(cx, vf);
-                    return;
+                    self.fail(cx, vf, e);
+                    break;
                 }
             }
         }
+        Kick::Served
+    }
+
+    /// The user's ring cannot be read or completed, or the hardware
+    /// failed: the queue stops, as a DMA error stops the real one.
+    pub(crate) fn fail(&mut self, cx: &Ctx<'_>, vf: &mut VfHw, e: Error) {
+        if !self.stopped_once {
+            // ETIMEDOUT may be the PF's: its interface down.
+            pr_warn!("transmit queue stopped ({:?})\n", e);
+            self.stopped_once = true;
+        }
+        self.regs.txdctl &= !ENABLE;
+        self.stop_hw(cx, vf);
     }
 
     fn pending(&self) -> bool {
@@ -396,9 +424,8 @@ impl TxQueue {
     }
 
     /// One round: up to [`MAX_ROUND_FRAMES`] complete frames from the
-    /// user's ring to the hardware and back. `false`: the frame at the
-    /// head has no end (EOP) before the tail yet.
-    fn round(&mut self, cx: &Ctx<'_>, vf: &mut VfHw) -> Result<bool> {
+    /// user's ring to the hardware and back.
+    fn round(&mut self, cx: &Ctx<'_>, vf: &mut VfHw) -> Result<Round> {
         // A ring the device cannot read stops the queue before the
         // hardware is involved.
         let window = Window::read(cx, &self.regs.ring);
@@ -430,8 +457,9 @@ impl TxQueue {
                 }
             }
         }
-        let done = built.and_then(|()| self.run_hw(cx, &frames));
-        if done.is_err() {
+        let ran = built.and_then(|()| self.run_hw(cx, &frames));
+        let done = matches!(ran, Ok(true));
+        if !done {
             // The hardware must be off the pages before they go.
             self.stop_hw(cx, vf);
         }
@@ -442,14 +470,16 @@ impl TxQueue {
                 // same buffer after a round that went through. A pin the
                 // framework took back (the user unmapped it) is gone
                 // already.
-                let _ = if done.is_ok() {
+                let _ = if done {
                     cx.guest.release(p)
                 } else {
                     cx.guest.unpin(p)
                 };
             }
         }
-        done?;
+        if !ran? {
+            return Ok(Round::Lost);
+        }
         for f in frames.iter() {
             if let Some((at, olinfo)) = f.complete {
                 cx.guest.write(at, &(olinfo | DD).to_le_bytes())?;
@@ -457,14 +487,19 @@ impl TxQueue {
             }
             self.regs.ring.head = f.next;
         }
-        Ok(!frames.is_empty())
+        Ok(if frames.is_empty() {
+            Round::Nothing
+        } else {
+            Round::Sent
+        })
     }
 
     /// Rings the hardware's doorbell for the round's descriptors and waits
-    /// until it completed them all.
-    fn run_hw(&mut self, cx: &Ctx<'_>, frames: &[Frame]) -> Result {
+    /// until it completed them all. `false`: the VF no longer has the
+    /// vendor's ring (a PF reset took it), so the doorbell did nothing.
+    fn run_hw(&mut self, cx: &Ctx<'_>, frames: &[Frame]) -> Result<bool> {
         let Some(last) = frames.iter().rev().find_map(|f| f.host_last) else {
-            return Ok(());
+            return Ok(true);
         };
         let host = self.host.as_mut().ok_or(EIO)?;
         // The descriptors are in memory before the doorbell (x86 orders
@@ -472,14 +507,26 @@ impl TxQueue {
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         cx.bar.write32(TDT as usize, host.tail as u32)?;
         let start = Ktime::ktime_get().to_ms();
+        let mut checked = false;
         loop {
             // Read before the check: a write-back signalled after the
             // check changes it, and the wait returns at once.
             let seen = cx.done.count();
             if host.ring.read32(last * DESC + 12)? & DD != 0 {
-                return Ok(());
+                return Ok(true);
             }
-            if Ktime::ktime_get().to_ms() - start >= i64::from(HW_TIMEOUT_MS) {
+            let late = Ktime::ktime_get().to_ms() - start >= i64::from(HW_TIMEOUT_MS);
+            // Whether the VF still has the ring is only asked when the
+            // round is not done at once (emulated hardware completes it
+            // inside the doorbell, and a register read costs more than
+            // the round's other work there) and when it timed out.
+            if !checked || late {
+                checked = true;
+                if hw_ring_lost(cx.bar, TDLEN, HOST_DESCS) {
+                    return Ok(false);
+                }
+            }
+            if late {
                 return Err(timed_out());
             }
             // Woken by the VF's vector 0; checking again after a tick
