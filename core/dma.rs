@@ -668,6 +668,18 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// [`GuestMemory::release`] for each of `pins`, under one lock (a
+    /// vendor gives a round's pins back at once); those the framework
+    /// unpinned already are skipped.
+    pub fn release_all(&self, pins: KVec<Pinned>) {
+        let mut inner = self.0.inner.lock();
+        for p in pins {
+            if inner.pin(&p).is_ok() {
+                inner.release_slot(p.slot);
+            }
+        }
+    }
+
     /// Copies from the pinned pages at byte `offset` (from
     /// [`Pinned::iova`]) into `buf`.
     pub fn read_pinned(&self, pinned: &Pinned, offset: usize, buf: &mut [u8]) -> Result {

@@ -174,7 +174,6 @@ struct Frame {
     complete: Option<(u64, u32)>,
     /// The vendor's last descriptor of the frame (`None`: refused).
     host_last: Option<usize>,
-    pins: KVec<Pinned>,
 }
 
 /// The queue.
@@ -436,14 +435,20 @@ impl TxQueue {
         }
         self.start_hw(cx, vf)?;
         let mut frames: KVec<Frame> = KVec::new();
+        // The round's pins, every frame's (room for one a frame's buffer
+        // up front, more reserved as needed).
+        let mut pins: KVec<Pinned> = KVec::new();
         let mut head = self.regs.ring.head;
         let mut host_used = 0;
         let mut built = Ok(());
-        if let Err(e) = frames.reserve(MAX_ROUND_FRAMES, GFP_KERNEL) {
+        if let Err(e) = frames
+            .reserve(MAX_ROUND_FRAMES, GFP_KERNEL)
+            .and_then(|()| pins.reserve(MAX_ROUND_FRAMES, GFP_KERNEL))
+        {
             built = Err(e.into());
         }
         while built.is_ok() && frames.len() < MAX_ROUND_FRAMES {
-            match self.frame(cx, &window, head, &mut host_used) {
+            match self.frame(cx, &window, head, &mut host_used, &mut pins) {
                 Ok(Some(f)) => {
                     head = f.next;
                     // Cannot fail: the capacity was reserved, so no frame
@@ -463,18 +468,15 @@ impl TxQueue {
             // The hardware must be off the pages before they go.
             self.stop_hw(cx, vf);
         }
-        for f in frames.iter_mut() {
-            for p in core::mem::replace(&mut f.pins, KVec::new()) {
-                // The hardware is done with the pages (or stopped): given
-                // back, kept pinned and mapped for the next frame from the
-                // same buffer after a round that went through. A pin the
-                // framework took back (the user unmapped it) is gone
-                // already.
-                let _ = if done {
-                    cx.guest.release(p)
-                } else {
-                    cx.guest.unpin(p)
-                };
+        // The hardware is done with the pages (or stopped): given back,
+        // kept pinned and mapped for the next frame from the same buffer
+        // after a round that went through. A pin the framework took back
+        // (the user unmapped it) is gone already.
+        if done {
+            cx.guest.release_all(pins);
+        } else {
+            for p in pins {
+                let _ = cx.guest.unpin(p);
             }
         }
         if !ran? {
@@ -506,7 +508,8 @@ impl TxQueue {
         // the stores; the fence keeps the compiler from moving them).
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         cx.bar.write32(TDT as usize, host.tail as u32)?;
-        let start = Ktime::ktime_get().to_ms();
+        // From the first check that found the round not done.
+        let mut start = None;
         let mut checked = false;
         loop {
             // Read before the check: a write-back signalled after the
@@ -515,7 +518,8 @@ impl TxQueue {
             if host.ring.read32(last * DESC + 12)? & DD != 0 {
                 return Ok(true);
             }
-            let late = Ktime::ktime_get().to_ms() - start >= i64::from(HW_TIMEOUT_MS);
+            let now = Ktime::ktime_get().to_ms();
+            let late = now - *start.get_or_insert(now) >= i64::from(HW_TIMEOUT_MS);
             // Whether the VF still has the ring is only asked when the
             // round is not done at once (emulated hardware completes it
             // inside the doorbell, and a register read costs more than
@@ -547,6 +551,7 @@ impl TxQueue {
         window: &Window,
         head: u32,
         host_used: &mut usize,
+        pins: &mut KVec<Pinned>,
     ) -> Result<Option<Frame>> {
         let regs = self.regs;
         let n = regs.ring.count();
@@ -586,13 +591,10 @@ impl TxQueue {
             next: i,
             complete: (d[2] & RS != 0).then_some((at + 12, d[3] & !DD)),
             host_last: None,
-            pins: KVec::new(),
         };
         if !too_long {
             // Refused: nothing reaches the hardware; the frame completes.
-            frame.host_last = self
-                .translate(cx, &descs[..count], host_used, &mut frame.pins)
-                .ok();
+            frame.host_last = self.translate(cx, &descs[..count], host_used, pins).ok();
         }
         Ok(Some(frame))
     }
