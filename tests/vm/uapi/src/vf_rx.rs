@@ -26,9 +26,10 @@ use rmdev_logic::fsm::State;
 
 use super::guest_memory::Buffer;
 use super::vf_traffic::{
-    enable_msix, fired, frame, map, packet_socket, parse_mac, read_reg, save_stopped, write_reg,
-    EIAC, EICR, EIMC, EIMS, ENABLE, IOVA_BUFS, IOVA_NONE, IOVA_RING, IVAR0, MAP_LEN, MSIX_INDEX,
-    RING_DESCS, SLOT,
+    enable_msix, fired, frame, mac_of, map, packet_socket, parse_mac, program_tx, read_reg,
+    save_stopped, tx_desc, write_reg, DEXT, DTYP_DATA, EIAC, EICR, EIMC, EIMS, ENABLE,
+    EOP as TX_EOP, IFCS, IOVA_BUFS, IOVA_NONE, IOVA_RING, IVAR0, MAP_LEN, MSIX_INDEX, RING_DESCS,
+    RS, SLOT, TDH, TDT, TXDCTL,
 };
 use super::{ctx, load_into, TestResult, PAGE};
 
@@ -447,6 +448,95 @@ fn registers(q: &Ring<'_>) -> TestResult {
     Ok(())
 }
 
+/// Where the transmit ring (one page) and the frame it sends (the next
+/// page) are mapped while the device receives and transmits at once.
+const IOVA_TX: u64 = 0x40_0000;
+/// Frames the PF sends while the device transmits, and the pause between
+/// two (the frames are spread over many of the device's doorbells).
+const WHILE_TX_FRAMES: usize = 15;
+const WHILE_TX_GAP: Duration = Duration::from_millis(2);
+
+/// Receive while the same device transmits: the VF signals both queues on
+/// its one vector, and a transmit doorbell holds the queues while it waits
+/// for the VF, so frames arriving then are delivered by the doorbell's
+/// server when it is done rather than by the interrupt thread. Every frame
+/// arrives in order, and none is left undelivered once the transmits stop
+/// (no later doorbell or interrupt would deliver it).
+fn while_transmitting(
+    q: &mut Ring<'_>,
+    tx: &Sender,
+    dst: &[u8; 6],
+    pf_mac: &[u8; 6],
+    seq: &mut u32,
+) -> TestResult {
+    let dev = q.dev;
+    q.program(IOVA_RING, SRRCTL_2K)?;
+    q.give(RING_DESCS - 1)?;
+    let txmem = Buffer::new(2 * PAGE)?;
+    let out = frame(pf_mac, 0, 60);
+    txmem.write(PAGE, &out);
+    ctx(
+        dev.map_dma(IOVA_TX, txmem.addr(0), PAGE as u64, true),
+        "map the transmit ring",
+    )?;
+    ctx(
+        dev.map_dma(IOVA_TX + PAGE as u64, txmem.addr(PAGE), PAGE as u64, false),
+        "map the transmitted frame",
+    )?;
+    program_tx(dev, IOVA_TX)?;
+    let cmd = out.len() as u32 | DTYP_DATA | DEXT | IFCS | TX_EOP | RS;
+    let desc = tx_desc(IOVA_TX + PAGE as u64, cmd, (out.len() as u32) << 14);
+    let sent = spread(dst, seq, WHILE_TX_FRAMES);
+    let mut doorbells = 0u32;
+    let mut tail = 0;
+    std::thread::scope(|s| -> TestResult {
+        let pf = s.spawn(|| -> TestResult {
+            for f in &sent {
+                std::thread::sleep(WHILE_TX_GAP);
+                tx.send(f)?;
+            }
+            Ok(())
+        });
+        // Half the ring a doorbell, until the PF sent its last frame.
+        while !pf.is_finished() {
+            for _ in 0..RING_DESCS / 2 {
+                txmem.write(tail as usize * 16, &desc);
+                tail = (tail + 1) % RING_DESCS;
+            }
+            write_reg(dev, TDT, tail)?;
+            doorbells += 1;
+        }
+        pf.join()
+            .map_err(|_| "the PF's sender panicked".to_string())?
+    })?;
+    let head = read_reg(dev, TDH)?;
+    ensure!(
+        head == tail,
+        "the transmit queue stopped short: TDH {head}, TDT {tail}"
+    );
+    write_reg(dev, TXDCTL, 0)?;
+    for (k, f) in sent.iter().enumerate() {
+        q.expect_frame(
+            f,
+            &format!("frame {k} of {WHILE_TX_FRAMES} received while transmitting"),
+        )?;
+    }
+    q.expect_quiet("after the frames received while transmitting")?;
+    ctx(
+        dev.unmap_dma(IOVA_TX, 2 * PAGE as u64),
+        "unmap the transmit memory",
+    )?;
+    ensure!(
+        doorbells >= WHILE_TX_FRAMES as u32,
+        "only {doorbells} transmit doorbells while the PF sent {WHILE_TX_FRAMES} frames"
+    );
+    println!(
+        "  {WHILE_TX_FRAMES} frames received while the device transmitted ({doorbells} doorbells of {} frames): all delivered in order, none left waiting once the transmits stopped",
+        RING_DESCS / 2
+    );
+    Ok(())
+}
+
 /// The interrupt of a delivery: on the vector IVAR0's byte 0 names, with
 /// the enable and auto-clear of the transmit side; none masked or unrouted.
 fn interrupts(q: &mut Ring<'_>, tx: &Sender, dst: &[u8; 6], seq: &mut u32) -> TestResult {
@@ -767,6 +857,8 @@ pub(crate) fn vf_rx(
         "  5 frames arriving with no descriptor free: held, delivered in order when RDT moved"
     );
 
+    let pf_mac = mac_of(pf_if)?;
+    while_transmitting(&mut q, &tx, &mac0, &pf_mac, &mut seq)?;
     interrupts(&mut q, &tx, &mac0, &mut seq)?;
     refusals(&mut q, &tx, &mac0, &mut seq)?;
 

@@ -35,9 +35,9 @@ use super::{
 const TDBAL: u64 = 0x3800;
 const TDBAH: u64 = 0x3804;
 const TDLEN: u64 = 0x3808;
-const TDH: u64 = 0x3810;
+pub(crate) const TDH: u64 = 0x3810;
 pub(crate) const TDT: u64 = 0x3818;
-const TXDCTL: u64 = 0x3828;
+pub(crate) const TXDCTL: u64 = 0x3828;
 pub(crate) const ENABLE: u32 = 1 << 25;
 /// Advanced data descriptor bits (82576 datasheet, 7.2.2.3).
 pub(crate) const DTYP_DATA: u32 = 0x3 << 20;
