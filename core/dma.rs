@@ -286,11 +286,12 @@ impl Inner {
 
     /// The handle to the pin in slot `slot` (which holds it, in use).
     fn handle(&self, slot: usize) -> Option<Pinned> {
-        let pin = self.slots.get(slot)?.pin.as_ref()?;
+        let s = self.slots.get(slot)?;
+        let pin = s.pin.as_ref()?;
         Some(Pinned {
             owner: self as *const Inner as usize,
             slot,
-            gen: self.slots[slot].gen,
+            gen: s.gen,
             iova: pin.iova,
             pages: pin.pages.len(),
             writable: pin.writable,
@@ -860,7 +861,8 @@ impl DmaState {
                 return inner.handle(slot).ok_or(EINVAL);
             }
         }
-        // After the cache: a pin taken back from it allocates nothing.
+        // After the cache: a pin taken back from it allocates nothing for
+        // its pages.
         let mut list = KVec::with_capacity(pages, GFP_KERNEL)?;
         let mut raw = KVec::from_elem(ptr::null_mut::<bindings::page>(), pages, GFP_KERNEL)?;
         while inner.pinned + pages > MAX_PINNED_PAGES && inner.evict_idle() {}
@@ -879,18 +881,19 @@ impl DmaState {
             }
         };
         let prot = IOMMU_READ | if writable { IOMMU_WRITE } else { 0 };
-        // SAFETY: The device is open and stays so under the lock; `raw`
-        // has room for `pages` page pointers; the framework wires
+        // SAFETY: Called only below, while this function holds `inner`'s
+        // lock, under which the device stays open (`vdev_open` above);
+        // `raw` has room for `pages` page pointers; the framework wires
         // `dma_unmap`, which `vfio_pin_pages` requires.
-        let pin_pages = |raw: &mut KVec<*mut bindings::page>| unsafe {
+        let mut pin_pages = || unsafe {
             bindings::vfio_pin_pages(vdev, iova, pages as i32, prot, raw.as_mut_ptr())
         };
-        let mut ret = pin_pages(&mut raw);
+        let mut ret = pin_pages();
         if ret == ENOMEM.to_errno() && inner.idle_pages > 0 {
             // Idle pins count towards the user's locked memory: they go
             // first, and the pin is tried once more.
             while inner.evict_idle() {}
-            ret = pin_pages(&mut raw);
+            ret = pin_pages();
         }
         if ret < 0 {
             return Err(Error::from_errno(ret));

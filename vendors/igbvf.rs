@@ -26,7 +26,8 @@
 //!   user's is an emulation of the PF's side ([`user_mailbox`]). The VF's
 //!   own MSI-X vector 0 is the vendor's too ([`VfIrq`]): the hardware
 //!   signals both queues' write-backs on it, and the vendor delivers what
-//!   the VF received from its interrupt thread;
+//!   the VF received from its interrupt thread (or, while a transmit round
+//!   holds the queues, at the round's end);
 //! - BAR3 (region 3), 16 KiB like the VF's: its MSI-X table (3 vectors, at
 //!   0, the framework's) and pending-bit array (at 0x2000, reads as zero:
 //!   the user's emulation keeps what is pending).
@@ -66,7 +67,7 @@ mod tx;
 #[path = "igbvf/user_mailbox.rs"]
 mod user_mailbox;
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use kernel::prelude::*;
 use kernel::sync::{Arc, Mutex};
@@ -268,7 +269,7 @@ impl mdev::Driver for VfParent {
                 queues <- new_mutex!(Queues::new(), "rmdev_igbvf:queues"),
                 intr <- new_mutex!(IntrRegs::default(), "rmdev_igbvf:intr"),
                 mbx <- new_mutex!(UserMailbox::default(), "rmdev_igbvf:mbx"),
-                serving_tx: AtomicBool::new(false),
+                serving: AtomicU32::new(0),
                 rx_due: AtomicBool::new(false),
             }),
             GFP_KERNEL,
@@ -353,12 +354,15 @@ struct VfState {
     /// The user's mailbox; taken before `queues`.
     #[pin]
     mbx: Mutex<UserMailbox>,
-    /// A transmit doorbell is being served: its round holds `queues` while
-    /// it waits for the VF's interrupt, and delivers what the VF received
-    /// when it is done (`rx_due`), so the interrupt thread does not wait
-    /// for the lock (it would spin on a CPU the rest of the system needs).
-    serving_tx: AtomicBool,
-    /// The VF signalled while `serving_tx`: receive delivery is due.
+    /// How many callers of [`VfState::serve`] are at or in `queues`: one
+    /// that holds them may wait for the VF's interrupt, whose thread must
+    /// then not wait for the lock (only that thread signals the wait's
+    /// end: the round would fall back to polling each tick, and under
+    /// emulation the waiting thread spins on a CPU the VF's emulation
+    /// needs). They deliver what the VF received when they are done
+    /// (`rx_due`).
+    serving: AtomicU32,
+    /// The VF signalled while `serving` was not 0: receive delivery is due.
     rx_due: AtomicBool,
 }
 
@@ -457,28 +461,43 @@ impl VfState {
         }
     }
 
+    /// Runs `f` with the queues when it may wait for the VF's interrupt
+    /// (a transmit round): the interrupt thread leaves receive delivery to
+    /// this caller meanwhile, which makes it before it lets the queues go.
+    fn serve(&self, f: impl FnOnce(&mut Queues, &Ctx<'_>)) {
+        // Before the lock: a caller waiting for it counts too (the holder
+        // may be another one, whose delivery may have run already).
+        self.serving.fetch_add(1, Ordering::SeqCst);
+        let mut q = self.queues.lock();
+        f(&mut q, &self.ctx());
+        self.serving.fetch_sub(1, Ordering::SeqCst);
+        // After the decrement: the interrupt thread either saw `serving`
+        // at 0 and waits for the lock, or set `rx_due` before it looked,
+        // and it is seen here (both sequentially consistent).
+        if self.rx_due.swap(false, Ordering::SeqCst) {
+            q.rx_interrupt(&self.ctx());
+        }
+        self.completions(&mut q);
+    }
+
     /// Whether doorbells and the mailbox are served, and if so serves what
     /// is pending.
     fn set_running(&self, running: bool) {
-        {
-            let mut q = self.queues.lock();
-            q.set_running(&self.ctx(), running);
-            self.completions(&mut q);
-            if !running {
-                return;
-            }
+        self.serve(|q, cx| q.set_running(cx, running));
+        if !running {
+            return;
         }
         let mut m = self.mbx.lock();
         self.mailbox_serve(&mut m);
     }
 
     /// The VF signalled the vendor's vector (from its interrupt thread):
-    /// delivers what it received, or leaves that to the transmit doorbell
-    /// being served, which holds the queues until its round is done.
+    /// delivers what it received, or leaves that to a caller of
+    /// [`Self::serve`], which may hold the queues until the VF is done.
     fn rx_interrupt(&self) {
         self.rx_due.store(true, Ordering::SeqCst);
-        // After the store above (see the transmit doorbell in `write`).
-        if self.serving_tx.load(Ordering::SeqCst) {
+        // After the store above (see `serve`).
+        if self.serving.load(Ordering::SeqCst) != 0 {
             return;
         }
         let mut q = self.queues.lock();
@@ -595,17 +614,7 @@ impl Device for VfDevice {
             Some(a) if data.len() == 4 => self.write_hw(a, le32(data)?),
             _ if data.len() == 4 && TxQueue::owns(offset) => {
                 let value = le32(data)?;
-                let mut q = self.queues.lock();
-                self.serving_tx.store(true, Ordering::SeqCst);
-                q.tx_write(&self.ctx(), offset, value);
-                self.serving_tx.store(false, Ordering::SeqCst);
-                // After the store above: the interrupt thread either saw
-                // `serving_tx` clear and waits for the lock, or set
-                // `rx_due` before it looked, and it is seen here.
-                if self.rx_due.swap(false, Ordering::SeqCst) {
-                    q.rx_interrupt(&self.ctx());
-                }
-                self.completions(&mut q);
+                self.serve(|q, cx| q.tx_write(cx, offset, value));
                 Ok(())
             }
             _ if data.len() == 4 && RxQueue::owns(offset) => {

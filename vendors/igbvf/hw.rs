@@ -203,19 +203,26 @@ impl Queues {
         self.rx.ensure_hw(cx, &mut self.vf);
     }
 
-    /// Serves the transmit doorbell. The VF's set-up is checked when the
-    /// queue starts on it ([`Self::check_hw`]); while it runs, a round
-    /// tells when the VF lost it ([`Kick::Lost`], a register read then
-    /// rather than at every doorbell): set up again, the round's frames
-    /// go once more, and a second loss in a row stops the queue.
+    /// Serves the transmit doorbell. The VF's set-up is checked
+    /// ([`Self::check_hw`]) when the queue starts on it and after a
+    /// doorbell no round of which the VF completed; otherwise a round
+    /// tells when the VF lost it ([`Kick::Lost`]), which spares the
+    /// register reads at every doorbell. Lost: set up again, the frames
+    /// the VF had not sent go once more, and a second loss in a row stops
+    /// the transmit queue (receive set up once more).
     fn kick_tx(&mut self, cx: &Ctx<'_>) {
         if !self.tx.has_hw() {
             self.check_hw(cx);
         }
-        if self.tx.kick(cx, &mut self.vf) == Kick::Lost {
-            self.set_up_again(cx);
-            if self.tx.kick(cx, &mut self.vf) == Kick::Lost {
-                self.tx.fail(cx, &mut self.vf, EIO);
+        match self.tx.kick(cx, &mut self.vf) {
+            Kick::Served { on_hw: true } => {}
+            Kick::Served { on_hw: false } => self.check_hw(cx),
+            Kick::Lost => {
+                self.set_up_again(cx);
+                if self.tx.kick(cx, &mut self.vf) == Kick::Lost {
+                    self.tx.fail(cx, &mut self.vf, EIO);
+                    self.set_up_again(cx);
+                }
             }
         }
     }

@@ -22,7 +22,7 @@ pub(crate) const RING_LEN_MASK: u32 = 0x000f_ff80;
 /// into it (a PF reset clears the VF's registers behind the vendor's back).
 /// One register tells: the ring's length, `len_reg`, which the vendor
 /// alone sets, to a value other than its reset value 0 (each read of the
-/// VF's BAR is costly, and this one runs at every doorbell).
+/// VF's BAR is costly: one register it is).
 pub(crate) fn hw_ring_lost(bar: &Bar, len_reg: u64, descs: usize) -> bool {
     bar.read32(len_reg as usize).ok() != Some((descs * DESC) as u32)
 }

@@ -17,8 +17,9 @@
 //! the queue (RXDCTL.ENABLE reads 0 again).
 //!
 //! Delivery runs when the VF signals the vendor's vector (from its
-//! interrupt thread), when the user writes the tail, and when the device
-//! runs again; only while the device runs. A frame that finds no free
+//! interrupt thread, or at the end of the transmit doorbell that held the
+//! queues then), when the user writes the tail, and when the device runs
+//! again; only while the device runs. A frame that finds no free
 //! descriptor of the user's stays in the vendor's ring until the user
 //! gives some (the VF drops frames once the vendor's ring is full, as it
 //! does when a guest's is). When the device stops, what the VF received is

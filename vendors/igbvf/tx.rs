@@ -68,19 +68,33 @@ const DATA_KEEP: u32 = DTYP_MASK | IFCS | DEXT | VLE;
 #[derive(PartialEq, Eq)]
 pub(crate) enum Kick {
     /// Until the user's ring had no complete frame left, or the queue
-    /// stopped.
-    Served,
+    /// stopped. `on_hw`: a round's frames were completed by the VF, which
+    /// so still had the vendor's ring.
+    Served { on_hw: bool },
     /// The VF lost the vendor's ring (see [`TxQueue::kick`]).
     Lost,
 }
 
 /// How a round ended.
 enum Round {
-    /// Its frames went to the hardware (or were refused) and completed.
-    Sent,
+    /// Its frames went to the hardware (`on_hw`) or were all refused, and
+    /// completed.
+    Sent { on_hw: bool },
     /// The frame at the head has no end (EOP) before the tail yet.
     Nothing,
-    /// The VF lost the vendor's ring: nothing sent, nothing completed.
+    /// The VF lost the vendor's ring: the frames it completed before are
+    /// completed, the others left at the head of the user's ring.
+    Lost,
+}
+
+/// What the hardware did with a round's descriptors.
+#[derive(PartialEq, Eq)]
+enum Hw {
+    /// None to do: every frame was refused.
+    Idle,
+    /// Completed them all.
+    Done,
+    /// The VF no longer has the vendor's ring (a PF reset took it).
     Lost,
 }
 
@@ -384,13 +398,14 @@ impl TxQueue {
 
     /// Serves the doorbell: rounds until the user's ring has no complete
     /// frame left, or the queue stopped. [`Kick::Lost`]: the VF lost the
-    /// vendor's ring under a round (a PF reset), which sent nothing and
-    /// left its frames at the head of the user's ring; the VF must be set
-    /// up again.
+    /// vendor's ring under a round (a PF reset); the frames it completed
+    /// before are completed (the VF works in order), the others wait at
+    /// the head of the user's ring, and the VF must be set up again.
     pub(crate) fn kick(&mut self, cx: &Ctx<'_>, vf: &mut VfHw) -> Kick {
+        let mut on_hw = false;
         while !vf.stopped && self.regs.enabled() && self.pending() {
             match self.round(cx, vf) {
-                Ok(Round::Sent) => {}
+                Ok(Round::Sent { on_hw: hw }) => on_hw |= hw,
                 Ok(Round::Nothing) => break,
                 Ok(Round::Lost) => return Kick::Lost,
                 Err(e) => {
@@ -399,7 +414,7 @@ impl TxQueue {
                 }
             }
         }
-        Kick::Served
+        Kick::Served { on_hw }
     }
 
     /// The user's ring cannot be read or completed, or the hardware
@@ -452,7 +467,7 @@ impl TxQueue {
                 Ok(Some(f)) => {
                     head = f.next;
                     // Cannot fail: the capacity was reserved, so no frame
-                    // (and none of its pins) is dropped here.
+                    // is dropped here.
                     let _ = frames.push(f, GFP_KERNEL);
                 }
                 Ok(None) => break,
@@ -463,7 +478,14 @@ impl TxQueue {
             }
         }
         let ran = built.and_then(|()| self.run_hw(cx, &frames));
-        let done = matches!(ran, Ok(true));
+        let done = matches!(ran, Ok(Hw::Idle | Hw::Done));
+        // The frames that went: all, or on a lost ring those the VF
+        // completed before it lost it (read before the ring goes).
+        let went = match ran {
+            Ok(Hw::Idle | Hw::Done) => frames.len(),
+            Ok(Hw::Lost) => self.completed_before(&frames),
+            Err(_) => 0,
+        };
         if !done {
             // The hardware must be off the pages before they go.
             self.stop_hw(cx, vf);
@@ -479,64 +501,79 @@ impl TxQueue {
                 let _ = cx.guest.unpin(p);
             }
         }
-        if !ran? {
-            return Ok(Round::Lost);
-        }
-        for f in frames.iter() {
+        let ran = ran?;
+        for f in frames.iter().take(went) {
             if let Some((at, olinfo)) = f.complete {
                 cx.guest.write(at, &(olinfo | DD).to_le_bytes())?;
                 self.completed = true;
             }
             self.regs.ring.head = f.next;
         }
-        Ok(if frames.is_empty() {
-            Round::Nothing
-        } else {
-            Round::Sent
+        Ok(match ran {
+            Hw::Lost => Round::Lost,
+            _ if frames.is_empty() => Round::Nothing,
+            hw => Round::Sent {
+                on_hw: hw == Hw::Done,
+            },
         })
     }
 
+    /// How many of `frames`, from the first, the VF completed (a refused
+    /// frame counts: it had nothing for the VF).
+    fn completed_before(&self, frames: &[Frame]) -> usize {
+        let Some(host) = self.host.as_ref() else {
+            return 0;
+        };
+        frames
+            .iter()
+            .take_while(|f| match f.host_last {
+                None => true,
+                Some(i) => host
+                    .ring
+                    .read32(i * DESC + 12)
+                    .is_ok_and(|status| status & DD != 0),
+            })
+            .count()
+    }
+
     /// Rings the hardware's doorbell for the round's descriptors and waits
-    /// until it completed them all. `false`: the VF no longer has the
-    /// vendor's ring (a PF reset took it), so the doorbell did nothing.
-    fn run_hw(&mut self, cx: &Ctx<'_>, frames: &[Frame]) -> Result<bool> {
+    /// until it completed them all.
+    fn run_hw(&mut self, cx: &Ctx<'_>, frames: &[Frame]) -> Result<Hw> {
         let Some(last) = frames.iter().rev().find_map(|f| f.host_last) else {
-            return Ok(true);
+            return Ok(Hw::Idle);
         };
         let host = self.host.as_mut().ok_or(EIO)?;
         // The descriptors are in memory before the doorbell (x86 orders
         // the stores; the fence keeps the compiler from moving them).
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         cx.bar.write32(TDT as usize, host.tail as u32)?;
-        // From the first check that found the round not done.
+        // From the first check that found the round not done (emulated
+        // hardware completes it inside the doorbell: no clock read then).
         let mut start = None;
-        let mut checked = false;
+        // Whether the VF still has the ring is asked only when its
+        // interrupt did not come in a tick, and at the timeout: a register
+        // read costs more than the rest of the round under emulation.
+        let lost = || hw_ring_lost(cx.bar, TDLEN, HOST_DESCS);
         loop {
             // Read before the check: a write-back signalled after the
             // check changes it, and the wait returns at once.
             let seen = cx.done.count();
             if host.ring.read32(last * DESC + 12)? & DD != 0 {
-                return Ok(true);
+                return Ok(Hw::Done);
             }
             let now = Ktime::ktime_get().to_ms();
-            let late = now - *start.get_or_insert(now) >= i64::from(HW_TIMEOUT_MS);
-            // Whether the VF still has the ring is only asked when the
-            // round is not done at once (emulated hardware completes it
-            // inside the doorbell, and a register read costs more than
-            // the round's other work there) and when it timed out.
-            if !checked || late {
-                checked = true;
-                if hw_ring_lost(cx.bar, TDLEN, HOST_DESCS) {
-                    return Ok(false);
-                }
+            if now - *start.get_or_insert(now) >= i64::from(HW_TIMEOUT_MS) {
+                return if lost() {
+                    Ok(Hw::Lost)
+                } else {
+                    Err(timed_out())
+                };
             }
-            if late {
-                return Err(timed_out());
+            // Woken by the VF's vector 0, or after a tick: a PF reset
+            // under the round clears the vector's routing with the ring.
+            if !cx.done.wait(seen, 1) && lost() {
+                return Ok(Hw::Lost);
             }
-            // Woken by the VF's vector 0; checking again after a tick
-            // anyway, should the interrupt not come (a PF reset under
-            // the round clears its routing).
-            cx.done.wait(seen, 1);
         }
     }
 
