@@ -6,9 +6,9 @@
 //! buffers for the VF, writes translated descriptors into a ring of its own
 //! ([`Coherent`] memory), rings the VF's doorbell, waits for the hardware
 //! to complete them, gives the pins back, and writes the completion (DD)
-//! back into the user's ring. The pins go back with
-//! [`GuestMemory::release`]: the framework keeps them pinned and mapped,
-//! idle, and the next frame from the same buffer finds them so.
+//! back into the user's ring. The round's pins go back with
+//! [`GuestMemory::release_all`]: the framework keeps them pinned and
+//! mapped, idle, and the next frame from the same buffer finds them so.
 //!
 //! Every address the VF sees is the vendor's ring or a page the vendor
 //! pinned and mapped for it ([`GuestMemory::pin_for`]); the user's
