@@ -26,8 +26,8 @@
 //!   user's is an emulation of the PF's side ([`user_mailbox`]). The VF's
 //!   own MSI-X vector 0 is the vendor's too ([`VfIrq`]): the hardware
 //!   signals both queues' write-backs on it, and the vendor delivers what
-//!   the VF received from its interrupt thread (or, while a transmit round
-//!   holds the queues, at the round's end);
+//!   the VF received from its interrupt thread (or, while a transmit
+//!   doorbell holds the queues, at the doorbell's end);
 //! - BAR3 (region 3), 16 KiB like the VF's: its MSI-X table (3 vectors, at
 //!   0, the framework's) and pending-bit array (at 0x2000, reads as zero:
 //!   the user's emulation keeps what is pending).

@@ -200,6 +200,10 @@ pub(crate) struct TxQueue {
     /// A completion (DD) was written back since the owner last asked: the
     /// queue's interrupt cause.
     completed: bool,
+    /// The user's descriptors of the frame being read.
+    frame_descs: [[u32; 4]; MAX_FRAME_DESCS],
+    /// The [`Window`]'s buffer between rounds.
+    window_buf: KVec<u8>,
 }
 
 /// Whether a descriptor with command word `cmd` ends a frame: EOP, in
@@ -223,7 +227,12 @@ fn words(raw: &[u8]) -> [u32; 4] {
 struct Window {
     /// The first descriptor's index.
     first: u32,
+    /// Room for [`WINDOW_DESCS`] descriptors (or none, if it could not be
+    /// had), allocated once per queue and kept between rounds
+    /// ([`Window::into_buf`]): neither allocated nor zeroed per round.
     raw: KVec<u8>,
+    /// The bytes of `raw` read.
+    len: usize,
 }
 
 impl Window {
@@ -231,37 +240,52 @@ impl Window {
     /// not past the ring's end. Empty if the copy fails: the descriptors
     /// are then read one by one, and the first that cannot be read stops
     /// the queue, as without the window.
-    fn read(cx: &Ctx<'_>, ring: &RingRegs) -> Self {
+    fn read(cx: &Ctx<'_>, ring: &RingRegs, mut raw: KVec<u8>) -> Self {
         let n = ring.count();
-        let empty = Window {
+        let size = WINDOW_DESCS as usize * DESC;
+        if raw.len() != size {
+            raw = KVec::from_elem(0u8, size, GFP_KERNEL).unwrap_or_default();
+        }
+        let empty = |raw| Window {
             first: ring.head,
-            raw: KVec::new(),
+            raw,
+            len: 0,
         };
         let ahead = if ring.tail >= ring.head {
             ring.tail - ring.head
         } else {
             n - ring.head
         };
-        let count = ahead.min(WINDOW_DESCS) as usize;
+        let len = ahead.min(WINDOW_DESCS) as usize * DESC;
         let Ok(at) = ring.desc_at(ring.head) else {
-            return empty;
+            return empty(raw);
         };
-        let Ok(mut raw) = KVec::from_elem(0u8, count * DESC, GFP_KERNEL) else {
-            return empty;
+        let read = match raw.get_mut(..len) {
+            Some(bytes) => cx.guest.read(at, bytes).is_ok(),
+            None => false,
         };
-        if cx.guest.read(at, &mut raw).is_err() {
-            return empty;
+        if !read {
+            return empty(raw);
         }
         Window {
             first: ring.head,
             raw,
+            len,
         }
     }
 
     /// Descriptor `i`'s words, if the window holds it.
     fn get(&self, i: u32) -> Option<[u32; 4]> {
         let k = i.checked_sub(self.first)? as usize;
-        self.raw.get(k * DESC..(k + 1) * DESC).map(words)
+        self.raw
+            .get(..self.len)?
+            .get(k * DESC..(k + 1) * DESC)
+            .map(words)
+    }
+
+    /// The buffer, for the next round.
+    fn into_buf(self) -> KVec<u8> {
+        self.raw
     }
 }
 
@@ -272,6 +296,8 @@ impl TxQueue {
             host: None,
             stopped_once: false,
             completed: false,
+            frame_descs: [[0; 4]; MAX_FRAME_DESCS],
+            window_buf: KVec::new(),
         }
     }
 
@@ -442,7 +468,8 @@ impl TxQueue {
     fn round(&mut self, cx: &Ctx<'_>, vf: &mut VfHw) -> Result<Round> {
         // A ring the device cannot read stops the queue before the
         // hardware is involved.
-        let window = Window::read(cx, &self.regs.ring);
+        let buf = core::mem::replace(&mut self.window_buf, KVec::new());
+        let window = Window::read(cx, &self.regs.ring, buf);
         if window.get(self.regs.ring.head).is_none() {
             let mut raw = [0u8; DESC];
             cx.guest
@@ -477,6 +504,9 @@ impl TxQueue {
                 }
             }
         }
+        // Kept for the next round (lost, and allocated again, only when
+        // the ring could not be read above).
+        self.window_buf = window.into_buf();
         let ran = built.and_then(|()| self.run_hw(cx, &frames));
         let done = matches!(ran, Ok(Hw::Idle | Hw::Done));
         // The frames that went: all, or on a lost ring those the VF
@@ -595,7 +625,10 @@ impl TxQueue {
         if *host_used + MAX_HOST_FRAME_DESCS > HOST_DESCS - 1 {
             return Ok(None);
         }
-        let mut descs = [[0u32; 4]; MAX_FRAME_DESCS];
+        // The queue's own array: one on the stack would be zeroed for
+        // every frame (a `memset` that costs more than the rest of the
+        // frame's reading under emulation).
+        let descs = &mut self.frame_descs;
         let mut count = 0;
         let mut too_long = false;
         let mut i = head;
@@ -631,84 +664,85 @@ impl TxQueue {
         };
         if !too_long {
             // Refused: nothing reaches the hardware; the frame completes.
-            frame.host_last = self.translate(cx, &descs[..count], host_used, pins).ok();
+            frame.host_last = self.host.as_mut().and_then(|host| {
+                translate(host, cx, &self.frame_descs[..count], host_used, pins).ok()
+            });
         }
         Ok(Some(frame))
     }
+}
 
-    /// Writes the vendor's descriptors for the user's `descs` (one frame):
-    /// context descriptors as they are, data descriptors with their
-    /// buffers pinned, mapped and split at page boundaries. Returns the
-    /// frame's last descriptor in the vendor's ring.
-    fn translate(
-        &mut self,
-        cx: &Ctx<'_>,
-        descs: &[[u32; 4]],
-        host_used: &mut usize,
-        pins: &mut KVec<Pinned>,
-    ) -> Result<usize> {
-        let host = self.host.as_mut().ok_or(EIO)?;
-        let mut k = 0;
-        let mut put = |k: &mut usize, d: [u32; 4]| -> Result {
-            if *k == MAX_HOST_FRAME_DESCS {
-                return Err(E2BIG);
-            }
-            let at = ((host.tail + *k) % HOST_DESCS) * DESC;
-            for (j, w) in d.iter().enumerate() {
-                host.ring.write32(at + 4 * j, *w)?;
-            }
-            *k += 1;
-            Ok(())
-        };
-        for (j, d) in descs.iter().enumerate() {
-            let cmd = d[2];
-            if cmd & DEXT == 0 {
-                return Err(EINVAL);
-            }
-            match cmd & DTYP_MASK {
-                // No address in it: the offload context, as it is.
-                DTYP_CONTEXT => put(&mut k, *d)?,
-                DTYP_DATA => {
-                    let len = u64::from(cmd & LEN_MASK);
-                    if cmd & TSE != 0 || len == 0 {
-                        return Err(EINVAL);
-                    }
-                    let addr = (u64::from(d[1]) << 32) | u64::from(d[0]);
-                    let end = addr.checked_add(len).ok_or(EINVAL)?;
-                    let first = addr & !(PAGE - 1);
-                    let pages = ((end - 1) / PAGE - first / PAGE + 1) as usize;
-                    // Room first: a pin is never dropped without its unpin.
-                    pins.reserve(1, GFP_KERNEL)?;
-                    pins.push(cx.guest.pin_for(cx.func, first, pages, false)?, GFP_KERNEL)?;
-                    let pin = pins.last().ok_or(EINVAL)?;
-                    let mut off = (addr - first) as usize;
-                    let mut left = len as usize;
-                    while left > 0 {
-                        let piece = left.min(PAGE as usize - off % PAGE as usize);
-                        let dma = cx.guest.device_address(pin, off)?;
-                        let end_of_frame = j == descs.len() - 1 && piece == left;
-                        let flags = if end_of_frame { EOP | RS } else { 0 };
-                        put(
-                            &mut k,
-                            [
-                                dma as u32,
-                                (dma >> 32) as u32,
-                                (cmd & DATA_KEEP) | piece as u32 | flags,
-                                d[3] & !DD,
-                            ],
-                        )?;
-                        off += piece;
-                        left -= piece;
-                    }
-                }
-                _ => return Err(EINVAL),
-            }
+/// Writes the vendor's descriptors for the user's `descs` (one frame)
+/// into `host`: context descriptors as they are, data descriptors with
+/// their buffers pinned, mapped and split at page boundaries. Returns the
+/// frame's last descriptor in the vendor's ring.
+fn translate(
+    host: &mut HostRing,
+    cx: &Ctx<'_>,
+    descs: &[[u32; 4]],
+    host_used: &mut usize,
+    pins: &mut KVec<Pinned>,
+) -> Result<usize> {
+    let mut k = 0;
+    let mut put = |k: &mut usize, d: [u32; 4]| -> Result {
+        if *k == MAX_HOST_FRAME_DESCS {
+            return Err(E2BIG);
         }
-        // Committed: the hardware's tail covers the frame at the next
-        // doorbell.
-        let last = (host.tail + k - 1) % HOST_DESCS;
-        host.tail = (host.tail + k) % HOST_DESCS;
-        *host_used += k;
-        Ok(last)
+        let at = ((host.tail + *k) % HOST_DESCS) * DESC;
+        for (j, w) in d.iter().enumerate() {
+            host.ring.write32(at + 4 * j, *w)?;
+        }
+        *k += 1;
+        Ok(())
+    };
+    for (j, d) in descs.iter().enumerate() {
+        let cmd = d[2];
+        if cmd & DEXT == 0 {
+            return Err(EINVAL);
+        }
+        match cmd & DTYP_MASK {
+            // No address in it: the offload context, as it is.
+            DTYP_CONTEXT => put(&mut k, *d)?,
+            DTYP_DATA => {
+                let len = u64::from(cmd & LEN_MASK);
+                if cmd & TSE != 0 || len == 0 {
+                    return Err(EINVAL);
+                }
+                let addr = (u64::from(d[1]) << 32) | u64::from(d[0]);
+                let end = addr.checked_add(len).ok_or(EINVAL)?;
+                let first = addr & !(PAGE - 1);
+                let pages = ((end - 1) / PAGE - first / PAGE + 1) as usize;
+                // Room first: a pin is never dropped without its unpin.
+                pins.reserve(1, GFP_KERNEL)?;
+                pins.push(cx.guest.pin_for(cx.func, first, pages, false)?, GFP_KERNEL)?;
+                let pin = pins.last().ok_or(EINVAL)?;
+                let mut off = (addr - first) as usize;
+                let mut left = len as usize;
+                while left > 0 {
+                    let piece = left.min(PAGE as usize - off % PAGE as usize);
+                    let dma = cx.guest.device_address(pin, off)?;
+                    let end_of_frame = j == descs.len() - 1 && piece == left;
+                    let flags = if end_of_frame { EOP | RS } else { 0 };
+                    put(
+                        &mut k,
+                        [
+                            dma as u32,
+                            (dma >> 32) as u32,
+                            (cmd & DATA_KEEP) | piece as u32 | flags,
+                            d[3] & !DD,
+                        ],
+                    )?;
+                    off += piece;
+                    left -= piece;
+                }
+            }
+            _ => return Err(EINVAL),
+        }
     }
+    // Committed: the hardware's tail covers the frame at the next
+    // doorbell.
+    let last = (host.tail + k - 1) % HOST_DESCS;
+    host.tail = (host.tail + k) % HOST_DESCS;
+    *host_used += k;
+    Ok(last)
 }

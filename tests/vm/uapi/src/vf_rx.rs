@@ -508,8 +508,10 @@ fn while_transmitting(
                     txmem.write(tail as usize * 16, &desc);
                     tail = (tail + 1) % RING_DESCS;
                 }
-                write_reg(dev, TDT, tail)?;
+                let rung = write_reg(dev, TDT, tail);
+                // Counted even when it failed: the sender waits for it.
                 doorbells.fetch_add(1, Ordering::SeqCst);
+                rung?;
             }
             pf.join()
                 .map_err(|_| "the PF's sender panicked".to_string())?
