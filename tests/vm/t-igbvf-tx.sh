@@ -48,8 +48,10 @@ ip link set "$PFIF" vf 0 mac $VF0_MAC
 # VF1, the migration target, has none.
 ip link set "$PFIF" vf 1 mac 00:00:00:00:00:00
 # The VF's own MSI-X vector is the vendor's: the hardware signals the
-# vendor's transmit completions on it (the interrupts counted in
-# /proc/interrupts, under the driver's name).
+# write-backs of the vendor's rings on it (the interrupts counted in
+# /proc/interrupts, under the driver's name) while receive runs or a
+# transmit round waits for the VF. QEMU's igb completes a round inside its
+# doorbell, so transmit alone raises few or none: counted, not expected.
 vf_irqs() {
 	local n=0 i c
 	for i in $(ls /sys/bus/pci/devices/$1/msi_irqs); do
@@ -65,16 +67,18 @@ irqs_before=$(vf_irqs ${VFS[0]})
 klog_mark
 "$VM_TEST" vf-tx "$M0" "$M1" "$PFIF" $VF0_MAC || fail "frames through the mdev"
 irqs_after=$(vf_irqs ${VFS[0]})
-[ "$irqs_after" -gt "$irqs_before" ] || fail "VF0 signalled no interrupt for the frames it sent ($irqs_before, then $irqs_after)"
-note "VF0's vector $irq: $((irqs_after - irqs_before)) interrupts for the vendor's transmit rounds"
+note "VF0's vector $irq: $((irqs_after - irqs_before)) interrupts during the transmit checks"
 # The refused ring stopped the queue, with one line in the log.
 [ "$(klog_count 'transmit queue stopped')" -ge 1 ] || fail "no log line for the stopped queue"
 # The receive side; VF1, the migration target, now gets its frames by a MAC
-# of its own. (After the transmit checks above: VF0's interrupts counted
-# there are the transmit rounds'.)
+# of its own. VF0's frames are delivered from its vector's interrupts.
 VF1_MAC=02:52:4d:56:46:31
 ip link set "$PFIF" vf 1 mac $VF1_MAC
+irqs_before=$(vf_irqs ${VFS[0]})
 "$VM_TEST" vf-rx "$M0" "$M1" "$PFIF" $VF0_MAC $VF1_MAC || fail "frames received through the mdev"
+irqs_after=$(vf_irqs ${VFS[0]})
+[ "$irqs_after" -gt "$irqs_before" ] || fail "VF0 signalled no interrupt for the frames it received ($irqs_before, then $irqs_after)"
+note "VF0's vector $irq: $((irqs_after - irqs_before)) interrupts for the vendor's receive ring"
 # The unreadable ring stopped the receive queue, with a line in the log.
 [ "$(klog_count 'receive queue stopped')" -ge 1 ] || fail "no log line for the stopped receive queue"
 # QEMU: the lab's multiboot guest as a minimal driver of the VF's transmit

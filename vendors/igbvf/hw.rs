@@ -71,6 +71,8 @@ pub(crate) struct VfHw {
     /// The device is stopped (a migration state that does not run): no
     /// doorbell is served, nothing is delivered.
     pub(crate) stopped: bool,
+    /// Whether the vendor unmasked its vector ([`VfHw::set_vector`]).
+    unmasked: bool,
 }
 
 impl VfHw {
@@ -98,14 +100,36 @@ impl VfHw {
             }
         }
         // Write-backs of the vendor's rings signal vector 0, auto-cleared
-        // (QEMU's igb raises a vector only for a cause newly set). Written
-        // at every bring-up, after the VF's reset, whatever the reset kept.
+        // (QEMU's igb raises a vector only for a cause newly set), masked
+        // until a queue wants it. Written at every bring-up, after the
+        // VF's reset, whatever the reset kept.
         bar.write32(IVAR0, IVAR0_QUEUES0_VECTOR0)?;
         bar.write32(EIAC, VECTOR0)?;
-        bar.write32(EIMS, VECTOR0)?;
+        bar.write32(EIMC, VECTOR0)?;
+        self.unmasked = false;
         cx.func.set_bus_master(true)?;
         self.up = true;
         Ok(())
+    }
+
+    /// Unmasks (`on`, EIMS) or masks (EIMC) the vendor's vector on the VF
+    /// that is up. It is unmasked while receive runs (what the VF receives
+    /// is delivered from the interrupt) and while a transmit round waits
+    /// for the VF; masked otherwise, so that rounds the hardware completes
+    /// inside their doorbell (QEMU's igb) raise no interrupt: one a round
+    /// cost the rest of the system more than the round's own work.
+    pub(crate) fn set_vector(&mut self, cx: &Ctx<'_>, on: bool) -> Result {
+        if !self.up || self.unmasked == on {
+            return Ok(());
+        }
+        cx.bar.write32(if on { EIMS } else { EIMC }, VECTOR0)?;
+        self.unmasked = on;
+        Ok(())
+    }
+
+    /// Whether the vendor's vector is unmasked.
+    pub(crate) fn vector_on(&self) -> bool {
+        self.unmasked
     }
 
     /// Brings the VF down: bus mastering off, the vendor's vector masked
@@ -115,6 +139,7 @@ impl VfHw {
         let _ = cx.func.set_bus_master(false);
         let _ = cx.bar.write32(EIMC, VECTOR0);
         let _ = cx.bar.write32(IVAR0, 0);
+        self.unmasked = false;
         self.up = false;
     }
 

@@ -294,6 +294,8 @@ impl RxQueue {
     /// vendor's ring.
     pub(crate) fn stop_hw(&mut self, cx: &Ctx<'_>, vf: &mut VfHw) {
         vf.disable_queue(cx, RXDCTL as usize);
+        // Nothing to deliver from the interrupt any more.
+        let _ = vf.set_vector(cx, false);
         // Freed once the hardware no longer reaches it.
         self.host = None;
         self.dropping = false;
@@ -346,6 +348,8 @@ impl RxQueue {
         bar.write32(RDLEN as usize, (HOST_DESCS * DESC) as u32)?;
         bar.write32(RDH as usize, 0)?;
         bar.write32(RDT as usize, 0)?;
+        // What the VF receives is delivered from its interrupt.
+        vf.set_vector(cx, true)?;
         // From here the hardware may reach the ring: the owner stops it
         // before the ring goes.
         self.host = Some(host);

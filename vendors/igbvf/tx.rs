@@ -507,7 +507,7 @@ impl TxQueue {
         // Kept for the next round (lost, and allocated again, only when
         // the ring could not be read above).
         self.window_buf = window.into_buf();
-        let ran = built.and_then(|()| self.run_hw(cx, &frames));
+        let ran = built.and_then(|()| self.run_hw(cx, vf, &frames));
         let done = matches!(ran, Ok(Hw::Idle | Hw::Done));
         // The frames that went: all, or on a lost ring those the VF
         // completed before it lost it (read before the ring goes).
@@ -568,7 +568,7 @@ impl TxQueue {
 
     /// Rings the hardware's doorbell for the round's descriptors and waits
     /// until it completed them all.
-    fn run_hw(&mut self, cx: &Ctx<'_>, frames: &[Frame]) -> Result<Hw> {
+    fn run_hw(&mut self, cx: &Ctx<'_>, vf: &mut VfHw, frames: &[Frame]) -> Result<Hw> {
         let Some(last) = frames.iter().rev().find_map(|f| f.host_last) else {
             return Ok(Hw::Idle);
         };
@@ -584,27 +584,45 @@ impl TxQueue {
         // interrupt did not come in a tick, and at the timeout: a register
         // read costs more than the rest of the round under emulation.
         let lost = || hw_ring_lost(cx.bar, TDLEN, HOST_DESCS);
-        loop {
+        // Whether this round unmasked the VF's vector to wait for it.
+        let mut unmasked = false;
+        let hw = loop {
             // Read before the check: a write-back signalled after the
             // check changes it, and the wait returns at once.
             let seen = cx.done.count();
-            if host.ring.read32(last * DESC + 12)? & DD != 0 {
-                return Ok(Hw::Done);
+            match host.ring.read32(last * DESC + 12) {
+                Ok(status) if status & DD != 0 => break Ok(Hw::Done),
+                Ok(_) => {}
+                Err(e) => break Err(e),
             }
             let now = Ktime::ktime_get().to_ms();
             if now - *start.get_or_insert(now) >= i64::from(HW_TIMEOUT_MS) {
-                return if lost() {
+                break if lost() {
                     Ok(Hw::Lost)
                 } else {
                     Err(timed_out())
                 };
             }
+            if !vf.vector_on() {
+                // Not done inside the doorbell: the VF's interrupt is
+                // wanted now (a write-back since is signalled when it is
+                // unmasked), and the descriptor checked again first.
+                if let Err(e) = vf.set_vector(cx, true) {
+                    break Err(e);
+                }
+                unmasked = true;
+                continue;
+            }
             // Woken by the VF's vector 0, or after a tick: a PF reset
             // under the round clears the vector's routing with the ring.
             if !cx.done.wait(seen, 1) && lost() {
-                return Ok(Hw::Lost);
+                break Ok(Hw::Lost);
             }
+        };
+        if unmasked {
+            let _ = vf.set_vector(cx, false);
         }
+        hw
     }
 
     /// Reads the frame at user descriptor `head`, and unless it is refused
