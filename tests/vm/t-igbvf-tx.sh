@@ -51,7 +51,7 @@ ip link set "$PFIF" vf 1 mac 00:00:00:00:00:00
 # write-backs of the vendor's rings on it (the interrupts counted in
 # /proc/interrupts, under the driver's name) while receive runs or a
 # transmit round waits for the VF. QEMU's igb completes a round inside its
-# doorbell, so transmit alone raises few or none: counted, not expected.
+# doorbell, so transmit alone raises few or none.
 vf_irqs() {
 	local n=0 i c
 	for i in $(ls /sys/bus/pci/devices/$1/msi_irqs); do
@@ -67,6 +67,8 @@ irqs_before=$(vf_irqs ${VFS[0]})
 klog_mark
 "$VM_TEST" vf-tx "$M0" "$M1" "$PFIF" $VF0_MAC || fail "frames through the mdev"
 irqs_after=$(vf_irqs ${VFS[0]})
+# Hundreds of rounds: the vector unmasked for them would fire for each.
+[ $((irqs_after - irqs_before)) -lt 20 ] || fail "VF0 signalled $((irqs_after - irqs_before)) interrupts for transmit alone (its vector is to be masked while no round waits)"
 note "VF0's vector $irq: $((irqs_after - irqs_before)) interrupts during the transmit checks"
 # The refused ring stopped the queue, with one line in the log.
 [ "$(klog_count 'transmit queue stopped')" -ge 1 ] || fail "no log line for the stopped queue"
@@ -77,7 +79,9 @@ ip link set "$PFIF" vf 1 mac $VF1_MAC
 irqs_before=$(vf_irqs ${VFS[0]})
 "$VM_TEST" vf-rx "$M0" "$M1" "$PFIF" $VF0_MAC $VF1_MAC || fail "frames received through the mdev"
 irqs_after=$(vf_irqs ${VFS[0]})
-[ "$irqs_after" -gt "$irqs_before" ] || fail "VF0 signalled no interrupt for the frames it received ($irqs_before, then $irqs_after)"
+# Dozens of batches, each delivered from its own interrupt (one stale
+# cause left by the transmit checks fires once, at the first unmask).
+[ $((irqs_after - irqs_before)) -ge 10 ] || fail "VF0 signalled $((irqs_after - irqs_before)) interrupts for the frames it received, expected one a batch at least"
 note "VF0's vector $irq: $((irqs_after - irqs_before)) interrupts for the vendor's receive ring"
 # The unreadable ring stopped the receive queue, with a line in the log.
 [ "$(klog_count 'receive queue stopped')" -ge 1 ] || fail "no log line for the stopped receive queue"

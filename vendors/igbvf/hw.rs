@@ -79,8 +79,8 @@ impl VfHw {
     /// Brings the VF up, if it is not: function reset and handshake with
     /// the PF unless one was made since the device's last reset
     /// (`ETIMEDOUT`: the PF did not answer, its interface is down), every
-    /// queue disabled, the vendor's vector routed and enabled, bus
-    /// mastering on. A queue enabled and disabled again by its user does
+    /// queue disabled, the vendor's vector routed (and masked until a
+    /// queue wants it, [`VfHw::set_vector`]), bus mastering on. A queue enabled and disabled again by its user does
     /// not make a handshake each time.
     pub(crate) fn up(&mut self, cx: &Ctx<'_>) -> Result {
         if self.up {
@@ -113,13 +113,17 @@ impl VfHw {
     }
 
     /// Unmasks (`on`, EIMS) or masks (EIMC) the vendor's vector on the VF
-    /// that is up. It is unmasked while receive runs (what the VF receives
+    /// that is up (`EIO` for an unmask on a VF that is not: nothing would
+    /// signal it). It is unmasked while receive runs (what the VF receives
     /// is delivered from the interrupt) and while a transmit round waits
     /// for the VF; masked otherwise, so that rounds the hardware completes
     /// inside their doorbell (QEMU's igb) raise no interrupt: one a round
     /// cost the rest of the system more than the round's own work.
     pub(crate) fn set_vector(&mut self, cx: &Ctx<'_>, on: bool) -> Result {
-        if !self.up || self.unmasked == on {
+        if !self.up {
+            return if on { Err(EIO) } else { Ok(()) };
+        }
+        if self.unmasked == on {
             return Ok(());
         }
         cx.bar.write32(if on { EIMS } else { EIMC }, VECTOR0)?;

@@ -505,7 +505,7 @@ impl TxQueue {
             }
         }
         // Kept for the next round (lost, and allocated again, only when
-        // the ring could not be read above).
+        // the ring could not be read or the VF not set up above).
         self.window_buf = window.into_buf();
         let ran = built.and_then(|()| self.run_hw(cx, vf, &frames));
         let done = matches!(ran, Ok(Hw::Idle | Hw::Done));
