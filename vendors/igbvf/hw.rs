@@ -80,8 +80,9 @@ impl VfHw {
     /// the PF unless one was made since the device's last reset
     /// (`ETIMEDOUT`: the PF did not answer, its interface is down), every
     /// queue disabled, the vendor's vector routed (and masked until a
-    /// queue wants it, [`VfHw::set_vector`]), bus mastering on. A queue enabled and disabled again by its user does
-    /// not make a handshake each time.
+    /// queue wants it, [`VfHw::set_vector`]), bus mastering on. A queue
+    /// enabled and disabled again by its user does not make a handshake
+    /// each time.
     pub(crate) fn up(&mut self, cx: &Ctx<'_>) -> Result {
         if self.up {
             return Ok(());

@@ -179,6 +179,13 @@ struct HostRing {
     tail: usize,
 }
 
+impl HostRing {
+    /// Whether the hardware wrote descriptor `i` back (DD).
+    fn done(&self, i: usize) -> Result<bool> {
+        Ok(self.ring.read32(i * DESC + 12)? & DD != 0)
+    }
+}
+
 /// One frame of a round.
 struct Frame {
     /// The user's descriptor after the frame's last one.
@@ -558,10 +565,7 @@ impl TxQueue {
             .iter()
             .take_while(|f| match f.host_last {
                 None => true,
-                Some(i) => host
-                    .ring
-                    .read32(i * DESC + 12)
-                    .is_ok_and(|status| status & DD != 0),
+                Some(i) => host.done(i).unwrap_or(false),
             })
             .count()
     }
@@ -590,9 +594,9 @@ impl TxQueue {
             // Read before the check: a write-back signalled after the
             // check changes it, and the wait returns at once.
             let seen = cx.done.count();
-            match host.ring.read32(last * DESC + 12) {
-                Ok(status) if status & DD != 0 => break Ok(Hw::Done),
-                Ok(_) => {}
+            match host.done(last) {
+                Ok(true) => break Ok(Hw::Done),
+                Ok(false) => {}
                 Err(e) => break Err(e),
             }
             let now = Ktime::ktime_get().to_ms();
